@@ -1,0 +1,199 @@
+"""The two-frame canvas: the reference in frame one (left), black in frame two (right).
+
+Images move through here as float tensors ``[B, 3, H, W]`` in ``[0, 1]`` (``to_rgb01``
+accepts PIL images, numpy arrays of any common dtype and ComfyUI ``IMAGE`` tensors). The
+canvas itself is in the VAE's ``[-1, 1]`` range with frame two at -1, as the authors' code.
+Resizing is done in torch so that the ComfyUI nodes and the standalone sampler produce
+bit-identical canvases from the same input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .tokens import PIXELS_PER_TOKEN, check_pixel_size
+
+FitMode = Literal["crop", "pad", "stretch"]
+FIT_MODES: tuple[str, ...] = ("crop", "pad", "stretch")
+MIN_REFERENCE_SIDE = 32
+
+
+class ReferenceImageError(ValueError):
+    """A reference image that cannot be used (empty, tiny, wrong shape)."""
+
+
+@dataclass(frozen=True)
+class CanvasLayout:
+    """Pixel geometry of a DSD canvas: ``height x width``, two frames side by side."""
+
+    height: int = 512
+    width: int = 1024
+    fit: FitMode = "crop"
+    pad_value: float = 1.0  # letterbox colour in [0, 1] for fit="pad" (white)
+
+    def __post_init__(self) -> None:
+        check_pixel_size(self.height, self.width)
+        if self.fit not in FIT_MODES:
+            raise ValueError(f"fit must be one of {', '.join(FIT_MODES)}, got {self.fit!r}")
+
+    @property
+    def frame_width(self) -> int:
+        return self.width // 2
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self.height // 8, self.width // 8
+
+    @property
+    def token_count(self) -> int:
+        return (self.height // PIXELS_PER_TOKEN) * (self.width // PIXELS_PER_TOKEN)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CanvasLayout:
+        return cls(**data)
+
+
+def to_rgb01(image: Any, channels_last: bool | None = None) -> torch.Tensor:
+    """Any reference image -> float32 ``[B, 3, H, W]`` in ``[0, 1]``.
+
+    Accepts a PIL image (any mode), a numpy array (HW, HWC, BHWC; uint8, uint16, float) or a
+    torch tensor (ComfyUI ``IMAGE`` ``[B, H, W, C]`` or ``[B, C, H, W]``; set ``channels_last``
+    when ambiguous). Grayscale is repeated to RGB; alpha is composited over white.
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a hard dependency
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(image).astype(np.float32) / (65535.0 if image.mode.startswith("I;16") else 2**31 - 1)
+            image = arr
+        elif image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+        if not isinstance(image, np.ndarray):
+            image = np.asarray(image)
+        channels_last = True
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / 255.0
+        elif arr.dtype == np.uint16:
+            arr = arr.astype(np.float32) / 65535.0
+        elif arr.dtype == bool:
+            arr = arr.astype(np.float32)
+        else:
+            arr = arr.astype(np.float32)
+        image = torch.from_numpy(np.ascontiguousarray(arr))
+        channels_last = True if channels_last is None else channels_last
+    if not isinstance(image, torch.Tensor):
+        raise ReferenceImageError(f"unsupported reference image type {type(image).__name__}")
+    x = image.detach().to(torch.float32)
+    if x.ndim == 2:
+        x = x[None, :, :, None]
+        channels_last = True
+    elif x.ndim == 3:
+        if channels_last is None:
+            channels_last = x.shape[-1] in (1, 2, 3, 4) and x.shape[0] not in (1, 2, 3, 4)
+        x = x[None]
+    if x.ndim != 4:
+        raise ReferenceImageError(f"reference image must have 2-4 dimensions, got shape {tuple(image.shape)}")
+    if channels_last is None:
+        channels_last = x.shape[-1] in (1, 2, 3, 4)
+    if channels_last:
+        x = x.permute(0, 3, 1, 2)
+    c = x.shape[1]
+    if c == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif c == 2:  # gray + alpha
+        gray, alpha = x[:, :1], x[:, 1:2]
+        x = (gray * alpha + (1 - alpha)).expand(-1, 3, -1, -1)
+    elif c == 4:
+        rgb, alpha = x[:, :3], x[:, 3:4]
+        x = rgb * alpha + (1 - alpha)
+    elif c != 3:
+        raise ReferenceImageError(f"reference image has {c} channels; expected 1 (gray), 2, 3 (RGB) or 4 (RGBA)")
+    if x.shape[-1] < 1 or x.shape[-2] < 1:
+        raise ReferenceImageError("reference image is empty")
+    return x.clamp(0.0, 1.0).contiguous()
+
+
+def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if x.shape[-2:] == (height, width):
+        return x
+    return F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def fit_reference(image01: torch.Tensor, height: int, width: int, fit: FitMode = "crop", pad_value: float = 1.0) -> torch.Tensor:
+    """Fit ``[B, 3, h, w]`` into ``height x width``: centre crop, letterbox pad, or stretch."""
+    b, _, h, w = image01.shape
+    if min(h, w) < MIN_REFERENCE_SIDE:
+        raise ReferenceImageError(
+            f"reference image is {w}x{h} pixels; DSD needs at least {MIN_REFERENCE_SIDE} px on each side "
+            f"(the model reads identity from a {width}x{height} frame). Use a larger reference."
+        )
+    if fit == "stretch":
+        return _resize(image01, height, width)
+    target_aspect = width / height
+    if fit == "crop":
+        if w / h > target_aspect:
+            new_w = max(1, round(h * target_aspect))
+            left = (w - new_w) // 2
+            image01 = image01[..., :, left : left + new_w]
+        else:
+            new_h = max(1, round(w / target_aspect))
+            top = (h - new_h) // 2
+            image01 = image01[..., top : top + new_h, :]
+        return _resize(image01, height, width)
+    if fit == "pad":
+        scale = min(height / h, width / w)
+        new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+        inner = _resize(image01, new_h, new_w)
+        out = torch.full((b, 3, height, width), float(pad_value), dtype=image01.dtype, device=image01.device)
+        top, left = (height - new_h) // 2, (width - new_w) // 2
+        out[..., top : top + new_h, left : left + new_w] = inner
+        return out
+    raise ValueError(f"fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
+
+
+def compose_canvas(reference: Any, layout: CanvasLayout) -> torch.Tensor:
+    """Reference(s) -> canvas ``[B, 3, H, W]`` in ``[-1, 1]``: frame one the reference, frame two black (-1)."""
+    ref01 = to_rgb01(reference)
+    frame = fit_reference(ref01, layout.height, layout.frame_width, layout.fit, layout.pad_value)
+    canvas = torch.full((ref01.shape[0], 3, layout.height, layout.width), -1.0, dtype=torch.float32)
+    canvas[..., : layout.frame_width] = frame * 2.0 - 1.0
+    return canvas
+
+
+def split_canvas(canvas: torch.Tensor, layout: CanvasLayout | None = None, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canvas -> (frame one, frame two). Works on pixel canvases and on latents alike."""
+    width = canvas.shape[-2] if channels_last else canvas.shape[-1]
+    if layout is not None and not channels_last and canvas.shape[-1] == layout.width:
+        half = layout.frame_width
+    else:
+        half = width // 2
+    if channels_last:
+        return canvas[:, :, :half, :], canvas[:, :, half:, :]
+    return canvas[..., :half], canvas[..., half:]
+
+
+def canvas_to_image01(canvas: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` -> ``[0, 1]`` (decoded canvases)."""
+    return ((canvas.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def tensor_to_pil(image01: torch.Tensor):
+    """``[3, H, W]`` or ``[1, 3, H, W]`` in ``[0, 1]`` -> PIL RGB."""
+    from PIL import Image
+
+    if image01.ndim == 4:
+        image01 = image01[0]
+    arr = (image01.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(arr, "RGB")

@@ -1,0 +1,168 @@
+"""DSD sampling: FLUX flow matching, Euler, dynamic shift, two-scale true CFG from the third step.
+
+Three predictions per step when true CFG is on (DSD.md section 2):
+  e_full = (prompt, condition), e_t0 = (negative prompt, condition), e_00 = (negative prompt, ZERO tokens)
+  e = e_00 + s_i (e_t0 - e_00) + s_t (e_full - e_t0)
+It runs only when ``s_i > 1`` (as the authors' code) and only from ``cfg_start_step`` (2, i.e. the
+third step); otherwise each step is a single ``e_full`` pass. The three branches are evaluated
+in one batched transformer call by default.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import DSDTransformer
+from .tokens import flux_sigmas
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """Encoded prompt: T5 sequence ``[B, L, D]`` and CLIP pooled ``[B, P]``."""
+
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+
+    def repeat_to(self, batch: int) -> TextConditioning:
+        if self.prompt_embeds.shape[0] == batch:
+            return self
+        if self.prompt_embeds.shape[0] != 1:
+            raise ValueError(f"cannot broadcast a text batch of {self.prompt_embeds.shape[0]} to {batch}")
+        return TextConditioning(self.prompt_embeds.expand(batch, -1, -1), self.pooled.expand(batch, -1))
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    guidance: float = 3.5  # FLUX.1-dev distilled guidance embedding
+    image_guidance: float = 1.0  # s_i
+    text_guidance: float = 1.0  # s_t
+    cfg_start_step: int = 2  # steps 0 and 1 use e_full alone
+
+    @property
+    def true_cfg(self) -> bool:
+        return self.image_guidance > 1.0
+
+    def cfg_at(self, step: int) -> bool:
+        return self.true_cfg and step >= self.cfg_start_step
+
+
+def combine_cfg(e_full: torch.Tensor, e_t0: torch.Tensor, e_00: torch.Tensor, image_guidance: float, text_guidance: float) -> torch.Tensor:
+    """DSD's two-scale true CFG."""
+    return e_00 + image_guidance * (e_t0 - e_00) + text_guidance * (e_full - e_t0)
+
+
+@dataclass
+class SamplerStats:
+    """Counts for tests and benchmarks: transformer calls and predictions (branch evaluations)."""
+
+    model_calls: int = 0
+    predictions: int = 0
+    predictions_per_step: list[int] = field(default_factory=list)
+
+
+def sample_tokens(
+    model: DSDTransformer,
+    noise: torch.Tensor,
+    condition_tokens: torch.Tensor,
+    text: TextConditioning,
+    img_ids: torch.Tensor,
+    txt_ids: torch.Tensor,
+    sigmas: torch.Tensor | None = None,
+    steps: int = 28,
+    guidance: GuidanceConfig = GuidanceConfig(),
+    negative_text: TextConditioning | None = None,
+    batch_branches: bool = True,
+    stats: SamplerStats | None = None,
+    progress: bool = False,
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Euler flow-matching from packed ``noise`` ``[B, N, 64]``; returns packed clean tokens.
+
+    ``sigmas`` default to FluxPipeline's shifted schedule for ``N`` tokens and ``steps`` steps.
+    """
+    b, n, _ = noise.shape
+    if condition_tokens.shape[0] == 1 and b > 1:
+        condition_tokens = condition_tokens.expand(b, -1, -1)
+    if condition_tokens.shape != noise.shape:
+        raise ValueError(f"condition tokens {tuple(condition_tokens.shape)} do not match noise {tuple(noise.shape)}")
+    if sigmas is None:
+        sigmas = flux_sigmas(steps, n)
+    sigmas = sigmas.to(torch.float32)
+    text = text.repeat_to(b)
+    if guidance.text_guidance != 1.0 and not guidance.true_cfg:
+        logger.warning(
+            "text_guidance=%s has no effect with image_guidance<=1: DSD's true CFG runs only when image_guidance > 1",
+            guidance.text_guidance,
+        )
+    if guidance.true_cfg:
+        if negative_text is None:
+            raise ValueError("true CFG (image_guidance > 1) needs a negative prompt encoding")
+        negative_text = negative_text.repeat_to(b)
+    stats = stats if stats is not None else SamplerStats()
+    dtype = model.dtype
+    device = model.device
+    x = noise.to(device=device, dtype=torch.float32)
+    cond = condition_tokens.to(device=device, dtype=dtype)
+    zeros = torch.zeros_like(cond)
+    g = None
+    if getattr(model.config, "guidance_embeds", True):
+        g = torch.full((b,), guidance.guidance, device=device, dtype=torch.float32)
+
+    def run(xin: torch.Tensor, c: torch.Tensor, t: TextConditioning, sigma: torch.Tensor) -> torch.Tensor:
+        k = xin.shape[0]
+        stats.model_calls += 1
+        stats.predictions += k // b
+        return model(
+            hidden_states=xin.to(dtype),
+            condition_tokens=c,
+            encoder_hidden_states=t.prompt_embeds.to(device=device, dtype=dtype),
+            pooled_projections=t.pooled.to(device=device, dtype=dtype),
+            timestep=sigma.expand(k).to(device=device, dtype=dtype),
+            img_ids=img_ids.to(device),
+            txt_ids=txt_ids.to(device),
+            guidance=g.repeat(k // b).to(dtype) if g is not None else None,
+        ).to(torch.float32)
+
+    num_steps = len(sigmas) - 1
+    iterator = range(num_steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="DSD sampling", unit="step")
+    for i in iterator:
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        before = stats.predictions
+        if guidance.cfg_at(i):
+            assert negative_text is not None
+            same_len = negative_text.prompt_embeds.shape[1] == text.prompt_embeds.shape[1]
+            if batch_branches and same_len:
+                tc = TextConditioning(
+                    torch.cat([text.prompt_embeds, negative_text.prompt_embeds, negative_text.prompt_embeds]),
+                    torch.cat([text.pooled, negative_text.pooled, negative_text.pooled]),
+                )
+                out = run(torch.cat([x, x, x]), torch.cat([cond, cond, zeros]), tc, sigma)
+                e_full, e_t0, e_00 = out.chunk(3)
+            else:
+                e_full = run(x, cond, text, sigma)
+                e_t0 = run(x, cond, negative_text, sigma)
+                e_00 = run(x, zeros, negative_text, sigma)
+            v = combine_cfg(e_full, e_t0, e_00, guidance.image_guidance, guidance.text_guidance)
+        else:
+            v = run(x, cond, text, sigma)
+        stats.predictions_per_step.append(stats.predictions - before)
+        x = x + (sigma_next - sigma) * v
+        if callback is not None:
+            callback(i, num_steps, x)
+    return x
+
+
+def make_noise(batch: int, latent_height: int, latent_width: int, seed: int, channels: int = 16) -> torch.Tensor:
+    """Canvas noise ``[B, 16, h, w]`` exactly as ComfyUI's ``prepare_noise`` draws it (CPU generator, fp32)."""
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn((batch, channels, latent_height, latent_width), generator=gen, dtype=torch.float32)

@@ -1,0 +1,5 @@
+"""Reading and writing DSD weights: the authors' release, the adapter format, layouts, diffs."""
+
+from .errors import WeightsError
+
+__all__ = ["WeightsError"]
