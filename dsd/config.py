@@ -8,11 +8,15 @@ and `apply_overrides` applies ``section.key=value`` CLI overrides with the same 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli
+    import tomli as tomllib  # type: ignore[no-redef]
 
 T = TypeVar("T")
 

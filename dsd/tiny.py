@@ -294,7 +294,7 @@ def make_tiny(out_dir: str | Path, seed: int = 0, full_width: bool = False) -> T
         big = make_tiny_dsd(seed, FULL_WIDTH_TRANSFORMER_CONFIG)
         full = write_plain_flux(root / "flux_full_width_bf16.safetensors", big, layout="bfl", dtype=torch.bfloat16)
     (root / "README.txt").write_text(
-        "Tiny random DSD/FLUX fixtures made by `python -m dsd make-tiny` (seed %d). Not a real model.\n" % seed
+        f"Tiny random DSD/FLUX fixtures made by `python -m dsd make-tiny` (seed {seed}). Not a real model.\n"
     )
     atomic_write_json(root / "manifest.json", {"seed": seed, "files": sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())})
     return TinyFiles(root=root, flux_dir=flux_dir, release_dir=release.root, flux_bfl=flux_bfl, full_width_flux=full)
