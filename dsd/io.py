@@ -14,9 +14,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily: the provider layer and CLIs stay light
+    import torch
 
 
 def _fsync_dir(path: Path) -> None:
@@ -80,6 +81,8 @@ def atomic_save_safetensors(
 
 def atomic_save_torch(obj: Any, dest: str | os.PathLike[str]) -> None:
     """torch.save, atomically. Only for the project's own state (optimizer, RNG); weights use safetensors."""
+    import torch
+
     with atomic_path(dest, suffix=".pt") as tmp:
         torch.save(obj, tmp)
 

@@ -1,0 +1,56 @@
+"""LLM/VLM providers shared by prompt enhancement, datagen (prompts, filtering, curation) and evaluation.
+
+Two kinds, both through their official SDKs: ``openai`` (any OpenAI-compatible server:
+OpenAI, vLLM, Ollama, LM Studio) and ``gemini`` (google-genai). Both give the same contract:
+retries with backoff and ``retry-after``, bounded concurrency, structured JSON output checked
+against a schema, an on-disk answer cache, token/cost accounting, and errors that say what to
+fix without ever containing the API key.
+
+    provider = make_provider(ProviderConfig(kind="gemini", model="gemini-1.5-flash"))
+    result = provider.complete(ChatRequest("Describe this", images=(image_to_png_bytes(img),)))
+"""
+
+from __future__ import annotations
+
+from .base import Provider
+from .cache import request_cache_key
+from .config import ProviderConfig, ProviderKind
+from .errors import (
+    ProviderAuthError,
+    ProviderError,
+    ProviderRefusal,
+    ProviderResponseError,
+    ProviderUnavailable,
+)
+from .types import ChatRequest, ChatResult, Usage, image_to_png_bytes
+
+
+def make_provider(config: ProviderConfig) -> Provider:
+    """The provider for ``config.kind`` (SDK imported only for the kind used)."""
+    if config.kind == "openai":
+        from .openai_provider import OpenAIProvider
+
+        return OpenAIProvider(config)
+    if config.kind == "gemini":
+        from .gemini_provider import GeminiProvider
+
+        return GeminiProvider(config)
+    raise ValueError(f"unknown provider kind {config.kind!r}; use 'openai' or 'gemini'")
+
+
+__all__ = [
+    "ChatRequest",
+    "ChatResult",
+    "Provider",
+    "ProviderAuthError",
+    "ProviderConfig",
+    "ProviderError",
+    "ProviderKind",
+    "ProviderRefusal",
+    "ProviderResponseError",
+    "ProviderUnavailable",
+    "Usage",
+    "image_to_png_bytes",
+    "make_provider",
+    "request_cache_key",
+]
