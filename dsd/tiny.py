@@ -300,5 +300,104 @@ def make_tiny(out_dir: str | Path, seed: int = 0, full_width: bool = False) -> T
     return TinyFiles(root=root, flux_dir=flux_dir, release_dir=release.root, flux_bfl=flux_bfl, full_width_flux=full)
 
 
+def fixture_code_version() -> str:
+    """Hash of this module's source: cached fixtures are rebuilt when the code that makes them changes."""
+    import hashlib
+
+    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+def fixture_cache_dir() -> Path:
+    """Where tests keep slow-to-build fixtures between runs (``DSD_FIXTURE_CACHE`` overrides)."""
+    import os
+
+    base = Path(os.environ.get("DSD_FIXTURE_CACHE", Path.home() / ".cache" / "dsd" / "fixtures"))
+    path = base / fixture_code_version()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def tiny_config_json(config: dict[str, Any] | None = None) -> str:
     return json.dumps(config or TINY_TRANSFORMER_CONFIG, sort_keys=True)
+
+
+# -- files ComfyUI's stock loaders accept -----------------------------------------------------------
+CLIP_L_CONFIG: dict[str, Any] = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+
+
+@dataclass
+class TinyComfyFiles:
+    """Names are relative to their ComfyUI model folder (what a workflow's loader widget holds)."""
+
+    models_dir: Path
+    diffusion_model: str  # models/diffusion_models/: hidden-3072 FLUX, 1 double block, context/pooled 768, bf16
+    vae: str  # models/vae/: FLUX VAE layout (diffusers keys; ComfyUI converts), random
+    clip_l: str  # models/text_encoders/: full-size random CLIP-L (use CLIPLoader type=stable_diffusion)
+    adapter: str  # models/dsd/: DSD adapter matching diffusion_model (embedder + rank-4 LoRA)
+    model: DSDTransformer | None = None  # the same weights as diffusers modules (fp32 upcast of the bf16 file)
+
+    def path(self, folder: str, name: str) -> Path:
+        return self.models_dir / folder / name
+
+
+def make_tiny_comfyui_files(models_dir: str | Path, seed: int = 0, keep_model: bool = False) -> TinyComfyFiles:
+    """Write stock-loadable ComfyUI files (FLUX, VAE, CLIP-L) and a matching DSD adapter.
+
+    ComfyUI detects FLUX from a file only at hidden 3072, builds KL VAEs only in FLUX's own layout
+    and has no tiny T5 path, so these are the smallest files its stock loaders take. Reuses files
+    already written for the same seed.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .weights.adapter import DSDAdapter, save_adapter
+
+    root = Path(models_dir)
+    files = TinyComfyFiles(
+        models_dir=root,
+        diffusion_model="dsd_tiny_flux_full_width.safetensors",
+        vae="dsd_tiny_flux_vae.safetensors",
+        clip_l="dsd_tiny_clip_l.safetensors",
+        adapter="dsd_tiny_adapter_full_width.safetensors",
+    )
+    stamp = root / f".dsd_tiny_comfy_seed{seed}.json"
+    version = fixture_code_version()
+    have_all = stamp.is_file() and json.loads(stamp.read_text()).get("version") == version and all(
+        files.path(f, n).is_file()
+        for f, n in (("diffusion_models", files.diffusion_model), ("vae", files.vae), ("text_encoders", files.clip_l), ("dsd", files.adapter))
+    )
+    if have_all and not keep_model:
+        return files
+    model = make_tiny_dsd(seed, FULL_WIDTH_TRANSFORMER_CONFIG)
+    # Round through bf16 so the diffusers-side copy equals what ComfyUI reads from the file.
+    model = model.to(torch.bfloat16).to(torch.float32)
+    if not have_all:
+        write_plain_flux(files.path("diffusion_models", files.diffusion_model), model, layout="bfl", dtype=torch.bfloat16)
+        lora = make_tiny_lora(model.transformer, rank=4, seed=seed)
+        save_adapter(
+            DSDAdapter(c_embedder={k: v.clone() for k, v in model.c_embedder_state_dict().items()}, lora=lora),
+            files.path("dsd", files.adapter),
+            {"source": f"dsd.tiny seed {seed} (random)"},
+        )
+        vae = make_tiny_vae(seed, FULL_VAE_CONFIG)
+        atomic_save_safetensors({k: v.to(torch.float16) for k, v in vae.state_dict().items()}, files.path("vae", files.vae))
+        del vae
+        clip = CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG))
+        _randomise(clip, seed + 40, std=0.02)
+        atomic_save_safetensors({k: v.to(torch.float16) for k, v in clip.state_dict().items()}, files.path("text_encoders", files.clip_l))
+        del clip
+        atomic_write_json(stamp, {"seed": seed, "version": version})
+    if keep_model:
+        files.model = model
+    return files
