@@ -74,8 +74,11 @@ def to_rgb01(image: Any, channels_last: bool | None = None) -> torch.Tensor:
         Image = None
     if Image is not None and isinstance(image, Image.Image):
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(image).astype(np.float32) / (65535.0 if image.mode.startswith("I;16") else 2**31 - 1)
-            image = arr
+            raw = np.asarray(image)
+            # Mode "I" (32-bit) is how Pillow hands over most 16-bit files (TIFF, older PNG readers):
+            # values up to 65535 are 16-bit data, as ComfyUI's LoadImage also assumes.
+            sixteen = image.mode.startswith("I;16") or (raw.size > 0 and 0 <= raw.min() and raw.max() <= 65535)
+            image = raw.astype(np.float32) / (65535.0 if sixteen else 2**31 - 1)
         elif image.mode not in ("RGB", "RGBA", "L", "LA"):
             image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
         if not isinstance(image, np.ndarray):

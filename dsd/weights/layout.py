@@ -84,7 +84,8 @@ def diffusers_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
                 if s + f"{src}.{p}" in state:
                     out[d + f"{dst}.{p}"] = take(s + f"{src}.{p}")
         for src, dst in _DOUBLE_NORMS.items():
-            out[d + dst] = take(s + src)
+            if s + src in state:
+                out[d + dst] = take(s + src)
         for dst, parts in _DOUBLE_FUSED.items():
             for p in ("weight", "bias"):
                 if s + f"{parts[0]}.{p}" in state:
@@ -96,7 +97,8 @@ def diffusers_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
                 if s + f"{src}.{p}" in state:
                     out[d + f"{dst}.{p}"] = take(s + f"{src}.{p}")
         for src, dst in _SINGLE_NORMS.items():
-            out[d + dst] = take(s + src)
+            if s + src in state:
+                out[d + dst] = take(s + src)
         for dst, parts in _SINGLE_FUSED.items():
             for p in ("weight", "bias"):
                 if s + f"{parts[0]}.{p}" in state:
@@ -134,7 +136,8 @@ def bfl_to_diffusers(state: Mapping[str, torch.Tensor], num_heads: int | None = 
                 if s + f"{src}.{p}" in state:
                     out[d + f"{dst}.{p}"] = take(s + f"{src}.{p}")
         for dst, src in _DOUBLE_NORMS.items():
-            out[d + dst] = take(s + src)
+            if s + src in state:
+                out[d + dst] = take(s + src)
         for src, parts in _DOUBLE_FUSED.items():
             for p in ("weight", "bias"):
                 if s + f"{src}.{p}" in state:
@@ -147,7 +150,8 @@ def bfl_to_diffusers(state: Mapping[str, torch.Tensor], num_heads: int | None = 
                 if s + f"{src}.{p}" in state:
                     out[d + f"{dst}.{p}"] = take(s + f"{src}.{p}")
         for dst, src in _SINGLE_NORMS.items():
-            out[d + dst] = take(s + src)
+            if s + src in state:
+                out[d + dst] = take(s + src)
         for p in ("weight", "bias"):
             key = s + f"linear1.{p}"
             if key in state:
