@@ -1,0 +1,275 @@
+"""Latent and text-embedding caches, and the two sample sources training reads (cached / on the fly).
+
+``python -m training cache`` encodes each pair once: the condition canvas ``[ref | black]`` and
+the target canvas ``[ref | target]`` through the VAE (posterior mean, model space
+``(z - shift) * scale``, unpacked ``[16, h/8, w/8]``) and the caption through CLIP + T5. Pairs
+are processed in fixed chunks of ``dataset.cache_shard_size`` (sorted by key); each chunk
+becomes one safetensors shard written atomically, then one line in ``cache_dir/shards.jsonl``
+(a ``dsd.manifest.RecordLog``). A killed run resumes at the first chunk not in the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsd.io import atomic_save_safetensors, atomic_write_json, clean_stale_temporaries
+from dsd.manifest import RecordLog, read_records
+from dsd.tokens import latent_to_model
+
+from .config import TrainConfig
+from .data import (
+    PairReadError,
+    PairRef,
+    dataset_hash,
+    discover,
+    pair_canvases,
+    pick_bucket,
+    read_pair,
+    target_size,
+)
+from .objective import Batch
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SHARD_LOG = "shards.jsonl"
+INFO_FILE = "cache_info.json"
+EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
+CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class CacheError(ValueError):
+    """The cache folder is missing, incomplete or was made with other settings."""
+
+
+class Encoders:
+    """The frozen VAE and text encoders of a diffusers FLUX folder (no transformer loaded)."""
+
+    def __init__(self, flux_dir: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 max_sequence_length: int = 512) -> None:  # fmt: skip
+        from diffusers import FluxPipeline
+
+        if not flux_dir or not (Path(flux_dir) / "model_index.json").is_file():
+            raise CacheError(
+                f"model.flux={flux_dir!r} is not a diffusers FLUX folder (no model_index.json); caching, on-the-fly "
+                "encoding and validation sampling need its VAE and text encoders"
+            )
+        self.pipe = FluxPipeline.from_pretrained(flux_dir, transformer=None, dtype=dtype, local_files_only=True)
+        self.pipe.to(device)
+        self.device = torch.device(device)
+        self.max_sequence_length = max_sequence_length
+
+    @torch.no_grad()
+    def encode_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        z = vae.encode(canvas.to(device=self.device, dtype=vae.dtype)).latent_dist.mean
+        return latent_to_model(z.float(), vae.config.shift_factor, vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        from dsd.tokens import model_to_latent
+
+        vae = self.pipe.vae
+        z = model_to_latent(latent.float(), vae.config.shift_factor, vae.config.scaling_factor)
+        return vae.decode(z.to(device=self.device, dtype=vae.dtype)).sample.float()
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+        )
+        return embeds.float(), pooled.float()
+
+
+def cache_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """What a cache depends on; a cache made with other settings is refused."""
+    d = cfg.dataset
+    return {
+        "version": CACHE_VERSION,
+        "flux": str(Path(cfg.model.flux).name),
+        "frame_buckets": [list(b) for b in d.frame_buckets],
+        "fit": d.fit,
+        "cache_dtype": d.cache_dtype,
+        "max_sequence_length": cfg.model.max_sequence_length,
+        "shard_size": d.cache_shard_size,
+    }
+
+
+@dataclass
+class CacheSummary:
+    cache_dir: Path
+    pairs: int = 0
+    shards_total: int = 0
+    shards_written: int = 0
+    shards_skipped_done: int = 0
+    samples_written: int = 0
+    bad_images: int = 0
+    seconds: float = 0.0
+    bad_keys: list[str] = field(default_factory=list)
+
+
+def _chunk_id(refs: list[PairRef]) -> str:
+    return hashlib.sha1("\n".join(r.key for r in refs).encode()).hexdigest()[:16]
+
+
+def run_cache(cfg: TrainConfig, device: str | torch.device = "cpu", progress: bool = True) -> CacheSummary:
+    """Encode every pair of ``dataset.paths`` into ``dataset.cache_dir`` (resumable)."""
+    if not cfg.dataset.cache_dir:
+        raise CacheError("dataset.cache_dir is empty; set it to the folder the cache should go to")
+    root = Path(cfg.dataset.cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(root)
+    clean_stale_temporaries(root / "shards")
+    t0 = time.perf_counter()
+    refs = discover(cfg.dataset.paths)
+    settings = cache_settings(cfg)
+    info_path = root / INFO_FILE
+    if info_path.is_file():
+        import json
+
+        old = json.loads(info_path.read_text())
+        if old.get("settings") != settings:
+            raise CacheError(
+                f"{root}: cache was made with other settings ({old.get('settings')}); use a new dataset.cache_dir "
+                "or delete this one"
+            )
+    atomic_write_json(info_path, {"settings": settings, "dataset_hash": dataset_hash(refs), "pairs": len(refs)})
+    dtype = CACHE_DTYPES[cfg.dataset.cache_dtype]
+    enc = Encoders(cfg.model.flux, device=device, max_sequence_length=cfg.model.max_sequence_length)
+    if not (root / EMPTY_PROMPT_FILE).is_file():
+        e, p = enc.encode_text([""])
+        atomic_save_safetensors({"prompt_embeds": e[0].to(dtype), "pooled": p[0].to(dtype)}, root / EMPTY_PROMPT_FILE)
+    size = cfg.dataset.cache_shard_size
+    chunks = [refs[i : i + size] for i in range(0, len(refs), size)]
+    summary = CacheSummary(cache_dir=root, pairs=len(refs), shards_total=len(chunks))
+    iterator = chunks
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(chunks, desc="caching", unit="shard")
+    with RecordLog(root / SHARD_LOG) as log:
+        for chunk in iterator:
+            cid = _chunk_id(chunk)
+            if cid in log:
+                summary.shards_skipped_done += 1
+                continue
+            tensors: dict[str, torch.Tensor] = {}
+            samples, bad = [], []
+            for ref in chunk:
+                try:
+                    pair = read_pair(ref)
+                except PairReadError as exc:
+                    if cfg.dataset.on_bad_image == "error":
+                        raise PairReadError(f"{exc}. Fix or remove it, or set dataset.on_bad_image=\"skip\"") from exc
+                    logger.warning("skipping: %s", exc)
+                    bad.append(ref.key)
+                    continue
+                bucket = pick_bucket(*pair.target.size, cfg.dataset.frame_buckets)
+                cond, target = pair_canvases(pair, bucket, cfg.dataset.fit)
+                lat = enc.encode_canvas(torch.cat([cond, target]))
+                emb, pooled = enc.encode_text([pair.caption])
+                i = len(samples)
+                tensors[f"{i}.cond"] = lat[0].to(dtype)
+                tensors[f"{i}.target"] = lat[1].to(dtype)
+                tensors[f"{i}.prompt_embeds"] = emb[0].to(dtype)
+                tensors[f"{i}.pooled"] = pooled[0].to(dtype)
+                samples.append({"key": pair.key, "index": i, "bucket": list(bucket)})
+            shard = root / "shards" / f"{cid}.safetensors"
+            if samples:
+                atomic_save_safetensors(tensors, shard, metadata={"dsd_cache_version": str(CACHE_VERSION)})
+            log.append({"id": cid, "file": shard.name if samples else None, "samples": samples, "skipped": bad})
+            summary.shards_written += 1
+            summary.samples_written += len(samples)
+            summary.bad_images += len(bad)
+            summary.bad_keys.extend(bad)
+    # Bad images of chunks finished by an earlier run count too.
+    summary.bad_images = sum(len(r.get("skipped", [])) for r in read_records(root / SHARD_LOG))
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+# -- sample sources ---------------------------------------------------------------------------------
+class CachedSource:
+    """Samples from a finished cache folder (one safetensors shard open at a time per process)."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.root = Path(cache_dir)
+        log = self.root / SHARD_LOG
+        if not log.is_file() or not (self.root / EMPTY_PROMPT_FILE).is_file():
+            raise CacheError(f"{self.root}: no finished cache here; run `python -m training cache --config ...` first")
+        import json
+
+        info = json.loads((self.root / INFO_FILE).read_text())
+        records = read_records(log)
+        expected = -(-info["pairs"] // info["settings"]["shard_size"])
+        if len(records) < expected:
+            raise CacheError(
+                f"{self.root}: cache is incomplete ({len(records)}/{expected} shards); rerun `python -m training cache` "
+                "to finish it"
+            )
+        self.dataset_hash = info.get("dataset_hash", "")
+        entries = [(s["key"], r["file"], s["index"], tuple(s["bucket"])) for r in records for s in r["samples"]]
+        entries.sort(key=lambda e: e[0])
+        if not entries:
+            raise CacheError(f"{self.root}: the cache holds no samples (every image was unreadable?)")
+        self.keys = [e[0] for e in entries]
+        self._loc = [(e[1], e[2]) for e in entries]
+        self.buckets = [e[3] for e in entries]
+        from safetensors.torch import load_file
+
+        empty = load_file(str(self.root / EMPTY_PROMPT_FILE))
+        self.empty_text = (empty["prompt_embeds"][None].float(), empty["pooled"][None].float())
+        self._open: tuple[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def get(self, i: int) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        file, idx = self._loc[i]
+        if self._open is None or self._open[0] != file:
+            self._open = (file, safe_open(str(self.root / "shards" / file), framework="pt"))
+        f = self._open[1]
+        return {k: f.get_tensor(f"{idx}.{k}").float() for k in ("cond", "target", "prompt_embeds", "pooled")}
+
+
+class EncodingSource:
+    """Samples read and encoded on the fly every time (no cache): slow, for debugging and benchmarks."""
+
+    def __init__(self, cfg: TrainConfig, encoders: Encoders) -> None:
+        self.cfg = cfg
+        self.enc = encoders
+        self.refs = discover(cfg.dataset.paths)
+        self.keys = [r.key for r in self.refs]
+        self.dataset_hash = dataset_hash(self.refs)
+        self.buckets = [pick_bucket(*target_size(r), cfg.dataset.frame_buckets) for r in self.refs]
+        self.empty_text = encoders.encode_text([""])
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def get(self, i: int) -> dict[str, torch.Tensor]:
+        pair = read_pair(self.refs[i])
+        cond, target = pair_canvases(pair, self.buckets[i], self.cfg.dataset.fit)
+        lat = self.enc.encode_canvas(torch.cat([cond, target]))
+        emb, pooled = self.enc.encode_text([pair.caption])
+        return {"cond": lat[0], "target": lat[1], "prompt_embeds": emb[0], "pooled": pooled[0]}
+
+
+def collate(source: CachedSource | EncodingSource, indices: list[int]) -> Batch:
+    items = [source.get(i) for i in indices]
+    return Batch(
+        cond=torch.stack([x["cond"] for x in items]),
+        target=torch.stack([x["target"] for x in items]),
+        prompt_embeds=torch.stack([x["prompt_embeds"] for x in items]),
+        pooled=torch.stack([x["pooled"] for x in items]),
+        keys=[source.keys[i] for i in indices],
+    )

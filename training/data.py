@@ -1,0 +1,296 @@
+"""Training pairs from Datagen's webdataset shards and from the authors' parquet release; aspect buckets.
+
+Two readers give the same thing, a list of :class:`PairRef` (where a pair lives) and
+:func:`read_pair` (its reference, target and caption):
+
+* Datagen folders: ``shard-*.tar`` with ``<key>.ref.png``, ``<key>.target.png``, ``<key>.json``
+  ({"caption", ...}); ``index.parquet`` beside them is optional. Tar headers are scanned once
+  (no image decoding) and each member's byte offset is kept, so a pair is read with one seek.
+* The authors' layout: parquet files with ``image`` (target), ``conditioning`` (reference) and
+  ``caption``; image cells are ``{"bytes": png}`` structs or raw bytes. Pairs are addressed by
+  (file, row group, row), read one row group at a time.
+
+Buckets: each pair goes to the frame size (h, w) whose aspect is closest to its target's; the
+canvas is ``[h, 2w]``. A bad image raises :class:`PairReadError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class DatasetError(ValueError):
+    """The dataset paths do not hold usable training pairs."""
+
+
+class PairReadError(DatasetError):
+    """One pair could not be read (its file and key are in the message)."""
+
+
+@dataclass(frozen=True)
+class PairRef:
+    key: str
+    source: str  # tar or parquet path
+    kind: str  # "tar" | "parquet"
+    ref_loc: tuple[int, int] = (0, 0)  # tar: (offset, size); parquet: (row_group, row)
+    target_loc: tuple[int, int] = (0, 0)
+    meta_loc: tuple[int, int] = (0, 0)
+    caption: str | None = None  # parquet captions are read with the row
+    width: int = 0  # target size, when known without decoding
+    height: int = 0
+
+
+@dataclass
+class Pair:
+    key: str
+    reference: Any  # PIL image
+    target: Any
+    caption: str
+
+
+# -- webdataset shards -------------------------------------------------------------------------
+def _split_member(name: str) -> tuple[str, str]:
+    base = os.path.basename(name)
+    folder = os.path.dirname(name)
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def scan_tar(path: Path) -> list[PairRef]:
+    """Index a webdataset shard: ``<key>.ref.png`` + ``<key>.target.png`` + ``<key>.json`` per pair."""
+    members: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for info in tf:
+                if not info.isfile():
+                    continue
+                key, ext = _split_member(info.name)
+                members.setdefault(key, {})[ext.lower()] = (info.offset_data, info.size)
+    except (tarfile.TarError, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable tar shard ({exc}); re-run the datagen `dataset` stage") from exc
+    out = []
+    for key in sorted(members):
+        parts = members[key]
+        ref = next((parts[e] for e in parts if e.startswith("ref.")), None)
+        tgt = next((parts[e] for e in parts if e.startswith("target.")), None)
+        meta = parts.get("json")
+        if ref is None or tgt is None or meta is None:
+            have = ", ".join(sorted(parts))
+            raise DatasetError(f"{path}: sample {key!r} has [{have}]; a pair needs ref.png, target.png and json")
+        out.append(PairRef(key=key, source=str(path), kind="tar", ref_loc=ref, target_loc=tgt, meta_loc=meta))
+    return out
+
+
+def _read_span(path: str, loc: tuple[int, int]) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(loc[0])
+        data = fh.read(loc[1])
+    if len(data) != loc[1]:
+        raise PairReadError(f"{path}: truncated member at offset {loc[0]}")
+    return data
+
+
+# -- authors' parquet ----------------------------------------------------------------------------
+PARQUET_COLUMNS = ("image", "conditioning", "caption")
+
+
+def scan_parquet(path: Path) -> list[PairRef]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DatasetError(f"{path}: not a readable parquet file ({exc})") from exc
+    names = set(pf.schema_arrow.names)
+    missing = [c for c in PARQUET_COLUMNS if c not in names]
+    if missing:
+        raise DatasetError(
+            f"{path}: parquet lacks column(s) {', '.join(missing)}; the authors' layout has image (target), "
+            f"conditioning (reference) and caption (it has: {', '.join(sorted(names))})"
+        )
+    key_col = next((c for c in ("key", "id", "__key__") if c in names), None)
+    out = []
+    for rg in range(pf.num_row_groups):
+        keys = pf.read_row_group(rg, columns=[key_col]).column(0).to_pylist() if key_col else None
+        for row in range(pf.metadata.row_group(rg).num_rows):
+            key = str(keys[row]) if keys else f"{path.stem}-{rg:05d}-{row:06d}"
+            out.append(PairRef(key=key, source=str(path), kind="parquet", ref_loc=(rg, row), target_loc=(rg, row)))
+    return out
+
+
+_ROW_GROUP_CACHE: dict[tuple[str, int], dict[str, list]] = {}
+
+
+def _parquet_row(path: str, rg: int) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    cache_key = (path, rg)
+    if cache_key not in _ROW_GROUP_CACHE:
+        _ROW_GROUP_CACHE.clear()  # one row group in memory at a time
+        table = pq.ParquetFile(path).read_row_group(rg, columns=list(PARQUET_COLUMNS))
+        _ROW_GROUP_CACHE[cache_key] = {c: table.column(c).to_pylist() for c in PARQUET_COLUMNS}
+    return _ROW_GROUP_CACHE[cache_key]
+
+
+def _cell_bytes(cell: Any, where: str) -> bytes:
+    if isinstance(cell, dict):
+        cell = cell.get("bytes")
+    if isinstance(cell, bytes | bytearray | memoryview):
+        return bytes(cell)
+    raise PairReadError(f"{where}: image cell is {type(cell).__name__}, expected PNG bytes or a {{'bytes': ...}} struct")
+
+
+# -- discovery ----------------------------------------------------------------------------------
+def discover(paths: list[str]) -> list[PairRef]:
+    """All pairs under ``paths`` (datagen folders, tar files, parquet files or folders), sorted by key."""
+    if not paths:
+        raise DatasetError("dataset.paths is empty: point it to a datagen dataset folder or the authors' parquet files")
+    refs: list[PairRef] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise DatasetError(f"dataset path {p} does not exist; check dataset.paths in the config")
+        if p.is_file():
+            files = [p]
+        else:
+            tars = sorted(p.glob("*.tar"))
+            files = tars or sorted(f for f in p.glob("*.parquet") if f.name != "index.parquet")
+        if not files:
+            raise DatasetError(f"{p}: no shard-*.tar or *.parquet files; run the datagen `dataset` stage first")
+        for f in files:
+            if f.suffix == ".tar":
+                refs.extend(scan_tar(f))
+            elif f.suffix == ".parquet":
+                refs.extend(scan_parquet(f))
+            else:
+                raise DatasetError(f"{f}: unsupported dataset file (expected .tar shards or .parquet)")
+    if not refs:
+        raise DatasetError(f"no training pairs found in {', '.join(paths)}")
+    seen: set[str] = set()
+    for r in refs:
+        if r.key in seen:
+            raise DatasetError(f"duplicate sample key {r.key!r} (in {r.source}); keys must be unique across dataset.paths")
+        seen.add(r.key)
+    return sorted(refs, key=lambda r: r.key)
+
+
+def dataset_hash(refs: list[PairRef]) -> str:
+    """Identity of the dataset: keys and source files (names + sizes), not the image bytes."""
+    h = hashlib.sha256()
+    for r in refs:
+        h.update(r.key.encode())
+    for src in sorted({r.source for r in refs}):
+        h.update(f"{os.path.basename(src)}:{os.path.getsize(src)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _decode(data: bytes, where: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise PairReadError(f"{where}: unreadable image ({exc})") from exc
+    return img.convert("RGB")
+
+
+def read_pair(ref: PairRef) -> Pair:
+    """Decode one pair. Raises PairReadError naming the shard/file and the key."""
+    where = f"{ref.source} [{ref.key}]"
+    if ref.kind == "tar":
+        try:
+            meta = json.loads(_read_span(ref.source, ref.meta_loc))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PairReadError(f"{where}: {ref.key}.json is not valid JSON ({exc})") from exc
+        caption = meta.get("caption") if isinstance(meta, dict) else None
+        if not isinstance(caption, str):
+            raise PairReadError(f"{where}: {ref.key}.json has no string 'caption'")
+        reference = _decode(_read_span(ref.source, ref.ref_loc), f"{where} ref")
+        target = _decode(_read_span(ref.source, ref.target_loc), f"{where} target")
+        return Pair(ref.key, reference, target, caption)
+    rg, row = ref.ref_loc
+    cols = _parquet_row(ref.source, rg)
+    caption = cols["caption"][row]
+    if not isinstance(caption, str):
+        raise PairReadError(f"{where}: caption is {type(caption).__name__}, expected text")
+    reference = _decode(_cell_bytes(cols["conditioning"][row], f"{where} conditioning"), f"{where} conditioning")
+    target = _decode(_cell_bytes(cols["image"][row], f"{where} image"), f"{where} image")
+    return Pair(ref.key, reference, target, caption)
+
+
+# -- buckets and canvases -------------------------------------------------------------------------
+def pick_bucket(width: int, height: int, buckets: list[list[int]] | list[tuple[int, int]]) -> tuple[int, int]:
+    """Frame bucket (h, w) with the closest log-aspect to ``width/height``; ties go to the first listed."""
+    aspect = math.log(width / height)
+    best = min(buckets, key=lambda b: abs(math.log(b[1] / b[0]) - aspect))
+    return int(best[0]), int(best[1])
+
+
+def pair_canvases(pair: Pair, bucket: tuple[int, int], fit: str = "crop") -> tuple[torch.Tensor, torch.Tensor]:
+    """(condition canvas [ref | black], target canvas [ref | target]), each ``[1, 3, h, 2w]`` in [-1, 1]."""
+    from dsd.canvas import fit_reference, to_rgb01
+
+    h, w = bucket
+    ref = fit_reference(to_rgb01(pair.reference), h, w, fit) * 2 - 1
+    tgt = fit_reference(to_rgb01(pair.target), h, w, fit) * 2 - 1
+    cond = torch.full((1, 3, h, 2 * w), -1.0)
+    cond[..., :w] = ref
+    target = torch.cat([ref, tgt], dim=-1)
+    return cond, target
+
+
+def target_size(ref: PairRef) -> tuple[int, int]:
+    """(width, height) of the target from its header only (no full decode)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if ref.kind == "tar":
+        data = _read_span(ref.source, ref.target_loc)
+    else:
+        rg, row = ref.target_loc
+        data = _cell_bytes(_parquet_row(ref.source, rg)["image"][row], f"{ref.source} [{ref.key}] image")
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise PairReadError(f"{ref.source} [{ref.key}] target: unreadable image ({exc})") from exc
+
+
+def epoch_batches(buckets: list[tuple[int, int]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Deterministic batches for one epoch: shuffle within each bucket, batch, shuffle batches.
+
+    Only full batches are kept (a ragged last batch per bucket is dropped) so every step sees
+    ``batch_size`` samples of one canvas size.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, b in enumerate(buckets):
+        groups.setdefault(tuple(b), []).append(i)
+    batches: list[list[int]] = []
+    for b in sorted(groups):
+        idx = np.array(groups[b])
+        rng.shuffle(idx)
+        for s in range(0, len(idx) - batch_size + 1, batch_size):
+            batches.append([int(x) for x in idx[s : s + batch_size]])
+    if not batches:
+        raise DatasetError(
+            f"no full batch of {batch_size}: the largest bucket has {max(len(g) for g in groups.values())} pairs; "
+            "lower training.batch_size or add data"
+        )
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
