@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .model import DSDTransformer
-from .tokens import flux_sigmas
+from .tokens import flux_sigmas, text_ids
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def sample_tokens(
             pooled_projections=t.pooled.to(device=device, dtype=dtype),
             timestep=sigma.expand(k).to(device=device, dtype=dtype),
             img_ids=img_ids.to(device),
-            txt_ids=txt_ids.to(device),
+            # a negative prompt may encode to another length than the prompt: ids follow each text
+            txt_ids=(txt_ids if txt_ids.shape[0] == t.prompt_embeds.shape[1] else text_ids(t.prompt_embeds.shape[1])).to(device),
             guidance=g.repeat(k // b).to(dtype) if g is not None else None,
         ).to(torch.float32)
 

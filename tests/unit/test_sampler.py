@@ -150,3 +150,24 @@ def test_plain_flux_parity_with_diffusers_pipeline(tiny_files):
     assert out.shape == ours.shape
     torch.testing.assert_close(ours, out, rtol=0, atol=1e-5)
     assert (ours - noise).abs().max() > 1e-2
+
+
+def test_negative_prompt_of_another_length_runs_unbatched():
+    """Branches with different text lengths fall back to separate calls with their own text ids."""
+    import torch
+
+    from dsd.sampler import GuidanceConfig, SamplerStats, TextConditioning, sample_tokens
+    from dsd.tiny import make_tiny_dsd
+    from dsd.tokens import image_ids, text_ids
+
+    model = make_tiny_dsd(0)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 16, 64, generator=gen)
+    cond = torch.randn(1, 16, 64, generator=gen)
+    text = TextConditioning(torch.randn(1, 6, 32, generator=gen), torch.randn(1, 32, generator=gen))
+    neg = TextConditioning(torch.randn(1, 9, 32, generator=gen), torch.randn(1, 32, generator=gen))
+    stats = SamplerStats()
+    out = sample_tokens(model, noise, cond, text, image_ids(8, 8), text_ids(6), steps=3,
+                        guidance=GuidanceConfig(image_guidance=2.0, text_guidance=1.5), negative_text=neg, stats=stats)  # fmt: skip
+    assert torch.isfinite(out).all()
+    assert stats.predictions_per_step == [1, 1, 3]

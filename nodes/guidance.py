@@ -1,0 +1,84 @@
+"""DSD Guider: DSD's two-scale true CFG on ComfyUI's sampler (SamplerCustomAdvanced).
+
+Branches (DSD.md section 2), all through ``comfy.samplers.calc_cond_batch`` in ONE batched call:
+``e_full`` = positive + reference, ``e_t0`` = negative + reference, ``e_00`` = negative + zero tokens;
+``e = e_00 + s_i (e_t0 - e_00) + s_t (e_full - e_t0)`` (``dsd.sampler.combine_cfg``). As the authors,
+true CFG runs only when ``s_i > 1`` and from step ``cfg_start_step`` on; otherwise one pass (``e_full``).
+The combination is linear with weights summing to one, so applying it to ComfyUI's denoised
+predictions equals applying it to FLUX's velocities.
+"""
+
+from __future__ import annotations
+
+import comfy.samplers
+import node_helpers
+import torch
+from comfy_api.latest import io
+
+from ..dsd.sampler import GuidanceConfig, combine_cfg
+from .errors import DSDNodeError
+from .patch import has_dsd, with_zero_tokens
+
+
+def step_index(timestep: torch.Tensor, model_options: dict) -> int | None:
+    sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+    if sigmas is None:
+        return None
+    t = float(timestep.reshape(-1)[0])
+    return int(torch.argmin((sigmas.to(torch.float64).cpu() - t).abs()))
+
+
+class GuiderDSD(comfy.samplers.CFGGuider):
+    def set_guidance(self, config: GuidanceConfig) -> None:
+        self.config = config
+
+    def set_conds(self, positive, negative):
+        middle = node_helpers.conditioning_set_values(negative, {"prompt_type": "negative"})
+        self.inner_set_conds({"positive": positive, "middle": middle, "negative": with_zero_tokens(negative)})
+
+    def predict_noise(self, x, timestep, model_options=None, seed=None):
+        model_options = model_options if model_options is not None else {}
+        positive = self.conds.get("positive")
+        step = step_index(timestep, model_options)
+        if not self.config.true_cfg or (step is not None and step < self.config.cfg_start_step):
+            return comfy.samplers.calc_cond_batch(self.inner_model, [positive], x, timestep, model_options)[0]
+        e_full, e_t0, e_00 = comfy.samplers.calc_cond_batch(
+            self.inner_model, [positive, self.conds.get("middle"), self.conds.get("negative")], x, timestep, model_options
+        )
+        return combine_cfg(e_full, e_t0, e_00, self.config.image_guidance, self.config.text_guidance)
+
+
+class DSDGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DSDGuider",
+            display_name="DSD Guider",
+            category="DSD/sampling",
+            description="DSD's two-scale true CFG (image and text guidance) for SamplerCustomAdvanced. With both scales at 1 "
+            "each step is a single pass (plain DSD, like KSampler with cfg 1).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model from DSD Adapter Loader."),
+                io.Conditioning.Input("positive", tooltip="Positive from DSD Reference Conditioning."),
+                io.Conditioning.Input("negative", tooltip="Negative from DSD Reference Conditioning."),
+                io.Float.Input("image_guidance", default=1.0, min=0.0, max=30.0, step=0.05, round=0.01,
+                               tooltip="s_i: how strongly the reference is followed. True CFG (3 branches) runs only above 1."),
+                io.Float.Input("text_guidance", default=1.0, min=0.0, max=30.0, step=0.05, round=0.01,
+                               tooltip="s_t: prompt vs negative prompt, used when image_guidance > 1."),
+                io.Int.Input("cfg_start_step", default=2, min=0, max=10000,
+                             tooltip="Steps before this one use the positive branch alone (authors: 2, i.e. CFG from the third step)."),
+            ],  # fmt: skip
+            outputs=[io.Guider.Output(tooltip="Guider for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, image_guidance, text_guidance, cfg_start_step) -> io.NodeOutput:
+        if not has_dsd(model):
+            raise DSDNodeError("DSD Guider: the model has no DSD adapter; pass it through DSD Adapter Loader first.")
+        guider = GuiderDSD(model)
+        guider.set_guidance(
+            GuidanceConfig(image_guidance=image_guidance, text_guidance=text_guidance, cfg_start_step=cfg_start_step)
+        )
+        guider.set_conds(positive, negative)
+        guider.set_cfg(1.0)
+        return io.NodeOutput(guider)
