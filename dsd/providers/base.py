@@ -271,6 +271,7 @@ class Provider(ABC):
             usage.cost_usd = self.config.cost_usd(usage.input_tokens, usage.output_tokens)
             self._counter.add(usage)
         if self._cache is not None and key is not None:
-            self._cache.put(key, text, data, usage.input_tokens, usage.output_tokens)
+            # an fsync'ed write must not stall the event loop that carries every request in flight
+            await asyncio.to_thread(self._cache.put, key, text, data, usage.input_tokens, usage.output_tokens)
         return ChatResult(text=text, data=data, usage=usage, cached=False)
 

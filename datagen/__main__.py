@@ -1,0 +1,7 @@
+"""`python -m datagen ...` (see datagen/cli.py)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

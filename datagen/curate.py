@@ -1,0 +1,351 @@
+"""Stage 5 - curate: a VLM judges each (reference, target) pair and captions the target.
+
+One request per pair returns both the verdict and the training caption. Why one and not two:
+the two panel images dominate the input tokens, so a second request would pay for them again,
+and the caption profits from the chain of thought just written (the model has described the
+subject in detail). The cost of the caption on rejected pairs is a few dozen output tokens.
+
+The schema's field order IS the paper's chain of thought (structured output is generated in
+schema order): name the common subject -> describe it in image A -> in image B -> identical?
+-> confidence -> conclusion -> caption. A pair is accepted when ``same_identity`` and
+``confidence >= curate.min_confidence``.
+
+Answers are cached by content hash under ``curate/vlm_cache`` and every decision is logged in
+``curate/verdicts.jsonl`` (resume). A refused or malformed answer is a reject with its reason;
+an unreachable server leaves the pair undone for the next run. With ``vlm.use_batch_api`` the
+pairs go through the OpenAI Batch API; each batch id is logged before anything else, so a rerun
+collects it instead of submitting again. Without a ``vlm`` provider (the toy) every pair is
+accepted with verdict "skipped" and captioned from its grid prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from dsd.manifest import RecordLog, iter_jsonl, read_records
+
+from .config import CurateConfig, DatagenInputError
+from .llm import LLMStageError, classify_error, make_stage_provider
+from .summary import StageSummary
+
+logger = logging.getLogger(__name__)
+
+CURATE_SYSTEM = (
+    "You curate training data for an identity-preserving image generator. You are shown two panels cut "
+    "from one generated grid that was meant to show the same subject. Decide carefully whether both show "
+    "the IDENTICAL subject - the same individual object, character or scene, not merely the same kind. "
+    "Pose, expression, viewpoint, lighting and background may differ; identity features (shape, colours, "
+    "markings, proportions, face, clothing, materials, text) may not."
+)
+CURATE_PROMPT = (
+    "Image A is the first image, image B the second. Fill the fields in order, thinking step by step:\n"
+    "1. subject: name the common object, character or scene present in both images.\n"
+    "2. description_a: describe that subject in image A in detail (identity features).\n"
+    "3. description_b: describe that subject in image B in the same detail.\n"
+    "4. same_identity: true only if A and B show the identical subject.\n"
+    "5. confidence: your confidence in that decision, from 0 to 1.\n"
+    "6. reason: one sentence that concludes, naming any identity difference.\n"
+    "7. caption: one sentence describing image B for training a text-to-image model: the subject and "
+    "what this picture shows (pose, expression, setting, lighting). Do not mention images, panels or grids.\n"
+    "For context, the grid was drawn from this prompt: {prompt}"
+)
+VERDICT_FIELDS = ("subject", "description_a", "description_b", "same_identity", "confidence", "reason", "caption")
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "subject": {"type": "string"},
+        "description_a": {"type": "string"},
+        "description_b": {"type": "string"},
+        "same_identity": {"type": "boolean"},
+        "confidence": {"type": "number"},
+        "reason": {"type": "string"},
+        "caption": {"type": "string"},
+    },
+    "required": list(VERDICT_FIELDS),
+    "additionalProperties": False,
+}
+
+
+class _BadImage(Exception):
+    pass
+
+
+def resolve_path(path: str, base: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else base / p
+
+
+def load_panel_png(path: Path, max_side: int) -> bytes:
+    """PNG bytes of ``path``, downscaled so the long side is at most ``max_side``."""
+    from dsd.providers import image_to_png_bytes
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            image = im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise _BadImage(f"unreadable image {path}: {type(exc).__name__}: {exc}") from exc
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image_to_png_bytes(image)
+
+
+def curate_request(ref_png: bytes, target_png: bytes, prompt: str):
+    from dsd.providers import ChatRequest
+
+    return ChatRequest(
+        prompt=CURATE_PROMPT.format(prompt=prompt or "(unknown)"),
+        system=CURATE_SYSTEM,
+        images=(ref_png, target_png),
+        json_schema=VERDICT_SCHEMA,
+        schema_name="pair_verdict",
+        temperature=0.0,
+        max_output_tokens=800,
+    )
+
+
+def verdict_record(pair: dict[str, Any], data: dict[str, Any] | None, cfg: CurateConfig, usage: Any) -> dict[str, Any]:
+    """The verdicts.jsonl record for a structured answer (or a reject when it is incomplete)."""
+    rec = _base_record(pair)
+    rec["usage"] = usage.to_dict() if hasattr(usage, "to_dict") else (usage or {})
+    if not isinstance(data, dict) or any(k not in data for k in VERDICT_FIELDS):
+        missing = [k for k in VERDICT_FIELDS if not isinstance(data, dict) or k not in data]
+        rec.update(reason=f"malformed answer: missing {', '.join(missing)}")
+        return rec
+    try:
+        confidence = min(1.0, max(0.0, float(data["confidence"])))
+    except (TypeError, ValueError):
+        rec.update(reason=f"malformed answer: confidence {data['confidence']!r} is not a number")
+        return rec
+    same = data["same_identity"] is True
+    rec.update({k: str(data[k]) for k in ("subject", "description_a", "description_b", "reason", "caption")})
+    rec.update(same_identity=same, confidence=confidence, verdict="vlm")
+    caption_ok = bool(rec["caption"].strip())
+    rec["accepted"] = same and confidence >= cfg.min_confidence and caption_ok
+    if not rec["accepted"]:
+        rec["reject_reason"] = (
+            "different identity" if not same else "low confidence" if confidence < cfg.min_confidence else "empty caption"
+        )
+    return rec
+
+
+def _base_record(pair: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": pair["id"], "grid_id": pair.get("grid_id"), "ref_index": pair.get("ref_index"),
+        "target_index": pair.get("target_index"), "accepted": False, "verdict": "error", "subject": "",
+        "description_a": "", "description_b": "", "same_identity": False, "confidence": 0.0, "reason": "",
+        "caption": "", "usage": {},
+    }  # fmt: skip
+
+
+def prompt_index(workdir: Path) -> dict[str, dict[str, Any]]:
+    """{grid_id: prompt record (+ "seed")}, joining the teacher's grids with the prompts."""
+    grids = {str(g["id"]): g for g in read_records(workdir / "teacher" / "grids.jsonl")}
+    wanted = {str(g.get("prompt_id")) for g in grids.values()}
+    prompts: dict[str, dict[str, Any]] = {}
+    path = workdir / "prompts" / "prompts.jsonl"
+    if path.exists():
+        for rec in iter_jsonl(path):
+            if str(rec["id"]) in wanted:
+                prompts[str(rec["id"])] = rec
+    out = {}
+    for gid, g in grids.items():
+        p = dict(prompts.get(str(g.get("prompt_id")), {}))
+        p["seed"] = g.get("seed")
+        out[gid] = p
+    return out
+
+
+def skipped_record(pair: dict[str, Any], prompt: dict[str, Any]) -> dict[str, Any]:
+    """No VLM configured (toy / offline): accept, caption from the grid prompt's target panel line."""
+    rec = _base_record(pair)
+    panels = prompt.get("panels") or []
+    k = pair.get("target_index")
+    line = panels[k] if isinstance(k, int) and 0 <= k < len(panels) else ""
+    subject = prompt.get("subject", "")
+    rec.update(
+        accepted=True, verdict="skipped", subject=subject, same_identity=True, confidence=1.0,
+        reason="curation skipped: no vlm provider configured",
+        caption=", ".join(x for x in (subject, line) if x) or prompt.get("prompt", ""),
+    )  # fmt: skip
+    return rec
+
+
+def _pairs(workdir: Path, cfg: CurateConfig) -> list[dict[str, Any]]:
+    path = workdir / "panels" / "pairs.jsonl"
+    if not path.is_file():
+        raise DatagenInputError(f"{path} does not exist: run the panels stage first")
+    pairs = sorted(read_records(path), key=lambda r: str(r["id"]))
+    return pairs[: cfg.max_pairs] if cfg.max_pairs else pairs
+
+
+def run_curate(cfg: CurateConfig, workdir: Path, *, vlm=None, progress: bool = True) -> StageSummary:
+    """Write ``workdir/curate/verdicts.jsonl`` for every pair of ``workdir/panels/pairs.jsonl``; resumable."""
+    from tqdm import tqdm
+
+    started = time.monotonic()
+    summary = StageSummary("curate")
+    out_dir = workdir / "curate"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = _pairs(workdir, cfg)
+    prompts = prompt_index(workdir)
+    base = workdir / "panels"
+    with RecordLog(out_dir / "verdicts.jsonl", flush_every=64, flush_s=0.5) as log:
+        todo = []
+        for pair in pairs:
+            summary.items_in += 1
+            done = log.get(pair["id"])
+            if done is not None:
+                summary.skipped_done += 1
+                _count(summary, done)
+                continue
+            todo.append(pair)
+        if vlm is None:
+            for pair in tqdm(todo, desc="curate (skipped: no vlm)", unit="pair", disable=not progress):
+                rec = skipped_record(pair, prompts.get(str(pair.get("grid_id")), {}))
+                log.append(rec)
+                _count(summary, rec)
+            summary.extra["verdict"] = "skipped (no vlm provider; every pair accepted)"
+        else:
+            provider = make_stage_provider(vlm, out_dir / "vlm_cache")
+            try:
+                if vlm.use_batch_api:
+                    _run_batches(provider, todo, prompts, base, cfg, log, summary, out_dir)
+                else:
+                    bar = tqdm(total=len(todo), desc="curate", unit="pair", disable=not progress, mininterval=0.5)
+                    for start in range(0, len(todo), cfg.chunk):
+                        _run_chunk(provider, todo[start : start + cfg.chunk], prompts, base, cfg, log, summary, bar)
+                    bar.close()
+            finally:
+                summary.usage = provider.usage
+                provider.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _count(summary: StageSummary, rec: dict[str, Any]) -> None:
+    if rec.get("accepted"):
+        summary.items_out += 1
+    else:
+        summary.reject(rec.get("reject_reason") or rec.get("reason") or "rejected")
+
+
+def _build_requests(chunk, prompts, base: Path, cfg: CurateConfig, log: RecordLog, summary: StageSummary):
+    """(pairs, requests) for the pairs whose images load; unreadable images become rejects."""
+    kept, requests = [], []
+    for pair in chunk:
+        try:
+            ref = load_panel_png(resolve_path(pair["ref_path"], base), cfg.max_image_side)
+            target = load_panel_png(resolve_path(pair["target_path"], base), cfg.max_image_side)
+        except _BadImage as exc:
+            rec = _base_record(pair)
+            rec["reason"] = rec["reject_reason"] = str(exc)
+            log.append(rec)
+            _count(summary, rec)
+            continue
+        kept.append(pair)
+        requests.append(curate_request(ref, target, prompts.get(str(pair.get("grid_id")), {}).get("prompt", "")))
+    return kept, requests
+
+
+def _record_result(pair, result, cfg, log: RecordLog, summary: StageSummary) -> None:
+    if isinstance(result, Exception):
+        kind, reason = classify_error(result)
+        if kind == "fatal":
+            raise LLMStageError(f"curate stage: {reason}") from result
+        if kind == "transient":
+            key = "vlm failures (retry on rerun)"
+            summary.extra[key] = summary.extra.get(key, 0) + 1
+            return
+        rec = _base_record(pair)
+        rec["reason"] = rec["reject_reason"] = reason
+        rec["verdict"] = "refused" if reason.startswith("refused") else "malformed"
+    else:
+        rec = verdict_record(pair, result.data, cfg, result.usage)
+        if rec["verdict"] == "error":
+            rec["reject_reason"] = rec["reason"]
+    log.append(rec)
+    _count(summary, rec)
+
+
+def _run_chunk(provider, chunk, prompts, base, cfg, log, summary, bar) -> None:
+    kept, requests = _build_requests(chunk, prompts, base, cfg, log, summary)
+    bar.update(len(chunk) - len(kept))
+    for index, result in provider.map(requests):
+        _record_result(kept[index], result, cfg, log, summary)
+        bar.update(1)
+
+
+# ---------------------------------------------------------------- OpenAI Batch API
+def _run_batches(provider, todo, prompts, base, cfg, log, summary, out_dir: Path) -> None:
+    from dsd.providers import ProviderError, ProviderUnavailable
+
+    by_id = {p["id"]: p for p in todo}
+    with RecordLog(out_dir / "batches.jsonl") as submitted, RecordLog(out_dir / "batches_collected.jsonl") as collected:
+        # 1. collect what an earlier run submitted (never resubmit a running batch)
+        in_flight: set[str] = set()
+        for batch in submitted.records():
+            if batch["id"] in collected:
+                continue
+            members = [by_id[i] for i in batch["pair_ids"] if i in by_id]
+            if not members:
+                collected.append({"id": batch["id"]})
+                continue
+            in_flight.update(p["id"] for p in members)
+            _collect(provider, batch["id"], members, prompts, base, cfg, log, summary, collected)
+        # 2. submit the rest, logging each batch id before waiting on it
+        fresh = [p for p in todo if p["id"] not in in_flight and p["id"] not in log]
+        for start in range(0, len(fresh), cfg.batch_size):
+            kept, requests = _build_requests(fresh[start : start + cfg.batch_size], prompts, base, cfg, log, summary)
+            if not requests:
+                continue
+            try:
+                batch_id = provider.submit_batch({p["id"]: r for p, r in zip(kept, requests, strict=True)})
+            except ProviderError as exc:
+                kind, reason = classify_error(exc)
+                if kind == "fatal" or isinstance(exc, ProviderUnavailable):
+                    raise LLMStageError(f"curate stage: could not submit a batch: {reason}") from exc
+                raise
+            submitted.append({"id": batch_id, "pair_ids": [p["id"] for p in kept], "submitted_at": time.time()})
+            summary.extra["batches submitted"] = summary.extra.get("batches submitted", 0) + 1
+            _collect(provider, batch_id, kept, prompts, base, cfg, log, summary, collected, requests)
+
+
+def _collect(provider, batch_id, members, prompts, base, cfg, log, summary, collected, requests=None) -> None:
+    from dsd.providers import ProviderUnavailable
+
+    if requests is None:  # rebuild the identical requests (schema check + cache on collect)
+        members, requests = _build_requests(members, prompts, base, cfg, log, summary)
+    try:
+        results = provider.collect_batch(
+            batch_id,
+            requests={p["id"]: r for p, r in zip(members, requests, strict=True)},
+            poll_interval_s=cfg.batch_poll_s,
+            timeout_s=cfg.batch_wait_s,
+        )
+    except ProviderUnavailable as exc:
+        logger.info("batch %s not ready: %s", batch_id, exc)
+        key = "batches still running (rerun to collect)"
+        summary.extra[key] = summary.extra.get(key, 0) + 1
+        return
+    for pair in members:
+        result = results.get(pair["id"])
+        if result is None:
+            key = "vlm failures (retry on rerun)"
+            summary.extra[key] = summary.extra.get(key, 0) + 1
+            continue
+        _record_result(pair, result, cfg, log, summary)
+    collected.append({"id": batch_id})
+
+
+def iter_accepted(workdir: Path) -> Iterator[dict[str, Any]]:
+    """Accepted verdicts, sorted by pair id."""
+    for rec in sorted(read_records(workdir / "curate" / "verdicts.jsonl"), key=lambda r: str(r["id"])):
+        if rec.get("accepted"):
+            yield rec

@@ -1,0 +1,103 @@
+"""The one-screen summary every datagen stage returns and the CLI prints.
+
+A stage reports counts (in / out / already done / rejected with reasons), wall time and, for the
+LLM/VLM stages, the provider's token and cost usage, so an operator can judge a run at a glance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the providers package is only needed when a stage talks to an LLM
+    from dsd.providers import Usage
+
+_MAX_REASONS = 8
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
+
+
+@dataclass
+class StageSummary:
+    """What one stage did. ``items_in`` counts inputs seen this run (including those already done)."""
+
+    stage: str
+    items_in: int = 0
+    items_out: int = 0
+    skipped_done: int = 0
+    rejected: int = 0
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    usage: Usage | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        """Count one rejected item under a short reason (the first line, trimmed, keeps the table small)."""
+        key = (reason or "unspecified").strip().splitlines()[0][:80] or "unspecified"
+        self.rejected += 1
+        self.reject_reasons[key] = self.reject_reasons.get(key, 0) + 1
+
+    def acceptance_rate(self) -> float:
+        """Accepted / decided, over the items decided (accepted or rejected); 0.0 when nothing was decided."""
+        decided = self.items_out + self.rejected
+        return self.items_out / decided if decided else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "usage"}
+        out["acceptance_rate"] = round(self.acceptance_rate(), 4)
+        out["usage"] = _usage_dict(self.usage)
+        return out
+
+    def render(self) -> str:
+        """A short table (fits one screen) for the end of a CLI stage."""
+        rows: list[tuple[str, str]] = [
+            ("items in", f"{self.items_in}"),
+            ("items out", f"{self.items_out}"),
+            ("already done (resumed)", f"{self.skipped_done}"),
+            ("rejected", f"{self.rejected}"),
+            ("acceptance rate", f"{100 * self.acceptance_rate():.1f} %"),
+            ("time", _fmt_seconds(self.seconds)),
+        ]
+        if self.seconds > 0 and self.items_out:
+            rows.append(("throughput", f"{self.items_out / self.seconds:.2f} items/s"))
+        usage = _usage_dict(self.usage)
+        if usage:
+            rows.append(
+                (
+                    "LLM requests",
+                    f"{usage.get('requests', 0)} ({usage.get('cached', 0)} cached, {usage.get('retries', 0)} retries)",
+                )
+            )
+            rows.append(("tokens in / out", f"{usage.get('input_tokens', 0)} / {usage.get('output_tokens', 0)}"))
+            rows.append(("cost", f"${usage.get('cost_usd', 0.0):.4f}"))
+        for key, value in self.extra.items():
+            rows.append((key, f"{value:.4g}" if isinstance(value, float) else str(value)))
+        width = max(len(k) for k, _ in rows)
+        title = f"== datagen stage: {self.stage} =="
+        lines = [title] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
+        if self.reject_reasons:
+            lines.append("  reject reasons:")
+            ordered = sorted(self.reject_reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+            for reason, count in ordered[:_MAX_REASONS]:
+                lines.append(f"    {count:>7}  {reason}")
+            if len(ordered) > _MAX_REASONS:
+                lines.append(f"    ... and {len(ordered) - _MAX_REASONS} more reasons")
+        return "\n".join(lines)
+
+
+def _usage_dict(usage: Any) -> dict[str, Any]:
+    if usage is None:
+        return {}
+    if dataclasses.is_dataclass(usage):
+        return dataclasses.asdict(usage)
+    if isinstance(usage, dict):
+        return dict(usage)
+    return {k: getattr(usage, k) for k in ("requests", "input_tokens", "output_tokens", "cached", "retries", "cost_usd")
+            if hasattr(usage, k)}

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from datagen.config import CurateConfig, DatagenInputError
+from datagen.curate import run_curate
+from dsd.manifest import read_records
+from dsd.testing.llm_server import FakeLLMServer
+
+
+def verdicts(w: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in read_records(w / "curate" / "verdicts.jsonl")}
+
+
+@pytest.mark.parametrize("kind", ["openai", "gemini"])
+def test_verdicts_chain_of_thought_and_cache(pairs_workdir: Path, kind: str, dg) -> None:
+    w = pairs_workdir
+    with FakeLLMServer(responder=dg.smart_responder(same=True, confidence=0.9)) as srv:
+        vlm = dg.provider_cfg(srv, kind, input_usd_per_mtok=1.0, output_usd_per_mtok=2.0)
+        s = run_curate(CurateConfig(min_confidence=0.7), w, vlm=vlm, progress=False)
+        assert len(srv.requests) == 6 and s.items_out == 6
+        req = srv.requests[0]
+        assert len(req.images) == 2 and req.images[0][:8] == b"\x89PNG\r\n\x1a\n"
+        assert list(req.json_schema["properties"])[:4] == ["subject", "description_a", "description_b", "same_identity"]
+        v = verdicts(w)["grid000_0_1"]
+        assert v["accepted"] and v["verdict"] == "vlm" and v["caption"] == "a red rubber ball on grass"
+        assert v["usage"]["input_tokens"] > 0
+        assert s.usage.cost_usd > 0 and s.usage.requests == 6
+        assert "LLM requests" in s.render() and "cost" in s.render()
+        # rerun: nothing to do; fresh log: all answers come from the cache -> zero requests
+        run_curate(CurateConfig(), w, vlm=vlm, progress=False)
+        (w / "curate" / "verdicts.jsonl").unlink()
+        s3 = run_curate(CurateConfig(), w, vlm=vlm, progress=False)
+        assert len(srv.requests) == 6 and s3.usage.cached == 6 and s3.items_out == 6
+
+
+def test_threshold_refusal_malformed_and_transient(pairs_workdir: Path, dg) -> None:
+    w = pairs_workdir
+    with FakeLLMServer(responder=dg.smart_responder(same=True, confidence=0.6)) as srv:
+        srv.queue_failures([("refusal",), ("malformed",)])
+        vlm = dg.provider_cfg(srv, max_concurrency=1, max_retries=0)
+        s = run_curate(CurateConfig(min_confidence=0.7), w, vlm=vlm, progress=False)
+        vs = verdicts(w)
+        assert len(vs) == 6 and s.items_out == 0
+        kinds = sorted(v["verdict"] for v in vs.values())
+        assert kinds == ["malformed", "refused", "vlm", "vlm", "vlm", "vlm"]
+        assert s.reject_reasons["low confidence"] == 4
+        # an unreachable server leaves pairs undone (no record), it never crashes
+        (w / "curate" / "verdicts.jsonl").unlink()
+        srv.queue_failures([("status", 503)] * 3)
+        s2 = run_curate(CurateConfig(min_confidence=0.5), w, vlm=dataclasses.replace(vlm, cache_dir=str(w / "c2")),
+                        progress=False)
+        assert s2.extra["vlm failures (retry on rerun)"] == 3 and len(verdicts(w)) == 3
+
+
+def test_corrupt_panel_is_a_reject_naming_the_file(pairs_workdir: Path, dg) -> None:
+    bad = pairs_workdir / "panels" / "panels" / "grid001_1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with FakeLLMServer(responder=dg.smart_responder()) as srv:
+        s = run_curate(CurateConfig(), pairs_workdir, vlm=dg.provider_cfg(srv), progress=False)
+    v = verdicts(pairs_workdir)["grid001_0_1"]
+    assert not v["accepted"] and "grid001_1.png" in v["reason"] and "unreadable image" in v["reason"]
+    assert s.items_out == 5
+
+
+def test_no_vlm_accepts_everything_as_skipped(pairs_workdir: Path) -> None:
+    s = run_curate(CurateConfig(), pairs_workdir, vlm=None, progress=False)
+    vs = verdicts(pairs_workdir)
+    assert s.items_out == 6 and all(v["verdict"] == "skipped" and v["accepted"] for v in vs.values())
+    assert vs["grid000_0_1"]["caption"].startswith("a blue teapot number 0")
+
+
+def test_missing_pairs_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DatagenInputError, match=r"pairs\.jsonl does not exist"):
+        run_curate(CurateConfig(), tmp_path, progress=False)
+
+
+def test_batch_api_submits_once_and_a_rerun_collects(pairs_workdir: Path, dg) -> None:
+    w = pairs_workdir
+    with FakeLLMServer(responder=dg.smart_responder(), batch_polls_before_done=3) as srv:
+        vlm = dg.provider_cfg(srv, use_batch_api=True)
+        cfg = CurateConfig(batch_size=4, batch_wait_s=0.0, batch_poll_s=0.01)
+        s1 = run_curate(cfg, w, vlm=vlm, progress=False)
+        batches = read_records(w / "curate" / "batches.jsonl")
+        assert len(batches) == 2 and s1.extra["batches still running (rerun to collect)"] == 2
+        assert verdicts(w) == {}
+        n_lines = sum(r.api == "openai-batch" for r in srv.requests)
+        assert n_lines == 6
+        run_curate(dataclasses.replace(cfg, batch_wait_s=5.0), w, vlm=vlm, progress=False)
+        assert sum(r.api == "openai-batch" for r in srv.requests) == n_lines  # collected, not resubmitted
+        assert len(read_records(w / "curate" / "batches.jsonl")) == 2
+        vs = verdicts(w)
+        assert len(vs) == 6 and all(v["accepted"] for v in vs.values())
