@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The venv is rebuilt when the requirement files change.
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt 2>/dev/null | cksum | cut -d' ' -f1)
-DEMO_OUT ?= outputs/demo
+
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint bench clean
@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 install: $(STAMP)
 
 demo: install
-	bash scripts/demo.sh $(DEMO_OUT)
+	bash scripts/demo.sh
 
 test: install
 	$(PY) -m ruff check .

@@ -133,7 +133,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out: Path = args.out
     t0 = time.perf_counter()
     emit("DSD demo on TINY RANDOM weights (a smoke run of the real code path; the images are noise-like, not art).")
-    files = make_tiny(out / "tiny", seed=0)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.tiny is not None and (args.tiny / "flux" / "model_index.json").is_file():
+        from .tiny import TinyFiles
+
+        files = TinyFiles(root=args.tiny, flux_dir=args.tiny / "flux", release_dir=args.tiny / "dsd_release", flux_bfl=args.tiny / "flux_bfl.safetensors")
+    else:
+        files = make_tiny(args.tiny or out / "tiny", seed=0)
     ref = _demo_reference(out / "reference.png")
     gen_args = argparse.Namespace(
         ref=ref, prompt="the same character surfing a wave at sunset", out=out / "generate", flux=files.flux_dir,
@@ -169,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="tiny end-to-end run: fixtures -> generate; writes PNGs")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--tiny", type=Path, default=None, help="reuse fixtures from `make-tiny DIR` (made there if missing)")
     p.set_defaults(func=cmd_demo)
     return parser
 
