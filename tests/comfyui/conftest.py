@@ -457,6 +457,12 @@ def test_nodes(comfy_host, tiny_flux, tiny_vae):
     return comfy_host.test_state
 
 
+@pytest.fixture(scope="session")
+def not_flux_model():
+    """``not_flux_model()`` -> a tiny non-FLUX ModelPatcher (SD3's MMDiT)."""
+    return build_not_flux
+
+
 def build_not_flux():
     """A tiny non-FLUX ComfyUI model: SD3's MMDiT (same 16-channel latent, different architecture)."""
     import comfy.model_management

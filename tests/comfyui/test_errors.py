@@ -26,10 +26,8 @@ def test_random_and_corrupt_files_are_refused(comfy_host, tiny_flux, models_dir)
     assert "corrupt" in str(info.value) and "DSD Adapter Loader" in str(info.value)
 
 
-def test_non_flux_model_is_refused(comfy_host, models_dir):
-    from conftest import build_not_flux
-
-    info = _loader_error(comfy_host, build_not_flux(), "tiny_adapter.safetensors")
+def test_non_flux_model_is_refused(comfy_host, models_dir, not_flux_model):
+    info = _loader_error(comfy_host, not_flux_model(), "tiny_adapter.safetensors")
     assert type(info.value).__name__ == "DSDModelMismatchError"
     assert "DSD needs a FLUX.1 model" in str(info.value) and "SD3" in str(info.value)
 

@@ -9,8 +9,7 @@ import torch
 # Tiny models are dominated by thread-pool overhead; one thread is faster and steadier on a busy CPU.
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
-REPO = Path(__file__).resolve().parents[2]
-TINY_TOML = REPO / "training" / "configs" / "tiny.toml"
+from training_fixtures import TINY_TOML, tiny_overrides  # noqa: E402 - needs the path above
 
 
 @pytest.fixture(scope="session")
@@ -37,20 +36,9 @@ def wide_flux(tiny_flux, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def wds_dataset(tmp_path_factory) -> Path:
-    from fixtures import write_wds_dataset
+    from training_fixtures import write_wds_dataset
 
     return write_wds_dataset(tmp_path_factory.mktemp("wds") / "dataset", n=4)
-
-
-def tiny_overrides(flux: Path, data: Path | list[Path], work: Path, *extra: str) -> list[str]:
-    paths = data if isinstance(data, list) else [data]
-    return [
-        f"model.flux='{flux}'",
-        "dataset.paths=[" + ", ".join(f"'{p}'" for p in paths) + "]",
-        f"dataset.cache_dir='{work / 'cache'}'",
-        f"saving.output_dir='{work / 'out'}'",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TOML, tiny_overrides
-from fixtures import write_authors_parquet, write_wds_dataset
+from training_fixtures import TINY_TOML, tiny_overrides, write_authors_parquet, write_wds_dataset
 
 from training.cache import SHARD_LOG, CachedSource, CacheError, Encoders, run_cache
 from training.config import load_config

@@ -5,8 +5,7 @@ from __future__ import annotations
 import tarfile
 
 import pytest
-from conftest import TINY_TOML
-from fixtures import write_authors_parquet, write_wds_dataset
+from training_fixtures import TINY_TOML, write_authors_parquet, write_wds_dataset
 
 from dsd.config import ConfigError
 from training.config import TrainConfig, load_config
@@ -96,7 +95,7 @@ def test_authors_parquet_reader(tmp_path, struct):
     assert len(refs) == 5
     pair = read_pair(refs[4])
     assert pair.caption == "an authors' pair 4"
-    from fixtures import make_image
+    from training_fixtures import make_image
 
     assert list(pair.target.getdata())[:5] == list(make_image(3004).getdata())[:5]  # image column is the target
     assert list(pair.reference.getdata())[:5] == list(make_image(4004).getdata())[:5]

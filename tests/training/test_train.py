@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TOML, tiny_overrides
+from training_fixtures import TINY_TOML, tiny_overrides
 
 from training.config import load_config
 from training.loop import train

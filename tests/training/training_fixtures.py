@@ -73,3 +73,18 @@ def write_authors_parquet(path: Path, n: int = 4, struct: bool = True, seed: int
         rows.append({"image": cell(tgt), "conditioning": cell(ref), "caption": f"an authors' pair {i}"})
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
     return path
+
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_TOML = REPO / "training" / "configs" / "tiny.toml"
+
+
+def tiny_overrides(flux: Path, data: Path | list[Path], work: Path, *extra: str) -> list[str]:
+    paths = data if isinstance(data, list) else [data]
+    return [
+        f"model.flux='{flux}'",
+        "dataset.paths=[" + ", ".join(f"'{p}'" for p in paths) + "]",
+        f"dataset.cache_dir='{work / 'cache'}'",
+        f"saving.output_dir='{work / 'out'}'",
+        *extra,
+    ]

@@ -1,0 +1,336 @@
+"""DSDPromptEnhance: DSD's caption-then-merge prompt enhancement as a ComfyUI node.
+
+A VLM captions the reference, an LLM rewrites the user's prompt with the subject's details
+(``dsd.enhance``, DSD.md section 2). API keys are read at execution time from the environment
+or from the user's ComfyUI settings file, never from a widget: a widget value would be saved
+into the workflow JSON and into every PNG the graph writes.
+
+Re-running a graph costs nothing: ComfyUI's own output cache keys on the widget values
+(``fingerprint_inputs``) and the upstream image; behind it an in-memory LRU keyed by
+(image hash, prompt, provider, model, base_url) and the providers' on-disk answer cache
+survive cache eviction and restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from comfy_api.latest import io
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_GEMINI = "gemini"
+PROVIDER_OPENAI = "openai-compatible"
+PROVIDER_CHOICES = [PROVIDER_GEMINI, PROVIDER_OPENAI]
+# What each combo entry means to dsd.providers, and the SDK it needs.
+_PROVIDER_KIND = {PROVIDER_GEMINI: "gemini", PROVIDER_OPENAI: "openai"}
+_SDK_HINT = {
+    "gemini": ("google-genai", "google.genai"),
+    "openai": ("openai", "openai"),
+}
+# Used when the model widget is left empty.
+DEFAULT_MODELS = {"gemini": "gemini-2.5-flash", "openai": "gpt-4o-mini"}
+DEFAULT_MODEL = DEFAULT_MODELS["gemini"]
+
+# Environment variables win over the settings file; both are read at execution time only.
+KEY_ENV_VARS = {"openai": ("OPENAI_API_KEY",), "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+SETTING_IDS = {"openai": "DSD.OpenAIApiKey", "gemini": "DSD.GeminiApiKey"}
+SETTINGS_FILE = "comfy.settings.json"
+
+# A node must fail with a message, not hang the queue: bounded attempts and time per attempt.
+TIMEOUT_S = 60.0
+MAX_RETRIES = 3
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 8.0
+MEMORY_CACHE_SIZE = 256
+
+
+class PromptEnhanceError(RuntimeError):
+    """The node cannot run as configured (missing SDK, missing key, empty prompt, provider failure)."""
+
+
+# -- caches -------------------------------------------------------------------------------------
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, tuple[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> tuple[str, str] | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple, value: tuple[str, str]) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+RESULTS = _LRU(MEMORY_CACHE_SIZE)
+_PROVIDERS: dict[tuple, Any] = {}
+_PROVIDERS_LOCK = threading.Lock()
+
+
+def clear_caches() -> None:
+    """Forget in-memory answers and close the cached provider clients (the disk cache stays)."""
+    RESULTS.clear()
+    with _PROVIDERS_LOCK:
+        providers = list(_PROVIDERS.values())
+        _PROVIDERS.clear()
+    for provider in providers:
+        provider.close()
+
+
+def cache_directory() -> Path:
+    """Disk cache of LLM answers: a ComfyUI *system* user folder, never served over HTTP."""
+    import folder_paths
+
+    return Path(folder_paths.get_system_user_directory("dsd")) / "llm_cache"
+
+
+# -- API keys -----------------------------------------------------------------------------------
+def _settings_path() -> Path | None:
+    """The default user's comfy.settings.json, found the way ComfyUI's own settings API finds it."""
+    try:
+        from server import PromptServer
+
+        manager = PromptServer.instance.user_manager
+
+        class _NoRequest:  # execution has no HTTP request: the single-user profile is "default"
+            headers: dict[str, str] = {}
+
+        path = manager.get_request_user_filepath(_NoRequest(), SETTINGS_FILE, create_dir=False)
+        if path:
+            return Path(path)
+    except (ImportError, AttributeError, KeyError) as exc:
+        logger.debug("no PromptServer user manager (%s); using folder_paths", type(exc).__name__)
+    import folder_paths
+
+    root = folder_paths.get_public_user_directory("default")
+    return Path(root) / SETTINGS_FILE if root else None
+
+
+def api_key_from_settings(kind: str) -> str | None:
+    """The key stored under ``SETTING_IDS[kind]`` in the user's ComfyUI settings, if any."""
+    path = _settings_path()
+    if path is None or not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        # The message names the file only: the file holds secrets, its text must not be logged.
+        logger.warning("cannot read ComfyUI settings %s (%s); ignoring it for API keys", path, type(exc).__name__)
+        return None
+    value = settings.get(SETTING_IDS[kind]) if isinstance(settings, dict) else None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _env_key(kind: str) -> str | None:
+    for name in KEY_ENV_VARS[kind]:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def _key_hint(kind: str) -> str:
+    names = " or ".join(KEY_ENV_VARS[kind])
+    return (f"set the environment variable {names} before starting ComfyUI, or the ComfyUI setting "
+            f"{SETTING_IDS[kind]!r} (stored in the user's {SETTINGS_FILE})")
+
+
+# -- providers ----------------------------------------------------------------------------------
+def _import_providers() -> Any:
+    from ..dsd import providers
+
+    return providers
+
+
+def get_provider(kind: str, model: str, base_url: str | None) -> Any:
+    """A shared provider per (kind, model, base_url, key); the SDK is imported on first use."""
+    providers = _import_providers()
+    env_key = _env_key(kind)
+    settings_key = None if env_key else api_key_from_settings(kind)
+    # Only a digest of the key enters the registry key: a changed key gets a fresh client.
+    digest = hashlib.sha256((env_key or settings_key or "").encode()).hexdigest()
+    cache_dir = str(cache_directory())
+    registry_key = (kind, model, base_url, digest, cache_dir)
+    with _PROVIDERS_LOCK:
+        provider = _PROVIDERS.get(registry_key)
+        if provider is not None:
+            return provider
+        config = providers.ProviderConfig(
+            kind=kind, model=model, base_url=base_url, timeout_s=TIMEOUT_S, max_retries=MAX_RETRIES,
+            max_concurrency=2, cache_dir=cache_dir, backoff_base_s=BACKOFF_BASE_S, backoff_max_s=BACKOFF_MAX_S,
+        )
+        try:
+            provider = providers.make_provider(config)
+        except ImportError as exc:
+            package, module = _SDK_HINT[kind]
+            raise PromptEnhanceError(
+                f"DSDPromptEnhance needs the {package!r} package for the {kind} provider ({module} "
+                f"failed to import: {exc.name or exc}); install it into ComfyUI's Python: "
+                f"python -m pip install {package}"
+            ) from None
+        if settings_key is not None:
+            # ProviderConfig only reads keys from the environment; a key from the settings file
+            # is handed to the provider object in memory (it resolves lazily, only on a cache miss).
+            provider._api_key = settings_key
+        _PROVIDERS[registry_key] = provider
+        return provider
+
+
+class _ProgressProvider:
+    """Forwards ``complete`` to a provider and advances ComfyUI's progress bar once per call."""
+
+    def __init__(self, provider: Any, progress: Any) -> None:
+        self._provider = provider
+        self._progress = progress
+
+    def complete(self, request: Any) -> Any:
+        result = self._provider.complete(request)
+        self._progress.update(1)
+        return result
+
+    def __repr__(self) -> str:
+        return repr(self._provider)
+
+
+# -- the node -----------------------------------------------------------------------------------
+def reference_to_pil(image: Any) -> Any:
+    """First image of a ComfyUI IMAGE batch as PIL RGB (the caption describes one reference)."""
+    from ..dsd.canvas import tensor_to_pil, to_rgb01
+
+    if image.ndim == 4 and image.shape[0] > 1:
+        logger.info("DSDPromptEnhance: captioning the first of %d reference images", image.shape[0])
+    return tensor_to_pil(to_rgb01(image[:1], channels_last=True))
+
+
+def image_digest(pil_image: Any) -> str:
+    h = hashlib.sha256(f"{pil_image.size[0]}x{pil_image.size[1]}:{pil_image.mode}".encode())
+    h.update(pil_image.tobytes())
+    return h.hexdigest()
+
+
+def _normalise(provider: str, model: str, base_url: str) -> tuple[str, str, str | None]:
+    if provider not in _PROVIDER_KIND:
+        raise PromptEnhanceError(f"DSDPromptEnhance: unknown provider {provider!r}; choose one of {PROVIDER_CHOICES}")
+    kind = _PROVIDER_KIND[provider]
+    return kind, (model or "").strip() or DEFAULT_MODELS[kind], (base_url or "").strip() or None
+
+
+def enhance(image: Any, prompt: str, provider: str, model: str, base_url: str = "",
+            node_id: str | None = None) -> tuple[str, str]:
+    """(enhanced prompt, caption) for a ComfyUI IMAGE; memory LRU, then provider (+ disk cache)."""
+    import comfy.utils
+
+    from ..dsd.enhance import enhance_prompt
+
+    if not prompt.strip():
+        raise PromptEnhanceError(
+            "DSDPromptEnhance: the prompt is empty; write what the subject should do, or set enabled to false"
+        )
+    kind, model, base_url = _normalise(provider, model, base_url)
+    pil = reference_to_pil(image)
+    key = (image_digest(pil), prompt, kind, model, base_url)
+    progress = comfy.utils.ProgressBar(2, node_id=node_id)
+    hit = RESULTS.get(key)
+    if hit is not None:
+        progress.update_absolute(2)
+        return hit
+    llm = get_provider(kind, model, base_url)
+    providers = _import_providers()
+    try:
+        result = enhance_prompt(_ProgressProvider(llm, progress), pil, prompt)
+    except providers.ProviderAuthError as exc:
+        raise PromptEnhanceError(f"DSDPromptEnhance ({kind}, {model}): {exc}; {_key_hint(kind)}") from None
+    except providers.ProviderError as exc:
+        raise PromptEnhanceError(
+            f"DSDPromptEnhance ({kind}, {model}): {exc}. To generate without enhancement set enabled to false."
+        ) from None
+    logger.info("DSDPromptEnhance: %d request(s), %d cached, %d retries", result.usage.requests,
+                result.usage.cached, result.usage.retries)
+    value = (result.prompt, result.caption)
+    RESULTS.put(key, value)
+    return value
+
+
+class DSDPromptEnhance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSDPromptEnhance",
+            display_name="DSD Prompt Enhance (LLM)",
+            category="DSD/prompt",
+            description=(
+                "DSD prompt enhancement: a VLM captions the reference, then an LLM rewrites your prompt with "
+                "the subject's details (one line, <= 77 tokens). API keys come from the environment "
+                "(OPENAI_API_KEY, GEMINI_API_KEY / GOOGLE_API_KEY) or the ComfyUI settings "
+                "DSD.OpenAIApiKey / DSD.GeminiApiKey, never from the workflow. Answers are cached."
+            ),
+            # base_url is last: optional inputs follow the required ones in ComfyUI's widget order.
+            inputs=[
+                io.Image.Input("image", tooltip="The reference image whose subject the prompt should describe "
+                               "(the first image of a batch is captioned)."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="Your prompt: what the subject should do and where. Everything you "
+                                "write is kept; the subject's appearance is filled in from the reference."),
+                io.Combo.Input("provider", options=PROVIDER_CHOICES, default=PROVIDER_GEMINI,
+                               tooltip="gemini: Google's Gemini API (google-genai SDK, key in GEMINI_API_KEY). "
+                               "openai-compatible: OpenAI or any OpenAI-compatible server such as vLLM, "
+                               "Ollama or LM Studio (openai SDK, key in OPENAI_API_KEY; local servers need none)."),
+                io.String.Input("model", default=DEFAULT_MODEL,
+                                tooltip="Model name, e.g. gemini-2.5-flash, gpt-4o-mini, or a local vision model "
+                                "such as qwen2.5vl:7b (Ollama). Empty: gemini-2.5-flash / gpt-4o-mini. "
+                                "It must accept images."),
+                io.Boolean.Input("enabled", default=True,
+                                 tooltip="Off: the prompt passes through unchanged and no request is made."),
+                io.String.Input("base_url", default="", optional=True,
+                                tooltip="Optional server URL. Empty: the provider's public API. For a local "
+                                "OpenAI-compatible server e.g. http://127.0.0.1:11434/v1 (Ollama), "
+                                "http://127.0.0.1:8000/v1 (vLLM), http://127.0.0.1:1234/v1 (LM Studio)."),
+            ],
+            outputs=[
+                io.String.Output("enhanced_prompt", display_name="prompt",
+                                 tooltip="The enhanced prompt (or the input prompt when disabled)."),
+                io.String.Output("caption", tooltip="The VLM's caption of the reference (empty when disabled)."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, prompt: str = "", provider: str = PROVIDER_GEMINI, model: str = DEFAULT_MODEL,
+                           base_url: str = "", enabled: bool = True, **_: Any) -> str:
+        # Widget values only (linked inputs arrive as None here); ComfyUI adds the image's own
+        # upstream signature. The API key is deliberately not part of it.
+        return json.dumps([prompt, provider, model, base_url or "", bool(enabled)])
+
+    @classmethod
+    def execute(cls, image: Any, prompt: str, provider: str, model: str, base_url: str = "",
+                enabled: bool = True) -> io.NodeOutput:
+        if not enabled:
+            return io.NodeOutput(prompt, "")
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        enhanced, caption = enhance(image, prompt, provider, model, base_url or "", node_id=node_id)
+        return io.NodeOutput(enhanced, caption)
+
+
+NODES: list[type[io.ComfyNode]] = [DSDPromptEnhance]

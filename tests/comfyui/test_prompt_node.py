@@ -1,0 +1,252 @@
+"""DSDPromptEnhance in a real ComfyUI host, with the real openai / google-genai clients talking to
+dsd.testing.FakeLLMServer on 127.0.0.1 (no mocks, no network)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import time
+
+import pytest
+import torch
+
+from dsd.testing import FakeLLMServer, RecordedRequest
+
+OPENAI_KEY = "sk-dsd-test-SECRET-0123456789abcdef"
+GEMINI_KEY = "AIza-dsd-test-SECRET-0123456789abcdef"
+CAPTION = "a small red ceramic fox figurine with a green dot on its flank, studio light"
+ENHANCED = "a small red ceramic fox figurine with a green dot on its flank surfing a big wave at sunset"
+PROVIDERS = ["gemini", "openai-compatible"]
+
+
+def responder(req: RecordedRequest) -> str:
+    # Step 1 (caption) carries the image, step 2 (merge) is text only.
+    return f"Caption: {CAPTION}" if req.images else f'"{ENHANCED}"'
+
+
+@pytest.fixture(scope="module")
+def prompt_module(comfy_host):
+    """The node's module as ComfyUI loaded it (inside the pack package)."""
+    name = f"{comfy_host.pack.__name__}.nodes.prompt"
+    return sys.modules[name]
+
+
+@pytest.fixture
+def host_env(comfy_host, prompt_module, tmp_path, monkeypatch):
+    """A private ComfyUI user dir (settings + disk cache), no keys in the environment, empty caches."""
+    fp = comfy_host.folder_paths
+    old = fp.get_user_directory()
+    fp.set_user_directory(str(tmp_path / "user"))
+    for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    # Fast backoff: the retry policy is the provider layer's, the tests only need it to happen.
+    monkeypatch.setattr(prompt_module, "BACKOFF_BASE_S", 0.05)
+    prompt_module.clear_caches()
+    yield tmp_path / "user"
+    prompt_module.clear_caches()
+    fp.set_user_directory(old)
+
+
+@pytest.fixture
+def llm():
+    with FakeLLMServer(responder=responder) as srv:
+        yield srv
+
+
+def base_url(provider: str, srv: FakeLLMServer) -> str:
+    return srv.gemini_base_url if provider == "gemini" else srv.openai_base_url
+
+
+def set_env_key(monkeypatch, provider: str) -> str:
+    name, key = ("GEMINI_API_KEY", GEMINI_KEY) if provider == "gemini" else ("OPENAI_API_KEY", OPENAI_KEY)
+    monkeypatch.setenv(name, key)
+    return key
+
+
+def graph(provider: str, url: str, prompt: str = "the figurine surfing a big wave", enabled: bool = True,
+          seed: int = 3) -> dict:
+    return {
+        "1": {"class_type": "DSDTest_Image", "inputs": {"batch": 1, "height": 48, "width": 64, "seed": seed}},
+        "2": {
+            "class_type": "DSDPromptEnhance",
+            "inputs": {"image": ["1", 0], "prompt": prompt, "provider": provider, "model": "vision-model",
+                       "base_url": url, "enabled": enabled},
+        },
+        "3": {"class_type": "DSDTest_Capture", "inputs": {"label": "prompt", "value": ["2", 0]}},
+        "4": {"class_type": "DSDTest_Capture", "inputs": {"label": "caption", "value": ["2", 1]}},
+    }
+
+
+def image(seed: int = 3) -> torch.Tensor:
+    return torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_schema_has_tooltips_and_no_key_input(comfy_host):
+    cls = comfy_host.node_class("DSDPromptEnhance")
+    assert cls.CATEGORY == "DSD/prompt"
+    types = cls.INPUT_TYPES()
+    inputs = {**types["required"], **types.get("optional", {})}
+    assert set(inputs) == {"image", "prompt", "provider", "model", "base_url", "enabled"}
+    for name, spec in inputs.items():
+        assert spec[1].get("tooltip"), f"input {name} has no tooltip"
+    assert not any("key" in name.lower() for name in inputs)
+    assert list(cls.RETURN_TYPES) == ["STRING", "STRING"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_end_to_end_through_executor(comfy_host, run_prompt, host_env, llm, monkeypatch, provider):
+    key = set_env_key(monkeypatch, provider)
+    llm.api_key = key  # the fake server answers 401 to any other key
+    run = run_prompt(graph(provider, base_url(provider, llm)))
+    assert run.ok, run.error or run.exec_error
+    assert run.captured == {"prompt": ENHANCED, "caption": CAPTION}
+    reqs = llm.requests
+    assert len(reqs) == 2
+    assert reqs[0].images and not reqs[1].images  # caption first, then merge
+    assert reqs[0].model == "vision-model"
+    assert CAPTION in reqs[1].prompt and "surfing a big wave" in reqs[1].prompt
+    assert reqs[0].api == ("gemini" if provider == "gemini" else "openai")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_key_from_comfy_settings_never_leaks(comfy_host, run_prompt, host_env, llm, caplog, provider):
+    kind_key = GEMINI_KEY if provider == "gemini" else OPENAI_KEY
+    setting = "DSD.GeminiApiKey" if provider == "gemini" else "DSD.OpenAIApiKey"
+    settings = host_env / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({setting: kind_key, "Comfy.Theme": "dark"}))
+    llm.api_key = kind_key  # success proves the key travelled from the settings file to the server
+    prompt = graph(provider, base_url(provider, llm))
+    with caplog.at_level(logging.DEBUG):
+        run = run_prompt(prompt)
+    assert run.ok, run.error or run.exec_error
+    assert run.captured["prompt"] == ENHANCED
+    sent = llm.requests[0].headers
+    assert kind_key in (sent.get("Authorization", "") + sent.get("x-goog-api-key", ""))
+    # Not in the node's inputs, the saved (API-format) workflow, the outputs, history or logs.
+    assert kind_key not in json.dumps(prompt)
+    assert kind_key not in json.dumps(run.captured) + json.dumps(run.outputs, default=str)
+    assert kind_key not in json.dumps([m for m in run.messages], default=str)
+    assert kind_key not in caplog.text
+    # A disk-cache entry holds answers only.
+    for entry in (host_env / "__dsd").rglob("*.json"):
+        assert kind_key not in entry.read_text()
+
+
+def test_wrong_key_is_a_clear_error_without_the_key(comfy_host, run_prompt, host_env, llm, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    llm.api_key = "sk-the-right-one-0123456789"
+    with caplog.at_level(logging.DEBUG):
+        run = run_prompt(graph("openai-compatible", llm.openai_base_url))
+    assert not run.ok and run.exec_error is not None
+    message = run.exec_error["exception_message"]
+    assert "OPENAI_API_KEY" in message and "DSD.OpenAIApiKey" in message
+    assert OPENAI_KEY not in message + json.dumps(run.exec_error, default=str) + caplog.text
+
+
+def test_missing_key_names_env_and_setting(comfy_host, host_env, prompt_module):
+    # No base_url: the public Gemini API, which needs a key; nothing is sent anywhere.
+    with pytest.raises(prompt_module.PromptEnhanceError, match=r"GEMINI_API_KEY or GOOGLE_API_KEY.*DSD\.GeminiApiKey"):
+        comfy_host.call("DSDPromptEnhance", image=image(), prompt="a fox", provider="gemini",
+                        model="gemini-2.5-flash", base_url="", enabled=True)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_offline_server_fails_fast_with_clear_error(comfy_host, run_prompt, host_env, monkeypatch, prompt_module,
+                                                   provider):
+    set_env_key(monkeypatch, provider)
+    monkeypatch.setattr(prompt_module, "BACKOFF_BASE_S", 0.5)  # the shipped policy: at most 0.5+1+2 s of waits
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}" + ("" if provider == "gemini" else "/v1")
+    t0 = time.perf_counter()
+    run = run_prompt(graph(provider, url))
+    elapsed = time.perf_counter() - t0
+    assert not run.ok
+    message = run.exec_error["exception_message"]
+    assert f"127.0.0.1:{port}" in message and "failed after" in message
+    assert "enabled to false" in message
+    assert elapsed < 15, f"offline error took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_rate_limit_then_success(comfy_host, host_env, llm, monkeypatch, provider):
+    set_env_key(monkeypatch, provider)
+    llm.queue_failures([("status", 429, {"retry-after": "0.05"}), ("status", 503)])
+    out = comfy_host.call("DSDPromptEnhance", image=image(), prompt="the figurine surfing", provider=provider,
+                          model="vision-model", base_url=base_url(provider, llm), enabled=True)
+    assert out == (ENHANCED, CAPTION)
+    assert len(llm.requests) == 4  # two failed caption attempts, then caption + merge
+
+
+def test_cache_second_execution_costs_nothing(comfy_host, run_prompt, host_env, llm, monkeypatch, prompt_module):
+    set_env_key(monkeypatch, "openai-compatible")
+    url = llm.openai_base_url
+    prompt = graph("openai-compatible", url)
+    assert run_prompt(prompt).ok
+    assert len(llm.requests) == 2
+    # 1. Same graph again: ComfyUI's own cache (fingerprint_inputs unchanged) skips the node.
+    assert run_prompt(prompt).ok
+    assert len(llm.requests) == 2
+    # 2. Node executed again with the same inputs: the in-memory LRU answers.
+    kwargs = {"image": image(), "prompt": "the figurine surfing a big wave", "provider": "openai-compatible",
+              "model": "vision-model", "base_url": url, "enabled": True}
+    assert comfy_host.call("DSDPromptEnhance", **kwargs) == (ENHANCED, CAPTION)
+    assert len(llm.requests) == 2
+    # 3. Memory cleared (e.g. ComfyUI restarted): the disk cache answers.
+    prompt_module.clear_caches()
+    assert comfy_host.call("DSDPromptEnhance", **kwargs) == (ENHANCED, CAPTION)
+    assert len(llm.requests) == 2
+    # A different image is a miss for the caption; the merge request (same caption text, same
+    # prompt) is still answered from the disk cache.
+    comfy_host.call("DSDPromptEnhance", **{**kwargs, "image": image(seed=4)})
+    assert len(llm.requests) == 3 and llm.requests[-1].images
+
+
+def test_fingerprint_tracks_widgets_not_secrets(comfy_host, monkeypatch):
+    cls = comfy_host.node_class("DSDPromptEnhance")
+    a = cls.fingerprint_inputs(prompt="p", provider="gemini", model="m", base_url="", enabled=True)
+    monkeypatch.setenv("GEMINI_API_KEY", GEMINI_KEY)
+    assert cls.fingerprint_inputs(prompt="p", provider="gemini", model="m", base_url="", enabled=True) == a
+    assert cls.fingerprint_inputs(prompt="q", provider="gemini", model="m", base_url="", enabled=True) != a
+    assert cls.fingerprint_inputs(prompt="p", provider="gemini", model="m2", base_url="", enabled=True) != a
+    assert GEMINI_KEY not in json.dumps(a)
+
+
+def test_disabled_passes_prompt_through_without_requests(comfy_host, run_prompt, host_env, llm):
+    run = run_prompt(graph("gemini", llm.gemini_base_url, prompt="keep me as I am", enabled=False))
+    assert run.ok, run.error or run.exec_error
+    assert run.captured == {"prompt": "keep me as I am", "caption": ""}
+    assert llm.requests == []
+
+
+def test_empty_prompt_is_a_clear_error(comfy_host, host_env, prompt_module, llm, monkeypatch):
+    set_env_key(monkeypatch, "gemini")
+    with pytest.raises(prompt_module.PromptEnhanceError, match="prompt is empty"):
+        comfy_host.call("DSDPromptEnhance", image=image(), prompt="   ", provider="gemini", model="m",
+                        base_url=llm.gemini_base_url, enabled=True)
+    assert llm.requests == []
+
+
+def test_progress_bar_reports_caption_then_merge(comfy_host, host_env, llm, monkeypatch):
+    import comfy.utils
+
+    set_env_key(monkeypatch, "gemini")
+    seen: list[tuple[int, int]] = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: seen.append((value, total)))
+    comfy_host.call("DSDPromptEnhance", image=image(), prompt="the figurine surfing", provider="gemini",
+                    model="vision-model", base_url=llm.gemini_base_url, enabled=True)
+    assert seen == [(1, 2), (2, 2)]
+
+
+def test_missing_sdk_names_the_package_to_install(comfy_host, host_env, prompt_module, monkeypatch):
+    # A None entry in sys.modules makes the import fail exactly as an absent package does.
+    pack = comfy_host.pack.__name__
+    monkeypatch.setitem(sys.modules, f"{pack}.dsd.providers.gemini_provider", None)
+    monkeypatch.setitem(sys.modules, "google.genai", None)
+    with pytest.raises(prompt_module.PromptEnhanceError, match=r"pip install google-genai"):
+        comfy_host.call("DSDPromptEnhance", image=image(), prompt="a fox", provider="gemini", model="m",
+                        base_url="http://127.0.0.1:9/", enabled=True)
