@@ -182,7 +182,7 @@ def get_provider(kind: str, model: str, base_url: str | None) -> Any:
             max_concurrency=2, cache_dir=cache_dir, backoff_base_s=BACKOFF_BASE_S, backoff_max_s=BACKOFF_MAX_S,
         )
         try:
-            provider = providers.make_provider(config)
+            provider = providers.make_provider(config, api_key=settings_key)
         except ImportError as exc:
             package, module = _SDK_HINT[kind]
             raise PromptEnhanceError(
@@ -190,10 +190,6 @@ def get_provider(kind: str, model: str, base_url: str | None) -> Any:
                 f"failed to import: {exc.name or exc}); install it into ComfyUI's Python: "
                 f"python -m pip install {package}"
             ) from None
-        if settings_key is not None:
-            # ProviderConfig only reads keys from the environment; a key from the settings file
-            # is handed to the provider object in memory (it resolves lazily, only on a cache miss).
-            provider._api_key = settings_key
         _PROVIDERS[registry_key] = provider
         return provider
 

@@ -25,16 +25,20 @@ from .errors import (
 from .types import ChatRequest, ChatResult, Usage, image_to_png_bytes
 
 
-def make_provider(config: ProviderConfig) -> Provider:
-    """The provider for ``config.kind`` (SDK imported only for the kind used)."""
+def make_provider(config: ProviderConfig, *, api_key: str | None = None) -> Provider:
+    """The provider for ``config.kind`` (SDK imported only for the kind used).
+
+    ``api_key`` passes a key held in memory (ComfyUI settings); without it the key comes from the
+    environment variable the config names, when the first request needs it.
+    """
     if config.kind == "openai":
         from .openai_provider import OpenAIProvider
 
-        return OpenAIProvider(config)
+        return OpenAIProvider(config, api_key=api_key)
     if config.kind == "gemini":
         from .gemini_provider import GeminiProvider
 
-        return GeminiProvider(config)
+        return GeminiProvider(config, api_key=api_key)
     raise ValueError(f"unknown provider kind {config.kind!r}; use 'openai' or 'gemini'")
 
 

@@ -70,7 +70,8 @@ class _LoopThread:
 class Provider(ABC):
     """An LLM/VLM endpoint. Thread-safe; use one instance per config and share it."""
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, api_key: str | None = None) -> None:
+        """``api_key``: a key held in memory (e.g. from ComfyUI's settings); default: the environment."""
         self.config = config
         self._counter = UsageCounter()
         self._cache = AnswerCache(config.cache_dir) if config.cache_dir else None
@@ -80,7 +81,7 @@ class Provider(ABC):
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
-        self._api_key: str | None = None
+        self._api_key: str | None = api_key
 
     # -- what a concrete provider supplies -------------------------------------------------
     @property
@@ -212,15 +213,18 @@ class Provider(ABC):
                 sem = self._semaphores[loop] = asyncio.Semaphore(self.config.max_concurrency)
             return sem
 
+    def api_key(self) -> str:
+        """The key, resolved lazily: cached answers need no key at all. Never log it."""
+        if self._api_key is None:
+            self._api_key = self.config.resolve_api_key()
+        return self._api_key
+
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()
         with self._lock:
             client = self._clients.get(loop)
             if client is None:
-                if self._api_key is None:
-                    # Resolved lazily: cached answers need no key at all.
-                    self._api_key = self.config.resolve_api_key()
-                client = self._clients[loop] = self._make_client(self._api_key)
+                client = self._clients[loop] = self._make_client(self.api_key())
             return client
 
     async def _complete_one(self, request: ChatRequest) -> ChatResult:

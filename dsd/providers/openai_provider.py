@@ -94,7 +94,7 @@ class OpenAIProvider(Provider):
     def make_sync_client(self) -> openai.OpenAI:
         """A blocking client (used by the Batch API helpers)."""
         return openai.OpenAI(
-            api_key=self.config.resolve_api_key(),
+            api_key=self.api_key(),
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=0,
