@@ -11,7 +11,7 @@ try:
 except ImportError:  # not running inside ComfyUI
     ComfyExtension = None
 
-WEB_DIRECTORY = None
+WEB_DIRECTORY = "./web"  # settings entries for the prompt enhancer's API keys
 
 if ComfyExtension is not None:
 
