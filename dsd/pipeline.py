@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .canvas import CanvasLayout, canvas_to_image01, compose_canvas, split_canvas
+from .encoders import FluxEncoders
 from .model import DSDTransformer
 from .sampler import GuidanceConfig, SamplerStats, TextConditioning, make_noise, sample_tokens
-from .tokens import image_ids, latent_to_model, model_to_latent, pack, text_ids, unpack
+from .tokens import image_ids, pack, text_ids, unpack
 from .weights.errors import WeightsError
 
 logger = logging.getLogger(__name__)
@@ -35,11 +35,9 @@ class GenerateResult:
 
 
 class DSDPipeline:
-    def __init__(self, model: DSDTransformer, vae: Any, text_pipe: Any, max_sequence_length: int = 512) -> None:
+    def __init__(self, model: DSDTransformer, encoders: FluxEncoders) -> None:
         self.model = model
-        self.vae = vae
-        self.text_pipe = text_pipe  # a diffusers FluxPipeline used for its encode_prompt
-        self.max_sequence_length = max_sequence_length
+        self.encoders = encoders
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -57,63 +55,43 @@ class DSDPipeline:
         The DSD transformer comes from ``release`` (the authors' published folder) or from
         ``flux_dir/transformer`` + ``adapter`` (a DSD adapter file from ``dsd convert`` or training).
         """
-        from diffusers import FluxPipeline
-
         from .weights.adapter import load_adapter
         from .weights.lora import merge_lora
         from .weights.release import find_release_parts, load_release_lora, load_release_transformer
 
-        flux_dir = Path(flux_dir)
-        if not (flux_dir / "model_index.json").is_file():
-            raise WeightsError(
-                f"{flux_dir}: not a diffusers FLUX pipeline folder (no model_index.json). Download FLUX.1-dev in diffusers "
-                "layout (vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, transformer/) and point --flux to it."
-            )
         if (release is None) == (adapter is None):
             raise WeightsError("give exactly one of: the DSD release folder, or a DSD adapter file")
+        encoders = FluxEncoders.from_local(flux_dir, device=device, dtype=dtype, with_transformer=adapter is not None)
         if release is not None:
             tdir, lora_path = find_release_parts(release)
-            model = load_release_transformer(tdir, dtype=dtype, device=device)
             if lora_path is None:
                 raise WeightsError(f"{release}: no pytorch_lora_weights.safetensors beside the transformer folder")
+            model = load_release_transformer(tdir, dtype=dtype, device=device)
             merge_lora(model.transformer, load_release_lora(lora_path), strength=lora_scale, source=lora_path)
-            pipe = FluxPipeline.from_pretrained(flux_dir, transformer=None, dtype=dtype, local_files_only=True)
         else:
-            pipe = FluxPipeline.from_pretrained(flux_dir, dtype=dtype, local_files_only=True)
-            model = DSDTransformer(pipe.transformer)
+            model = DSDTransformer(encoders.pipe.transformer)
+            encoders.pipe.transformer = None  # the pipeline only serves text encoding from here on
             ad = load_adapter(adapter)
             model.load_c_embedder(ad.c_embedder)
             if ad.lora:
                 merge_lora(model.transformer, ad.lora, strength=lora_scale, source=adapter)
-            pipe.transformer = None
         model.to(device)
-        pipe.to(device)
-        return cls(model=model.eval(), vae=pipe.vae, text_pipe=pipe)
+        return cls(model=model.eval(), encoders=encoders)
 
     # -- pieces ----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    @torch.no_grad()
     def encode_prompt(self, prompt: str | list[str]) -> TextConditioning:
-        embeds, pooled, _ = self.text_pipe.encode_prompt(
-            prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
-        )
-        return TextConditioning(embeds.float(), pooled.float())
+        return TextConditioning(*self.encoders.encode_prompt(prompt))
 
-    @torch.no_grad()
     def encode_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
         """Canvas ``[B, 3, H, W]`` in [-1, 1] -> model-space latent ``[B, 16, H/8, W/8]`` (posterior mean)."""
-        vae = self.vae
-        z = vae.encode(canvas.to(device=vae.device, dtype=vae.dtype)).latent_dist.mean
-        return latent_to_model(z.float(), vae.config.shift_factor, vae.config.scaling_factor)
+        return self.encoders.encode_canvas(canvas)
 
-    @torch.no_grad()
     def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        vae = self.vae
-        z = model_to_latent(latent, vae.config.shift_factor, vae.config.scaling_factor)
-        return vae.decode(z.to(device=vae.device, dtype=vae.dtype)).sample.float()
+        return self.encoders.decode_latent(latent)
 
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from dsd.encoders import FluxEncoders
 from dsd.io import atomic_save_safetensors, atomic_write_json, clean_stale_temporaries
 from dsd.manifest import RecordLog, read_records
-from dsd.tokens import latent_to_model
+from dsd.weights.errors import WeightsError
 
 from .config import TrainConfig
 from .data import (
@@ -49,43 +50,19 @@ class CacheError(ValueError):
     """The cache folder is missing, incomplete or was made with other settings."""
 
 
-class Encoders:
+class Encoders(FluxEncoders):
     """The frozen VAE and text encoders of a diffusers FLUX folder (no transformer loaded)."""
 
     def __init__(self, flux_dir: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  max_sequence_length: int = 512) -> None:  # fmt: skip
-        from diffusers import FluxPipeline
-
-        if not flux_dir or not (Path(flux_dir) / "model_index.json").is_file():
+        try:
+            loaded = FluxEncoders.from_local(flux_dir, device=device, dtype=dtype, max_sequence_length=max_sequence_length)
+        except WeightsError as exc:
             raise CacheError(
-                f"model.flux={flux_dir!r} is not a diffusers FLUX folder (no model_index.json); caching, on-the-fly "
-                "encoding and validation sampling need its VAE and text encoders"
-            )
-        self.pipe = FluxPipeline.from_pretrained(flux_dir, transformer=None, dtype=dtype, local_files_only=True)
-        self.pipe.to(device)
-        self.device = torch.device(device)
-        self.max_sequence_length = max_sequence_length
-
-    @torch.no_grad()
-    def encode_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        z = vae.encode(canvas.to(device=self.device, dtype=vae.dtype)).latent_dist.mean
-        return latent_to_model(z.float(), vae.config.shift_factor, vae.config.scaling_factor)
-
-    @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        from dsd.tokens import model_to_latent
-
-        vae = self.pipe.vae
-        z = model_to_latent(latent.float(), vae.config.shift_factor, vae.config.scaling_factor)
-        return vae.decode(z.to(device=self.device, dtype=vae.dtype)).sample.float()
-
-    @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, pooled, _ = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
-        )
-        return embeds.float(), pooled.float()
+                f"model.flux={flux_dir!r}: {exc} (caching, on-the-fly encoding and validation sampling need its VAE and "
+                "text encoders)"
+            ) from exc
+        super().__init__(loaded.pipe, max_sequence_length)
 
 
 def cache_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -144,7 +121,7 @@ def run_cache(cfg: TrainConfig, device: str | torch.device = "cpu", progress: bo
     dtype = CACHE_DTYPES[cfg.dataset.cache_dtype]
     enc = Encoders(cfg.model.flux, device=device, max_sequence_length=cfg.model.max_sequence_length)
     if not (root / EMPTY_PROMPT_FILE).is_file():
-        e, p = enc.encode_text([""])
+        e, p = enc.encode_prompt([""])
         atomic_save_safetensors({"prompt_embeds": e[0].to(dtype), "pooled": p[0].to(dtype)}, root / EMPTY_PROMPT_FILE)
     size = cfg.dataset.cache_shard_size
     chunks = [refs[i : i + size] for i in range(0, len(refs), size)]
@@ -174,7 +151,7 @@ def run_cache(cfg: TrainConfig, device: str | torch.device = "cpu", progress: bo
                 bucket = pick_bucket(*pair.target.size, cfg.dataset.frame_buckets)
                 cond, target = pair_canvases(pair, bucket, cfg.dataset.fit)
                 lat = enc.encode_canvas(torch.cat([cond, target]))
-                emb, pooled = enc.encode_text([pair.caption])
+                emb, pooled = enc.encode_prompt([pair.caption])
                 i = len(samples)
                 tensors[f"{i}.cond"] = lat[0].to(dtype)
                 tensors[f"{i}.target"] = lat[1].to(dtype)
@@ -251,7 +228,7 @@ class EncodingSource:
         self.keys = [r.key for r in self.refs]
         self.dataset_hash = dataset_hash(self.refs)
         self.buckets = [pick_bucket(*target_size(r), cfg.dataset.frame_buckets) for r in self.refs]
-        self.empty_text = encoders.encode_text([""])
+        self.empty_text = encoders.encode_prompt([""])
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -260,7 +237,7 @@ class EncodingSource:
         pair = read_pair(self.refs[i])
         cond, target = pair_canvases(pair, self.buckets[i], self.cfg.dataset.fit)
         lat = self.enc.encode_canvas(torch.cat([cond, target]))
-        emb, pooled = self.enc.encode_text([pair.caption])
+        emb, pooled = self.enc.encode_prompt([pair.caption])
         return {"cond": lat[0], "target": lat[1], "prompt_embeds": emb[0], "pooled": pooled[0]}
 
 

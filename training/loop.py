@@ -113,7 +113,7 @@ class Validator:
             for i, ref in enumerate(s.references):
                 with Image.open(ref) as im:
                     cond = encoders.encode_canvas(compose_canvas(im.convert("RGB"), layout))[0]
-                emb, pooled = encoders.encode_text([prompts[i % len(prompts)]])
+                emb, pooled = encoders.encode_prompt([prompts[i % len(prompts)]])
                 self.items.append((f"{Path(ref).stem}", cond, TextConditioning(emb, pooled)))
         else:
             for i in range(min(s.from_dataset, len(source))):
@@ -138,7 +138,7 @@ class Validator:
             )  # fmt: skip
             if self.encoders is None:
                 continue
-            image = ((self.encoders.decode(unpack(tokens, h, w)) + 1) / 2).clamp(0, 1)[0].cpu()
+            image = ((self.encoders.decode_latent(unpack(tokens, h, w)) + 1) / 2).clamp(0, 1)[0].cpu()
             if writer is not None:
                 writer.add_image(f"samples/{name}", image, step)
             path = out_dir / "samples" / f"step-{step:06d}-{name.replace('/', '_')}.png"

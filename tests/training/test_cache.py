@@ -28,7 +28,7 @@ def test_cache_content_matches_encoders(tiny_flux, wds_dataset, tiny_cache):
     lat = enc.encode_canvas(torch.cat([cond, target]))
     torch.testing.assert_close(item["cond"], lat[0])
     torch.testing.assert_close(item["target"], lat[1])
-    emb, pooled = enc.encode_text([pair.caption])
+    emb, pooled = enc.encode_prompt([pair.caption])
     torch.testing.assert_close(item["prompt_embeds"], emb[0])
 
 
@@ -76,5 +76,5 @@ def test_cache_with_other_settings_is_refused(tiny_flux, wds_dataset, tiny_cache
 
 def test_cache_needs_flux_folder(wds_dataset, tmp_path):
     cfg = load_config(TINY_TOML, tiny_overrides(tmp_path / "noflux", wds_dataset, tmp_path))
-    with pytest.raises(CacheError, match="not a diffusers FLUX folder"):
+    with pytest.raises(CacheError, match="not a diffusers FLUX pipeline folder"):
         run_cache(cfg, progress=False)
