@@ -107,8 +107,14 @@ def save_checkpoint(
     ema: dict[str, torch.Tensor] | None = None,
     meta: dict[str, Any] | None = None,
     keep_last: int = 0,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``step-<step>`` atomically, then remove all but the newest ``keep_last`` (0 = keep all)."""
+    """Write ``step-<step>`` atomically, then remove all but the newest ``keep_last`` (0 = keep all).
+
+    ``trainable`` must hold full (unsharded) tensors and ``optimizer_state`` (default:
+    ``optimizer.state_dict()``) the full optimizer state; under FSDP pass what
+    :func:`gather_full_state` returned on rank 0.
+    """
     from safetensors.torch import save_file
 
     root = checkpoint_root(output_dir)
@@ -119,7 +125,8 @@ def save_checkpoint(
         if ema is not None:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
         save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        opt_state = optimizer_state if optimizer_state is not None else optimizer.state_dict()
+        torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         state = {"step": step, "cursor": cursor.__dict__, "rng": plain, "meta": meta or {}, "time": time.time()}
         (tmp / STATE_FILE).write_text(json.dumps(state, sort_keys=True))
         for f in tmp.iterdir():
@@ -190,9 +197,14 @@ def load_checkpoint(
     return Resumed(step=int(state["step"]), cursor=Cursor(**state["cursor"]), meta=state.get("meta", {}))
 
 
-def find_resume(output_dir: str | Path, resume: str) -> Path | None:
-    """``resume``: "auto" (latest in output_dir, if any), "none", or a checkpoint path."""
-    clean_stale_temporaries(checkpoint_root(output_dir))
+def find_resume(output_dir: str | Path, resume: str, clean: bool = True) -> Path | None:
+    """``resume``: "auto" (latest in output_dir, if any), "none", or a checkpoint path.
+
+    ``clean`` removes torn temporary folders first; with several processes only rank 0 should
+    (then a barrier), or two ranks race on the same ``rmtree``.
+    """
+    if clean:
+        clean_stale_temporaries(checkpoint_root(output_dir))
     if resume == "none":
         return None
     if resume == "auto":
@@ -201,3 +213,91 @@ def find_resume(output_dir: str | Path, resume: str) -> Path | None:
     if not (p / STATE_FILE).is_file():
         raise CheckpointError(f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE})")
     return p
+
+
+# -- FSDP: full state out of / into a sharded model ---------------------------------------------
+# Under FSDP every rank holds a shard of each parameter and of its AdamW moments, so neither
+# ``named`` nor ``optimizer.state_dict()`` is the full state. torch.distributed.checkpoint's
+# state-dict API (the successor of FSDP.full_optim_state_dict, for FSDP1 and FSDP2 alike)
+# all-gathers one tensor at a time to rank 0's CPU; ``ignore_frozen_params`` keeps the frozen
+# base out of it (gathering a 12 B-parameter base to save a LoRA would cost 24 GB of host memory
+# per save). The optimizer state is converted to the same index-keyed form
+# ``optimizer.state_dict()`` has without FSDP, so one checkpoint format serves every launch mode.
+def _inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+
+
+def _options(**kw: Any):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:  # fmt: skip
+    """Collective (call on every rank): full fp32 trainable parameters and optimizer state on rank 0 (empty elsewhere).
+
+    ``names``: the trainable parameter names in the optimizer's order (the checkpoint's index keys).
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    opts = _options(cpu_offload=True, ignore_frozen_params=True)
+    params = get_model_state_dict(model, options=opts)
+    optim = get_optimizer_state_dict(model, _inner_optimizer(optimizer), options=opts)
+    if not params:  # not rank 0
+        return {}, {}
+    missing = sorted(set(names) - set(params))
+    if missing:
+        raise CheckpointError(f"FSDP state dict lacks trainable parameters {missing[:3]}; the wrapped model renamed them")
+    index = {n: i for i, n in enumerate(names)}
+    optim_state = {
+        "state": {index[k]: v for k, v in optim["state"].items()},
+        "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in optim["param_groups"]],
+    }
+    return {n: params[n].float() for n in names}, optim_state
+
+
+def load_checkpoint_sharded(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    is_main: bool,
+    scheduler: Any = None,
+    generator: torch.Generator | None = None,
+) -> Resumed:
+    """Collective twin of :func:`load_checkpoint` for an FSDP-wrapped model (after ``accelerator.prepare``).
+
+    Rank 0 reads the full tensors and broadcasts them; every rank keeps only its shards.
+    """
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"{path}: not a complete checkpoint (no {STATE_FILE}); pick another or start fresh")
+    state = json.loads((path / STATE_FILE).read_text())
+    params: dict[str, torch.Tensor] = {}
+    optim: dict[str, Any] = {}
+    opt: dict[str, Any] = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    if is_main:
+        params = load_file(str(path / "trainable.safetensors"))
+        if set(params) != set(names):
+            diff = sorted(set(params) ^ set(names))[:3]
+            raise CheckpointError(f"{path}: trainable parameters differ from this model (e.g. {diff}); resume with the "
+                                  "same [network] settings or start a new output_dir")  # fmt: skip
+        saved = opt["optimizer"]
+        optim = {
+            "state": {names[int(i)]: v for i, v in saved["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in saved["param_groups"]],
+        }
+    opts = _options(broadcast_from_rank0=True, strict=False)  # strict=False: the frozen base is not in the file
+    # Model and optimizer separately: set_state_dict() treats an empty model dict (ranks > 0) as "optimizer only"
+    # and would skip the model broadcast those ranks must join.
+    set_model_state_dict(model, params, options=opts)
+    set_optimizer_state_dict(model, _inner_optimizer(optimizer), optim, options=opts)
+    if scheduler is not None:
+        scheduler.load_state_dict(opt["scheduler"])
+    if generator is not None:
+        set_rng_state(state["rng"], load_file(str(path / "rng.safetensors")), generator)
+    return Resumed(step=int(state["step"]), cursor=Cursor(**state["cursor"]), meta=state.get("meta", {}))

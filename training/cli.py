@@ -65,6 +65,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> None:
     from .loop import train
 
     s = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if not s.is_main:  # under torchrun / accelerate every rank returns; one summary is enough
+        return
     out.table("DSD training", [
         ("output dir", s.output_dir), ("resumed from", s.resumed_from or "-"),
         ("steps", f"{s.start_step} -> {s.start_step + s.steps_done}"),

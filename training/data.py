@@ -294,3 +294,71 @@ def epoch_batches(buckets: list[tuple[int, int]], batch_size: int, seed: int, ep
         )
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
+
+
+def batch_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of the objective's draws (noise, t, dropouts) for batch ``index`` of epoch ``epoch``'s plan.
+
+    Keyed by the batch, not by the process or the step count, so the draws of a batch are the same
+    whichever rank or accumulation micro-step computes it and after any resume.
+    """
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    epoch: int
+    index: int  # position in the epoch's plan (the key of its random draws)
+    samples: list[int]
+
+
+class BatchStream:
+    """The batch order every rank agrees on, and which batches this rank computes.
+
+    The plan of an epoch (:func:`epoch_batches`, per-process ``batch_size``) is the same on all
+    ranks. One optimizer step takes ``per_step = world * accumulation`` consecutive batches of it;
+    micro-step ``m`` of rank ``r`` computes batch ``start + m * world + r``. A step never spans two
+    epochs: the last ``len(plan) % per_step`` batches of an epoch are skipped (a different few
+    each epoch, as the plan is reshuffled). So W processes x A micro-steps see exactly the
+    batches that one process with W x A micro-steps sees, in every step.
+    """
+
+    def __init__(self, buckets: list[tuple[int, int]], batch_size: int, seed: int, world: int = 1,
+                 accumulation: int = 1, rank: int = 0) -> None:  # fmt: skip
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside a world of {world} processes")
+        self.buckets, self.batch_size, self.seed = list(buckets), batch_size, seed
+        self.world, self.accumulation, self.rank = world, accumulation, rank
+        self.per_step = world * accumulation
+        self._plan: tuple[int, list[list[int]]] | None = None
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        if self._plan is None or self._plan[0] != epoch:
+            plan = epoch_batches(self.buckets, self.batch_size, self.seed, epoch)
+            if len(plan) < self.per_step:
+                raise DatasetError(
+                    f"an epoch has {len(plan)} batches of {self.batch_size}, fewer than one optimizer step needs "
+                    f"({self.world} processes x {self.accumulation} accumulation steps); add data or lower "
+                    "training.batch_size / training.effective_batch_size"
+                )
+            if len(plan) % self.per_step and epoch == 0:
+                logger.info("each epoch skips %d of %d batches (not a multiple of %d per optimizer step)",
+                            len(plan) % self.per_step, len(plan), self.per_step)  # fmt: skip
+            self._plan = (epoch, plan)
+        return self._plan[1]
+
+    def next_step(self, cursor: Any) -> list[PlannedBatch]:
+        """This rank's micro-batches of the next optimizer step; advances ``cursor`` (epoch, position, samples_seen)."""
+        plan = self.plan(cursor.epoch)
+        if cursor.position + self.per_step > len(plan):
+            cursor.epoch += 1
+            cursor.position = 0
+            plan = self.plan(cursor.epoch)
+        start = cursor.position
+        out = []
+        for m in range(self.accumulation):
+            index = start + m * self.world + self.rank
+            out.append(PlannedBatch(cursor.epoch, index, plan[index]))
+        cursor.position += self.per_step
+        cursor.samples_seen += self.per_step * self.batch_size
+        return out
