@@ -36,12 +36,24 @@ def find_comfyui() -> Path:
     raise SystemExit("no ComfyUI found: set COMFYUI_PATH")
 
 
+ATTENTION_FLAGS = {"pytorch": ["--use-pytorch-cross-attention"], "comfy-default": []}
+
+
+def add_host_args(ap) -> None:
+    """The options every ComfyUI benchmark shares (threads and attention are set identically on both sides)."""
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads, both sides (default 2)")
+    ap.add_argument("--attention", choices=sorted(ATTENTION_FLAGS), default="pytorch",
+                    help="ComfyUI's attention: 'pytorch' (--use-pytorch-cross-attention: the SDPA kernel diffusers uses) "
+                         "or 'comfy-default' (sub-quadratic attention, ComfyUI's CPU default)")  # fmt: skip
+
+
 class Host:
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 2, attention: str = "pytorch") -> None:
+        torch.set_num_threads(threads)
         root = str(find_comfyui())
         sys.path.insert(0, root)
         argv = sys.argv[:]
-        sys.argv[:] = [argv[0], "--cpu"]
+        sys.argv[:] = [argv[0], "--cpu", *ATTENTION_FLAGS[attention]]
         importlib.import_module("comfy.options").enable_args_parsing()
         importlib.import_module("comfy.cli_args")
         sys.argv[:] = argv
@@ -108,10 +120,13 @@ def text(seed: int = 0, length: int = 32, dim: int = 768):
 
 
 class StepTimer:
-    """DIFFUSION_MODEL wrapper recording the wall time of every transformer call."""
+    """Wrapper recording the wall time of every call. ``PREDICT_NOISE`` (default) times one whole
+    sampler step: the guider's cond batching, every transformer call of that step and the CFG mix;
+    ``DIFFUSION_MODEL`` times the transformer calls alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, wrapper: str = "predict_noise") -> None:
         self.times: list[float] = []
+        self.wrapper = wrapper
 
     def __call__(self, executor, *args, **kwargs):
         t = time.perf_counter()
@@ -120,10 +135,9 @@ class StepTimer:
         return out
 
     def attach(self, model):
-        import comfy.patcher_extension
 
         m = model.clone()
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench_timer", self)
+        m.add_wrapper_with_key(self.wrapper, "bench_timer", self)
         return m
 
 
@@ -139,3 +153,8 @@ def sample(host: Host, model, guider, latent, steps: int, width: int, height: in
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def spread(xs: list[float]) -> str:
+    """``median [min..max]`` of a list of ratios or times."""
+    return f"{statistics.median(xs):.3f} [{min(xs):.3f}..{max(xs):.3f}]"

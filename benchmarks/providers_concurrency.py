@@ -3,6 +3,9 @@
 Curation-like requests (a 512x1024 panel pair image + a JSON schema verdict) against the local
 FakeLLMServer with a fixed per-request latency, through the real openai / google-genai
 clients. Efficiency = measured req/s / (concurrency / latency); the goal is >= 0.8 up to 32.
+Each level runs ``--reps`` times (``--rounds`` requests per worker each); the table shows the
+median efficiency and its min..max. The server runs in its own process by default (it stands in
+for a remote API, so its CPU is not client overhead).
 
     .venv/bin/python benchmarks/providers_concurrency.py [--kind openai gemini] [--latency 0.2]
 """
@@ -15,16 +18,21 @@ import io
 import json
 import multiprocessing
 import os
+import statistics
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dsd.providers import ChatRequest, ProviderConfig, image_to_png_bytes, make_provider
-from dsd.testing import FakeLLMServer
-from dsd.testing.llm_server import serve_forever
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dsd.providers import ChatRequest, ProviderConfig, image_to_png_bytes, make_provider  # noqa: E402
+from dsd.testing import FakeLLMServer  # noqa: E402
+from dsd.testing.llm_server import serve_forever  # noqa: E402
 
 VERDICT_SCHEMA = {
     "type": "object",
@@ -77,8 +85,8 @@ def control(url: str, what: str) -> dict:
         return json.loads(r.read())
 
 
-def run(kind: str, latency: float, levels: list[int], per_level: int, image: str = "jpeg",
-        separate_process: bool = True) -> list[tuple[int, int, float, float, float]]:
+def run(kind: str, latency: float, levels: list[int], rounds: int, reps: int, image: str = "jpeg",
+        separate_process: bool = True) -> list[tuple[int, int, float, list[float]]]:
     os.environ.setdefault("OPENAI_API_KEY", "bench")
     os.environ.setdefault("GEMINI_API_KEY", "bench")
     images = [pair_image(i, image) for i in range(4)]
@@ -89,23 +97,26 @@ def run(kind: str, latency: float, levels: list[int], per_level: int, image: str
         with make_provider(config) as provider:
             list(provider.map([ChatRequest("warm-up")], concurrency=1))
             for c in levels:
-                n = max(per_level, 4 * c)
-                requests = [
-                    ChatRequest(f"Pair {c}-{i}: name the common subject, describe it in each image, decide "
-                                "whether they are identical, conclude.", images=(images[i % 4],),
-                                json_schema=VERDICT_SCHEMA)
-                    for i in range(n)
-                ]
-                control(url, "reset")
-                start = time.perf_counter()
-                results = list(provider.map(requests, concurrency=c))
-                elapsed = time.perf_counter() - start
-                failures = sum(1 for _, r in results if isinstance(r, Exception))
-                if failures:
-                    raise SystemExit(f"{failures} requests failed at concurrency {c}")
-                rate = n / elapsed
-                ideal = c / latency
-                rows.append((c, control(url, "stats")["max_in_flight"], rate, ideal, rate / ideal))
+                n = rounds * c
+                effs, rates, peak = [], [], 0
+                for rep in range(reps):
+                    requests = [
+                        ChatRequest(f"Pair {c}-{rep}-{i}: name the common subject, describe it in each image, decide "
+                                    "whether they are identical, conclude.", images=(images[i % 4],),
+                                    json_schema=VERDICT_SCHEMA)
+                        for i in range(n)
+                    ]  # fmt: skip
+                    control(url, "reset")
+                    start = time.perf_counter()
+                    results = list(provider.map(requests, concurrency=c))
+                    elapsed = time.perf_counter() - start
+                    failures = sum(1 for _, r in results if isinstance(r, Exception))
+                    if failures:
+                        raise SystemExit(f"{failures} requests failed at concurrency {c}")
+                    rates.append(n / elapsed)
+                    effs.append(n / elapsed / (c / latency))
+                    peak = max(peak, control(url, "stats")["max_in_flight"])
+                rows.append((c, peak, statistics.median(rates), effs))
     return rows
 
 
@@ -116,18 +127,23 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--image", default="jpeg", choices=["jpeg", "noise-png"])
     parser.add_argument("--same-process", action="store_true", help="run the fake server in this process")
-    parser.add_argument("--per-level", type=int, default=16, help="requests per level (at least 4 x concurrency)")
+    parser.add_argument("--rounds", type=int, default=8, help="requests per worker per repetition")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per level (median reported)")
     args = parser.parse_args()
     size_kb = len(pair_image(0, args.image)) / 1024
     print(f"fake server latency {args.latency * 1000:.0f} ms, 512x1024 {args.image} ({size_kb:.0f} KiB) "
           "+ JSON schema per request, "
-          f"{os.cpu_count()} CPU cores, server in {'this' if args.same_process else 'a separate'} process")
+          f"{os.cpu_count()} CPU cores, server in {'this' if args.same_process else 'a separate'} process, "
+          f"{args.rounds} requests per worker, {args.reps} reps per level")  # fmt: skip
     for kind in args.kind:
         print(f"\n{kind}")
-        print(f"{'concurrency':>11} {'peak in flight':>14} {'req/s':>8} {'ideal':>8} {'efficiency':>10}")
-        for c, peak, rate, ideal, eff in run(kind, args.latency, args.levels, args.per_level, args.image, not args.same_process):
-            flag = "" if eff >= 0.8 else "  < 0.8"
-            print(f"{c:>11} {peak:>14} {rate:>8.1f} {ideal:>8.1f} {eff:>10.2f}{flag}")
+        print(f"{'concurrency':>11} {'peak in flight':>14} {'req/s':>8} {'ideal':>8} {'efficiency median [min..max]':>30}")
+        for c, peak, rate, effs in run(kind, args.latency, args.levels, args.rounds, args.reps, args.image,
+                                       not args.same_process):  # fmt: skip
+            med = statistics.median(effs)
+            flag = "" if med >= 0.8 else "  < 0.8"
+            spread = f"{med:.2f} [{min(effs):.2f}..{max(effs):.2f}]"
+            print(f"{c:>11} {peak:>14} {rate:>8.1f} {c / args.latency:>8.1f} {spread:>30}{flag}")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ accepted with verdict "skipped" and captioned from its grid prompt.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,13 @@ def resolve_path(path: str, base: Path) -> Path:
 
 def load_panel_png(path: Path, max_side: int) -> bytes:
     """PNG bytes of ``path``, downscaled so the long side is at most ``max_side``."""
+    return encode_panel(path, max_side, "png")
+
+
+def encode_panel(path: Path, max_side: int, image_format: str = "png", quality: int = 90) -> bytes:
+    """Upload bytes of a panel: downscaled so the long side is at most ``max_side`` (VLM APIs
+    downscale large images anyway; fewer pixels = fewer input tokens), as PNG or JPEG (``quality``).
+    JPEG at q90 is a fraction of the PNG's size for photographic panels and far cheaper to encode."""
     from dsd.providers import image_to_png_bytes
 
     try:
@@ -93,7 +102,16 @@ def load_panel_png(path: Path, max_side: int) -> bytes:
         raise _BadImage(f"unreadable image {path}: {type(exc).__name__}: {exc}") from exc
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return image_to_png_bytes(image)
+    if image_format == "png":
+        return image_to_png_bytes(image)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def panel_encoding(cfg: CurateConfig) -> tuple[int, str, int]:
+    """``(max side, "png" | "jpeg", jpeg quality)`` from the curate config."""
+    return cfg.max_image_side, cfg.image_format, cfg.jpeg_quality
 
 
 def curate_request(ref_png: bytes, target_png: bytes, prompt: str):
@@ -219,8 +237,7 @@ def run_curate(cfg: CurateConfig, workdir: Path, *, vlm=None, progress: bool = T
                     _run_batches(provider, todo, prompts, base, cfg, log, summary, out_dir)
                 else:
                     bar = tqdm(total=len(todo), desc="curate", unit="pair", disable=not progress, mininterval=0.5)
-                    for start in range(0, len(todo), cfg.chunk):
-                        _run_chunk(provider, todo[start : start + cfg.chunk], prompts, base, cfg, log, summary, bar)
+                    _run_online(provider, todo, prompts, base, cfg, log, summary, bar)
                     bar.close()
             finally:
                 summary.usage = provider.usage
@@ -238,20 +255,49 @@ def _count(summary: StageSummary, rec: dict[str, Any]) -> None:
 
 def _build_requests(chunk, prompts, base: Path, cfg: CurateConfig, log: RecordLog, summary: StageSummary):
     """(pairs, requests) for the pairs whose images load; unreadable images become rejects."""
-    kept, requests = [], []
+    kept, requests, bad = _encode_chunk(chunk, prompts, base, cfg)
+    _log_bad(bad, log, summary)
+    return kept, requests
+
+
+def _encode_chunk(chunk, prompts, base: Path, cfg: CurateConfig):
+    """(pairs, requests, reject records): pure work, safe in a producer thread (logs nothing).
+
+    Each panel file is read and encoded once per chunk even when it appears in several pairs
+    (a reference panel is paired with every other panel of its grid); retries reuse the request."""
+    max_side, fmt, quality = panel_encoding(cfg)
+    encoded: dict[Path, bytes | _BadImage] = {}
+
+    def panel(path: str) -> bytes:
+        p = resolve_path(path, base)
+        if p not in encoded:
+            try:
+                encoded[p] = encode_panel(p, max_side, fmt, quality)
+            except _BadImage as exc:
+                encoded[p] = exc
+        got = encoded[p]
+        if isinstance(got, _BadImage):
+            raise got
+        return got
+
+    kept, requests, bad = [], [], []
     for pair in chunk:
         try:
-            ref = load_panel_png(resolve_path(pair["ref_path"], base), cfg.max_image_side)
-            target = load_panel_png(resolve_path(pair["target_path"], base), cfg.max_image_side)
+            ref, target = panel(pair["ref_path"]), panel(pair["target_path"])
         except _BadImage as exc:
             rec = _base_record(pair)
             rec["reason"] = rec["reject_reason"] = str(exc)
-            log.append(rec)
-            _count(summary, rec)
+            bad.append(rec)
             continue
         kept.append(pair)
         requests.append(curate_request(ref, target, prompts.get(str(pair.get("grid_id")), {}).get("prompt", "")))
-    return kept, requests
+    return kept, requests, bad
+
+
+def _log_bad(bad, log: RecordLog, summary: StageSummary) -> None:
+    for rec in bad:
+        log.append(rec)
+        _count(summary, rec)
 
 
 def _record_result(pair, result, cfg, log: RecordLog, summary: StageSummary) -> None:
@@ -274,12 +320,36 @@ def _record_result(pair, result, cfg, log: RecordLog, summary: StageSummary) -> 
     _count(summary, rec)
 
 
-def _run_chunk(provider, chunk, prompts, base, cfg, log, summary, bar) -> None:
-    kept, requests = _build_requests(chunk, prompts, base, cfg, log, summary)
-    bar.update(len(chunk) - len(kept))
-    for index, result in provider.map(requests):
-        _record_result(kept[index], result, cfg, log, summary)
-        bar.update(1)
+def _slices(todo: list, first: int, largest: int) -> list[list]:
+    """Slices of ``todo`` growing from ``first`` (two rounds of the provider's concurrency) to
+    ``largest`` (``curate.chunk``): the first requests go out after a few panels are encoded rather
+    than a whole chunk, while later slices are large so the drain at each slice's end is rare."""
+    out, start, size = [], 0, max(1, min(first, largest))
+    while start < len(todo):
+        out.append(todo[start : start + size])
+        start += size
+        size = min(largest, size * 2)
+    return out
+
+
+def _run_online(provider, todo, prompts, base, cfg, log, summary, bar) -> None:
+    """Chunks through ``provider.map``; a producer thread reads and encodes the next chunk's panels
+    while the current chunk's requests are in flight (image decoding/encoding releases the GIL in
+    PIL, and the requests wait on the network), so encoding no longer stalls the pipeline."""
+    chunks = _slices(todo, 2 * max(1, int(getattr(provider.config, "max_concurrency", 8))), cfg.chunk)
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsd-curate-encode") as producer:
+        pending = producer.submit(_encode_chunk, chunks[0], prompts, base, cfg)
+        for i, chunk in enumerate(chunks):
+            kept, requests, bad = pending.result()
+            if i + 1 < len(chunks):
+                pending = producer.submit(_encode_chunk, chunks[i + 1], prompts, base, cfg)
+            _log_bad(bad, log, summary)
+            bar.update(len(chunk) - len(kept))
+            for index, result in provider.map(requests):
+                _record_result(kept[index], result, cfg, log, summary)
+                bar.update(1)
 
 
 # ---------------------------------------------------------------- OpenAI Batch API

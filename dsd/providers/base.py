@@ -16,6 +16,7 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,6 +34,8 @@ T = TypeVar("T")
 # Extra wall-clock allowance over the SDK's own timeout before we give up on an attempt
 # ourselves: a guard against a client that never times out, so nothing can hang.
 _GUARD_S = 5.0
+# Threads of the private loop's default executor (see _LoopThread).
+_EXECUTOR_THREADS = 64
 
 
 @dataclass
@@ -49,6 +52,11 @@ class _LoopThread:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        # asyncio's default executor has min(32, cpus + 4) threads: 6 on a 2-core host. The SDKs hop
+        # through it on every request (aiohttp looks up proxy/netrc settings in a thread; our cache
+        # write too), so with dozens of requests in flight those hops queued and throughput fell
+        # below the concurrency the caller asked for. Threads are started lazily, only when needed.
+        self.loop.set_default_executor(ThreadPoolExecutor(max_workers=_EXECUTOR_THREADS, thread_name_prefix=f"{name}-io"))
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 

@@ -105,11 +105,22 @@ class OpenAIProvider(Provider):
 
     async def _send(self, client: openai.AsyncOpenAI, request: ChatRequest) -> RawAnswer:
         body = self.build_body(request)
+        # The SDK's documented low-level request (``client.post``) with the body we already built:
+        # ``chat.completions.create`` would walk the whole body through its TypedDict transform and
+        # build pydantic models of the answer only for us to dump them back to a dict; that was
+        # about half of the client's CPU per request (profiled at 32 in flight). Same HTTP exchange,
+        # same auth, same SDK exceptions.
         try:
-            completion = await client.chat.completions.create(**body)
+            text = await client.post("/chat/completions", cast_to=str, body=body)
         except Exception as exc:  # noqa: BLE001 - translated into the provider vocabulary
             raise self.translate_error(exc) from None
-        return parse_completion(completion.model_dump(), self.endpoint_url)
+        try:
+            completion = json.loads(text)
+        except ValueError:
+            raise Malformed("unparseable response body (JSONDecodeError)") from None
+        if not isinstance(completion, dict):
+            raise Malformed(f"unparseable response body (a JSON {type(completion).__name__}, not an object)")
+        return parse_completion(completion, self.endpoint_url)
 
     # -- OpenAI Batch API (implemented in batch.py) ------------------------------------------
     def submit_batch(self, requests: Any, *, metadata: dict[str, str] | None = None) -> str:

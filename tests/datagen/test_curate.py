@@ -23,7 +23,8 @@ def test_verdicts_chain_of_thought_and_cache(pairs_workdir: Path, kind: str, dg)
         s = run_curate(CurateConfig(min_confidence=0.7), w, vlm=vlm, progress=False)
         assert len(srv.requests) == 6 and s.items_out == 6
         req = srv.requests[0]
-        assert len(req.images) == 2 and req.images[0][:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(req.images) == 2 and req.images[0][:3] == b"\xff\xd8\xff"  # JPEG by default
+        assert req.image_mime_types == ["image/jpeg", "image/jpeg"]
         assert list(req.json_schema["properties"])[:4] == ["subject", "description_a", "description_b", "same_identity"]
         v = verdicts(w)["grid000_0_1"]
         assert v["accepted"] and v["verdict"] == "vlm" and v["caption"] == "a red rubber ball on grass"
