@@ -20,7 +20,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .tokens import CanvasSizeError
     from .weights.errors import WeightsError
 
-    return (WeightsError, ConfigError, ReferenceImageError, CanvasSizeError, DSDModelError, FileNotFoundError)
+    return (WeightsError, ConfigError, ReferenceImageError, CanvasSizeError, DSDModelError, FileNotFoundError, PromptEnhanceFailed)
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -74,6 +74,11 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-canvas", action="store_true", help="also save the full canvas and frame one (reconstruction)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--enhance", choices=["gemini", "openai"], default=None,
+                   help="prompt enhancement (the authors' default): a VLM captions the reference, an LLM merges it into "
+                        "the prompt. Keys from GEMINI_API_KEY / OPENAI_API_KEY; openai = any OpenAI-compatible server")
+    p.add_argument("--enhance-model", default=None, help="model name (default gemini-2.5-flash / gpt-4o-mini)")
+    p.add_argument("--enhance-base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -90,13 +95,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ref.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise FileNotFoundError(f"{args.ref}: cannot read the reference image ({exc})") from exc
+    prompt = args.prompt
+    if getattr(args, "enhance", None):
+        prompt = _enhance(args, ref)
     device = _pick_device(args.device)
     dtype = _pick_dtype(args.dtype, device)
     t0 = time.perf_counter()
     pipe = DSDPipeline.from_local(args.flux, release=args.release, adapter=args.adapter, lora_scale=args.lora_scale, dtype=dtype, device=device)
     t_load = time.perf_counter() - t0
     guidance = GuidanceConfig(guidance=args.guidance, image_guidance=args.image_guidance, text_guidance=args.text_guidance)
-    result = pipe.generate(ref, args.prompt, args.negative_prompt, layout=layout, steps=args.steps, guidance=guidance, seed=args.seed)
+    result = pipe.generate(ref, prompt, args.negative_prompt, layout=layout, steps=args.steps, guidance=guidance, seed=args.seed)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -106,11 +114,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
             tensor_to_pil(tensor[0]).save(tmp, format="PNG")
         written.append(path)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-    atomic_write_json(out / f"settings_seed{args.seed}.json", {**settings, "vae_encoding": "posterior mean", "predictions": result.stats.predictions})
+    atomic_write_json(
+        out / f"settings_seed{args.seed}.json",
+        {**settings, "prompt_used": prompt, "vae_encoding": "posterior mean", "predictions": result.stats.predictions},
+    )
     emit(f"generated in {time.perf_counter() - t0:.1f}s (load {t_load:.1f}s, {args.steps} steps, {result.stats.predictions} predictions)")
     for path in written:
         emit(f"  {path}")
     return 0
+
+
+ENHANCE_DEFAULT_MODELS = {"gemini": "gemini-2.5-flash", "openai": "gpt-4o-mini"}
+
+
+def _enhance(args: argparse.Namespace, reference) -> str:
+    from .enhance import enhance_prompt
+    from .providers import ProviderConfig, ProviderError, make_provider
+
+    cfg = ProviderConfig(
+        kind=args.enhance,
+        model=args.enhance_model or ENHANCE_DEFAULT_MODELS[args.enhance],
+        base_url=args.enhance_base_url,
+        timeout_s=60.0,
+        max_retries=3,
+    )
+    try:
+        with make_provider(cfg) as provider:
+            result = enhance_prompt(provider, reference.convert("RGB"), args.prompt)
+    except ProviderError as exc:
+        raise PromptEnhanceFailed(f"prompt enhancement failed: {exc} (run without --enhance to skip it)") from exc
+    emit(f"enhanced prompt: {result.prompt}")
+    return result.prompt
+
+
+class PromptEnhanceFailed(RuntimeError):
+    pass
 
 
 def _demo_reference(path: Path) -> Path:
