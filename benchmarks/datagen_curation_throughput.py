@@ -15,16 +15,12 @@ the table gives the median efficiency with its min..max. The whole ``run_curate`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import multiprocessing
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +29,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datagen.config import CurateConfig  # noqa: E402
-from datagen.curate import run_curate  # noqa: E402
+from datagen.curate import panel_encoding, run_curate  # noqa: E402
+from datagen.vlm_view import ViewSpec, encode_view, view_path  # noqa: E402
 from dsd.providers import ProviderConfig  # noqa: E402
-from dsd.testing.llm_server import FakeLLMServer  # noqa: E402
+from dsd.testing.llm_server import server_process  # noqa: E402
 
 VERDICT = {"subject": "a ball", "description_a": "red ball", "description_b": "red ball", "same_identity": True,
            "confidence": 0.9, "reason": "same", "caption": "a red ball"}  # fmt: skip
@@ -45,34 +42,9 @@ def _verdict(_request):
     return VERDICT
 
 
-def serve(port_queue, latency: float) -> None:
-    """Child process: the verdict-answering fake server until terminated."""
-    server = FakeLLMServer(latency_s=latency, responder=_verdict).start()
-    port_queue.put(server.port)
-    threading.Event().wait()
-
-
-@contextlib.contextmanager
-def server_process(latency: float):
-    ctx = multiprocessing.get_context("spawn")
-    ports = ctx.Queue()
-    proc = ctx.Process(target=serve, args=(ports, latency), daemon=True)
-    proc.start()
-    try:
-        yield f"http://127.0.0.1:{ports.get(timeout=60)}"
-    finally:
-        proc.terminate()
-        proc.join(5)
-
-
-def control(url: str, what: str) -> dict:
-    method = "GET" if what == "stats" else "POST"
-    with urllib.request.urlopen(urllib.request.Request(f"{url}/_fake/{what}", method=method), timeout=10) as r:
-        return json.loads(r.read())
-
-
-def make_workdir(w: Path, n_pairs: int, side: int) -> None:
-    """Grids of 3 panels (pairs 0-1, 0-2, 1-2 as the panels stage makes them), photo-like PNGs."""
+def make_workdir(w: Path, n_pairs: int, side: int, view: ViewSpec | None) -> None:
+    """Grids of 3 panels (pairs 0-1, 0-2, 1-2 as the panels stage makes them), photo-like PNGs, plus the
+    VLM views the panels stage writes when curation is configured (``view``)."""
     (w / "panels" / "panels").mkdir(parents=True)
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:side, 0:side].astype(np.float32)
@@ -82,7 +54,10 @@ def make_workdir(w: Path, n_pairs: int, side: int) -> None:
             for k in range(3):
                 p = w / "panels" / "panels" / f"g{g:05d}_{k}.png"
                 img = np.stack([128 + 100 * np.sin(x / (30 + g % 7 + k)), 128 + 80 * np.cos(y / 45), (x + y) / (2 * side / 255)], -1)
-                Image.fromarray(np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype("uint8")).save(p)
+                panel = Image.fromarray(np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype("uint8"))
+                panel.save(p)
+                if view is not None:
+                    view_path(p, view).write_bytes(encode_view(panel, view))
                 paths.append(str(p))
             for a, b in ((0, 1), (0, 2), (1, 2)):
                 fh.write(json.dumps({"id": f"g{g:05d}_{a}_{b}", "grid_id": f"g{g:05d}", "ref_path": paths[a],
@@ -98,23 +73,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--levels", default="1,2,4,8,16,32")
-    ap.add_argument("--rounds", type=int, default=8, help="requests per worker (pairs = rounds x concurrency)")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions per level (median reported)")
+    ap.add_argument("--rounds", type=int, default=30, help="requests per worker (pairs = rounds x concurrency): steady state")
+    ap.add_argument("--reps", type=int, default=2, help="repetitions per level (median reported)")
     ap.add_argument("--panel-side", type=int, default=512, help="side of the panel PNG files")
     ap.add_argument("--max-side", type=int, default=512, help="curate.max_image_side")
     ap.add_argument("--image-format", default=None, choices=["png", "jpeg"],
                     help="curate.image_format (default jpeg)")
     ap.add_argument("--chunk", type=int, default=256, help="curate.chunk")
+    ap.add_argument("--no-views", action="store_true",
+                    help="no VLM views from the panels stage: curation decodes and encodes every panel itself")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     cfg = curate_config(args)
+    view = None if args.no_views else panel_encoding(cfg)
     root = Path(tempfile.mkdtemp(prefix="dsd-curate-bench-"))
     rows = []
     try:
-        with server_process(args.latency) as url:
-            base_url = f"{url}/v1"
+        with server_process(args.latency, responder=_verdict) as srv:
+            base_url = srv.openai_base_url
             # warm-up outside the timings: SDK import, first client, first connection
-            make_workdir(root / "warm", 3, args.panel_side)
+            make_workdir(root / "warm", 3, args.panel_side, view)
             run_curate(cfg, root / "warm", vlm=ProviderConfig(
                 kind="openai", model="bench", base_url=base_url, cache_dir=str(root / "warm" / "c")), progress=False)  # fmt: skip
             for c in levels:
@@ -122,10 +100,10 @@ def main() -> None:
                 effs, peaks, secs = [], [], []
                 for rep in range(args.reps):
                     w = root / f"c{c}_{rep}"
-                    make_workdir(w, n, args.panel_side)
+                    make_workdir(w, n, args.panel_side, view)
                     vlm = ProviderConfig(kind="openai", model="bench", base_url=base_url, max_concurrency=c,
                                          cache_dir=str(w / "cache"))  # fmt: skip
-                    control(url, "reset")
+                    srv.reset()
                     t0 = time.perf_counter()
                     s = run_curate(cfg, w, vlm=vlm, progress=False)
                     dt = time.perf_counter() - t0
@@ -133,13 +111,14 @@ def main() -> None:
                         raise SystemExit(s.render())
                     effs.append(s.items_in / dt / (c / args.latency))
                     secs.append(dt)
-                    peaks.append(control(url, "stats")["max_in_flight"])
+                    peaks.append(srv.stats()["max_in_flight"])
                     shutil.rmtree(w, ignore_errors=True)
                 rows.append((c, s.items_in, statistics.median(secs), effs, max(peaks)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"curation throughput, FakeLLMServer latency {args.latency * 1000:.0f} ms (own process), "
-          f"{args.panel_side}px PNG panels sent as {args.image_format} <= {args.max_side}px, {args.reps} reps per level")  # fmt: skip
+          f"{args.panel_side}px PNG panels sent as {args.image_format} <= {args.max_side}px, {args.reps} reps per level, "
+          f"{'panels decoded+encoded by curation' if args.no_views else 'VLM views written by the panels stage'}")  # fmt: skip
     print(f"{'conc':>5} {'pairs':>6} {'median s':>9} {'ideal/s':>8} {'efficiency median [min..max]':>30} {'peak':>5}")
     for c, n, dt, effs, peak in rows:
         spread = f"{100 * statistics.median(effs):.1f}% [{100 * min(effs):.1f}..{100 * max(effs):.1f}]"

@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
-import multiprocessing
 import os
 import statistics
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,8 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsd.providers import ChatRequest, ProviderConfig, image_to_png_bytes, make_provider  # noqa: E402
-from dsd.testing import FakeLLMServer  # noqa: E402
-from dsd.testing.llm_server import serve_forever  # noqa: E402
+from dsd.testing.llm_server import FakeLLMServer, RemoteFakeServer, server_process  # noqa: E402
 
 VERDICT_SCHEMA = {
     "type": "object",
@@ -62,27 +58,18 @@ def pair_image(seed: int, kind: str) -> bytes:
 
 
 @contextlib.contextmanager
-def fake_server(latency: float, separate_process: bool) -> Iterator[str]:
-    """The fake server's URL; in its own process so its CPU does not compete with the client."""
-    if not separate_process:
+def fake_server(latency: float, separate_process: bool) -> Iterator[FakeLLMServer | RemoteFakeServer]:
+    """The stand-in API server, by default in its own process so its CPU does not compete with the client."""
+    if separate_process:
+        with server_process(latency) as srv:
+            yield srv
+    else:
         with FakeLLMServer(latency_s=latency) as srv:
-            yield srv.url
-        return
-    ctx = multiprocessing.get_context("spawn")
-    ports = ctx.Queue()
-    proc = ctx.Process(target=serve_forever, args=(ports, latency), daemon=True)
-    proc.start()
-    try:
-        yield f"http://127.0.0.1:{ports.get(timeout=60)}"
-    finally:
-        proc.terminate()
-        proc.join(5)
+            yield srv
 
 
-def control(url: str, what: str) -> dict:
-    method = "GET" if what == "stats" else "POST"
-    with urllib.request.urlopen(urllib.request.Request(f"{url}/_fake/{what}", method=method), timeout=10) as r:
-        return json.loads(r.read())
+def stats(srv) -> dict:
+    return srv.stats() if isinstance(srv, RemoteFakeServer) else {"max_in_flight": srv.max_in_flight}
 
 
 def run(kind: str, latency: float, levels: list[int], rounds: int, reps: int, image: str = "jpeg",
@@ -91,8 +78,8 @@ def run(kind: str, latency: float, levels: list[int], rounds: int, reps: int, im
     os.environ.setdefault("GEMINI_API_KEY", "bench")
     images = [pair_image(i, image) for i in range(4)]
     rows = []
-    with fake_server(latency, separate_process) as url:
-        base = f"{url}/v1" if kind == "openai" else url
+    with fake_server(latency, separate_process) as srv:
+        base = srv.openai_base_url if kind == "openai" else srv.gemini_base_url
         config = ProviderConfig(kind=kind, model="bench", base_url=base, timeout_s=30, max_concurrency=max(levels))
         with make_provider(config) as provider:
             list(provider.map([ChatRequest("warm-up")], concurrency=1))
@@ -106,7 +93,7 @@ def run(kind: str, latency: float, levels: list[int], rounds: int, reps: int, im
                                     json_schema=VERDICT_SCHEMA)
                         for i in range(n)
                     ]  # fmt: skip
-                    control(url, "reset")
+                    srv.reset()
                     start = time.perf_counter()
                     results = list(provider.map(requests, concurrency=c))
                     elapsed = time.perf_counter() - start
@@ -115,7 +102,7 @@ def run(kind: str, latency: float, levels: list[int], rounds: int, reps: int, im
                         raise SystemExit(f"{failures} requests failed at concurrency {c}")
                     rates.append(n / elapsed)
                     effs.append(n / elapsed / (c / latency))
-                    peak = max(peak, control(url, "stats")["max_in_flight"])
+                    peak = max(peak, stats(srv)["max_in_flight"])
                 rows.append((c, peak, statistics.median(rates), effs))
     return rows
 

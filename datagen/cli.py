@@ -52,9 +52,12 @@ def _teacher(cfg: DatagenConfig, w: Path, progress: bool) -> StageSummary:
 
 
 def _panels(cfg: DatagenConfig, w: Path, progress: bool) -> StageSummary:
+    from .curate import panel_encoding
     from .panels import run_panels
 
-    return run_panels(cfg.panels, w / "teacher" / "grids.jsonl", w / "panels", progress=progress)
+    # Curation will upload every panel: encode its view now, while the panel is in memory.
+    view = panel_encoding(cfg.curate) if cfg.vlm is not None else None
+    return run_panels(cfg.panels, w / "teacher" / "grids.jsonl", w / "panels", progress=progress, vlm_view=view)
 
 
 def _curate(cfg: DatagenConfig, w: Path, progress: bool) -> StageSummary:

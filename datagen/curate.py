@@ -20,7 +20,6 @@ accepted with verdict "skipped" and captioned from its grid prompt.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from dsd.manifest import RecordLog, iter_jsonl, read_records
 from .config import CurateConfig, DatagenInputError
 from .llm import LLMStageError, classify_error, make_stage_provider
 from .summary import StageSummary
+from .vlm_view import ViewSpec, encode_view, view_path
 
 logger = logging.getLogger(__name__)
 
@@ -89,29 +89,24 @@ def load_panel_png(path: Path, max_side: int) -> bytes:
 
 
 def encode_panel(path: Path, max_side: int, image_format: str = "png", quality: int = 90) -> bytes:
-    """Upload bytes of a panel: downscaled so the long side is at most ``max_side`` (VLM APIs
-    downscale large images anyway; fewer pixels = fewer input tokens), as PNG or JPEG (``quality``).
-    JPEG at q90 is a fraction of the PNG's size for photographic panels and far cheaper to encode."""
-    from dsd.providers import image_to_png_bytes
-
+    """Upload bytes of a panel (see datagen/vlm_view.py): the view the panels stage wrote when it has
+    these settings, else the panel decoded and encoded now."""
+    spec = ViewSpec(max_side, image_format, quality)
+    view = view_path(path, spec)
+    if view.is_file():
+        return view.read_bytes()
     try:
         with Image.open(path) as im:
             im.load()
             image = im.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise _BadImage(f"unreadable image {path}: {type(exc).__name__}: {exc}") from exc
-    if max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    if image_format == "png":
-        return image_to_png_bytes(image)
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    return encode_view(image, spec)
 
 
-def panel_encoding(cfg: CurateConfig) -> tuple[int, str, int]:
+def panel_encoding(cfg: CurateConfig) -> ViewSpec:
     """``(max side, "png" | "jpeg", jpeg quality)`` from the curate config."""
-    return cfg.max_image_side, cfg.image_format, cfg.jpeg_quality
+    return ViewSpec(cfg.max_image_side, cfg.image_format, cfg.jpeg_quality)
 
 
 def curate_request(ref_png: bytes, target_png: bytes, prompt: str):

@@ -48,6 +48,7 @@ from dsd.io import atomic_path, clean_stale_temporaries
 from dsd.manifest import RecordLog, read_records
 
 from .summary import StageSummary
+from .vlm_view import ViewSpec, encode_view, view_path
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +353,8 @@ def _reason_category(reason: str) -> str:
 
 
 def _process_grid(
-    record: dict[str, Any], grids_path: Path, out_dir: Path, cfg: PanelsConfig, pairs_log: RecordLog
+    record: dict[str, Any], grids_path: Path, out_dir: Path, cfg: PanelsConfig, pairs_log: RecordLog,
+    vlm_view: ViewSpec | None = None,
 ) -> dict[str, Any]:
     grid_id = str(record["id"])
     rows, cols = parse_layout(record, where=str(grids_path))
@@ -374,6 +376,9 @@ def _process_grid(
     for k, panel in enumerate(cut_panels(image, boxes)):
         dest = out_dir / "panels" / f"{grid_id}_{k}.png"
         _save_png(panel, dest)
+        if vlm_view is not None:
+            with atomic_path(view_path(dest, vlm_view)) as tmp:
+                tmp.write_bytes(encode_view(panel, vlm_view))
         panel_paths.append(str(dest))
     for ref, target in make_pairs(len(boxes), cfg.max_pairs_per_grid, _grid_seed(cfg.seed, grid_id)):
         pairs_log.append(
@@ -384,8 +389,12 @@ def _process_grid(
     return result
 
 
-def run_panels(cfg: PanelsConfig, grids_path: Path, out_dir: Path, *, progress: bool = True) -> StageSummary:
+def run_panels(
+    cfg: PanelsConfig, grids_path: Path, out_dir: Path, *, progress: bool = True, vlm_view: ViewSpec | None = None
+) -> StageSummary:
     """Cut every grid listed in ``grids_path`` (the teacher's grids.jsonl) into panels and pairs.
+
+    ``vlm_view``: also write each panel's VLM upload bytes (datagen/vlm_view.py) for curation.
 
     Resumable: grids already in ``out_dir/panels.jsonl`` are skipped; panel PNGs and pair records
     are written before the grid's record, so a crash in between redoes that grid only (pair ids
@@ -408,7 +417,7 @@ def run_panels(cfg: PanelsConfig, grids_path: Path, out_dir: Path, *, progress: 
             if str(record["id"]) in log:
                 summary.skipped_done += 1
                 continue
-            result = _process_grid(record, grids_path, out_dir, cfg, pairs_log)
+            result = _process_grid(record, grids_path, out_dir, cfg, pairs_log, vlm_view)
             log.append(result)
             if result["status"] == "ok":
                 summary.items_out += 1

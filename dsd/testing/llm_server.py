@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
@@ -45,7 +46,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -513,12 +514,56 @@ class FakeLLMServer:
         )
 
 
-def serve_forever(port_queue: Any, latency_s: float = 0.0) -> None:
-    """Run a default-responder server until killed, reporting its port on ``port_queue``.
+def serve_forever(port_queue: Any, latency_s: float = 0.0, responder: Responder | None = None) -> None:
+    """Run a server until killed, reporting its port on ``port_queue`` (target of :func:`server_process`).
 
-    For a server in a separate process (``multiprocessing.Process(target=serve_forever, ...)``),
-    so that its CPU time does not compete with the client under test (benchmarks).
+    ``responder`` must be picklable (a module-level function) to cross the process boundary.
     """
-    server = FakeLLMServer(latency_s=latency_s).start()
+    server = FakeLLMServer(latency_s=latency_s, responder=responder).start()
     port_queue.put(server.port)
     threading.Event().wait()
+
+
+@dataclass(frozen=True)
+class RemoteFakeServer:
+    """Handle on a :class:`FakeLLMServer` running in another process."""
+
+    url: str
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def gemini_base_url(self) -> str:
+        return self.url
+
+    def _control(self, what: str) -> dict:
+        import urllib.request
+
+        method = "GET" if what == "stats" else "POST"
+        with urllib.request.urlopen(urllib.request.Request(f"{self.url}/_fake/{what}", method=method), timeout=10) as r:
+            return json.loads(r.read())
+
+    def stats(self) -> dict:
+        return self._control("stats")
+
+    def reset(self) -> dict:
+        return self._control("reset")
+
+
+@contextlib.contextmanager
+def server_process(latency_s: float = 0.0, responder: Responder | None = None) -> Iterator[RemoteFakeServer]:
+    """A FakeLLMServer in its own process, so its CPU does not count against the client under test
+    (it stands in for a remote API)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    proc = ctx.Process(target=serve_forever, args=(ports, latency_s, responder), daemon=True)
+    proc.start()
+    try:
+        yield RemoteFakeServer(f"http://127.0.0.1:{ports.get(timeout=60)}")
+    finally:
+        proc.terminate()
+        proc.join(5)

@@ -121,6 +121,7 @@ def test_api_key_never_lands_in_files_or_logs(tmp_path: Path, dg) -> None:
         assert res.returncode == 0, res.stderr[-3000:]
         assert any(r.system and "curate" in r.system for r in srv.requests)
         assert srv.requests[-1].headers.get("Authorization", "").endswith(SENTINEL)
+    assert list((w / "panels" / "panels").glob("*.vlm512q90.jpg"))  # views written for curation
     verdicts = (w / "curate" / "verdicts.jsonl").read_text()
     assert '"verdict": "vlm"' in verdicts
     assert SENTINEL not in res.stdout and SENTINEL not in res.stderr
