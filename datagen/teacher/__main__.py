@@ -15,7 +15,7 @@ import tomllib
 
 from dsd.config import ConfigError, apply_overrides, from_dict
 
-from . import cli_output
+from .. import cli_output
 from .comfyui_backend import ComfyUIError, WorkflowTemplateError
 from .config import TeacherConfig
 from .diffusers_backend import TeacherModelError
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.merge_only:
             dest = merge_teacher_logs(args.out)
-            cli_output.show(f"merged rank logs into {dest}")
+            cli_output.line(f"merged rank logs into {dest}")
             return 0
         if args.prompts is None:
             cli_output.error("--prompts is required (unless --merge-only)")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PromptFileError, ShardingError, TeacherModelError, ComfyUIError, WorkflowTemplateError, ValueError) as exc:
         cli_output.error(str(exc))
         return 1
-    cli_output.show(summary.render())
+    cli_output.line(summary.render())
     return 0
 
 
