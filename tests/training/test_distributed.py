@@ -213,9 +213,16 @@ FSDP_WORKER = textwrap.dedent("""
     if rank == 0:
         for n, p in trainable_parameters(plain).items():
             torch.testing.assert_close(full2[n], p.detach(), rtol=1e-4, atol=1e-5)
-        print("FSDP-CHECKPOINT-OK", len(full2))
+        print("FSDP-CHECKPOINT-OK", len(full2), flush=True)
+    # Gloo's worker threads can abort (std::terminate) when FSDP state still holds their work objects at
+    # interpreter teardown: drop every sharded object, shut the group down while Python is alive, skip finalizers.
+    del model, opt, sched, model2, opt2, sched2
+    import gc, os
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(0)
 """)
 
 
