@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt 2
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install host demo test lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,18 +20,23 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
+# The ComfyUI host the tests run against: COMFYUI_PATH, the enclosing ComfyUI, or .cache/ComfyUI (prepared
+# from the pinned v0.8.0 + ComfyUI-GGUF: git when online, ../shared/vendor archives otherwise).
+host:
+	$(PYTHON) scripts/comfyui_host.py prepare
+
 demo: install
 	bash scripts/demo.sh
 
-test: install
+test: install host
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
 
-bench: install
+bench: install host
 	for b in benchmarks/*.py; do case $$b in *_host.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .cache

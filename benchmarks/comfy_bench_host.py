@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
 import statistics
 import sys
 import tempfile
@@ -18,6 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.append(str(REPO_ROOT))
 
+from scripts import comfyui_host  # noqa: E402 - needs the repo root on sys.path (above)
+
 FULL_UNET_CONFIG = {
     "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 768,
     "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 1, "depth_single_blocks": 0,
@@ -29,11 +30,10 @@ ATTN_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
 
 
 def find_comfyui() -> Path:
-    for c in (os.environ.get("COMFYUI_PATH"), REPO_ROOT.parent.parent if REPO_ROOT.parent.name == "custom_nodes" else None,
-              Path("~/comfy/ComfyUI").expanduser()):  # fmt: skip
-        if c and (Path(c) / "nodes.py").is_file():
-            return Path(c).resolve()
-    raise SystemExit("no ComfyUI found: set COMFYUI_PATH")
+    root = comfyui_host.find_comfyui()
+    if root is None:
+        raise SystemExit(f"no ComfyUI found: set COMFYUI_PATH or run {comfyui_host.PREPARE_COMMAND}")
+    return root
 
 
 ATTENTION_FLAGS = {"pytorch": ["--use-pytorch-cross-attention"], "comfy-default": []}

@@ -1,8 +1,8 @@
 """In-process ComfyUI harness for the DSD node pack (real ComfyUI, CPU, tiny models).
 
-Finding ComfyUI: ``COMFYUI_PATH`` env, else the ComfyUI that contains this pack
-(``<ComfyUI>/custom_nodes/<pack>``), else ``~/comfy/ComfyUI``. Without one every test here is
-skipped with that reason. The host is started once per session: ``--cpu`` is put into
+Finding ComfyUI: ``scripts/comfyui_host.py``'s rule (``COMFYUI_PATH``, the ComfyUI that contains this
+pack, the prepared ``.cache/ComfyUI``); without one a test here fails under ``CI=true`` and is skipped
+elsewhere, naming the command that prepares the host. The host is started once per session: ``--cpu`` is put into
 ``sys.argv`` before ``comfy.model_management`` is imported, ComfyUI's dir goes FIRST on
 ``sys.path`` (so its top-level ``nodes`` module wins over our ``nodes/`` package), builtin
 extra nodes load (API nodes and other custom nodes do not), and our pack is loaded the way
@@ -38,7 +38,6 @@ Test-only nodes registered into the host (so API-format prompts can run without 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -47,6 +46,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from tests.needs import require_comfyui
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(Path(__file__).parent) not in sys.path:  # shared test helpers (dsd_graph.py) import by name
@@ -71,33 +72,11 @@ TINY_UNET_CONFIG: dict[str, Any] = {
 }
 
 
-def find_comfyui() -> Path | None:
-    candidates = []
-    if os.environ.get("COMFYUI_PATH"):
-        candidates.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
-    if REPO_ROOT.parent.name == "custom_nodes":
-        candidates.append(REPO_ROOT.parent.parent)
-    candidates.append(Path("~/comfy/ComfyUI").expanduser())
-    for c in candidates:
-        if (c / "comfy" / "model_management.py").is_file() and (c / "nodes.py").is_file():
-            return c.resolve()
-    return None
-
-
-COMFY_ROOT = find_comfyui()
-SKIP_REASON = (
-    "no ComfyUI checkout found (set COMFYUI_PATH, clone this pack into ComfyUI/custom_nodes/, "
-    "or install ComfyUI at ~/comfy/ComfyUI)"
-)
-
-
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     for item in items:
         if Path(str(item.fspath)).parent == here:
             item.add_marker(pytest.mark.comfyui)
-            if COMFY_ROOT is None:
-                item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
 
 
 # ---------------------------------------------------------------- the host
@@ -176,9 +155,7 @@ def _start_host(root: Path) -> ComfyHost:
 
 @pytest.fixture(scope="session")
 def comfy_host() -> ComfyHost:
-    if COMFY_ROOT is None:
-        pytest.skip(SKIP_REASON)
-    return _start_host(COMFY_ROOT)
+    return _start_host(require_comfyui())
 
 
 # ---------------------------------------------------------------- running prompts

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,31 +21,15 @@ import pytest
 import torch
 from dsd_graph import HEIGHT, WIDTH, comfy_dsd_sample, reference_images
 
+from tests.needs import require_gguf_pack
+
 pytestmark = pytest.mark.comfyui
 
-GGUF_ENV = "COMFYUI_GGUF_PATH"
 STEPS = 2
 TEXT_DIM = 768  # context and pooled width of the full-width tiny FLUX
 # Relative L2 error of the final latent vs the bf16 file: measured 0.0168 (0.0155 at LoRA strength 0, so it is
 # the weights' Q8_0 rounding, ~0.5% per weight, amplified by the random tiny FLUX), a 3x margin.
 Q8_TOLERANCE = 0.05
-
-
-def find_comfyui_gguf(comfy_root: Path) -> tuple[Path | None, str]:
-    """``(ComfyUI-GGUF folder, reason when None)``: ``COMFYUI_GGUF_PATH`` first, else ``custom_nodes/*gguf*``."""
-    if os.environ.get(GGUF_ENV):
-        p = Path(os.environ[GGUF_ENV]).expanduser()
-        if (p / "nodes.py").is_file() and (p / "loader.py").is_file():
-            return p.resolve(), ""
-        return None, f"{GGUF_ENV}={p} is not a ComfyUI-GGUF checkout (no nodes.py + loader.py there)"
-    folder = comfy_root / "custom_nodes"
-    for p in sorted(folder.glob("*")):
-        if "gguf" in p.name.lower() and (p / "nodes.py").is_file() and (p / "loader.py").is_file():
-            return p.resolve(), ""
-    return None, (
-        f"ComfyUI-GGUF is not installed in {folder} (git clone https://github.com/city96/ComfyUI-GGUF there, "
-        f"or set {GGUF_ENV} to its folder)"
-    )
 
 
 def _writer_version() -> str:
@@ -68,13 +51,9 @@ class GGUFFiles:
 
 @pytest.fixture(scope="module")
 def gguf_pack(comfy_host) -> Path:
-    try:
-        import gguf  # noqa: F401 - ComfyUI-GGUF and our writer both need it
-    except ImportError:
-        pytest.skip("the `gguf` package is not importable (pip install 'gguf>=0.13'; ComfyUI-GGUF needs it too)")
-    path, reason = find_comfyui_gguf(comfy_host.root)
-    if path is None:
-        pytest.skip(reason)
+    import gguf  # noqa: F401 - ComfyUI-GGUF and our writer both need it (requirements-dev.txt)
+
+    path = require_gguf_pack()
     if "UnetLoaderGGUF" not in comfy_host.nodes.NODE_CLASS_MAPPINGS:
         ok = comfy_host.loop.run_until_complete(comfy_host.nodes.load_custom_node(str(path)))
         if not ok or "UnetLoaderGGUF" not in comfy_host.nodes.NODE_CLASS_MAPPINGS:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from datagen.teacher.comfyui_backend import (
     load_workflow,
 )
 from dsd.manifest import read_records
+from dsd.tiny import make_tiny_comfyui_files
+from tests.needs import require_comfyui
 
 # A model-free workflow: a solid image whose size comes from the config; the prompt and seed ride
 # in (unconnected) primitive nodes, which ComfyUI keeps in /history, so the test can check them.
@@ -43,13 +44,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def find_comfyui() -> Path | None:
-    for cand in (os.environ.get("COMFYUI_PATH"), str(Path.home() / "comfy" / "ComfyUI")):
-        if cand and (Path(cand) / "main.py").is_file():
-            return Path(cand)
-    return None
 
 
 def write_prompts(path: Path, n: int) -> Path:
@@ -113,19 +107,11 @@ def test_unreachable_server_is_a_clear_error(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
-    root = find_comfyui()
-    if root is None:
-        pytest.skip("no ComfyUI checkout: set COMFYUI_PATH or put one at ~/comfy/ComfyUI")
+    root = require_comfyui()
     base = tmp_path_factory.mktemp("comfy_base")
     for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
         (base / sub).mkdir()
-    tiny = None
-    try:
-        from dsd.tiny import make_tiny_comfyui_files
-    except ImportError:
-        make_tiny_comfyui_files = None
-    if make_tiny_comfyui_files is not None and os.environ.get("DSD_TEST_COMFY_FLUX", "1") != "0":
-        tiny = make_tiny_comfyui_files(base / "models")
+    tiny = make_tiny_comfyui_files(base / "models")
     port = free_port()
     log = open(base / "server.log", "wb")  # noqa: SIM115 - closed in the teardown
     proc = subprocess.Popen(
@@ -139,7 +125,7 @@ def comfy(tmp_path_factory):
         while True:
             if proc.poll() is not None:
                 tail = (base / "server.log").read_text(errors="replace")[-3000:]
-                pytest.skip(f"ComfyUI at {root} did not start (exit {proc.returncode}):\n{tail}")
+                pytest.fail(f"ComfyUI at {root} did not start (exit {proc.returncode}):\n{tail}")
             try:
                 with urllib.request.urlopen(url + "/system_stats", timeout=2):
                     break
@@ -214,7 +200,7 @@ def _tiny_flux_workflow(models: Path) -> dict:
 
     unet, vae, text = one("diffusion_models", "unet"), one("vae"), one("text_encoders", "clip")
     if not (unet and vae and text):
-        pytest.skip(f"dsd.tiny.make_tiny_comfyui_files wrote no diffusion model / VAE / text encoder under {models}")
+        pytest.fail(f"dsd.tiny.make_tiny_comfyui_files wrote no diffusion model / VAE / text encoder under {models}")
     wf = load_workflow(DEFAULT_TEMPLATE)
     if len(text) == 1:  # one CLIP-L: a FLUX whose context dim is 768 (see shared host notes)
         wf["2"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": text[0], "type": "stable_diffusion"}}
@@ -227,8 +213,6 @@ def _tiny_flux_workflow(models: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.comfyui
 def test_tiny_flux_job(comfy, tmp_path):
-    if comfy["tiny"] is None:
-        pytest.skip("dsd.tiny.make_tiny_comfyui_files is not available yet (or DSD_TEST_COMFY_FLUX=0)")
     wf = _tiny_flux_workflow(comfy["base"] / "models")
     cfg = TeacherConfig(backend="comfyui", comfyui_url=comfy["url"], width=64, height=64, steps=1, timeout_s=300,
                         comfyui_workflow=write_workflow(tmp_path / "flux.json", wf))  # fmt: skip

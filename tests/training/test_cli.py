@@ -8,10 +8,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 from training_fixtures import REPO, TINY_TOML, tiny_overrides
+
+from tests.needs import require_comfyui
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
@@ -26,13 +27,6 @@ def _sets(overrides: list[str]) -> list[str]:
     for o in overrides:
         out += ["--set", o]
     return out
-
-
-def find_comfyui() -> Path | None:
-    for cand in (os.environ.get("COMFYUI_PATH"), Path.home() / "comfy" / "ComfyUI"):
-        if cand and (Path(cand) / "comfy" / "lora.py").is_file():
-            return Path(cand)
-    return None
 
 
 COMFY_SCRIPT = textwrap.dedent("""
@@ -91,9 +85,7 @@ def test_two_step_cli_run_writes_adapter(tiny_flux, wds_dataset, tmp_path):
     a, b = load_file(str(adapter)), load_file(str(tmp_path / "exp.safetensors"))
     assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
 
-    comfy = find_comfyui()
-    if comfy is None:
-        pytest.skip("no ComfyUI checkout (~/comfy/ComfyUI or COMFYUI_PATH): ComfyUI key mapping not checked")
+    comfy = require_comfyui()
     script = COMFY_SCRIPT.replace("COMFY", repr(str(comfy)), 1).replace("ADAPTER", repr(str(adapter)), 1)
     r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

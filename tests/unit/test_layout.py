@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +17,7 @@ from dsd.weights.layout import (
     diffusers_to_bfl,
     lora_target_to_bfl,
 )
-
-COMFY = Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI"))
+from tests.needs import require_comfyui
 
 
 def _state():
@@ -77,18 +74,16 @@ print(json.dumps(out))
 
 @pytest.mark.comfyui
 def test_comfyui_key_map_agrees():
-    if not (COMFY / "comfy" / "utils.py").is_file():
-        pytest.skip(f"no ComfyUI checkout at {COMFY} (set COMFYUI_PATH)")
+    comfy = require_comfyui()
     model = make_tiny_transformer(1)
     cfg = model.config
     hidden = cfg.num_attention_heads * cfg.attention_head_dim
     comfy_cfg = {"depth": cfg.num_layers, "depth_single_blocks": cfg.num_single_layers, "hidden_size": hidden}
     proc = subprocess.run(
-        [sys.executable, "-c", _COMFY_SCRIPT, str(COMFY), json.dumps(comfy_cfg)],
-        capture_output=True, text=True, cwd=COMFY, timeout=120,
+        [sys.executable, "-c", _COMFY_SCRIPT, str(comfy), json.dumps(comfy_cfg)],
+        capture_output=True, text=True, cwd=comfy, timeout=120,
     )  # fmt: skip
-    if proc.returncode != 0:
-        pytest.skip(f"ComfyUI at {COMFY} does not import here: {proc.stderr[-300:]}")
+    assert proc.returncode == 0, f"ComfyUI at {comfy} does not import here: {proc.stderr[-300:]}"
     key_map = json.loads(proc.stdout.strip().splitlines()[-1])
     state = _state()
     bfl = diffusers_to_bfl(state)
