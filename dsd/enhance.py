@@ -1,4 +1,4 @@
-"""DSD prompt enhancement (DSD.md section 2), shared by the ComfyUI node and the CLI.
+"""DSD prompt enhancement (docs/method.md §2), shared by the ComfyUI node and the CLI.
 
 Step 1: a VLM captions the reference image as a text-to-image prompt. Step 2: an LLM rewrites
 the user's prompt, keeping everything the user asked for and filling in what the subject

@@ -1,7 +1,7 @@
 """The DSD transformer: diffusers' FLUX plus one zero-initialised condition embedder.
 
 ``img = x_embedder(noisy_tokens) + c_embedder(condition_tokens)`` is the only change to
-FLUX (DSD.md section 2). The embedder is added through a forward hook on ``x_embedder``, so the
+FLUX (docs/method.md §2). The embedder is added through a forward hook on ``x_embedder``, so the
 diffusers forward, PEFT LoRA, gradient checkpointing and every state-dict key of the base
 model stay exactly as they are. ``widened_transformer`` expresses the same map as one
 ``Linear(128, hidden)`` input layer (``in_channels=128``), the form ComfyUI's channel-concat

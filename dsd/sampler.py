@@ -1,6 +1,6 @@
 """DSD sampling: FLUX flow matching, Euler, dynamic shift, two-scale true CFG from the third step.
 
-Three predictions per step when true CFG is on (DSD.md section 2):
+Three predictions per step when true CFG is on (docs/method.md §2):
   e_full = (prompt, condition), e_t0 = (negative prompt, condition), e_00 = (negative prompt, ZERO tokens)
   e = e_00 + s_i (e_t0 - e_00) + s_t (e_full - e_t0)
 It runs only when ``s_i > 1`` (as the authors' code) and only from ``cfg_start_step`` (2, i.e. the

@@ -1,7 +1,7 @@
 """DSDPromptEnhance: DSD's caption-then-merge prompt enhancement as a ComfyUI node.
 
 A VLM captions the reference, an LLM rewrites the user's prompt with the subject's details
-(``dsd.enhance``, DSD.md section 2). API keys are read at execution time from the environment
+(``dsd.enhance``, docs/method.md §2). API keys are read at execution time from the environment
 or from the user's ComfyUI settings file, never from a widget: a widget value would be saved
 into the workflow JSON and into every PNG the graph writes.
 

@@ -1,4 +1,4 @@
-"""DSD's training objective: rectified flow over the whole two-frame canvas (DSD.md section 4).
+"""DSD's training objective: rectified flow over the whole two-frame canvas (docs/method.md §4).
 
 ``x_t = (1 - t) x0 + t noise`` with ``x0`` the target canvas ``[reference | target]``; the
 model sees ``x_t``, the condition canvas ``[reference | black]`` through ``c_embedder``, the

@@ -1,7 +1,7 @@
 """Where does the DSD release's transformer differ from FLUX.1-dev? Streaming diff + SVD extraction.
 
 The release ships a full FLUX transformer; whether it is FLUX.1-dev unchanged (plus the
-embedder) is undocumented (DSD.md section 2). :func:`diff_against_base` compares it with a
+embedder) is undocumented (docs/method.md §2). :func:`diff_against_base` compares it with a
 user's FLUX.1-dev file tensor by tensor and never holds either model in RAM: tensors are
 read one at a time, and each file is re-opened per read so that its memory map (which counts
 towards the process's resident set once touched) is released after every tensor. A fused BFL
