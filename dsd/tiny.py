@@ -150,8 +150,13 @@ class TinyRelease:
     lora: dict[str, LoraPair]
 
 
-def write_release(out_dir: str | Path, seed: int = 0, shards: int = 1, rank: int = 4, config: dict[str, Any] | None = None) -> TinyRelease:
-    """The authors' published layout: ``transformer/`` (+ c_embedder, + stray PEFT keys) and the LoRA file."""
+def write_release(out_dir: str | Path, seed: int = 0, shards: int = 1, rank: int = 4, config: dict[str, Any] | None = None,
+                  class_name: str = "FluxTransformer2DModel") -> TinyRelease:  # fmt: skip
+    """The authors' published layout: ``transformer/`` (+ c_embedder, + stray PEFT keys) and the LoRA file.
+
+    ``class_name`` is the config's ``_class_name``: a copy saved from the authors' code says
+    ``FluxTransformer2DConditionalModel``.
+    """
     root = Path(out_dir)
     tdir = root / "transformer"
     tdir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +168,7 @@ def write_release(out_dir: str | Path, seed: int = 0, shards: int = 1, rank: int
     for module, pair in lora.items():
         state[f"{module}.lora_A.default.weight"] = pair.down
         state[f"{module}.lora_B.default.weight"] = pair.up
-    cfg = {"_class_name": "FluxTransformer2DModel", "_diffusers_version": "0.32.0.dev0", **(config or TINY_TRANSFORMER_CONFIG)}
+    cfg = {"_class_name": class_name, "_diffusers_version": "0.32.0.dev0", **(config or TINY_TRANSFORMER_CONFIG)}
     atomic_write_json(tdir / "config.json", cfg)
     keys = sorted(state)
     if shards <= 1:

@@ -1,6 +1,7 @@
 """The authors' release as published (Hugging Face ``primecai/dsd_model``).
 
-``transformer/`` holds a diffusers ``FluxTransformer2DModel`` config and a single or sharded
+``transformer/`` holds a diffusers FLUX.1 transformer config (class ``FluxTransformer2DModel``, or the
+authors' subclass name ``FluxTransformer2DConditionalModel``) and a single or sharded
 safetensors that also carries ``c_embedder.weight/bias`` and stray PEFT keys
 (``...lora_A.default.weight``), and ``pytorch_lora_weights.safetensors`` holds the LoRA with
 ``transformer.``-prefixed diffusers keys.
@@ -9,6 +10,7 @@ safetensors that also carries ``c_embedder.weight/bias`` and stray PEFT keys
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,9 +20,16 @@ import torch
 
 from .errors import WeightsError
 from .lora import LoraPair, parse_lora
-from .safetensors_io import iter_folder_tensors, load_tensors, shard_files
+from .safetensors_io import iter_folder_tensors, load_tensors, open_safetensors, shard_files
+
+logger = logging.getLogger(__name__)
 
 RELEASE_LORA_NAME = "pytorch_lora_weights.safetensors"
+FLUX_TRANSFORMER_CLASS = "FluxTransformer2DModel"
+FLUX_PACKED_CHANNELS = 64  # 16 latent channels in 2x2 patches
+# What a diffusers FLUX.1 transformer config holds and SD3/UNet/other configs lack (or size differently).
+FLUX_CONFIG_KEYS = ("in_channels", "num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
+                    "joint_attention_dim", "pooled_projection_dim")  # fmt: skip
 _PEFT_STRAY = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
 
 
@@ -49,6 +58,7 @@ def find_release_parts(path: str | os.PathLike[str]) -> tuple[Path, Path | None]
 
 
 def read_transformer_config(folder: str | os.PathLike[str]) -> dict:
+    """``<folder>/config.json``, checked by :func:`check_flux_config` (every reader of a release goes through here)."""
     cfg_path = Path(folder) / "config.json"
     try:
         cfg = json.loads(cfg_path.read_text())
@@ -56,12 +66,35 @@ def read_transformer_config(folder: str | os.PathLike[str]) -> dict:
         raise WeightsError(f"{cfg_path}: missing; the transformer folder needs its config.json") from exc
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    cls = cfg.get("_class_name", "")
-    if cls and cls != "FluxTransformer2DModel":
-        raise WeightsError(f"{cfg_path}: the model is a {cls}, not a FLUX transformer (FluxTransformer2DModel)")
-    for key in ("num_attention_heads", "attention_head_dim", "in_channels"):
-        if key not in cfg:
-            raise WeightsError(f"{cfg_path}: no {key!r}; this is not a FLUX transformer config")
+    return check_flux_config(cfg, cfg_path)
+
+
+def check_flux_config(cfg: object, source: str | os.PathLike[str]) -> dict:
+    """Accept any config with FLUX.1's keys and shapes, whatever its ``_class_name``.
+
+    The class name is not a test: the authors load their release as ``FluxTransformer2DConditionalModel``
+    (their subclass), so a copy saved from their code carries that name. Only what is clearly another
+    architecture is refused (SD3's MMDiT, a UNet, FLUX Fill/Depth with widened inputs, FLUX.2).
+    """
+    if not isinstance(cfg, dict):
+        raise WeightsError(f"{source}: expected a JSON object (a diffusers model config), found {type(cfg).__name__}")
+    cls = cfg.get("_class_name") or "model without _class_name"
+    problems = [f"no {key!r}" for key in FLUX_CONFIG_KEYS if key not in cfg]
+    for key, expected in (("in_channels", FLUX_PACKED_CHANNELS), ("patch_size", 1)):
+        if key in cfg and cfg[key] != expected:
+            problems.append(f"{key}={cfg[key]!r} (FLUX.1: {expected})")
+    if cfg.get("out_channels") not in (None, FLUX_PACKED_CHANNELS):
+        problems.append(f"out_channels={cfg['out_channels']!r} (FLUX.1: {FLUX_PACKED_CHANNELS} or null)")
+    for key in ("num_attention_heads", "attention_head_dim", "num_layers"):
+        if key in cfg and not (isinstance(cfg[key], int) and cfg[key] > 0):
+            problems.append(f"{key}={cfg[key]!r} (a positive integer)")
+    if problems:
+        raise WeightsError(
+            f"{source}: the model is a {cls}, not a FLUX.1 transformer ({'; '.join(problems)}). DSD needs the "
+            f"transformer folder of the DSD release (primecai/dsd_model: FLUX.1 keys, in_channels {FLUX_PACKED_CHANNELS})."
+        )
+    if cls != FLUX_TRANSFORMER_CLASS:
+        logger.info("%s: class %s has FLUX.1's keys and shapes; read as %s", source, cls, FLUX_TRANSFORMER_CLASS)
     return cfg
 
 
@@ -82,8 +115,6 @@ def scan_release_transformer(folder: str | os.PathLike[str]) -> ReleaseTransform
     stray: list[str] = []
     base: list[str] = []
     for path in shard_files(folder):
-        from .safetensors_io import open_safetensors
-
         with open_safetensors(path) as f:
             for k in f.keys():
                 if k.startswith("c_embedder."):

@@ -118,7 +118,7 @@ def test_sd_unet_folder_as_transformer_rejected(tmp_path):
     (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "in_channels": 4}))
     save_file({"conv_in.weight": torch.zeros(4, 4, 3, 3)}, folder / "diffusion_pytorch_model.safetensors")
     (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(b"")
-    with pytest.raises(WeightsError, match=r"config\.json: the model is a UNet2DConditionModel"):
+    with pytest.raises(WeightsError, match=r"config\.json: the model is a UNet2DConditionModel, not a FLUX\.1 transformer.*in_channels=4"):
         convert_release(folder, tmp_path / "a.safetensors", lora_path=tmp_path / "pytorch_lora_weights.safetensors", progress=False)
 
 
@@ -303,3 +303,83 @@ def test_delta_lora_keys_in_adapter_layout(tiny_release, tmp_path):
     keys = set(load_file(result.delta_path))
     assert keys == set(lora_to_state_dict(parse_lora(load_file(result.delta_path))))
     assert keys == {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight", "transformer.transformer_blocks.0.attn.to_q.lora_B.weight"}
+
+
+# -- the release as published: any class name with FLUX.1's keys and shapes -----------------------
+
+AUTHORS_CLASS = "FluxTransformer2DConditionalModel"  # their loading code: FluxTransformer2DConditionalModel.from_pretrained
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["single", "sharded"])
+def authors_release(request, tmp_path_factory):
+    from dsd.tiny import write_release
+
+    return write_release(tmp_path_factory.mktemp("authors"), seed=0, shards=request.param, class_name=AUTHORS_CLASS)
+
+
+@pytest.mark.parametrize("given", ["root", "transformer"])
+def test_authors_class_name_converts(authors_release, given, tmp_path):
+    from dsd.weights.release import find_release_parts
+
+    assert json.loads((authors_release.transformer_dir / "config.json").read_text())["_class_name"] == AUTHORS_CLASS
+    path = authors_release.root if given == "root" else authors_release.transformer_dir
+    assert find_release_parts(path) == (authors_release.transformer_dir, authors_release.lora_path)
+    result = convert_release(path, tmp_path / "a.safetensors", progress=False)
+    assert result.stray.status == "match"
+    ad = load_adapter(tmp_path / "a.safetensors")
+    for k, v in authors_release.model.c_embedder_state_dict().items():
+        assert torch.equal(ad.c_embedder[k], v), k
+    assert set(ad.lora) == set(authors_release.lora)
+
+
+def test_authors_class_name_loads(authors_release):
+    """What the standalone sampler and training's release continuation load (load_release_transformer)."""
+    from dsd.weights.release import find_release_parts, load_release_lora, load_release_transformer
+
+    tdir, lora_path = find_release_parts(authors_release.root)
+    model = load_release_transformer(tdir)
+    expected = authors_release.model
+    for k, v in expected.transformer.state_dict().items():
+        assert torch.equal(model.transformer.state_dict()[k], v), k
+    for k, v in expected.c_embedder_state_dict().items():
+        assert torch.equal(model.c_embedder_state_dict()[k], v), k
+    assert set(load_release_lora(lora_path)) == set(authors_release.lora)
+
+
+def test_training_release_continuation_reads_authors_class(authors_release):
+    from training.config import ModelConfig
+    from training.model import load_base
+
+    model, lora = load_base(ModelConfig(release=str(authors_release.root), base_dtype="float32"))
+    assert torch.equal(model.c_embedder.weight, authors_release.model.c_embedder.weight)
+    assert lora is not None and set(lora) == set(authors_release.lora)
+
+
+SD3_CONFIG = {
+    "_class_name": "SD3Transformer2DModel", "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24,
+    "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 192,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config,found",
+    [
+        (SD3_CONFIG, r"the model is a SD3Transformer2DModel, not a FLUX\.1 transformer \(no 'num_single_layers'; in_channels=16 \(FLUX\.1: 64\); patch_size=2"),
+        ({"in_channels": 384}, r"the model is a FluxTransformer2DModel, not a FLUX\.1 transformer \(in_channels=384 \(FLUX\.1: 64\)\)"),
+        ({"_class_name": AUTHORS_CLASS, "in_channels": 128}, rf"the model is a {AUTHORS_CLASS}, .*in_channels=128"),
+    ],
+    ids=["sd3", "flux-fill-width", "authors-name-wrong-shape"],
+)
+def test_other_architecture_refused(tiny_release, tmp_path, config, found):
+    """convert and load_release_transformer (the standalone sampler, training) share the one check."""
+    from dsd.weights.release import load_release_transformer
+
+    root = _copy_release(tiny_release, tmp_path / "rel")
+    cfg_path = root / "transformer" / "config.json"
+    cfg_path.write_text(json.dumps(config if config is SD3_CONFIG else {**json.loads(cfg_path.read_text()), **config}))
+    with pytest.raises(WeightsError, match=found):
+        convert_release(root, tmp_path / "a.safetensors", progress=False)
+    with pytest.raises(WeightsError, match=found):
+        load_release_transformer(root / "transformer")
+    assert not (tmp_path / "a.safetensors").exists()
