@@ -3,8 +3,12 @@
 Images move through here as float tensors ``[B, 3, H, W]`` in ``[0, 1]`` (``to_rgb01``
 accepts PIL images, numpy arrays of any common dtype and ComfyUI ``IMAGE`` tensors). The
 canvas itself is in the VAE's ``[-1, 1]`` range with frame two at -1, as the authors' code.
-Resizing is done in torch so that the ComfyUI nodes and the standalone sampler produce
-bit-identical canvases from the same input.
+
+``fit="crop"`` (the default) is the authors' preprocessing, pixel for pixel: centre crop (a square of
+side ``min(w, h)`` for the square frame of the 512x1024 canvas, the frame's aspect otherwise), then
+``PIL.Image.resize(frame size, BICUBIC)`` on 8-bit pixels. ``pad`` and ``stretch`` resize in torch
+(antialiased bicubic on floats). The ComfyUI node, the standalone sampler and training all compose
+through here, so they get bit-identical canvases from the same input.
 """
 
 from __future__ import annotations
@@ -134,6 +138,35 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
+def _resize_authors(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The authors' resize: 8-bit RGB through ``PIL.Image.resize(..., BICUBIC)``, back to ``[0, 1]``.
+
+    Inputs that came from 8-bit files (PIL, ComfyUI's LoadImage) round-trip to their exact bytes;
+    others are rounded to 8 bits first, as the authors' PIL pipeline would.
+    """
+    from PIL import Image
+
+    frames = []
+    for image in x:
+        arr = (image.permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        resized = Image.fromarray(np.ascontiguousarray(arr), "RGB").resize((width, height), Image.Resampling.BICUBIC)
+        frames.append(torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    return torch.stack(frames).to(device=x.device)
+
+
+def crop_box(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """Centre crop of an ``h x w`` image to the aspect of ``height x width``: ``(top, left, crop_h, crop_w)``.
+
+    For a square frame this is the authors' box: ``((w - m) // 2, (h - m) // 2)`` with ``m = min(w, h)``.
+    """
+    target_aspect = width / height
+    if w / h > target_aspect:
+        new_w = max(1, round(h * target_aspect))
+        return 0, (w - new_w) // 2, h, new_w
+    new_h = max(1, round(w / target_aspect))
+    return (h - new_h) // 2, 0, new_h, w
+
+
 def fit_reference(image01: torch.Tensor, height: int, width: int, fit: FitMode = "crop", pad_value: float = 1.0) -> torch.Tensor:
     """Fit ``[B, 3, h, w]`` into ``height x width``: centre crop, letterbox pad, or stretch."""
     b, _, h, w = image01.shape
@@ -144,17 +177,9 @@ def fit_reference(image01: torch.Tensor, height: int, width: int, fit: FitMode =
         )
     if fit == "stretch":
         return _resize(image01, height, width)
-    target_aspect = width / height
     if fit == "crop":
-        if w / h > target_aspect:
-            new_w = max(1, round(h * target_aspect))
-            left = (w - new_w) // 2
-            image01 = image01[..., :, left : left + new_w]
-        else:
-            new_h = max(1, round(w / target_aspect))
-            top = (h - new_h) // 2
-            image01 = image01[..., top : top + new_h, :]
-        return _resize(image01, height, width)
+        top, left, crop_h, crop_w = crop_box(h, w, height, width)
+        return _resize_authors(image01[..., top : top + crop_h, left : left + crop_w], height, width)
     if fit == "pad":
         scale = min(height / h, width / w)
         new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))

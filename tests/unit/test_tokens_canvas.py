@@ -193,3 +193,54 @@ def test_marker_ends_where_expected():
     frame = (compose_canvas(ref, CanvasLayout(height=64, width=128))[0, :, :, :64] + 1) / 2
     assert frame[:, 1:7, 1:7].min() > 0.95
     assert frame[:, 10:, :].max() < 0.05 and frame[:, :, 10:].max() < 0.05
+
+
+# -- the authors' preprocessing, exactly ------------------------------------------------------------
+
+
+def _authors_frame(image: Image.Image, size: int = 512) -> np.ndarray:
+    """The authors' script, step by step: centre square of side min(w, h), PIL bicubic resize on uint8."""
+    w, h = image.size
+    m = min(w, h)
+    image = image.crop(((w - m) // 2, (h - m) // 2, (w + m) // 2, (h + m) // 2))
+    return np.asarray(image.resize((size, size), Image.BICUBIC))
+
+
+def _photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Gradients + noise + hard edges: every resampling difference shows up somewhere."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    arr = np.stack([xx * 255 // max(1, width - 1), yy * 255 // max(1, height - 1), (xx ^ yy) & 255], -1).astype(np.int32)
+    arr += rng.integers(-40, 41, arr.shape)
+    arr[height // 3 : height // 2, width // 4 : width // 3] = [255, 0, 0]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def _frame_bytes(canvas: torch.Tensor, frame_width: int) -> np.ndarray:
+    frame = (canvas[0, :, :, :frame_width] + 1.0) / 2.0
+    return (frame.permute(1, 2, 0) * 255.0).round().to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("size", [(700, 433), (433, 700), (513, 512), (512, 512), (1001, 999)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_default_crop_is_the_authors_preprocessing(size):
+    image = _photo_like(*size)
+    expected = _authors_frame(image)
+    layout = CanvasLayout()  # the defaults: 512x1024, crop
+    got_pil = _frame_bytes(compose_canvas(image, layout), layout.frame_width)  # standalone sampler: a PIL image
+    assert int(np.abs(got_pil.astype(int) - expected.astype(int)).max()) == 0
+    # the node path: ComfyUI's LoadImage hands over float32 uint8/255, [B, H, W, C]
+    comfy_image = torch.from_numpy(np.asarray(image).astype(np.float32) / 255.0)[None]
+    got_node = _frame_bytes(compose_canvas(comfy_image, layout), layout.frame_width)
+    assert np.array_equal(got_node, expected)
+
+
+def test_crop_on_a_smaller_canvas_resizes_to_the_frame_size():
+    image = _photo_like(700, 433, seed=1)
+    layout = CanvasLayout(height=64, width=128)
+    assert np.array_equal(_frame_bytes(compose_canvas(image, layout), 64), _authors_frame(image, 64))
+
+
+def test_crop_values_are_exact_8_bit_levels():
+    frame = (compose_canvas(_photo_like(300, 200), CanvasLayout(height=64, width=128))[0, :, :, :64] + 1) / 2
+    levels = frame * 255.0
+    assert torch.allclose(levels, levels.round(), atol=1e-3)
