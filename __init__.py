@@ -11,7 +11,7 @@ try:
 except ImportError:  # not running inside ComfyUI
     ComfyExtension = None
 
-WEB_DIRECTORY = "./web"  # settings entries for the prompt enhancer's API keys
+WEB_DIRECTORY = "./web"  # the settings panel's API-key editor (talks to the /dsd/keys routes)
 
 if ComfyExtension is not None:
 
@@ -22,7 +22,9 @@ if ComfyExtension is not None:
             return node_list()
 
     async def comfy_entrypoint() -> DSDExtension:
+        from .nodes.keys import install as install_key_store
         from .nodes.loaders import register_model_folder
 
         register_model_folder()
+        install_key_store()  # /dsd/keys routes; moves keys out of comfy.settings.json
         return DSDExtension()

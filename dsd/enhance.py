@@ -115,17 +115,46 @@ def enhance_prompt(
     Raises ``ProviderError`` subclasses (auth, unavailable, refusal); an answer that is empty
     after cleaning raises ProviderResponseError.
     """
-    if not prompt.strip():
-        raise ValueError("enhance_prompt needs a non-empty prompt to enhance")
+    _check_prompt(prompt)
     vlm = caption_model_provider or provider
     cap = vlm.complete(caption_request(image))
-    caption = clean_prompt(cap.text)
+    caption = _caption(cap.text, vlm)
+    rewritten = provider.complete(rewrite_request(caption, prompt))
+    return _result(rewritten.text, provider, caption, cap.usage.merge(rewritten.usage))
+
+
+async def aenhance_prompt(
+    provider: Provider,
+    image: Image.Image,
+    prompt: str,
+    *,
+    caption_model_provider: Provider | None = None,
+) -> EnhanceResult:
+    """:func:`enhance_prompt` on the caller's event loop (``Provider.acomplete``): no thread of its own."""
+    _check_prompt(prompt)
+    vlm = caption_model_provider or provider
+    cap = await vlm.acomplete(caption_request(image))
+    caption = _caption(cap.text, vlm)
+    rewritten = await provider.acomplete(rewrite_request(caption, prompt))
+    return _result(rewritten.text, provider, caption, cap.usage.merge(rewritten.usage))
+
+
+def _check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise ValueError("enhance_prompt needs a non-empty prompt to enhance")
+
+
+def _caption(text: str, vlm: Provider) -> str:
+    caption = clean_prompt(text)
     if not caption:
         raise ProviderResponseError(
             f"{vlm!r} returned an empty caption for the reference image; try another VLM model"
         )
-    rewritten = provider.complete(rewrite_request(caption, prompt))
-    enhanced = clean_prompt(rewritten.text)
+    return caption
+
+
+def _result(text: str, provider: Provider, caption: str, usage: Usage) -> EnhanceResult:
+    enhanced = clean_prompt(text)
     if not enhanced:
         raise ProviderResponseError(f"{provider!r} returned an empty enhanced prompt; try another LLM model")
-    return EnhanceResult(prompt=enhanced, caption=caption, usage=cap.usage.merge(rewritten.usage))
+    return EnhanceResult(prompt=enhanced, caption=caption, usage=usage)

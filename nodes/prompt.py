@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from comfy_api.latest import io
+
+from . import keys
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ _SDK_HINT = {
 # Used when the model widget is left empty.
 DEFAULT_MODELS = {"gemini": "gemini-2.5-flash", "openai": "gpt-4o-mini"}
 DEFAULT_MODEL = DEFAULT_MODELS["gemini"]
-
-# Environment variables win over the settings file; both are read at execution time only.
-KEY_ENV_VARS = {"openai": ("OPENAI_API_KEY",), "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
-SETTING_IDS = {"openai": "DSD.OpenAIApiKey", "gemini": "DSD.GeminiApiKey"}
-SETTINGS_FILE = "comfy.settings.json"
 
 # A node must fail with a message, not hang the queue: bounded attempts and time per attempt.
 TIMEOUT_S = 60.0
@@ -86,18 +82,11 @@ class _LRU:
 
 
 RESULTS = _LRU(MEMORY_CACHE_SIZE)
-_PROVIDERS: dict[tuple, Any] = {}
-_PROVIDERS_LOCK = threading.Lock()
 
 
 def clear_caches() -> None:
-    """Forget in-memory answers and close the cached provider clients (the disk cache stays)."""
+    """Forget in-memory answers (the disk cache stays)."""
     RESULTS.clear()
-    with _PROVIDERS_LOCK:
-        providers = list(_PROVIDERS.values())
-        _PROVIDERS.clear()
-    for provider in providers:
-        provider.close()
 
 
 def cache_directory() -> Path:
@@ -108,53 +97,18 @@ def cache_directory() -> Path:
 
 
 # -- API keys -----------------------------------------------------------------------------------
-def _settings_path() -> Path | None:
-    """The default user's comfy.settings.json, found the way ComfyUI's own settings API finds it."""
+def api_key(kind: str) -> str | None:
+    """The environment's key, else the key store's; read at every execution, never cached."""
     try:
-        from server import PromptServer
-
-        manager = PromptServer.instance.user_manager
-
-        class _NoRequest:  # execution has no HTTP request: the single-user profile is "default"
-            headers: dict[str, str] = {}
-
-        path = manager.get_request_user_filepath(_NoRequest(), SETTINGS_FILE, create_dir=False)
-        if path:
-            return Path(path)
-    except (ImportError, AttributeError, KeyError) as exc:
-        logger.debug("no PromptServer user manager (%s); using folder_paths", type(exc).__name__)
-    import folder_paths
-
-    root = folder_paths.get_public_user_directory("default")
-    return Path(root) / SETTINGS_FILE if root else None
-
-
-def api_key_from_settings(kind: str) -> str | None:
-    """The key stored under ``SETTING_IDS[kind]`` in the user's ComfyUI settings, if any."""
-    path = _settings_path()
-    if path is None or not path.is_file():
-        return None
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        # The message names the file only: the file holds secrets, its text must not be logged.
-        logger.warning("cannot read ComfyUI settings %s (%s); ignoring it for API keys", path, type(exc).__name__)
-        return None
-    value = settings.get(SETTING_IDS[kind]) if isinstance(settings, dict) else None
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _env_key(kind: str) -> str | None:
-    for name in KEY_ENV_VARS[kind]:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
+        return keys.resolve_key(kind)
+    except keys.KeyStoreError as exc:
+        raise PromptEnhanceError(f"DSDPromptEnhance: {exc}") from None
 
 
 def _key_hint(kind: str) -> str:
-    names = " or ".join(KEY_ENV_VARS[kind])
-    return (f"set the environment variable {names} before starting ComfyUI, or the ComfyUI setting "
-            f"{SETTING_IDS[kind]!r} (stored in the user's {SETTINGS_FILE})")
+    names = " or ".join(keys.KEY_ENV_VARS[kind])
+    return (f"set the environment variable {names} before starting ComfyUI, or enter the key in "
+            f"{keys.UI_HINT} (kept on the server in {keys.store_path()}, never in settings or workflows)")
 
 
 # -- providers ----------------------------------------------------------------------------------
@@ -164,45 +118,35 @@ def _import_providers() -> Any:
     return providers
 
 
-def get_provider(kind: str, model: str, base_url: str | None) -> Any:
-    """A shared provider per (kind, model, base_url, key); the SDK is imported on first use."""
+def make_provider(kind: str, model: str, base_url: str | None) -> Any:
+    """A provider for one execution; the SDK is imported on first use."""
     providers = _import_providers()
-    env_key = _env_key(kind)
-    settings_key = None if env_key else api_key_from_settings(kind)
-    # Only a digest of the key enters the registry key: a changed key gets a fresh client.
-    digest = hashlib.sha256((env_key or settings_key or "").encode()).hexdigest()
-    cache_dir = str(cache_directory())
-    registry_key = (kind, model, base_url, digest, cache_dir)
-    with _PROVIDERS_LOCK:
-        provider = _PROVIDERS.get(registry_key)
-        if provider is not None:
-            return provider
-        config = providers.ProviderConfig(
-            kind=kind, model=model, base_url=base_url, timeout_s=TIMEOUT_S, max_retries=MAX_RETRIES,
-            max_concurrency=2, cache_dir=cache_dir, backoff_base_s=BACKOFF_BASE_S, backoff_max_s=BACKOFF_MAX_S,
-        )
-        try:
-            provider = providers.make_provider(config, api_key=settings_key)
-        except ImportError as exc:
-            package, module = _SDK_HINT[kind]
-            raise PromptEnhanceError(
-                f"DSDPromptEnhance needs the {package!r} package for the {kind} provider ({module} "
-                f"failed to import: {exc.name or exc}); install it into ComfyUI's Python: "
-                f"python -m pip install {package}"
-            ) from None
-        _PROVIDERS[registry_key] = provider
-        return provider
+    config = providers.ProviderConfig(
+        kind=kind, model=model, base_url=base_url, timeout_s=TIMEOUT_S, max_retries=MAX_RETRIES,
+        max_concurrency=2, cache_dir=str(cache_directory()), backoff_base_s=BACKOFF_BASE_S,
+        backoff_max_s=BACKOFF_MAX_S,
+    )
+    try:
+        # None: the provider falls back to the environment, or to no key for a local base_url.
+        return providers.make_provider(config, api_key=api_key(kind))
+    except ImportError as exc:
+        package, module = _SDK_HINT[kind]
+        raise PromptEnhanceError(
+            f"DSDPromptEnhance needs the {package!r} package for the {kind} provider ({module} "
+            f"failed to import: {exc.name or exc}); install it into ComfyUI's Python: "
+            f"python -m pip install {package}"
+        ) from None
 
 
 class _ProgressProvider:
-    """Forwards ``complete`` to a provider and advances ComfyUI's progress bar once per call."""
+    """Forwards ``acomplete`` to a provider and advances ComfyUI's progress bar once per call."""
 
     def __init__(self, provider: Any, progress: Any) -> None:
         self._provider = provider
         self._progress = progress
 
-    def complete(self, request: Any) -> Any:
-        result = self._provider.complete(request)
+    async def acomplete(self, request: Any) -> Any:
+        result = await self._provider.acomplete(request)
         self._progress.update(1)
         return result
 
@@ -233,12 +177,12 @@ def _normalise(provider: str, model: str, base_url: str) -> tuple[str, str, str 
     return kind, (model or "").strip() or DEFAULT_MODELS[kind], (base_url or "").strip() or None
 
 
-def enhance(image: Any, prompt: str, provider: str, model: str, base_url: str = "",
-            node_id: str | None = None) -> tuple[str, str]:
+async def enhance(image: Any, prompt: str, provider: str, model: str, base_url: str = "",
+                  node_id: str | None = None) -> tuple[str, str]:
     """(enhanced prompt, caption) for a ComfyUI IMAGE; memory LRU, then provider (+ disk cache)."""
     import comfy.utils
 
-    from ..dsd.enhance import enhance_prompt
+    from ..dsd.enhance import aenhance_prompt
 
     if not prompt.strip():
         raise PromptEnhanceError(
@@ -252,16 +196,18 @@ def enhance(image: Any, prompt: str, provider: str, model: str, base_url: str = 
     if hit is not None:
         progress.update_absolute(2)
         return hit
-    llm = get_provider(kind, model, base_url)
+    llm = make_provider(kind, model, base_url)
     providers = _import_providers()
     try:
-        result = enhance_prompt(_ProgressProvider(llm, progress), pil, prompt)
+        result = await aenhance_prompt(_ProgressProvider(llm, progress), pil, prompt)
     except providers.ProviderAuthError as exc:
         raise PromptEnhanceError(f"DSDPromptEnhance ({kind}, {model}): {exc}; {_key_hint(kind)}") from None
     except providers.ProviderError as exc:
         raise PromptEnhanceError(
             f"DSDPromptEnhance ({kind}, {model}): {exc}. To generate without enhancement set enabled to false."
         ) from None
+    finally:
+        await llm.aclose()
     logger.info("DSDPromptEnhance: %d request(s), %d cached, %d retries", result.usage.requests,
                 result.usage.cached, result.usage.retries)
     value = (result.prompt, result.caption)
@@ -279,8 +225,8 @@ class DSDPromptEnhance(io.ComfyNode):
             description=(
                 "DSD prompt enhancement: a VLM captions the reference, then an LLM rewrites your prompt with "
                 "the subject's details (one line, <= 77 tokens). API keys come from the environment "
-                "(OPENAI_API_KEY, GEMINI_API_KEY / GOOGLE_API_KEY) or the ComfyUI settings "
-                "DSD.OpenAIApiKey / DSD.GeminiApiKey, never from the workflow. Answers are cached."
+                "(OPENAI_API_KEY, GEMINI_API_KEY / GOOGLE_API_KEY) or from Settings > DSD, which keeps "
+                "them on the server and never in settings files or the workflow. Answers are cached."
             ),
             # base_url is last: optional inputs follow the required ones in ComfyUI's widget order.
             inputs=[
@@ -320,12 +266,12 @@ class DSDPromptEnhance(io.ComfyNode):
         return json.dumps([prompt, provider, model, base_url or "", bool(enabled)])
 
     @classmethod
-    def execute(cls, image: Any, prompt: str, provider: str, model: str, base_url: str = "",
-                enabled: bool = True) -> io.NodeOutput:
+    async def execute(cls, image: Any, prompt: str, provider: str, model: str, base_url: str = "",
+                      enabled: bool = True) -> io.NodeOutput:
         if not enabled:
             return io.NodeOutput(prompt, "")
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        enhanced, caption = enhance(image, prompt, provider, model, base_url or "", node_id=node_id)
+        enhanced, caption = await enhance(image, prompt, provider, model, base_url or "", node_id=node_id)
         return io.NodeOutput(enhanced, caption)
 
 

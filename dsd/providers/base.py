@@ -197,6 +197,17 @@ class Provider(ABC):
                 logger.debug("closing %s client: %s", self.config.kind, exc)
         loop_thread.stop()
 
+    async def aclose(self) -> None:
+        """Close the SDK client bound to the running event loop (the async counterpart of :meth:`close`).
+
+        For callers that drive :meth:`acomplete` on a loop of their own (ComfyUI runs each prompt on
+        a fresh loop): a client outliving its loop would hold a dead connection pool.
+        """
+        with self._lock:
+            client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await self._close_client(client)
+
     def __enter__(self) -> Provider:
         return self
 

@@ -3,10 +3,12 @@ dsd.testing.FakeLLMServer on 127.0.0.1 (no mocks, no network)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import socket
 import sys
+import threading
 import time
 
 import pytest
@@ -33,12 +35,19 @@ def prompt_module(comfy_host):
     return sys.modules[name]
 
 
+@pytest.fixture(scope="module")
+def keys_module(comfy_host):
+    return sys.modules[f"{comfy_host.pack.__name__}.nodes.keys"]
+
+
 @pytest.fixture
 def host_env(comfy_host, prompt_module, tmp_path, monkeypatch):
-    """A private ComfyUI user dir (settings + disk cache), no keys in the environment, empty caches."""
+    """A private ComfyUI user dir (settings + disk cache), a private key store, no keys in the
+    environment, empty caches."""
     fp = comfy_host.folder_paths
     old = fp.get_user_directory()
     fp.set_user_directory(str(tmp_path / "user"))
+    monkeypatch.setenv("DSD_KEY_STORE", str(tmp_path / "secrets" / "api_keys.json"))
     for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     # Fast backoff: the retry policy is the provider layer's, the tests only need it to happen.
@@ -111,13 +120,10 @@ def test_end_to_end_through_executor(comfy_host, run_prompt, host_env, llm, monk
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_key_from_comfy_settings_never_leaks(comfy_host, run_prompt, host_env, llm, caplog, provider):
+def test_key_from_store_never_leaks(comfy_host, run_prompt, host_env, llm, keys_module, caplog, provider):
     kind_key = GEMINI_KEY if provider == "gemini" else OPENAI_KEY
-    setting = "DSD.GeminiApiKey" if provider == "gemini" else "DSD.OpenAIApiKey"
-    settings = host_env / "default" / "comfy.settings.json"
-    settings.parent.mkdir(parents=True)
-    settings.write_text(json.dumps({setting: kind_key, "Comfy.Theme": "dark"}))
-    llm.api_key = kind_key  # success proves the key travelled from the settings file to the server
+    keys_module.STORE.set("gemini" if provider == "gemini" else "openai", kind_key)
+    llm.api_key = kind_key  # success proves the key travelled from the store to the server
     prompt = graph(provider, base_url(provider, llm))
     with caplog.at_level(logging.DEBUG):
         run = run_prompt(prompt)
@@ -130,9 +136,43 @@ def test_key_from_comfy_settings_never_leaks(comfy_host, run_prompt, host_env, l
     assert kind_key not in json.dumps(run.captured) + json.dumps(run.outputs, default=str)
     assert kind_key not in json.dumps([m for m in run.messages], default=str)
     assert kind_key not in caplog.text
-    # A disk-cache entry holds answers only.
-    for entry in (host_env / "__dsd").rglob("*.json"):
-        assert kind_key not in entry.read_text()
+    # Nothing under ComfyUI's user folder holds it (settings, disk cache of answers).
+    for entry in host_env.rglob("*"):
+        assert not entry.is_file() or kind_key.encode() not in entry.read_bytes(), entry
+
+
+def test_environment_wins_over_store(comfy_host, host_env, llm, keys_module, monkeypatch):
+    keys_module.STORE.set("openai", "sk-stale-key-in-the-store-0000")
+    llm.api_key = set_env_key(monkeypatch, "openai-compatible")
+    out = comfy_host.call("DSDPromptEnhance", image=image(), prompt="the figurine surfing",
+                          provider="openai-compatible", model="vision-model", base_url=llm.openai_base_url,
+                          enabled=True)
+    assert out == (ENHANCED, CAPTION)
+
+
+def test_key_change_in_store_takes_effect_at_next_execution(comfy_host, host_env, llm, keys_module, prompt_module):
+    llm.api_key = OPENAI_KEY
+    keys_module.STORE.set("openai", "sk-the-old-key-0123456789")
+    kwargs = {"image": image(), "prompt": "the figurine surfing", "provider": "openai-compatible",
+              "model": "vision-model", "base_url": llm.openai_base_url, "enabled": True}
+    with pytest.raises(prompt_module.PromptEnhanceError, match="rejected the API key"):
+        comfy_host.call("DSDPromptEnhance", **kwargs)
+    keys_module.STORE.set("openai", OPENAI_KEY)
+    assert comfy_host.call("DSDPromptEnhance", **kwargs) == (ENHANCED, CAPTION)
+
+
+def test_execute_runs_on_the_hosts_loop_without_threads_of_its_own(comfy_host, run_prompt, host_env, llm,
+                                                                    monkeypatch):
+    cls = comfy_host.node_class("DSDPromptEnhance")
+    assert inspect.iscoroutinefunction(cls.execute)
+    llm.api_key = set_env_key(monkeypatch, "gemini")
+    before = {t.ident for t in threading.enumerate()}
+    for seed in (3, 4):
+        run = run_prompt(graph("gemini", llm.gemini_base_url, prompt=f"the figurine surfing, take {seed}", seed=seed))
+        assert run.ok, run.error or run.exec_error
+    assert len(llm.requests) == 4
+    new = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert not [name for name in new if name.startswith("dsd-provider")], new
 
 
 def test_wrong_key_is_a_clear_error_without_the_key(comfy_host, run_prompt, host_env, llm, monkeypatch, caplog):
@@ -142,13 +182,13 @@ def test_wrong_key_is_a_clear_error_without_the_key(comfy_host, run_prompt, host
         run = run_prompt(graph("openai-compatible", llm.openai_base_url))
     assert not run.ok and run.exec_error is not None
     message = run.exec_error["exception_message"]
-    assert "OPENAI_API_KEY" in message and "DSD.OpenAIApiKey" in message
+    assert "OPENAI_API_KEY" in message and "settings > DSD > Prompt enhancer" in message
     assert OPENAI_KEY not in message + json.dumps(run.exec_error, default=str) + caplog.text
 
 
 def test_missing_key_names_env_and_setting(comfy_host, host_env, prompt_module):
     # No base_url: the public Gemini API, which needs a key; nothing is sent anywhere.
-    with pytest.raises(prompt_module.PromptEnhanceError, match=r"GEMINI_API_KEY or GOOGLE_API_KEY.*DSD\.GeminiApiKey"):
+    with pytest.raises(prompt_module.PromptEnhanceError, match=r"GEMINI_API_KEY or GOOGLE_API_KEY.*ComfyUI settings > DSD > Prompt enhancer"):
         comfy_host.call("DSDPromptEnhance", image=image(), prompt="a fox", provider="gemini",
                         model="gemini-2.5-flash", base_url="", enabled=True)
 
