@@ -94,6 +94,11 @@ class ComfyServer:
             return json.loads(response.read())
 
 
+def key_store_path(base: Path) -> Path:
+    """The server's DSD key store (``DSD_KEY_STORE``): beside the base dir, never inside it."""
+    return base.parent / f"{base.name}-keys" / "api_keys.json"
+
+
 def _install_packs(base: Path) -> None:
     custom_nodes = base / "custom_nodes"
     custom_nodes.mkdir(parents=True)
@@ -139,7 +144,10 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory):
         sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
         "--disable-auto-launch", "--base-directory", str(base),
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Provider keys of the machine running the tests would win over keys entered in the UI, and the
+    # pack's key store must live outside the served base dir and outside the real ~/.config.
+    env = {k: v for k, v in os.environ.items() if k not in {"OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"}}
+    env.update(PYTHONUNBUFFERED="1", DSD_KEY_STORE=str(key_store_path(base)))
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = ComfyServer(url=f"http://127.0.0.1:{port}", base_dir=base, log_path=log_path, process=process)
