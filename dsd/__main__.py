@@ -1,4 +1,4 @@
-"""``python -m dsd``: make-tiny | convert | generate | demo."""
+"""``python -m dsd``: make-tiny | convert | generate | eval | demo."""
 
 from __future__ import annotations
 
@@ -16,11 +16,20 @@ logger = logging.getLogger("dsd")
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .canvas import ReferenceImageError
     from .config import ConfigError
+    from .eval.judge import JudgeConfigError
+    from .eval.layout import BenchmarkError
     from .model import DSDModelError
     from .tokens import CanvasSizeError
     from .weights.errors import WeightsError
 
-    return (WeightsError, ConfigError, ReferenceImageError, CanvasSizeError, DSDModelError, FileNotFoundError, PromptEnhanceFailed)
+    return (WeightsError, ConfigError, ReferenceImageError, CanvasSizeError, DSDModelError, FileNotFoundError, PromptEnhanceFailed,
+            BenchmarkError, JudgeConfigError, _embedding_error())
+
+
+def _embedding_error() -> type[BaseException]:
+    from .eval.embeddings import EmbeddingModelError
+
+    return EmbeddingModelError
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -210,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(p)
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("eval", help="score a model or folders of images on a benchmark (CLIP, DINO, VLM judge) + report")
+    from .eval.run import add_eval_arguments, cmd_eval
+
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("demo", help="tiny end-to-end run: fixtures -> generate; writes PNGs")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     p.add_argument("--steps", type=int, default=4)
@@ -221,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("diffusers", "transformers", "httpx"):
+    for noisy in ("diffusers", "transformers", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)

@@ -1,0 +1,260 @@
+"""``python -m dsd eval``: sample (or read) images for a benchmark, score them, write the report.
+
+    out/
+      samples/<system>/...            images drawn by --release / --adapter (+ per-rank record logs)
+      scores/embeddings.jsonl         CLIP-I, CLIP-T, DINO per image (record log)
+      scores/judge.jsonl              CP, PF (mean, spread, runs), failures, usage per image (record log)
+      judge_cache/                    the judge's answers by content hash
+      report/                         see dsd/eval/report.py
+      eval.json                       the settings of the last run (never a key)
+
+Every stage resumes from its log; ``kill -9`` and a rerun give the same final table. Sampling runs
+in every process of an ``accelerate launch`` (each draws its share), the rest on the main process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cli_output import emit
+from ..io import atomic_write_json
+from .layout import Benchmark, BenchmarkError, load_benchmark
+from .sampling import ModelSpec, SampleSettings, checkpoint_step, process_state, sample_system
+from .stages import ImageSource, build_table, collect_folder, collect_samples, embed_stage, judge_stage
+
+logger = logging.getLogger(__name__)
+
+JUDGE_DEFAULT_MODELS = {"gemini": "gemini-2.5-flash", "openai": "gpt-4o"}
+
+
+@dataclass
+class JudgeSettings:
+    kind: str
+    model: str
+    base_url: str | None = None
+    repeats: int = 1
+    concurrency: int = 8
+    temperature: float | None = None
+    debiased: bool = False
+    usd_per_mtok: tuple[float, float] = (0.0, 0.0)
+    timeout_s: float = 120.0
+    max_retries: int = 5
+
+
+@dataclass
+class EvalConfig:
+    bench: Path
+    out: Path
+    layout: str = "auto"
+    subjects: list[str] | None = None
+    max_prompts: int | None = None
+    models: list[ModelSpec] = field(default_factory=list)
+    sources: list[ImageSource] = field(default_factory=list)
+    sampling: SampleSettings = field(default_factory=SampleSettings)
+    clip: Path | None = None
+    dino: Path | None = None
+    embed_batch: int = 16
+    judge: JudgeSettings | None = None
+    title: str = "DSD evaluation"
+    progress: bool = True
+
+
+@dataclass
+class EvalSummary:
+    images: int = 0
+    sampled: int = 0
+    embedded: int = 0
+    judged: int = 0
+    judge_unavailable: int = 0
+    judge_failures: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+    table: Any = None
+    main_process: bool = True
+
+
+def run_eval(cfg: EvalConfig) -> EvalSummary:
+    bench = load_benchmark(cfg.bench, cfg.layout).select(cfg.subjects, cfg.max_prompts)  # type: ignore[arg-type]
+    _check_systems(cfg)
+    summary = EvalSummary()
+    if cfg.models:
+        rank, world, state = process_state()
+        for spec in cfg.models:
+            summary.sampled += sample_system(spec, bench, cfg.sampling, cfg.out, rank=rank, world=world, progress=cfg.progress)
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            summary.main_process = False
+            return summary
+    rows = [r for spec in cfg.models for r in collect_samples(cfg.out, spec.name, spec.step)]
+    rows += [r for source in cfg.sources for r in collect_folder(source, bench)]
+    summary.images = len(rows)
+    scores_dir = cfg.out / "scores"
+    if cfg.clip is not None or cfg.dino is not None:
+        from .embeddings import EmbeddingModels
+
+        models = EmbeddingModels.load(clip=cfg.clip, dino=cfg.dino, batch_size=cfg.embed_batch)
+        summary.embedded = embed_stage(rows, bench, models, scores_dir, progress=cfg.progress)
+    if cfg.judge is not None:
+        _judge(cfg, rows, bench, scores_dir, summary)
+    summary.table = build_table(rows, bench, scores_dir)
+    from .report import write_report
+
+    summary.report = write_report(summary.table, cfg.out / "report", title=cfg.title, meta=_meta(cfg, bench))
+    return summary
+
+
+def _check_systems(cfg: EvalConfig) -> None:
+    names = [m.name for m in cfg.models] + [s.name for s in cfg.sources]
+    if not names:
+        raise BenchmarkError("nothing to score: give a model to sample (--flux with --release/--adapter) or --images")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BenchmarkError(f"system name(s) {twice} given twice; name them apart with NAME=PATH")
+
+
+def _judge(cfg: EvalConfig, rows, bench: Benchmark, scores_dir: Path, summary: EvalSummary) -> None:
+    from ..providers import ProviderConfig, make_provider
+    from .judge import Judge
+
+    js = cfg.judge
+    assert js is not None
+    provider_cfg = ProviderConfig(
+        kind=js.kind, model=js.model, base_url=js.base_url, max_concurrency=js.concurrency, timeout_s=js.timeout_s,
+        max_retries=js.max_retries, cache_dir=str(cfg.out / "judge_cache"), input_usd_per_mtok=js.usd_per_mtok[0],
+        output_usd_per_mtok=js.usd_per_mtok[1],
+    )  # type: ignore[arg-type]  # fmt: skip
+    with make_provider(provider_cfg) as provider:
+        judge = Judge(provider, repeats=js.repeats, temperature=js.temperature, debiased=js.debiased)
+        result = judge_stage(rows, bench, judge, scores_dir, progress=cfg.progress)
+        summary.usage = provider.usage.to_dict()
+    summary.judged, summary.judge_unavailable, summary.judge_failures = result.judged, result.unavailable, result.failures
+
+
+def _meta(cfg: EvalConfig, bench: Benchmark) -> dict[str, Any]:
+    from ..config import to_dict
+
+    judge = to_dict(cfg.judge) if cfg.judge else None
+    return {
+        "benchmark": str(bench.root), "layout": bench.kind, "subjects": len(bench.subjects), "prompts": len(bench.prompts),
+        "systems": [m.name for m in cfg.models] + [s.name for s in cfg.sources],
+        "sampling": to_dict(cfg.sampling) if cfg.models else None, "judge": judge,
+        "clip": str(cfg.clip) if cfg.clip else None, "dino": str(cfg.dino) if cfg.dino else None,
+    }  # fmt: skip
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bench", required=True, type=Path, help="benchmark folder (our layout, DreamBench++ or DreamBench)")
+    p.add_argument("--out", required=True, type=Path, help="work and report folder (rerun the same command to resume)")
+    p.add_argument("--layout", choices=["auto", "dsd", "dreambench_plus", "dreambench"], default="auto")
+    p.add_argument("--subjects", default=None, help="comma-separated subject ids (default: all)")
+    p.add_argument("--max-prompts", type=int, default=None, help="at most this many prompts per subject")
+    p.add_argument("--list", action="store_true", help="print the benchmark's image ids (subject/prompt id) and exit")
+    p.add_argument("--images", action="append", default=[], metavar="[NAME=]DIR",
+                   help="score images made elsewhere: DIR/<subject>/<prompt id>[_<anything>].png (repeatable)")
+    p.add_argument("--flux", type=Path, help="diffusers FLUX.1-dev folder, to sample with --release / --adapter")
+    p.add_argument("--release", action="append", default=[], metavar="[NAME=]DIR", help="the authors' DSD release folder")
+    p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]FILE",
+                   help="a DSD adapter or training checkpoint (repeatable: per-checkpoint curves from the step in its name)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one image per prompt and seed")
+    for flag, kind, default in (("--steps", int, 28), ("--guidance", float, 3.5), ("--image-guidance", float, 1.0),
+                                ("--text-guidance", float, 1.0), ("--width", int, 1024), ("--height", int, 512),
+                                ("--lora-scale", float, 1.0)):  # fmt: skip
+        p.add_argument(flag, type=kind, default=default, help=f"as in `dsd generate` (default {default})")
+    p.add_argument("--fit", choices=["crop", "pad", "stretch"], default="crop")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--clip", type=Path, help="local CLIP folder (transformers layout): CLIP-I and CLIP-T")
+    p.add_argument("--dino", type=Path, help="local DINOv2 folder (transformers layout): DINO")
+    p.add_argument("--embed-batch", type=int, default=16)
+    p.add_argument("--judge", choices=["gemini", "openai"], help="VLM judge (keys from GEMINI_API_KEY / OPENAI_API_KEY)")
+    p.add_argument("--judge-model", help="default gemini-2.5-flash / gpt-4o")
+    p.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-repeats", type=int, default=1, help="independent judgements per image, averaged")
+    p.add_argument("--judge-concurrency", type=int, default=8, help="judge requests in flight")
+    p.add_argument("--judge-temperature", type=float, default=None, help="default 0 for one repeat, 0.7 for several")
+    p.add_argument("--judge-debiased", action="store_true", help="the paper's debiased CP: copying the reference is penalised")
+    p.add_argument("--judge-price", type=float, nargs=2, default=(0.0, 0.0), metavar=("IN", "OUT"),
+                   help="USD per million input / output tokens, for the cost figure")
+    p.add_argument("--title", default="DSD evaluation")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _named(values: list[str], what: str) -> list[tuple[str, Path]]:
+    out = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        out.append((name, Path(path)) if sep else (Path(value).stem or Path(value).name, Path(value)))
+    for name, _ in out:
+        if not name or "/" in name:
+            raise BenchmarkError(f"{what} name {name!r} is empty or contains '/'")
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    models = []
+    if (args.release or args.adapter) and args.flux is None:
+        raise BenchmarkError("--release / --adapter need --flux (the FLUX.1-dev folder with VAE and text encoders)")
+    for name, path in _named(args.release, "--release"):
+        models.append(ModelSpec(name, args.flux, release=path))
+    for name, path in _named(args.adapter, "--adapter"):
+        models.append(ModelSpec(name, args.flux, adapter=path, step=checkpoint_step(path)))
+    sources = [ImageSource(name, path) for name, path in _named(args.images, "--images")]
+    sampling = SampleSettings(
+        seeds=tuple(args.seeds), steps=args.steps, guidance=args.guidance, image_guidance=args.image_guidance,
+        text_guidance=args.text_guidance, negative_prompt=args.negative_prompt, width=args.width, height=args.height,
+        fit=args.fit, lora_scale=args.lora_scale, device=args.device, dtype=args.dtype,
+    )  # fmt: skip
+    judge = None
+    if args.judge:
+        judge = JudgeSettings(args.judge, args.judge_model or JUDGE_DEFAULT_MODELS[args.judge], args.judge_base_url,
+                              args.judge_repeats, args.judge_concurrency, args.judge_temperature, args.judge_debiased,
+                              tuple(args.judge_price))  # fmt: skip
+    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
+    return EvalConfig(bench=args.bench, out=args.out, layout=args.layout, subjects=subjects, max_prompts=args.max_prompts,
+                      models=models, sources=sources, sampling=sampling, clip=args.clip, dino=args.dino,
+                      embed_batch=args.embed_batch, judge=judge, title=args.title, progress=not args.no_progress)  # fmt: skip
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.list:
+        bench = load_benchmark(cfg.bench, cfg.layout).select(cfg.subjects, cfg.max_prompts)  # type: ignore[arg-type]
+        emit(f"{bench.kind} benchmark {bench.root}: {len(bench.subjects)} subjects, {len(bench.prompts)} prompts")
+        for p in bench.prompts:
+            emit(f"{p.key}\t{p.category}\t{p.text}")
+        return 0
+    t0 = time.perf_counter()
+    summary = run_eval(cfg)
+    if not summary.main_process:
+        return 0
+    atomic_write_json(cfg.out / "eval.json", _meta(cfg, load_benchmark(cfg.bench, cfg.layout)))
+    _print_summary(summary, time.perf_counter() - t0)
+    if summary.judge_unavailable:
+        emit(f"the judge left {summary.judge_unavailable} image(s) unscored (server unreachable); rerun the same command")
+        return 1
+    return 0
+
+
+def _print_summary(summary: EvalSummary, seconds: float) -> None:
+    emit(f"== dsd eval: {summary.images} images ({summary.sampled} sampled, {summary.embedded} embedded, "
+         f"{summary.judged} judged) in {seconds:.1f}s ==")  # fmt: skip
+    table = summary.table
+    if table is not None and len(table):
+        from .report import aggregate
+
+        overall = aggregate(table)
+        overall = overall[overall.level == "overall"].dropna(axis=1, how="all").drop(columns=["level", "group"])
+        emit(overall.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if summary.usage:
+        u = summary.usage
+        emit(f"judge: {u['requests']} requests, {u['cached']} cached, {u['retries']} retries, "
+             f"{u['input_tokens']} in / {u['output_tokens']} out tokens, ${u['cost_usd']:.4f}; "
+             f"{summary.judge_failures} image(s) with refused or malformed runs")  # fmt: skip
+    emit(f"report: {summary.report}")
