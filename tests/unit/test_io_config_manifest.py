@@ -102,6 +102,87 @@ def test_atomic_directory_swaps_whole(tmp_path):
     assert clean_stale_temporaries(tmp_path) == 1
 
 
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (restored after)."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield lambda mask: os.umask(mask)
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)])
+def test_written_files_get_the_umask_mode(tmp_path, umask, mask, file_mode, dir_mode):
+    from safetensors.torch import save_file
+
+    from dsd.io import atomic_path, atomic_write_text
+
+    umask(mask)
+    atomic_write_json(tmp_path / "a.json", {"v": 1})
+    atomic_write_text(tmp_path / "b.txt", "x")
+    atomic_save_safetensors({"w": torch.ones(2)}, tmp_path / "w.safetensors")
+    with atomic_path(tmp_path / "c.png", suffix=".png") as tmp:
+        tmp.write_bytes(b"png")
+    with atomic_directory(tmp_path / "ckpt") as d:
+        (d / "state.json").write_text("{}")
+        (d / "sub").mkdir()
+        save_file({"w": torch.ones(2)}, str(d / "sub" / "model.safetensors"))  # a 0600 file of its own
+    for name in ("a.json", "b.txt", "w.safetensors", "c.png", "ckpt/state.json", "ckpt/sub/model.safetensors"):
+        assert oct((tmp_path / name).stat().st_mode & 0o777) == oct(file_mode), name
+    for name in ("ckpt", "ckpt/sub"):
+        assert oct((tmp_path / name).stat().st_mode & 0o777) == oct(dir_mode), name
+
+
+# The child dies by SIGKILL at one point of atomic_directory's swap; the hook wraps the child's own
+# os.replace / shutil.rmtree (test-side only: the shipped code has no hook and no sleeps).
+_KILL_DURING_SWAP = """
+import os, shutil, signal, sys
+from pathlib import Path
+from dsd.io import atomic_directory
+
+dest, when = Path(sys.argv[1]), sys.argv[2]
+real_replace, real_rmtree = os.replace, shutil.rmtree
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if when == "moved-aside" and str(dst).endswith(".old"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def rmtree(path, *args, **kwargs):
+    if when == "swapped" and str(path).endswith(".old"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_rmtree(path, *args, **kwargs)
+
+os.replace, shutil.rmtree = replace, rmtree
+with atomic_directory(dest) as tmp:
+    (tmp / "state.txt").write_text("new")
+"""
+
+
+@pytest.mark.parametrize("when,survivor", [("moved-aside", "old"), ("swapped", "new")])
+@pytest.mark.parametrize("recover_by", ["clean_stale_temporaries", "atomic_directory"])
+def test_kill_while_replacing_a_folder_is_recovered(tmp_path, when, survivor, recover_by):
+    dest = tmp_path / "checkpoint-100"
+    with atomic_directory(dest) as d:
+        (d / "state.txt").write_text("old")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", _KILL_DURING_SWAP, str(dest), when], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    old = tmp_path / ".checkpoint-100.old"
+    assert old.is_dir() and dest.exists() == (when == "swapped")
+    if recover_by == "clean_stale_temporaries":  # what resumable stages run on start
+        assert clean_stale_temporaries(tmp_path) >= 1
+        assert (dest / "state.txt").read_text() == survivor
+    else:  # the next save of the same folder recovers first, then replaces a complete folder
+        with atomic_directory(dest) as d:
+            assert (dest / "state.txt").read_text() == survivor
+            (d / "state.txt").write_text("next")
+        assert (dest / "state.txt").read_text() == "next"
+        clean_stale_temporaries(tmp_path)  # the killed writer's .tmp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-100"]
+
+
 def test_record_log_resume_and_cut_line(tmp_path):
     path = tmp_path / "log.jsonl"
     with RecordLog(path) as log:
