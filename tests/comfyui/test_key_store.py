@@ -160,7 +160,7 @@ def test_migration_moves_keys_out_of_comfy_settings(http, env, keys_module, capl
     settings.chmod(0o644)
     assert SENTINEL in http("GET", "/settings")[1]  # the leak being fixed
     with caplog.at_level(logging.INFO):
-        assert keys_module.migrate_settings(env / "user") == 1
+        keys_module.install()  # what the pack runs when ComfyUI loads it (routes already there)
     assert keys_module.STORE.get("openai") == SENTINEL
     assert keys_module.STORE.get("gemini") is None
     assert json.loads(settings.read_text()) == {"Comfy.Theme": "dark"}
