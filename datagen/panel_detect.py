@@ -1,0 +1,421 @@
+"""Where are the panels of a grid? Gutters and borders found by what separates panels.
+
+A gutter is not "a line without variation" (a flat illustration's background has none either):
+it is a run of *uniform* lines (every pixel within ``uniform_tolerance`` of the line's colour)
+whose colour does *not* continue into the lines beside it. A flat panel's margin is uniform too,
+but its colour continues into the panel's next line (the background around the subject); a
+gutter's neighbours are panel content or other panels' margins.
+
+1. *Bands.* For each axis, over the whole span: runs of uniform lines of one colour (a run breaks
+   where the colour jumps), tiny JPEG seams bridged. A run is a *separator* when its colour covers
+   less than ``continuation_max`` of the first line on each side of it.
+2. *Borders.* Separators touching the image edge (and separators right inside them: a frame, then
+   a margin) are trimmed when they are at most ``max_border_fraction`` of the side.
+3. *Gutters.* Interior separators grouped by colour (gutters of one grid share a colour). A colour
+   explains the layout when it shows exactly ``rows - 1`` gutters across the full width and
+   ``cols - 1`` across the full height, each within ``gutter_tolerance`` pitches of the even split.
+   When one axis fits and the other shows no full-span gutter, each strip of the first axis is
+   searched on its own (staggered gutters); every strip must agree with the layout.
+4. *Contradictions.* If the image shows gutters but no colour explains the layout, the grid is
+   rejected with the counts the image shows on each axis (``PanelCountMismatch``); an axis is never
+   split evenly because the other axis had gutters.
+5. *No gutter at all.* Panels that touch are split at *colour edges*: lines where most of the span
+   steps sharply compared with the steps just before and after. Each cut is the strongest edge
+   near its even-split position; its confidence is how much it stands out from the next-best edge
+   in that window. A weak or ambiguous edge (below ``min_edge_fraction`` or
+   ``min_edge_confidence``), or a strong full-span edge where the layout has none, rejects the
+   grid: it is never split by guesswork.
+
+Known limits (they reject, never mis-cut): gutters of the same colour as the panels' background
+are invisible; gutters that are neither aligned across the grid nor within strips; touching panels
+whose content is noise at the pixel level (no edge stands out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .panel_types import Box, Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
+
+_BRIDGE = 2  # non-uniform lines inside a gutter that are still one gutter (JPEG block seams)
+
+
+@dataclass(frozen=True, slots=True)
+class _Band:
+    start: int
+    end: int
+    colour: tuple[float, float, float]
+    touches_start: bool
+    touches_end: bool
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start
+
+
+def _lines(a: np.ndarray, axis: int) -> np.ndarray:
+    """The image as a stack of lines along ``axis`` (0: rows, 1: columns), a view."""
+    return a if axis == 0 else a.transpose(1, 0, 2)
+
+
+def _uniform_runs(lines: np.ndarray, cfg: PanelsConfig) -> list[tuple[int, int, np.ndarray]]:
+    """(start, end, colour) of runs of uniform lines of one colour."""
+    mean = lines.mean(axis=1, dtype=np.float32)
+    dev = np.abs(lines - mean.round().astype(np.int16)[:, None, :]).max(axis=2)
+    uniform = (dev <= cfg.uniform_tolerance).mean(axis=1) >= cfg.uniform_fraction
+    jump = np.zeros(len(lines), bool)
+    jump[1:] = np.abs(np.diff(mean, axis=0)).max(axis=1) > cfg.colour_tolerance / 2
+    runs: list[tuple[int, int, np.ndarray]] = []
+    start = None
+    for i in range(len(lines) + 1):
+        ends = i == len(lines) or not uniform[i] or jump[i]
+        if ends and start is not None:
+            colour = mean[start:i].mean(axis=0)
+            prev = runs[-1] if runs else None
+            if prev and start - prev[1] <= _BRIDGE and np.abs(prev[2] - colour).max() <= cfg.colour_tolerance:
+                runs[-1] = (prev[0], i, (prev[2] + colour) / 2)
+            else:
+                runs.append((start, i, colour))
+            start = None
+        if i < len(lines) and uniform[i] and start is None:
+            start = i
+    return runs
+
+
+def _near(line: np.ndarray, colour: np.ndarray, cfg: PanelsConfig) -> float:
+    return float((np.abs(line - colour.astype(np.int16)).max(axis=1) <= cfg.uniform_tolerance).mean())
+
+
+def _continues(lines: np.ndarray, edge: int, step: int, colour: np.ndarray, cfg: PanelsConfig) -> bool:
+    """Whether ``colour`` covers much of the first line beside a run (the run is background).
+
+    Lines right at the run that are still mostly its colour are its JPEG-blurred edge: skipped."""
+    index = edge
+    for _ in range(2):
+        if 0 <= index < len(lines) and _near(lines[index], colour, cfg) >= cfg.uniform_fraction * 0.6:
+            index += step
+    index += step  # one line further: the first line beside a gutter may be blended with it
+    if not 0 <= index < len(lines):
+        return False
+    return _near(lines[index], colour, cfg) >= cfg.continuation_max
+
+
+def _separators(lines: np.ndarray, cfg: PanelsConfig, offset: int = 0) -> tuple[list[_Band], list[np.ndarray]]:
+    """(separators, background colours): uniform runs whose colour stops at both sides, and the
+    colours of those whose colour continues into the content beside them."""
+    length = len(lines)
+    runs = _uniform_runs(lines, cfg)
+    if runs and runs[0][0] == 0 and runs[0][1] == length:
+        raise PanelDetectionError("blank image (no structure at all)")
+    out, background = [], []
+    for s, e, colour in runs:
+        if _continues(lines, s - 1, -1, colour, cfg) or _continues(lines, e, 1, colour, cfg):
+            background.append(colour)
+            continue
+        out.append(_Band(s + offset, e + offset, tuple(float(c) for c in colour), s == 0, e == length))
+    return out, background
+
+
+def _trim_borders(
+    bands: list[_Band], lo: int, hi: int, cfg: PanelsConfig, colours: list[tuple[float, ...]] | None = None
+) -> tuple[int, int, list[_Band]]:
+    """(lo, hi, interior bands): separators at the edges (and directly inside them) are borders.
+
+    With ``colours`` (the colours that may frame the grid), an edge band is a border only in one of
+    them: a lone band at an edge, in a colour found nowhere else, is a panel's background."""
+    limit = cfg.max_border_fraction * (hi - lo)
+    inner = list(bands)
+    start, end = lo, hi
+
+    def framed(band: _Band) -> bool:
+        return colours is None or any(_same_colour(band.colour, c, cfg) for c in colours)
+
+    while inner and inner[0].start <= lo + 1 and inner[0].end - start <= limit and framed(inner[0]):
+        lo = inner.pop(0).end
+    while inner and inner[-1].end >= hi - 1 and end - inner[-1].start <= limit and framed(inner[-1]):
+        hi = inner.pop().start
+    return lo, hi, [b for b in inner if b.width >= cfg.min_gutter_px and lo < b.start and b.end < hi]
+
+
+def _same_colour(a: tuple[float, ...], b: tuple[float, ...], cfg: PanelsConfig) -> bool:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True)) <= cfg.colour_tolerance
+
+
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    segments: tuple[tuple[int, int], ...] = ()
+    error: str = ""
+
+
+def _fit_gutters(gutters: list[_Band], lo: int, hi: int, n: int, cfg: PanelsConfig) -> _Fit:
+    """Segments between ``gutters`` when they are the ``n - 1`` gutters of an even-ish split."""
+    pitch = (hi - lo) / n
+    if pitch < cfg.min_panel_size:
+        return _Fit(error=f"content of {hi - lo} px is too small for {n} panels of >= {cfg.min_panel_size} px")
+    if len(gutters) != n - 1:
+        return _Fit(error=f"{len(gutters)} gutter(s) where {n - 1} expected")
+    edges = [lo]
+    for i, band in enumerate(gutters, 1):
+        expected = lo + i * pitch
+        off = max(0.0, band.start - expected, expected - band.end)
+        if off > cfg.gutter_tolerance * pitch:
+            return _Fit(error=f"gutter at {band.start}-{band.end} px is {off:.0f} px off the even split (uneven panels)")
+        if band.width > cfg.max_gutter_fraction * pitch:
+            return _Fit(error=f"gutter at {band.start}-{band.end} px is wider than {cfg.max_gutter_fraction} panel")
+        edges += [band.start, band.end]
+    edges.append(hi)
+    segments = tuple((edges[2 * i], edges[2 * i + 1]) for i in range(n))
+    small = [b - a for a, b in segments if b - a < cfg.min_panel_size]
+    if small:
+        return _Fit(error=f"panel of {small[0]} px is below min_panel_size={cfg.min_panel_size}")
+    return _Fit(segments=segments)
+
+
+def _boxes(row_segs, col_segs_per_row) -> tuple[Box, ...]:
+    return tuple(
+        Box(x0, y0, x1, y1) for (y0, y1), cols in zip(row_segs, col_segs_per_row, strict=True) for x0, x1 in cols
+    )
+
+
+def _colour_name(colour: tuple[float, ...]) -> str:
+    return "rgb(" + ",".join(str(round(c)) for c in colour) + ")"
+
+
+class _Grid:
+    """One image's line statistics, shared by the gutter and edge analyses."""
+
+    def __init__(self, arr: np.ndarray, rows: int, cols: int, cfg: PanelsConfig) -> None:
+        self.a = arr.astype(np.int16)
+        self.rows, self.cols, self.cfg = rows, cols, cfg
+        self.h, self.w = arr.shape[:2]
+        self.n = (rows, cols)
+        self.trim = self._analyse(0, self.h, 0, self.w)
+        (y0, y1, _), (x0, x1, _) = self.trim
+        if (y0, y1, x0, x1) != (0, self.h, 0, self.w) and y1 - y0 > 2 and x1 - x0 > 2:
+            # Again inside the outer border, so a gutter is judged across the content only.
+            self.trim = self._analyse(y0, y1, x0, x1)
+
+    def _analyse(self, y0: int, y1: int, x0: int, x1: int):
+        inner = self.a[y0:y1, x0:x1]
+        found = (_separators(_lines(inner, 0), self.cfg, y0), _separators(_lines(inner, 1), self.cfg, x0))
+        # A colour that is some panel's background (it continues into content somewhere) cannot
+        # be told from a margin of that background anywhere else: only other colours separate.
+        background = found[0][1] + found[1][1]
+        seps = tuple(
+            [b for b in f[0] if not any(_same_colour(b.colour, tuple(c), self.cfg) for c in background)] for f in found
+        )
+        gutters = [b.colour for s in seps for b in s if not (b.touches_start or b.touches_end)]
+        edge = [[b.colour for b in s if b.touches_start or b.touches_end] for s in seps]
+        # A border matches the gutters or frames both axes; a band at two opposite edges only, in a
+        # colour found nowhere else, is the panels' own background reaching the image edge.
+        framing = gutters + [c for c in edge[0] if any(_same_colour(c, d, self.cfg) for d in edge[1])]
+        return (_trim_borders(seps[0], y0, y1, self.cfg, framing), _trim_borders(seps[1], x0, x1, self.cfg, framing))
+
+
+@dataclass(frozen=True, slots=True)
+class _AxisGutters:
+    fit: _Fit  # segments when some colour's gutters fit the layout, else the error
+    shown: int  # panels the image shows along the axis (gutters of the best colour + 1)
+    colour: tuple[float, ...] | None = None
+
+
+def _axis_gutters(bands: list[_Band], lo: int, hi: int, n: int, cfg: PanelsConfig) -> _AxisGutters:
+    """The gutters of one axis: separators grouped by colour (a grid's gutters share one); the group
+    that fits ``n`` panels wins, else the largest group says what the image shows."""
+    groups: list[list[_Band]] = []
+    for band in bands:
+        group = next((g for g in groups if _same_colour(g[0].colour, band.colour, cfg)), None)
+        if group is None:
+            groups.append([band])
+        else:
+            group.append(band)
+    if not groups:
+        return _AxisGutters(_fit_gutters([], lo, hi, n, cfg), 1)
+    fits = [(_fit_gutters(g, lo, hi, n, cfg), g) for g in groups]
+    good = [(f, g) for f, g in fits if not f.error]
+    if good:
+        f, g = good[0]
+        return _AxisGutters(f, len(g) + 1, g[0].colour)
+    f, g = max(fits, key=lambda t: len(t[1]))
+    return _AxisGutters(f, len(g) + 1, g[0].colour)
+
+
+def _strip_fit(g: _Grid, axis: int, strips, n: int) -> tuple[list[_Fit], list[int]]:
+    """Fit the other axis inside each strip of ``axis`` (staggered gutters); per-strip panel counts."""
+    other = 1 - axis
+    fits, counts = [], []
+    for a0, a1 in strips:
+        region = g.a[a0:a1] if axis == 0 else g.a[:, a0:a1]
+        span = (g.trim[other][0], g.trim[other][1])
+        region = region[span[0] : span[1]] if other == 0 else region[:, span[0] : span[1]]
+        seps, _ = _separators(_lines(region, other), g.cfg, span[0])
+        lo, hi, inner = _trim_borders(seps, span[0], span[1], g.cfg)
+        found = _axis_gutters(inner, lo, hi, n, g.cfg)
+        counts.append(found.shown if found.fit.error else n)
+        fits.append(found.fit)
+    return fits, counts
+
+
+def _describe(ax: tuple[_AxisGutters, _AxisGutters]) -> str:
+    parts = []
+    for name, a in zip(("rows", "columns"), ax, strict=True):
+        colour = f" ({_colour_name(a.colour)})" if a.colour else ""
+        parts.append(f"{a.shown - 1} gutter(s) between {name}{colour}")
+    return ", ".join(parts)
+
+
+def _by_gutters(g: _Grid) -> Detection | None:
+    """Detection from gutters; None when the image shows no gutter at all; raises on a contradiction."""
+    ax = tuple(_axis_gutters(g.trim[i][2], g.trim[i][0], g.trim[i][1], g.n[i], g.cfg) for i in (0, 1))
+    if not g.trim[0][2] and not g.trim[1][2]:
+        return None
+    if not ax[0].fit.error and not ax[1].fit.error:
+        segs = (ax[0].fit.segments, ax[1].fit.segments)
+        return Detection(_boxes(segs[0], [segs[1]] * g.rows), "gutters", 1.0, "gutters: " + _describe(ax))
+    for axis in (0, 1):
+        other = 1 - axis
+        if ax[axis].fit.error or ax[other].shown > 1 or g.n[other] == 1:
+            continue
+        return _staggered(g, axis, ax[axis].fit.segments)
+    shown = (ax[0].shown, ax[1].shown)
+    if shown != g.n:
+        raise PanelCountMismatch(g.rows * g.cols, shown[0] * shown[1], g.rows, g.cols,
+                                 f"{shown[0]}x{shown[1]}: " + _describe(ax), shown=shown)  # fmt: skip
+    error = next(a.fit.error for a in ax if a.fit.error)
+    raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: {error}")
+
+
+def _staggered(g: _Grid, axis: int, strips: tuple[tuple[int, int], ...]) -> Detection:
+    """One axis has full-span gutters, the other none: its gutters may be staggered, strip by strip."""
+    strip_fits, counts = _strip_fit(g, axis, strips, g.n[1 - axis])
+    name = "rows" if axis == 0 else "columns"
+    if any(f.error for f in strip_fits):
+        detail = f"the {len(strips)} strips between {name} show {counts} panels"
+        total = sum(counts)
+        if total != g.rows * g.cols:
+            raise PanelCountMismatch(g.rows * g.cols, total, g.rows, g.cols, detail)
+        error = next(f.error for f in strip_fits if f.error)
+        raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: {detail}: {error}")
+    segs = [f.segments for f in strip_fits]
+    if axis == 0:
+        boxes = _boxes(strips, segs)
+    else:  # column strips, each cut into rows: regroup row-major
+        boxes = tuple(Box(x0, s[r][0], x1, s[r][1]) for r in range(g.rows)
+                      for (x0, x1), s in zip(strips, segs, strict=True))  # fmt: skip
+    return Detection(boxes, "gutters", 0.9, f"gutters staggered: each strip between {name} cut on its own")
+
+
+# ---------------------------------------------------------------- touching panels: colour edges
+def _edge_profile(lines: np.ndarray, cfg: PanelsConfig) -> np.ndarray:
+    """f[y]: share of the span where the image steps sharply between lines y-1 and y.
+
+    The step is measured across three lines (a boundary blurred by resampling or JPEG still counts)
+    and must exceed twice the steps two lines before and after it (smooth content, not texture)."""
+    length = len(lines)
+    f = np.zeros(length, np.float32)
+    if length < 8:
+        return f
+    a = lines
+    step = np.abs(a[3:-2] - a[:-5]).max(axis=2)  # boundary y = i + 2: lines y+1 vs y-2
+    before = np.abs(a[1:-4] - a[:-5]).max(axis=2)
+    after = np.abs(a[5:] - a[3:-2]).max(axis=2)
+    strong = (step > cfg.edge_step) & (step > 2 * np.maximum(before, after) + 8)
+    f[2 : length - 3] = strong.mean(axis=1)
+    return f
+
+
+def _pick_edge(f: np.ndarray, expected: float, window: float, cfg: PanelsConfig) -> tuple[int, float, float]:
+    """(cut, strength, confidence) of the strongest edge within ``window`` of ``expected``."""
+    lo, hi = max(1, int(expected - window)), min(len(f) - 1, int(expected + window) + 1)
+    if hi <= lo:
+        return -1, 0.0, 0.0
+    seg = f[lo:hi]
+    best = int(np.argmax(seg))
+    strength = float(seg[best])
+    rest = np.concatenate([seg[: max(0, best - 3)], seg[best + 4 :]])
+    second = float(rest.max()) if rest.size else 0.0
+    confidence = 0.0 if strength <= 0 else max(0.0, 1.0 - second / strength)
+    return lo + best, strength, confidence
+
+
+def _refine(lines: np.ndarray, cut: int) -> int:
+    """The edge's exact line: the largest single-line step within two lines of ``cut``."""
+    lo, hi = max(1, cut - 2), min(len(lines) - 1, cut + 3)
+    steps = [float(np.abs(lines[y] - lines[y - 1]).mean()) for y in range(lo, hi)]
+    return lo + int(np.argmax(steps)) if steps else cut
+
+
+def _by_edges(g: _Grid) -> Detection:
+    cfg = g.cfg
+    segs: list[tuple[tuple[int, int], ...]] = []
+    confidences, notes = [], []
+    for axis, n in ((0, g.rows), (1, g.cols)):
+        lo, hi, _ = g.trim[axis]
+        (y0, y1, _), (x0, x1, _) = g.trim
+        region = g.a[y0:y1, x0:x1]
+        f = _edge_profile(_lines(region, axis), cfg)
+        pitch = (hi - lo) / n
+        name = "row" if axis == 0 else "column"
+        if pitch < cfg.min_panel_size:
+            raise PanelDetectionError(
+                f"cannot cut the grid into {g.rows}x{g.cols} panels: content of {hi - lo} px is too small "
+                f"for {n} panels of >= {cfg.min_panel_size} px"
+            )
+        if n == 1:
+            _no_edge_where_none_expected(f, g, axis, lo)
+            segs.append(((lo, hi),))
+            continue
+        cuts = [lo]
+        for i in range(1, n):
+            cut, strength, conf = _pick_edge(f, i * pitch, cfg.gutter_tolerance * pitch, cfg)
+            cut = _refine(_lines(region, axis), cut)
+            where = f"{name} boundary near {lo + round(i * pitch)} px"
+            if strength < cfg.min_edge_fraction:
+                raise PanelDetectionError(
+                    f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and no colour edge across the "
+                    f"image at the {where} (strongest covers {strength:.0%} of the span); rejected rather than guessed"
+                )
+            if conf < cfg.min_edge_confidence:
+                raise PanelDetectionError(
+                    f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and the colour edge at the "
+                    f"{where} is ambiguous (confidence {conf:.2f} < {cfg.min_edge_confidence}); rejected rather than guessed"
+                )
+            cuts += [lo + cut, lo + cut]
+            confidences.append(conf)
+            notes.append(f"{name} cut at {lo + cut} px (edge across {strength:.0%}, confidence {conf:.2f})")
+        cuts.append(hi)
+        segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
+    small = [b - a for s in segs for a, b in s if b - a < cfg.min_panel_size]
+    if small:
+        raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: panel of {small[0]} px "
+                                  f"is below min_panel_size={cfg.min_panel_size}")  # fmt: skip
+    detail = "no gutters; split at colour edges: " + "; ".join(notes)
+    return Detection(_boxes(segs[0], [segs[1]] * g.rows), "edges", min(confidences, default=1.0), detail)
+
+
+def _no_edge_where_none_expected(f: np.ndarray, g: _Grid, axis: int, lo: int) -> None:
+    """A strong edge across the whole span in the middle of an axis meant to hold one panel is a
+    second panel (the image shows more panels than the layout)."""
+    length = len(f)
+    mid = f[int(0.25 * length) : int(0.75 * length)]
+    if mid.size and float(mid.max()) >= cfg_strong(g.cfg):
+        at = lo + int(0.25 * length) + int(np.argmax(mid))
+        shown = (2, g.cols) if axis == 0 else (g.rows, 2)
+        raise PanelCountMismatch(
+            g.rows * g.cols, shown[0] * shown[1], g.rows, g.cols,
+            f"{shown[0]}x{shown[1]}: no gutters, but a colour edge crosses the whole image at "
+            f"{'y' if axis == 0 else 'x'}={at} px", shown=shown,
+        )  # fmt: skip
+
+
+def cfg_strong(cfg: PanelsConfig) -> float:
+    return max(cfg.min_edge_fraction, 0.85)
+
+
+def analyse_grid(arr: np.ndarray, rows: int, cols: int, cfg: PanelsConfig) -> Detection:
+    """Panel boxes of an RGB uint8 array (see the module docstring); raises PanelDetectionError."""
+    grid = _Grid(arr, rows, cols, cfg)
+    found = _by_gutters(grid)
+    return found if found is not None else _by_edges(grid)
