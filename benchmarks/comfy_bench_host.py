@@ -48,12 +48,14 @@ def add_host_args(ap) -> None:
 
 
 class Host:
-    def __init__(self, threads: int = 2, attention: str = "pytorch") -> None:
+    def __init__(self, threads: int = 2, attention: str = "pytorch", cpu: bool = True, extra_args: tuple[str, ...] = ()) -> None:
+        """``cpu=False`` lets ComfyUI pick its GPU as in a normal install; ``extra_args``: more ComfyUI
+        command-line flags (both for the GPU suite)."""
         torch.set_num_threads(threads)
         root = str(find_comfyui())
         sys.path.insert(0, root)
         argv = sys.argv[:]
-        sys.argv[:] = [argv[0], "--cpu", *ATTENTION_FLAGS[attention]]
+        sys.argv[:] = [argv[0], *(["--cpu"] if cpu else []), *ATTENTION_FLAGS[attention], *extra_args]
         importlib.import_module("comfy.options").enable_args_parsing()
         importlib.import_module("comfy.cli_args")
         sys.argv[:] = argv

@@ -172,6 +172,15 @@ def build_model(model_cfg: ModelConfig, net: NetworkConfig, gradient_checkpointi
                 device: str | torch.device = "cpu") -> DSDTransformer:  # fmt: skip
     """Frozen base + trainable LoRA (+ embedder). With the release: continue its LoRA (same rank) or merge it."""
     model, release_lora = load_base(model_cfg, device)
+    return make_trainable(model, model_cfg, net, release_lora, gradient_checkpointing)
+
+
+def make_trainable(model: DSDTransformer, model_cfg: ModelConfig, net: NetworkConfig,
+                   release_lora: dict[str, LoraPair] | None = None, gradient_checkpointing: bool = False) -> DSDTransformer:  # fmt: skip
+    """A loaded DSD transformer (any source: files, or random weights built on the GPU by the GPU suite) ->
+    frozen base + trainable LoRA (+ embedder), exactly as training runs it."""
+    model.requires_grad_(False)
+    model.c_embedder.to(dtype=torch.float32)
     if release_lora is not None and not (net.init_from_release and release_lora and
                                          next(iter(release_lora.values())).rank == net.rank):  # fmt: skip
         from dsd.weights.lora import merge_lora
