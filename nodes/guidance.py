@@ -1,11 +1,17 @@
 """DSD Guider: DSD's two-scale true CFG on ComfyUI's sampler (SamplerCustomAdvanced).
 
-Branches (docs/method.md §2), all through ``comfy.samplers.calc_cond_batch`` in ONE batched call:
+Branches (DSD.md section 2), all through ``comfy.samplers.calc_cond_batch`` in ONE batched call:
 ``e_full`` = positive + reference, ``e_t0`` = negative + reference, ``e_00`` = negative + zero tokens;
-``e = e_00 + s_i (e_t0 - e_00) + s_t (e_full - e_t0)`` (``dsd.sampler.combine_cfg``). As the authors,
-true CFG runs only when ``s_i > 1`` and from step ``cfg_start_step`` on; otherwise one pass (``e_full``).
-The combination is linear with weights summing to one, so applying it to ComfyUI's denoised
-predictions equals applying it to FLUX's velocities.
+``e = e_00 + s_i (e_t0 - e_00) + s_t (e_full - e_t0)``. As the authors, true CFG runs only when
+``s_i > 1`` and from step ``cfg_start_step`` on; otherwise one pass (``e_full``).
+
+The combination goes through ``comfy.samplers.cfg_function`` the way ComfyUI's own
+``Guider_DualCFG`` (non-nested) does, ``cfg_function(e_t0 vs e_00, s_i) + (e_full - e_t0) s_t``, so
+``sampler_cfg_function`` / ``sampler_post_cfg_function`` patches (RescaleCFG, other packs) apply; with
+no patch it is the formula above, operation for operation (``dsd.sampler.combine_cfg``). One-pass
+steps go through it as ComfyUI's CFGGuider does at cfg 1 (no uncond). The combination is linear with
+weights summing to one, so applying it to ComfyUI's denoised predictions equals applying it to FLUX's
+velocities.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import node_helpers
 import torch
 from comfy_api.latest import io
 
-from ..dsd.sampler import GuidanceConfig, combine_cfg
+from ..dsd.sampler import GuidanceConfig
 from .errors import DSDNodeError
 from .patch import has_dsd, with_zero_tokens
 
@@ -41,11 +47,18 @@ class GuiderDSD(comfy.samplers.CFGGuider):
         positive = self.conds.get("positive")
         step = step_index(timestep, model_options)
         if not self.config.true_cfg or (step is not None and step < self.config.cfg_start_step):
-            return comfy.samplers.calc_cond_batch(self.inner_model, [positive], x, timestep, model_options)[0]
-        e_full, e_t0, e_00 = comfy.samplers.calc_cond_batch(
-            self.inner_model, [positive, self.conds.get("middle"), self.conds.get("negative")], x, timestep, model_options
-        )
-        return combine_cfg(e_full, e_t0, e_00, self.config.image_guidance, self.config.text_guidance)
+            # a None cond costs no model pass: calc_cond_batch hands back zeros, as in ComfyUI's cfg-1 path
+            e_full, none = comfy.samplers.calc_cond_batch(self.inner_model, [positive, None], x, timestep, model_options)
+            return comfy.samplers.cfg_function(
+                self.inner_model, e_full, none, 1.0, x, timestep, model_options=model_options, cond=positive, uncond=None
+            )
+        middle, negative = self.conds.get("middle"), self.conds.get("negative")
+        e_full, e_t0, e_00 = comfy.samplers.calc_cond_batch(self.inner_model, [positive, middle, negative], x, timestep, model_options)
+        image_cfg = comfy.samplers.cfg_function(
+            self.inner_model, e_t0, e_00, self.config.image_guidance, x, timestep, model_options=model_options,
+            cond=middle, uncond=negative,
+        )  # fmt: skip
+        return image_cfg + (e_full - e_t0) * self.config.text_guidance
 
 
 class DSDGuider(io.ComfyNode):
