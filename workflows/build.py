@@ -1,6 +1,11 @@
 """Writes the DSD example workflows in both formats from one description.
 
-    python workflows/build.py            # rewrites workflows/*.json (UI) and workflows/api/*.json (API)
+    python workflows/build.py            # rewrites workflows/*.json (UI), workflows/api/*.json (API)
+                                         # and the template thumbnails workflows/*.jpg
+
+Adding a workflow: write a function returning a ``Graph`` below and append it to ``WORKFLOWS``; it
+gets both files and a thumbnail (``thumbnails.py`` draws a generic card for a name it has no painter
+for; add one there to show what the graph adds).
 
 UI format (``workflows/<name>.json``): the LiteGraph document the ComfyUI frontend saves and
 loads (drag it onto the canvas; ComfyUI also lists it under the pack's templates).
@@ -191,8 +196,9 @@ def dsd_prompt_enhance() -> Graph:
     g.add("PreviewAny", (860, 900), size=(400, 160), title="Enhanced prompt", source=out(enhance, 0))
     g.add("PreviewAny", (860, 1100), size=(400, 160), title="Caption of the reference", source=out(enhance, 1))
     _sample(g, n, 1260, 60, out(n["ref"], 0), out(n["ref"], 1), prefix="DSD/enhanced")
-    g.note(MODELS_NOTE + "\n\nAPI keys: set GEMINI_API_KEY (or OPENAI_API_KEY) before starting ComfyUI, or the "
-           "settings DSD.GeminiApiKey / DSD.OpenAIApiKey. Keys never go into the workflow. For a local server "
+    g.note(MODELS_NOTE + "\n\nAPI keys: set GEMINI_API_KEY (or OPENAI_API_KEY) before starting ComfyUI, or enter "
+           "the key in Settings > DSD (kept on the server, never readable back). Keys never go into the workflow. "
+           "For a local server "
            "choose openai-compatible and set base_url, e.g. http://127.0.0.1:11434/v1 (Ollama).", (40, 1200))
     return g
 
@@ -364,16 +370,38 @@ def to_ui(g: Graph) -> dict[str, Any]:
     }
 
 
+def _thumbnails():
+    """thumbnails.py beside this file (this script is run by path, not imported as a package)."""
+    import importlib.util
+    import sys
+
+    name = "dsd_workflows_thumbnails"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE / "thumbnails.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # atomic: a reader never sees half a workflow
+
+
 def write_all(root: Path = HERE) -> list[Path]:
     written = []
     (root / "api").mkdir(exist_ok=True)
+    thumbnails = _thumbnails()
     for make in WORKFLOWS:
         g = make()
         for path, doc in ((root / f"{g.name}.json", to_ui(g)), (root / "api" / f"{g.name}.json", to_api(g))):
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            tmp.replace(path)  # atomic: a reader never sees half a workflow
+            _write_atomic(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
             written.append(path)
+        # ComfyUI's templates browser (frontend 1.35.9) asks for <name>.jpg beside <name>.json.
+        thumbnail = root / f"{g.name}.jpg"
+        _write_atomic(thumbnail, thumbnails.jpeg_bytes(thumbnails.draw_card(g.name, g.description)))
+        written.append(thumbnail)
     return written
 
 
