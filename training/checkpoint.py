@@ -1,12 +1,21 @@
-"""Training checkpoints: exact resume, atomic directories, rotation.
+"""Training checkpoints: accelerate's ``save_state`` / ``load_state`` inside atomic, rotated step folders.
 
-A checkpoint ``<output_dir>/checkpoints/step-000123/`` holds everything the next step depends
-on: the trainable parameters (``trainable.safetensors``), the EMA copy, the optimizer and LR
-scheduler state (``optimizer.pt``, the project's own state, loaded with ``weights_only``), the
-RNG states (python, numpy, torch CPU/CUDA and the objective's generator) and the data cursor
-(epoch, batch position) in ``state.json``. It is built in a temporary sibling and renamed into
-place (``dsd.io.atomic_directory``): ``kill -9`` during a save leaves the previous checkpoint
-untouched and only a ``.step-*.tmp`` folder, removed on the next start.
+``<output_dir>/checkpoints/step-000123/`` holds everything the next step depends on:
+
+* ``trainable.safetensors`` (+ ``ema.safetensors``): the trainable parameters (LoRA + condition embedder)
+  and their EMA, by name. Our ``save_state`` pre-hook writes them and takes the model out of accelerate's
+  list: accelerate would write the whole model, frozen 12 B base included, into every checkpoint.
+* ``optimizer.bin`` and ``random_states_<rank>.pkl``: accelerate's own files.
+* ``custom_checkpoint_0.pkl`` (LR scheduler) and ``custom_checkpoint_1.pkl`` (EMA counters), the objects
+  given to ``accelerator.register_for_checkpointing``. The scheduler is not ``prepare``d: accelerate's
+  wrapper steps it once per process per optimizer step, which would break "W processes == 1 process with
+  W-fold accumulation".
+* ``state.json``: step, data cursor and run metadata, readable without unpickling (export, rotation).
+
+The folder is built in a temporary sibling that every rank writes into (accelerate writes one RNG file
+per rank) and rank 0 renames into place (``dsd.io.atomic_directory``): ``kill -9`` during a save leaves
+the previous checkpoint untouched and only a ``.step-*.tmp`` folder, removed on the next start. Exact
+resume needs no RNG state: the objective's generator is reseeded per batch (:func:`training.data.batch_seed`).
 """
 
 from __future__ import annotations
@@ -14,15 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dsd.io import atomic_directory, clean_stale_temporaries
@@ -31,8 +39,13 @@ logger = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"^step-(\d{6,})$")
 STATE_FILE = "state.json"
-# Test hook: seconds to sleep inside the atomic directory write (after the files, before the rename).
-SAVE_SLEEP_ENV = "DSD_TRAINING_TEST_SAVE_SLEEP"
+TRAINABLE_FILE = "trainable.safetensors"
+EMA_FILE = "ema.safetensors"
+OPTIMIZER_FILE = "optimizer.bin"  # accelerate's name (OPTIMIZER_NAME + ".bin")
+
+# Called as hook(step, temporary_folder) on rank 0 once a checkpoint's files are complete, before the folder
+# is renamed into place. Tests append to it to stop a process in the middle of a save.
+BEFORE_COMMIT: list[Callable[[int, Path], None]] = []
 
 
 class CheckpointError(ValueError):
@@ -46,6 +59,18 @@ class Cursor:
     epoch: int = 0
     position: int = 0
     samples_seen: int = 0
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the optimizer and what the loop advances."""
+
+    named: dict[str, torch.nn.Parameter]  # trainable parameters, in the optimizer's order
+    scheduler: Any
+    ema: Any = None  # diffusers.training_utils.EMAModel over named.values(), or None
+    cursor: Cursor = field(default_factory=Cursor)
+    step: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -70,133 +95,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def rng_state(generator: torch.Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    plain = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    tensors = {"torch_cpu": torch.get_rng_state(), "objective": generator.get_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda_{i}"] = s
-    return plain, tensors
-
-
-def set_rng_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor], generator: torch.Generator) -> None:
-    py = plain["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = plain["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(tensors["torch_cpu"])
-    generator.set_state(tensors["objective"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def save_checkpoint(
-    output_dir: str | Path,
-    step: int,
-    trainable: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    generator: torch.Generator,
-    cursor: Cursor,
-    ema: dict[str, torch.Tensor] | None = None,
-    meta: dict[str, Any] | None = None,
-    keep_last: int = 0,
-    optimizer_state: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``step-<step>`` atomically, then remove all but the newest ``keep_last`` (0 = keep all).
-
-    ``trainable`` must hold full (unsharded) tensors and ``optimizer_state`` (default:
-    ``optimizer.state_dict()``) the full optimizer state; under FSDP pass what
-    :func:`gather_full_state` returned on rank 0.
-    """
-    from safetensors.torch import save_file
-
-    root = checkpoint_root(output_dir)
-    dest = root / f"step-{step:06d}"
-    plain, rng_tensors = rng_state(generator)
-    with atomic_directory(dest) as tmp:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        if ema is not None:
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-        save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
-        opt_state = optimizer_state if optimizer_state is not None else optimizer.state_dict()
-        torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        state = {"step": step, "cursor": cursor.__dict__, "rng": plain, "meta": meta or {}, "time": time.time()}
-        (tmp / STATE_FILE).write_text(json.dumps(state, sort_keys=True))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _test_hook_sleep(step)
-    if keep_last > 0:
-        for _, old in list_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
-def _test_hook_sleep(step: int) -> None:
-    """``DSD_TRAINING_TEST_SAVE_SLEEP=SECONDS`` or ``STEP:SECONDS``: let a test kill the process mid-save."""
-    spec = os.environ.get(SAVE_SLEEP_ENV, "")
-    if not spec:
-        return
-    at, _, seconds = spec.rpartition(":")
-    if not at or int(at) == step:
-        time.sleep(float(seconds))
-
-
-@dataclass
-class Resumed:
-    step: int
-    cursor: Cursor
-    meta: dict[str, Any]
-
-
-def load_checkpoint(
-    path: str | Path,
-    trainable: dict[str, torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    generator: torch.Generator | None = None,
-    ema: dict[str, torch.Tensor] | None = None,
-) -> Resumed:
-    """Restore a checkpoint in place; names/shapes must match the model being trained."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"{path}: not a complete checkpoint (no {STATE_FILE}); pick another or start fresh")
-    state = json.loads((path / STATE_FILE).read_text())
-    saved = load_file(str(path / "trainable.safetensors"))
-    if set(saved) != set(trainable):
-        diff = sorted(set(saved) ^ set(trainable))[:3]
-        raise CheckpointError(
-            f"{path}: trainable parameters differ from this model (e.g. {diff}); was it made with another "
-            "network.rank / target_modules? Resume with the same [network] settings or start a new output_dir"
-        )
-    with torch.no_grad():
-        for name, p in trainable.items():
-            if saved[name].shape != p.shape:
-                raise CheckpointError(f"{path}: {name} is {tuple(saved[name].shape)}, the model has {tuple(p.shape)}")
-            p.copy_(saved[name].to(p.dtype))
-    if ema is not None and (path / "ema.safetensors").is_file():
-        for k, v in load_file(str(path / "ema.safetensors")).items():
-            ema[k].copy_(v)
-    if optimizer is not None or scheduler is not None:
-        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        if optimizer is not None:
-            optimizer.load_state_dict(opt["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(opt["scheduler"])
-    if generator is not None:
-        set_rng_state(state["rng"], load_file(str(path / "rng.safetensors")), generator)
-    return Resumed(step=int(state["step"]), cursor=Cursor(**state["cursor"]), meta=state.get("meta", {}))
-
-
 def find_resume(output_dir: str | Path, resume: str, clean: bool = True) -> Path | None:
     """``resume``: "auto" (latest in output_dir, if any), "none", or a checkpoint path.
 
@@ -213,6 +111,182 @@ def find_resume(output_dir: str | Path, resume: str, clean: bool = True) -> Path
     if not (p / STATE_FILE).is_file():
         raise CheckpointError(f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE})")
     return p
+
+
+def rotate(output_dir: str | Path, keep_last: int) -> None:
+    """Remove all but the newest ``keep_last`` complete checkpoints (0 = keep all)."""
+    if keep_last > 0:
+        for _, old in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"{path}: not a complete checkpoint (no {STATE_FILE}); pick another or start fresh")
+    if not (path / OPTIMIZER_FILE).is_file():
+        raise CheckpointError(f"{path}: no {OPTIMIZER_FILE}; it was written by an older trainer. Resume with that "
+                              "version, or start over (--resume none or a new saving.output_dir)")  # fmt: skip
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def load_trainable(path: str | Path, named: dict[str, torch.nn.Parameter], file: str = TRAINABLE_FILE) -> None:
+    """Copy a checkpoint's trainable tensors into ``named`` (same names and shapes, or CheckpointError)."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(path) / file))
+    _check_names(path, saved, named)
+    with torch.no_grad():
+        for name, p in named.items():
+            if saved[name].shape != p.shape:
+                raise CheckpointError(f"{path}: {name} is {tuple(saved[name].shape)}, the model has {tuple(p.shape)}")
+            p.copy_(saved[name].to(p.dtype))
+
+
+def _check_names(path: str | Path, saved: dict[str, Any] | list[str], names: dict[str, Any] | list[str]) -> None:
+    if set(saved) != set(names):
+        diff = sorted(set(saved) ^ set(names))[:3]
+        raise CheckpointError(
+            f"{path}: trainable parameters differ from this model (e.g. {diff}); was it made with another "
+            "network.rank / target_modules? Resume with the same [network] settings or start a new output_dir"
+        )
+
+
+def _fp32_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+
+
+class _EmaCounters:
+    """The EMA's settings and step counter for ``register_for_checkpointing``; its tensors go to ema.safetensors."""
+
+    def __init__(self, state: TrainState) -> None:
+        self.state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.state.ema is None:
+            return {}
+        return {k: v for k, v in self.state.ema.state_dict().items() if k != "shadow_params"}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if self.state.ema is not None and saved:
+            self.state.ema.load_state_dict(saved)
+
+
+class Checkpointer:
+    """Saves and restores a :class:`TrainState` with ``accelerator`` (collective: call on every rank).
+
+    Under FSDP accelerate's ``save_state`` writes the whole sharded model, frozen base included; there the
+    trainable parameters and AdamW state are gathered to rank 0 with ``torch.distributed.checkpoint``
+    (:func:`gather_full_state`) and written to the same files, so one format serves every launch mode.
+    """
+
+    def __init__(self, accelerator: Any, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 fsdp: bool = False) -> None:  # fmt: skip
+        self.acc, self.state, self.model, self.optimizer, self.fsdp = accelerator, state, model, optimizer, fsdp
+        self.custom = [state.scheduler, _EmaCounters(state)]  # index = custom_checkpoint_<i>.pkl
+        accelerator.register_for_checkpointing(*self.custom)
+        accelerator.register_save_state_pre_hook(self._save_hook)
+        accelerator.register_load_state_pre_hook(self._load_hook)
+
+    # -- saving ----------------------------------------------------------------------------------
+    def save(self, output_dir: str | Path, keep_last: int = 0) -> Path | None:
+        """Write ``step-<step>`` atomically, then keep the newest ``keep_last`` (0 = all). Rank 0 gets the path."""
+        dest = checkpoint_root(output_dir) / f"step-{self.state.step:06d}"
+        gathered = gather_full_state(self.model, self.optimizer, list(self.state.named)) if self.fsdp else None
+        if self.acc.is_main_process:
+            with atomic_directory(dest) as tmp:
+                self._write(self._shared(tmp), gathered)
+            rotate(output_dir, keep_last)
+        else:
+            self._write(self._shared(None), gathered)
+        self.acc.wait_for_everyone()
+        return dest if self.acc.is_main_process else None
+
+    def _shared(self, tmp: Path | None) -> Path:
+        """Rank 0's temporary folder, on every rank."""
+        box = [str(tmp) if tmp is not None else None]
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(box)
+        return Path(box[0])
+
+    def _write(self, tmp: Path, gathered: tuple[dict[str, torch.Tensor], dict[str, Any]] | None) -> None:
+        if gathered is None:
+            self.acc.save_state(str(tmp))
+        elif self.acc.is_main_process:
+            self._write_gathered(tmp, *gathered)
+        self.acc.wait_for_everyone()  # every rank's files are in tmp before rank 0 seals it
+        if not self.acc.is_main_process:
+            return
+        state = {"step": self.state.step, "cursor": self.state.cursor.__dict__, "meta": self.state.meta, "time": time.time()}
+        (tmp / STATE_FILE).write_text(json.dumps(state, sort_keys=True))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        for hook in BEFORE_COMMIT:
+            hook(self.state.step, tmp)
+
+    def _save_hook(self, models: list, weights: list, output_dir: str) -> None:
+        weights.clear()  # accelerate must not write model.safetensors (the full model)
+        if self.acc.is_main_process:
+            self._write_tensors(Path(output_dir), _fp32_cpu(self.state.named))
+
+    def _write_tensors(self, folder: Path, trainable: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        save_file(trainable, str(folder / TRAINABLE_FILE))
+        if self.state.ema is not None:
+            shadow = dict(zip(self.state.named, self.state.ema.shadow_params, strict=True))
+            save_file(_fp32_cpu(shadow), str(folder / EMA_FILE))
+
+    def _write_gathered(self, tmp: Path, params: dict[str, torch.Tensor], optim_state: dict[str, Any]) -> None:
+        from accelerate.checkpointing import save_custom_state
+
+        self._write_tensors(tmp, params)
+        torch.save(optim_state, tmp / OPTIMIZER_FILE)
+        for i, obj in enumerate(self.custom):
+            save_custom_state(obj, str(tmp), i)
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore ``path`` into the state, the optimizer and the RNGs; returns the checkpoint's metadata."""
+        saved = read_state(path)
+        if self.fsdp:
+            self._load_gathered(Path(path))
+        else:
+            self.acc.load_state(str(path))
+        # Each optimizer step runs all its micro-steps, so accelerate's micro-step counter restarts at a step
+        # boundary; its saved value belongs to the old accumulation, which another world size changes.
+        self.acc.step = 0
+        self.state.step, self.state.cursor = int(saved["step"]), Cursor(**saved["cursor"])
+        return saved.get("meta", {})
+
+    def _load_hook(self, models: list, input_dir: str) -> None:
+        models.clear()  # there is no model.safetensors; the trainable tensors are restored here
+        self._load_tensors(Path(input_dir))
+
+    def _load_tensors(self, path: Path) -> None:
+        load_trainable(path, self.state.named)
+        ema = self.state.ema
+        if ema is None:
+            return
+        if (path / EMA_FILE).is_file():
+            from safetensors.torch import load_file
+
+            shadow = load_file(str(path / EMA_FILE))
+            _check_names(path, shadow, self.state.named)
+            ema.shadow_params = [shadow[n].to(p.device, p.dtype) for n, p in self.state.named.items()]
+        else:
+            logger.warning("%s has no EMA; the EMA restarts from the resumed weights", path)
+            ema.shadow_params = [p.detach().clone() for p in self.state.named.values()]
+
+    def _load_gathered(self, path: Path) -> None:
+        from accelerate.checkpointing import load_custom_state
+
+        load_sharded_state(path, self.model, self.optimizer, list(self.state.named), self.acc.is_main_process)
+        for i, obj in enumerate(self.custom):
+            load_custom_state(obj, str(path), i)
 
 
 # -- FSDP: full state out of / into a sharded model ---------------------------------------------
@@ -257,36 +331,19 @@ def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return {n: params[n].float() for n in names}, optim_state
 
 
-def load_checkpoint_sharded(
-    path: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    names: list[str],
-    is_main: bool,
-    scheduler: Any = None,
-    generator: torch.Generator | None = None,
-) -> Resumed:
-    """Collective twin of :func:`load_checkpoint` for an FSDP-wrapped model (after ``accelerator.prepare``).
-
-    Rank 0 reads the full tensors and broadcasts them; every rank keeps only its shards.
-    """
+def load_sharded_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
+                       is_main: bool) -> None:  # fmt: skip
+    """Collective: rank 0 reads a checkpoint's parameters and optimizer state and broadcasts them; each rank keeps its shards."""
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"{path}: not a complete checkpoint (no {STATE_FILE}); pick another or start fresh")
-    state = json.loads((path / STATE_FILE).read_text())
     params: dict[str, torch.Tensor] = {}
     optim: dict[str, Any] = {}
-    opt: dict[str, Any] = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     if is_main:
-        params = load_file(str(path / "trainable.safetensors"))
-        if set(params) != set(names):
-            diff = sorted(set(params) ^ set(names))[:3]
-            raise CheckpointError(f"{path}: trainable parameters differ from this model (e.g. {diff}); resume with the "
-                                  "same [network] settings or start a new output_dir")  # fmt: skip
-        saved = opt["optimizer"]
+        params = load_file(str(path / TRAINABLE_FILE))
+        _check_names(path, params, names)
+        saved = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
         optim = {
             "state": {names[int(i)]: v for i, v in saved["state"].items()},
             "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in saved["param_groups"]],
@@ -296,8 +353,3 @@ def load_checkpoint_sharded(
     # and would skip the model broadcast those ranks must join.
     set_model_state_dict(model, params, options=opts)
     set_optimizer_state_dict(model, _inner_optimizer(optimizer), optim, options=opts)
-    if scheduler is not None:
-        scheduler.load_state_dict(opt["scheduler"])
-    if generator is not None:
-        set_rng_state(state["rng"], load_file(str(path / "rng.safetensors")), generator)
-    return Resumed(step=int(state["step"]), cursor=Cursor(**state["cursor"]), meta=state.get("meta", {}))

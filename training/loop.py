@@ -10,29 +10,26 @@ each checkpoint) reads the same batches and draws the same noise as an uninterru
 any number of processes. Only rank 0 writes checkpoints, the adapter, samples and TensorBoard.
 Under FSDP the full trainable and optimizer state is gathered to rank 0 for each save and
 broadcast back from it on resume (:mod:`training.checkpoint`).
+
+Libraries do the generic parts: ``accelerator.accumulate`` (gradient sync only on a step's last
+micro-step, loss scaled by the accumulation), ``accelerator.save_state``/``load_state``
+(:class:`training.checkpoint.Checkpointer`), diffusers' ``EMAModel`` and ``get_scheduler``.
+Our own data loader stays: accelerate's would shard per rank and reseed per process, which
+breaks the rank-independent plan above.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
 from .cache import CachedSource, Encoders, EncodingSource, collate
-from .checkpoint import (
-    Cursor,
-    find_resume,
-    gather_full_state,
-    load_checkpoint,
-    load_checkpoint_sharded,
-    save_checkpoint,
-)
+from .checkpoint import Checkpointer, TrainState, find_resume, gather_full_state
 from .config import ConfigError, OptimizerConfig, TrainConfig
 from .data import BatchStream, batch_seed
 from .export import adapter_from_trainable, write_adapter, write_release_layout
@@ -62,25 +59,11 @@ def make_optimizer(cfg: OptimizerConfig, params: list[torch.nn.Parameter]) -> to
 
 
 def make_scheduler(cfg: OptimizerConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    """diffusers' schedules (a LambdaLR: its state is the step count, saved with each checkpoint)."""
+    from diffusers.optimization import get_scheduler
+
     warm = max(0, cfg.warmup_steps) if cfg.scheduler != "constant" else 0
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.scheduler in ("constant", "constant_with_warmup"):
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-        if cfg.scheduler == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    return get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warm, num_training_steps=total_steps)
 
 
 @dataclass
@@ -104,6 +87,31 @@ class TrainSummary:
     distributed_type: str = "NO"
 
 
+@dataclass
+class Run:
+    """One training run's parts, built by :func:`_setup`."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    fsdp: bool
+    source: CachedSource | EncodingSource
+    encoders: Encoders | None
+    model: torch.nn.Module  # as prepared by accelerate (DDP / FSDP wrapper, or the model itself)
+    optimizer: Any
+    state: TrainState
+    checkpointer: Checkpointer
+    stream: BatchStream
+    clip_params: list[torch.nn.Parameter]
+    summary: TrainSummary
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator("cpu"))
+    writer: Any = None
+    validator: Validator | None = None
+
+    @property
+    def out_dir(self) -> Path:
+        return self.summary.output_dir
+
+
 def _device(cfg: TrainConfig) -> str:
     if cfg.training.device != "auto":
         return cfg.training.device
@@ -112,157 +120,198 @@ def _device(cfg: TrainConfig) -> str:
 
 def train(cfg: TrainConfig, resume: str = "auto", progress: bool = True) -> TrainSummary:
     """Train per ``cfg``; resume from the latest checkpoint in ``saving.output_dir`` by default."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType
-
     t_start = time.perf_counter()
+    run = _setup(cfg)
+    _resume(run, resume)
+    pbar = _progress_bar(run, progress)
+    run_start = time.perf_counter()
+    while run.state.step < cfg.training.steps:
+        loss, stats = _optimizer_step(run)
+        _log(run, loss, stats, pbar)
+        _save_and_validate(run)
+    if pbar is not None:
+        pbar.close()
+    summary = run.summary
+    summary.steps_done = run.state.step - summary.start_step
+    summary.seconds_per_step = (time.perf_counter() - run_start) / max(1, summary.steps_done)
+    if summary.losses:
+        summary.first_loss, summary.final_loss = summary.losses[0], summary.losses[-1]
+    _finish(run)
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
     device = _device(cfg)
     mp = cfg.training.mixed_precision if device != "cpu" else "no"
     # cpu=True makes accelerate use DistributedType.MULTI_CPU (DDP over gloo) under torchrun; without it a
     # CUDA-less multi-process launch silently becomes W independent single-process runs.
     accelerator = Accelerator(mixed_precision=mp, cpu=device == "cpu")
-    world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    # Known only now (it depends on the world size): accumulate() and backward() read it at each call.
+    accelerator.gradient_accumulation_steps = cfg.grad_accumulation(accelerator.num_processes)
+    return accelerator
+
+
+def _setup(cfg: TrainConfig) -> Run:
+    """Accelerator, data source, model, optimizer, scheduler, EMA, checkpointer, writers."""
+    from accelerate.utils import DistributedType, set_seed
+
+    accelerator = _accelerator(cfg)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     if fsdp and cfg.training.ema_decay > 0:
         raise ConfigError("training.ema_decay > 0 is not supported with FSDP (the EMA copy would be sharded); "
                           "set training.ema_decay = 0 or launch with DDP")  # fmt: skip
-    accum = cfg.grad_accumulation(world)
     out_dir = Path(cfg.saving.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.training.seed)
-
+    set_seed(cfg.training.seed)
     dev = accelerator.device
     need_encoders = not cfg.dataset.cache_dir or (cfg.sampling.every > 0 and bool(cfg.model.flux))
     encoders = Encoders(cfg.model.flux, device=dev, max_sequence_length=cfg.model.max_sequence_length) if need_encoders else None
     source = CachedSource(cfg.dataset.cache_dir) if cfg.dataset.cache_dir else EncodingSource(cfg, encoders)
 
-    model = build_model(cfg.model, cfg.network, cfg.training.gradient_checkpointing, device=dev)
-    model.to(dev)
+    model = build_model(cfg.model, cfg.network, cfg.training.gradient_checkpointing, device=dev).to(dev)
     named = trainable_parameters(model)
-    names = list(named)
     optimizer = make_optimizer(cfg.optimizer, list(named.values()))
-    scheduler = make_scheduler(cfg.optimizer, optimizer, cfg.training.steps)
-    ema = {n: p.detach().clone().float() for n, p in named.items()} if cfg.training.ema_decay > 0 else None
-    # Reseeded per batch (batch_seed) before each micro-step: the same stream on every rank, saved for old checkpoints.
-    generator = torch.Generator("cpu").manual_seed(cfg.training.seed)
-
-    summary = TrainSummary(output_dir=out_dir, grad_accumulation=accum, world_size=world, is_main=is_main,
+    state = TrainState(named=named, scheduler=make_scheduler(cfg.optimizer, optimizer, cfg.training.steps),
+                       ema=_make_ema(cfg, named), meta=_meta(cfg, source, accelerator))  # fmt: skip
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    world, accum = accelerator.num_processes, accelerator.gradient_accumulation_steps
+    summary = TrainSummary(output_dir=out_dir, grad_accumulation=accum, world_size=world, is_main=accelerator.is_main_process,
                            distributed_type=str(accelerator.distributed_type.value),
                            trainable_params=sum(p.numel() for p in named.values()), samples=len(source))  # fmt: skip
-    cursor = Cursor()
-    step = 0
-    if is_main:
-        find_resume(out_dir, "none")  # removes torn temporaries of a killed save, once
-    accelerator.wait_for_everyone()
-    ckpt = find_resume(out_dir, resume, clean=False)
-    if ckpt is not None and not fsdp:
-        r = load_checkpoint(ckpt, named, optimizer, scheduler, generator, ema)
-        step, cursor = r.step, r.cursor
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
-    if ckpt is not None and fsdp:  # the optimizer state must be loaded into the sharded optimizer
-        r = load_checkpoint_sharded(ckpt, wrapped, optimizer, names, is_main, scheduler, generator)
-        step, cursor = r.step, r.cursor
+    return Run(
+        cfg=cfg, accelerator=accelerator, fsdp=fsdp, source=source, encoders=encoders, model=wrapped,
+        optimizer=optimizer, state=state, checkpointer=Checkpointer(accelerator, state, wrapped, optimizer, fsdp),
+        stream=BatchStream(list(source.buckets), cfg.training.batch_size, cfg.training.seed, world, accum,
+                           accelerator.process_index),
+        # FSDP1 only computes the global grad norm through the wrapper's own clip_grad_norm_, which accelerate
+        # calls when it is given all of the model's parameters (frozen ones have no grad and are skipped).
+        clip_params=list(wrapped.parameters()) if fsdp else list(named.values()),
+        summary=summary, writer=_writer(cfg, accelerator, out_dir),
+        # FSDP forward passes are collective: every rank samples, rank 0 writes. DDP: rank 0 alone, unwrapped.
+        validator=Validator(cfg, source, encoders) if cfg.sampling.every > 0 and (accelerator.is_main_process or fsdp) else None,
+    )  # fmt: skip
+
+
+def _make_ema(cfg: TrainConfig, named: dict[str, torch.nn.Parameter]):
+    """diffusers' EMAModel: decay (1 + n) / (10 + n) after n updates, capped at training.ema_decay."""
+    if cfg.training.ema_decay <= 0:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(list(named.values()), decay=cfg.training.ema_decay, foreach=True)
+
+
+def _meta(cfg: TrainConfig, source: CachedSource | EncodingSource, accelerator: Any) -> dict[str, Any]:
+    return {"dataset_hash": source.dataset_hash, "config_steps": cfg.training.steps,
+            "world_size": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type.value)}  # fmt: skip
+
+
+def _writer(cfg: TrainConfig, accelerator: Any, out_dir: Path):
+    if not (accelerator.is_main_process and cfg.logging.tensorboard):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=cfg.logging.log_dir or str(out_dir / "logs"))
+
+
+def _resume(run: Run, resume: str) -> None:
+    acc = run.accelerator
+    if acc.is_main_process:
+        find_resume(run.out_dir, "none")  # removes torn temporaries of a killed save, once
+    acc.wait_for_everyone()
+    ckpt = find_resume(run.out_dir, resume, clean=False)
     if ckpt is not None:
-        saved_world = r.meta.get("world_size", world)
-        if saved_world != world:
+        saved = run.checkpointer.load(ckpt)
+        saved_world = saved.get("world_size", acc.num_processes)
+        if saved_world != acc.num_processes:
             logger.warning("resuming a %s-process checkpoint with %d processes: the data order continues, the batches "
-                           "per step follow the new world size", saved_world, world)  # fmt: skip
-        summary.resumed_from = str(ckpt)
-        logger.info("resumed from %s (step %d, epoch %d)", ckpt, step, cursor.epoch)
-    summary.start_step = step
-    wrapped.train()
-    # FSDP1 only computes the global grad norm through the wrapper's own clip_grad_norm_, which accelerate calls
-    # when it is given all of the model's parameters (frozen ones have no grad and are skipped).
-    clip_params = list(wrapped.parameters()) if fsdp else list(named.values())
+                           "per step follow the new world size", saved_world, acc.num_processes)  # fmt: skip
+        run.summary.resumed_from = str(ckpt)
+        logger.info("resumed from %s (step %d, epoch %d)", ckpt, run.state.step, run.state.cursor.epoch)
+    run.summary.start_step = run.state.step
+    run.model.train()
 
-    writer = None
-    if is_main and cfg.logging.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=cfg.logging.log_dir or str(out_dir / "logs"))
-    # FSDP forward passes are collective: every rank samples, rank 0 writes. DDP: rank 0 alone, unwrapped.
-    validator = Validator(cfg, source, encoders) if cfg.sampling.every > 0 and (is_main or fsdp) else None
-    empty_text = source.empty_text
-    stream = BatchStream(list(source.buckets), cfg.training.batch_size, cfg.training.seed, world, accum, rank)
+def _progress_bar(run: Run, progress: bool):
+    if not (progress and run.accelerator.is_main_process):
+        return None
+    from tqdm.auto import tqdm
 
-    meta = {"dataset_hash": source.dataset_hash, "config_steps": cfg.training.steps, "world_size": world,
-            "distributed_type": summary.distributed_type}  # fmt: skip
-    pbar = None
-    if progress and is_main:
-        from tqdm.auto import tqdm
+    return tqdm(total=run.cfg.training.steps, initial=run.state.step, desc="training", unit="step")
 
-        pbar = tqdm(total=cfg.training.steps, initial=step, desc="training", unit="step")
-    run_start = time.perf_counter()
-    while step < cfg.training.steps:
-        total = 0.0
-        stats: dict[str, float] = {}
-        for micro, planned in enumerate(stream.next_step(cursor)):
-            batch = collate(source, planned.samples)
-            generator.manual_seed(batch_seed(cfg.training.seed, planned.epoch, planned.index))
-            sync = micro == accum - 1
-            ctx = accelerator.no_sync(wrapped) if (not sync and world > 1) else _null()
-            with ctx, accelerator.autocast():
-                loss, stats = flow_matching_loss(wrapped, batch, cfg.training, generator, empty_text, device=dev,
-                                                 dtype=torch.float32)  # fmt: skip
-                accelerator.backward(loss / accum)
-            total += float(loss.detach()) / accum
-        if cfg.optimizer.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(clip_params, cfg.optimizer.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            d = cfg.training.ema_decay
-            with torch.no_grad():
-                for n, p in named.items():
-                    ema[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
-        step += 1
-        if world > 1:
-            total = float(accelerator.reduce(torch.tensor(total, device=dev), reduction="mean"))
-        summary.losses.append(total)
-        if pbar is not None:
-            pbar.update(1)
-            pbar.set_postfix(loss=f"{total:.4f}")
-        if writer is not None and (step % cfg.logging.log_every == 0 or step == 1):
-            writer.add_scalar("train/loss", total, step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("train/t_mean", stats.get("t_mean", 0.0), step)
-        if step % cfg.saving.save_every == 0 or step == cfg.training.steps:
-            trainable, opt_state = gather_full_state(wrapped, optimizer, names) if fsdp else (named, None)
-            if is_main:
-                path = save_checkpoint(out_dir, step, trainable, optimizer, scheduler, generator, cursor, ema, meta,
-                                       keep_last=cfg.saving.keep_last, optimizer_state=opt_state)  # fmt: skip
-                summary.checkpoints.append(path.name)
-            accelerator.wait_for_everyone()
-        if validator is not None and step % cfg.sampling.every == 0:
-            validator.run(wrapped if fsdp else accelerator.unwrap_model(wrapped), step, writer, out_dir, write=is_main)
-    run_seconds = time.perf_counter() - run_start
+
+def _micro_steps(run: Run) -> tuple[float, dict[str, float]]:
+    """Forward/backward over this step's batches; returns the mean loss (this rank) and the last stats."""
+    acc, cfg = run.accelerator, run.cfg.training
+    total, stats = 0.0, {}
+    for planned in run.stream.next_step(run.state.cursor):
+        batch = collate(run.source, planned.samples)
+        run.generator.manual_seed(batch_seed(cfg.seed, planned.epoch, planned.index))
+        with acc.accumulate(run.model), acc.autocast():
+            loss, stats = flow_matching_loss(run.model, batch, cfg, run.generator, run.source.empty_text, device=acc.device,
+                                             dtype=torch.float32)  # fmt: skip
+            acc.backward(loss)  # divided by the accumulation inside
+        total += float(loss.detach()) / acc.gradient_accumulation_steps
+    return total, stats
+
+
+def _optimizer_step(run: Run) -> tuple[float, dict[str, float]]:
+    """One optimizer step; returns the loss averaged over micro-steps and ranks."""
+    acc, state = run.accelerator, run.state
+    total, stats = _micro_steps(run)
+    if run.cfg.optimizer.max_grad_norm > 0:
+        acc.clip_grad_norm_(run.clip_params, run.cfg.optimizer.max_grad_norm)
+    run.optimizer.step()
+    state.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        state.ema.step(list(state.named.values()))
+    state.step += 1
+    if acc.num_processes > 1:
+        total = float(acc.reduce(torch.tensor(total, device=acc.device), reduction="mean"))
+    return total, stats
+
+
+def _log(run: Run, loss: float, stats: dict[str, float], pbar: Any) -> None:
+    step = run.state.step
+    run.summary.losses.append(loss)
     if pbar is not None:
-        pbar.close()
-    summary.steps_done = step - summary.start_step
-    summary.seconds_per_step = run_seconds / max(1, summary.steps_done)
-    if summary.losses:
-        summary.first_loss, summary.final_loss = summary.losses[0], summary.losses[-1]
-    full = gather_full_state(wrapped, optimizer, names)[0] if fsdp else None
-    if is_main:
-        if fsdp:
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{loss:.4f}")
+    if run.writer is not None and (step % run.cfg.logging.log_every == 0 or step == 1):
+        run.writer.add_scalar("train/loss", loss, step)
+        run.writer.add_scalar("train/lr", run.state.scheduler.get_last_lr()[0], step)
+        run.writer.add_scalar("train/t_mean", stats.get("t_mean", 0.0), step)
+
+
+def _save_and_validate(run: Run) -> None:
+    cfg, step = run.cfg, run.state.step
+    if step % cfg.saving.save_every == 0 or step == cfg.training.steps:
+        path = run.checkpointer.save(run.out_dir, keep_last=cfg.saving.keep_last)
+        if path is not None:
+            run.summary.checkpoints.append(path.name)
+    if run.validator is not None and step % cfg.sampling.every == 0:
+        model = run.model if run.fsdp else run.accelerator.unwrap_model(run.model)
+        run.validator.run(model, step, run.writer, run.out_dir, write=run.accelerator.is_main_process)
+
+
+def _finish(run: Run) -> None:
+    """The adapter (and the release layout) from the final weights, then the process group's teardown."""
+    acc, cfg, step = run.accelerator, run.cfg, run.state.step
+    full = gather_full_state(run.model, run.optimizer, list(run.state.named))[0] if run.fsdp else None
+    if acc.is_main_process:
+        if full is not None:
             adapter = adapter_from_trainable(full, cfg.network.alpha)
         else:
-            adapter = adapter_from_model(accelerator.unwrap_model(wrapped), cfg.network.alpha)
-        summary.adapter = write_adapter(adapter, out_dir / cfg.saving.adapter_name, cfg, step, source.dataset_hash)
+            adapter = adapter_from_model(acc.unwrap_model(run.model), cfg.network.alpha)
+        dhash = run.source.dataset_hash
+        run.summary.adapter = write_adapter(adapter, run.out_dir / cfg.saving.adapter_name, cfg, step, dhash)
         if cfg.saving.export_diffusers:
-            write_release_layout(adapter, out_dir / "diffusers", cfg, step, source.dataset_hash)
-    if writer is not None:
-        writer.close()
-    accelerator.wait_for_everyone()  # ranks > 0 must not tear the process group down while rank 0 still writes
-    accelerator.end_training()
-    summary.seconds = time.perf_counter() - t_start
-    return summary
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+            write_release_layout(adapter, run.out_dir / "diffusers", cfg, step, dhash)
+    if run.writer is not None:
+        run.writer.close()
+    acc.wait_for_everyone()  # ranks > 0 must not tear the process group down while rank 0 still writes
+    acc.end_training()

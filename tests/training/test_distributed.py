@@ -155,10 +155,12 @@ FSDP_WORKER = textwrap.dedent("""
     from training.model import build_model, trainable_parameters
     from training.loop import make_optimizer, make_scheduler
     from training.objective import Batch, flow_matching_loss
-    from training.checkpoint import Cursor, gather_full_state, load_checkpoint_sharded, save_checkpoint
+    from training.checkpoint import Checkpointer, Cursor, TrainState, gather_full_state
+    from accelerate import Accelerator
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
+    acc = Accelerator(cpu=True)  # MULTI_CPU over the group above: barriers and broadcasts for the Checkpointer
     flux, out = sys.argv[1], Path(sys.argv[2])
     mcfg, net = ModelConfig(flux=flux, base_dtype="float32"), NetworkConfig(rank=4, alpha=4.0)
     tcfg, ocfg = TrainingConfig(caption_dropout=0.0), OptimizerConfig(lr=1e-2, weight_decay=0.0)
@@ -192,7 +194,6 @@ FSDP_WORKER = textwrap.dedent("""
     model, opt, sched, _ = make(True)
     steps(model, opt, sched, 0, 2)
     full, optim_state = gather_full_state(model, opt, names)
-    gen = torch.Generator()
     if rank == 0:
         ref = popt.state_dict()
         assert set(full) == set(names)
@@ -201,12 +202,13 @@ FSDP_WORKER = textwrap.dedent("""
         for i, s in ref["state"].items():
             for k in ("exp_avg", "exp_avg_sq"):
                 torch.testing.assert_close(optim_state["state"][i][k], s[k], rtol=1e-4, atol=1e-6)
-        save_checkpoint(out, 2, full, opt, sched, gen, Cursor(0, 2, 2), optimizer_state=optim_state)
-    dist.barrier()
+    state = TrainState(named=trainable_parameters(model), scheduler=sched, cursor=Cursor(0, 2, 2), step=2)
+    Checkpointer(acc, state, model, opt, fsdp=True).save(out)  # gathers again, rank 0 writes
     # resume into a fresh sharded model: one more step equals the plain model's third step
     model2, opt2, sched2, _ = make(True)
-    r = load_checkpoint_sharded(out / "checkpoints" / "step-000002", model2, opt2, names, rank == 0, sched2, gen)
-    assert r.step == 2
+    state2 = TrainState(named=trainable_parameters(model2), scheduler=sched2)
+    Checkpointer(acc, state2, model2, opt2, fsdp=True).load(out / "checkpoints" / "step-000002")
+    assert state2.step == 2 and state2.cursor == Cursor(0, 2, 2) and sched2.last_epoch == 2
     steps(model2, opt2, sched2, 2, 1)
     steps(plain, popt, psched, 2, 1)
     full2, _ = gather_full_state(model2, opt2, names)
@@ -216,7 +218,7 @@ FSDP_WORKER = textwrap.dedent("""
         print("FSDP-CHECKPOINT-OK", len(full2), flush=True)
     # Gloo's worker threads can abort (std::terminate) when FSDP state still holds their work objects at
     # interpreter teardown: drop every sharded object, shut the group down while Python is alive, skip finalizers.
-    del model, opt, sched, model2, opt2, sched2
+    del model, opt, sched, model2, opt2, sched2, state, state2, acc
     import gc, os
     gc.collect()
     dist.barrier()
@@ -228,7 +230,7 @@ FSDP_WORKER = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_fsdp_checkpoint_gathers_and_restores_full_state(tiny_flux, tmp_path):
-    """gather_full_state / load_checkpoint_sharded on a real FSDP2-sharded tiny DSD model (2 CPU ranks, gloo)."""
+    """Checkpointer's FSDP path (gather_full_state / load_sharded_state) on a real FSDP2-sharded tiny DSD model (2 CPU ranks, gloo)."""
     script = tmp_path / "fsdp_worker.py"
     script.write_text(FSDP_WORKER)
     r = torchrun(2, str(script), str(tiny_flux), str(tmp_path / "out"))

@@ -71,7 +71,7 @@ def test_exported_adapter_matches_trainer_model(tiny_flux, wds_dataset, tiny_cac
     from dsd.tokens import image_ids, pack, text_ids
     from dsd.weights.adapter import load_adapter
     from training.cache import CachedSource
-    from training.checkpoint import latest_checkpoint, load_checkpoint
+    from training.checkpoint import latest_checkpoint, load_trainable
     from training.model import build_model, trainable_parameters
 
     cfg = load_config(TINY_TOML, tiny_overrides(tiny_flux, wds_dataset, tmp_path, *QUIET, "training.steps=3",
@@ -82,7 +82,7 @@ def test_exported_adapter_matches_trainer_model(tiny_flux, wds_dataset, tiny_cac
     assert adapter.metadata["dsd_dataset_hash"] == CachedSource(tiny_cache).dataset_hash
     assert float(adapter.c_embedder["c_embedder.weight"].abs().max()) > 0  # it trained
     trainer = build_model(cfg.model, cfg.network)
-    load_checkpoint(latest_checkpoint(cfg.saving.output_dir), trainable_parameters(trainer))
+    load_trainable(latest_checkpoint(cfg.saving.output_dir), trainable_parameters(trainer))
     pipe = DSDPipeline.from_local(tiny_flux, adapter=s.adapter)
     item = CachedSource(tiny_cache).get(0)
     text = TextConditioning(item["prompt_embeds"][None], item["pooled"][None])
