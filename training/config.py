@@ -91,6 +91,8 @@ class TrainingConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     resolution_shift: bool = False  # shift t like FLUX's sampling schedule for the canvas token count
+    # Per-sample loss weight over t (diffusers' compute_loss_weighting_for_sd3); "none" is plain MSE.
+    loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = "none"
     # FLUX.1-dev's distilled-guidance input during training. 1.0 is what common FLUX.1-dev LoRA trainers
     # use; set 3.5 to train at the guidance the DSD sampler uses. Ignored for models without it.
     guidance: float = 1.0

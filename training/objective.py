@@ -3,8 +3,10 @@
 ``x_t = (1 - t) x0 + t noise`` with ``x0`` the target canvas ``[reference | target]``; the
 model sees ``x_t``, the condition canvas ``[reference | black]`` through ``c_embedder``, the
 caption and ``t`` (FLUX's sigma), and regresses the velocity ``noise - x0`` with an MSE over
-every token of both frames. Timesteps follow FLUX's recipe: logit-normal (optionally shifted
-for the canvas token count, as the sampling schedule is) or uniform. Caption dropout swaps in
+every token of both frames (optionally weighted per sample by ``training.loss_weighting``, diffusers'
+``compute_loss_weighting_for_sd3``). Timesteps follow FLUX's recipe: logit-normal or uniform (diffusers'
+``compute_density_for_timestep_sampling``), optionally shifted for the canvas token count as the
+sampling schedule is. Caption dropout swaps in
 the empty-prompt embedding and reference dropout zeroes the condition tokens: the two
 unconditional branches DSD's true CFG needs at inference.
 
@@ -41,11 +43,11 @@ class Batch:
 
 
 def sample_timesteps(cfg: TrainingConfig, batch: int, n_tokens: int, generator: torch.Generator) -> torch.Tensor:
-    """Sigmas in (0, 1): logit-normal(mean, std) or uniform, optionally FLUX's resolution shift."""
-    if cfg.timestep_sampling == "logit_normal":
-        t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(batch, generator=generator))
-    else:
-        t = torch.rand(batch, generator=generator)
+    """Sigmas in (0, 1): logit-normal(mean, std) or uniform (diffusers' SD3 density), optionally FLUX's resolution shift."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    scheme = "logit_normal" if cfg.timestep_sampling == "logit_normal" else "uniform"
+    t = compute_density_for_timestep_sampling(scheme, batch, cfg.logit_mean, cfg.logit_std, generator=generator)
     if cfg.resolution_shift:
         mu = math.exp(dynamic_shift_mu(n_tokens))
         t = mu * t / (1 + (mu - 1) * t)  # == dsd.tokens.time_shift(mu, t) with sigma 1, safe at t=0
@@ -109,10 +111,20 @@ def flow_matching_loss(
         txt_ids=text_ids(prompt.shape[1], device=device),
         guidance=guidance,
     )
-    loss = torch.nn.functional.mse_loss(pred.float(), velocity.to(device=device, dtype=torch.float32))
+    loss = _weighted_mse(pred.float(), velocity.to(device=device, dtype=torch.float32), d.t.to(device), cfg.loss_weighting)
     stats = {
         "t_mean": float(d.t.mean()),
         "caption_dropped": float(d.drop_caption.float().mean()),
         "reference_dropped": float(d.drop_reference.float().mean()),
     }
     return loss, stats
+
+
+def _weighted_mse(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, scheme: str) -> torch.Tensor:
+    """Mean over every token and channel; ``scheme`` != "none" weights each sample by diffusers' SD3 weighting of its t."""
+    if scheme == "none":
+        return torch.nn.functional.mse_loss(pred, target)
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    weight = compute_loss_weighting_for_sd3(scheme, sigmas=t.float()).view(-1, 1, 1)
+    return (weight * (pred - target) ** 2).mean()

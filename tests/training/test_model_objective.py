@@ -137,3 +137,27 @@ def test_dropout_swaps_in_empty_prompt_and_zero_reference(tiny_flux):
     h.remove()
     torch.testing.assert_close(seen["encoder_hidden_states"], empty[0].expand(2, -1, -1))
     torch.testing.assert_close(seen["pooled_projections"], empty[1].expand(2, -1))
+
+
+@pytest.mark.parametrize("scheme", ["sigma_sqrt", "cosmap"])
+def test_loss_weighting_weights_each_sample_by_its_t(tiny_flux, scheme):
+    """training.loss_weighting: diffusers' SD3 weighting of each sample's t times its squared velocity error."""
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    from dsd.tokens import image_ids, pack, text_ids
+
+    m = build_model(ModelConfig(flux=str(tiny_flux), base_dtype="float32"), NetworkConfig(rank=4, alpha=4.0))
+    g = torch.Generator().manual_seed(2)
+    batch = Batch(cond=torch.randn(2, 16, 4, 8, generator=g), target=torch.randn(2, 16, 4, 8, generator=g),
+                  prompt_embeds=torch.randn(2, 5, 32, generator=g), pooled=torch.randn(2, 32, generator=g), keys=["a", "b"])  # fmt: skip
+    cfg = TrainingConfig(caption_dropout=0.0, reference_dropout=0.0, loss_weighting=scheme)
+    loss, _ = flow_matching_loss(m, batch, cfg, torch.Generator().manual_seed(3), (torch.zeros(1, 5, 32), torch.zeros(1, 32)))
+    d = draw(cfg, (2, 8, 64), torch.Generator().manual_seed(3))
+    x0, t = pack(batch.target), d.t.view(2, 1, 1)
+    with torch.no_grad():
+        pred = m(hidden_states=(1 - t) * x0 + t * d.noise, condition_tokens=pack(batch.cond), encoder_hidden_states=batch.prompt_embeds,
+                 pooled_projections=batch.pooled, timestep=d.t, img_ids=image_ids(4, 8), txt_ids=text_ids(5),
+                 guidance=torch.ones(2))  # fmt: skip
+    per_sample = ((pred - (d.noise - x0)) ** 2).mean(dim=(1, 2))
+    expected = (compute_loss_weighting_for_sd3(scheme, d.t) * per_sample).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
