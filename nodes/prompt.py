@@ -108,7 +108,8 @@ def api_key(kind: str) -> str | None:
 def _key_hint(kind: str) -> str:
     names = " or ".join(keys.KEY_ENV_VARS[kind])
     return (f"set the environment variable {names} before starting ComfyUI, or enter the key in "
-            f"{keys.UI_HINT} (kept on the server in {keys.store_path()}, never in settings or workflows)")
+            f"{keys.UI_HINT} (kept on the server outside every folder ComfyUI serves, never in settings "
+            "or workflows)")
 
 
 # -- providers ----------------------------------------------------------------------------------
