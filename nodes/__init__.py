@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger(__name__)
-
 
 def node_list() -> list:
+    """Every DSD node. An import error in one of our modules fails loudly here (no node silently missing);
+    the prompt node imports its optional SDKs only when it runs, and the pack entry (``../__init__.py``)
+    registers the ``models/dsd`` folder, once, before this runs."""
     from .canvas import DSDSplitCanvas
     from .conditioning import DSDReferenceConditioning
     from .control import DSDControlHintToFrame
     from .guidance import DSDGuider
-    from .loaders import DSDAdapterLoader, register_model_folder
+    from .loaders import DSDAdapterLoader
+    from .prompt import DSDPromptEnhance
 
-    register_model_folder()
     nodes = [DSDAdapterLoader, DSDReferenceConditioning, DSDGuider, DSDSplitCanvas, DSDControlHintToFrame]
-    try:  # written separately; an unfinished module must not take the pack down
-        from .prompt import DSDPromptEnhance
-
-        nodes.append(DSDPromptEnhance)
-    except Exception as exc:  # noqa: BLE001 - any import failure of the optional node
-        logger.warning("DSD: prompt enhancement node unavailable (%s: %s)", type(exc).__name__, exc)
+    nodes.append(DSDPromptEnhance)
     return nodes
