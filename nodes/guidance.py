@@ -16,6 +16,8 @@ velocities.
 
 from __future__ import annotations
 
+import logging
+
 import comfy.samplers
 import node_helpers
 import torch
@@ -24,6 +26,8 @@ from comfy_api.latest import io
 from ..dsd.sampler import GuidanceConfig
 from .errors import DSDNodeError
 from .patch import has_dsd, with_zero_tokens
+
+logger = logging.getLogger(__name__)
 
 
 def step_index(timestep: torch.Tensor, model_options: dict) -> int | None:
@@ -88,10 +92,12 @@ class DSDGuider(io.ComfyNode):
     def execute(cls, model, positive, negative, image_guidance, text_guidance, cfg_start_step) -> io.NodeOutput:
         if not has_dsd(model):
             raise DSDNodeError("DSD Guider: the model has no DSD adapter; pass it through DSD Adapter Loader first.")
+        config = GuidanceConfig(image_guidance=image_guidance, text_guidance=text_guidance, cfg_start_step=cfg_start_step)
+        if text_guidance != 1.0 and not config.true_cfg:
+            logger.warning("DSD Guider: text_guidance=%s has no effect with image_guidance <= 1: DSD's true CFG runs "
+                           "only when image_guidance > 1 (as in the authors' code)", text_guidance)  # fmt: skip
         guider = GuiderDSD(model)
-        guider.set_guidance(
-            GuidanceConfig(image_guidance=image_guidance, text_guidance=text_guidance, cfg_start_step=cfg_start_step)
-        )
+        guider.set_guidance(config)
         guider.set_conds(positive, negative)
         guider.set_cfg(1.0)
         return io.NodeOutput(guider)
