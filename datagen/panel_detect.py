@@ -119,22 +119,15 @@ def _separators(lines: np.ndarray, cfg: PanelsConfig, offset: int = 0) -> tuple[
 
 
 def _trim_borders(
-    bands: list[_Band], lo: int, hi: int, cfg: PanelsConfig, colours: list[tuple[float, ...]] | None = None
+    bands: list[_Band], lo: int, hi: int, cfg: PanelsConfig, sides: tuple[bool, bool] = (True, True)
 ) -> tuple[int, int, list[_Band]]:
-    """(lo, hi, interior bands): separators at the edges (and directly inside them) are borders.
-
-    With ``colours`` (the colours that may frame the grid), an edge band is a border only in one of
-    them: a lone band at an edge, in a colour found nowhere else, is a panel's background."""
+    """(lo, hi, interior bands): separators at the edges (and directly inside them) are borders."""
     limit = cfg.max_border_fraction * (hi - lo)
     inner = list(bands)
     start, end = lo, hi
-
-    def framed(band: _Band) -> bool:
-        return colours is None or any(_same_colour(band.colour, c, cfg) for c in colours)
-
-    while inner and inner[0].start <= lo + 1 and inner[0].end - start <= limit and framed(inner[0]):
+    while sides[0] and inner and inner[0].start <= lo + 1 and inner[0].end - start <= limit:
         lo = inner.pop(0).end
-    while inner and inner[-1].end >= hi - 1 and end - inner[-1].start <= limit and framed(inner[-1]):
+    while sides[1] and inner and inner[-1].end >= hi - 1 and end - inner[-1].start <= limit:
         hi = inner.pop().start
     return lo, hi, [b for b in inner if b.width >= cfg.min_gutter_px and lo < b.start and b.end < hi]
 
@@ -191,27 +184,25 @@ class _Grid:
         self.rows, self.cols, self.cfg = rows, cols, cfg
         self.h, self.w = arr.shape[:2]
         self.n = (rows, cols)
-        self.trim = self._analyse(0, self.h, 0, self.w)
-        (y0, y1, _), (x0, x1, _) = self.trim
-        if (y0, y1, x0, x1) != (0, self.h, 0, self.w) and y1 - y0 > 2 and x1 - x0 > 2:
-            # Again inside the outer border, so a gutter is judged across the content only.
-            self.trim = self._analyse(y0, y1, x0, x1)
+        self.span = ((0, self.h), (0, self.w))
+        crop = (0, self.h, 0, self.w)
+        for _ in range(3):  # again with lines judged across the content only (inside the borders found)
+            self.seps, self.trim = self._analyse(*crop)
+            (y0, y1, _), (x0, x1, _) = self.trim
+            if (y0, y1, x0, x1) == crop or y1 - y0 < 3 or x1 - x0 < 3:
+                break
+            crop = (y0, y1, x0, x1)
 
     def _analyse(self, y0: int, y1: int, x0: int, x1: int):
-        inner = self.a[y0:y1, x0:x1]
-        found = (_separators(_lines(inner, 0), self.cfg, y0), _separators(_lines(inner, 1), self.cfg, x0))
+        """Separators of rows measured between columns x0:x1, of columns between rows y0:y1."""
+        found = (_separators(_lines(self.a[:, x0:x1], 0), self.cfg), _separators(_lines(self.a[y0:y1], 1), self.cfg))
         # A colour that is some panel's background (it continues into content somewhere) cannot
         # be told from a margin of that background anywhere else: only other colours separate.
         background = found[0][1] + found[1][1]
         seps = tuple(
             [b for b in f[0] if not any(_same_colour(b.colour, tuple(c), self.cfg) for c in background)] for f in found
         )
-        gutters = [b.colour for s in seps for b in s if not (b.touches_start or b.touches_end)]
-        edge = [[b.colour for b in s if b.touches_start or b.touches_end] for s in seps]
-        # A border matches the gutters or frames both axes; a band at two opposite edges only, in a
-        # colour found nowhere else, is the panels' own background reaching the image edge.
-        framing = gutters + [c for c in edge[0] if any(_same_colour(c, d, self.cfg) for d in edge[1])]
-        return (_trim_borders(seps[0], y0, y1, self.cfg, framing), _trim_borders(seps[1], x0, x1, self.cfg, framing))
+        return seps, (_trim_borders(seps[0], 0, self.h, self.cfg), _trim_borders(seps[1], 0, self.w, self.cfg))
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,9 +212,12 @@ class _AxisGutters:
     colour: tuple[float, ...] | None = None
 
 
-def _axis_gutters(bands: list[_Band], lo: int, hi: int, n: int, cfg: PanelsConfig) -> _AxisGutters:
-    """The gutters of one axis: separators grouped by colour (a grid's gutters share one); the group
-    that fits ``n`` panels wins, else the largest group says what the image shows."""
+def _spread(segments: tuple[tuple[int, int], ...]) -> float:
+    sizes = [b - a for a, b in segments]
+    return (max(sizes) - min(sizes)) / max(1, max(sizes))
+
+
+def _colour_groups(bands: list[_Band], cfg: PanelsConfig) -> list[list[_Band]]:
     groups: list[list[_Band]] = []
     for band in bands:
         group = next((g for g in groups if _same_colour(g[0].colour, band.colour, cfg)), None)
@@ -231,15 +225,35 @@ def _axis_gutters(bands: list[_Band], lo: int, hi: int, n: int, cfg: PanelsConfi
             groups.append([band])
         else:
             group.append(band)
+    return groups
+
+
+def _axis_gutters(bands: list[_Band], lo: int, hi: int, n: int, cfg: PanelsConfig) -> _AxisGutters:
+    """The gutters of one axis. Separators are grouped by colour (a grid's gutters share one); a
+    band at an edge may be a border or a panel's background reaching the edge, so each reading is
+    tried and the one that fits with the most equal panels wins. Without a fit, the largest group
+    (borders trimmed) says what the image shows."""
+    best: tuple[float, _Fit, list[_Band]] | None = None
+    full_lo, full_hi, _ = _trim_borders(bands, lo, hi, cfg)
+    edge_bands = ([x for x in bands if x.end <= full_lo], [x for x in bands if x.start >= full_hi])
+    for sides in ((True, True), (False, False), (True, False), (False, True)):
+        a, b, inner = _trim_borders(bands, lo, hi, cfg, sides)
+        for group in _colour_groups(inner, cfg) or [[]]:
+            kept = [x for side in (0, 1) if not sides[side] for x in edge_bands[side]]
+            if group and any(_same_colour(x.colour, group[0].colour, cfg) for x in kept):
+                continue  # a band of the gutters' colour at the edge is a border
+            fit = _fit_gutters(group, a, b, n, cfg)
+            # Borders trimmed is the first reading; another wins only with clearly more equal panels.
+            if not fit.error and (best is None or _spread(fit.segments) < best[0] - 0.05):
+                best = (_spread(fit.segments), fit, group)
+    if best is not None:
+        return _AxisGutters(best[1], n, best[2][0].colour if best[2] else None)
+    a, b, inner = _trim_borders(bands, lo, hi, cfg)
+    groups = _colour_groups(inner, cfg)
     if not groups:
-        return _AxisGutters(_fit_gutters([], lo, hi, n, cfg), 1)
-    fits = [(_fit_gutters(g, lo, hi, n, cfg), g) for g in groups]
-    good = [(f, g) for f, g in fits if not f.error]
-    if good:
-        f, g = good[0]
-        return _AxisGutters(f, len(g) + 1, g[0].colour)
-    f, g = max(fits, key=lambda t: len(t[1]))
-    return _AxisGutters(f, len(g) + 1, g[0].colour)
+        return _AxisGutters(_fit_gutters([], a, b, n, cfg), 1)
+    group = max(groups, key=len)
+    return _AxisGutters(_fit_gutters(group, a, b, n, cfg), len(group) + 1, group[0].colour)
 
 
 def _strip_fit(g: _Grid, axis: int, strips, n: int) -> tuple[list[_Fit], list[int]]:
@@ -251,8 +265,7 @@ def _strip_fit(g: _Grid, axis: int, strips, n: int) -> tuple[list[_Fit], list[in
         span = (g.trim[other][0], g.trim[other][1])
         region = region[span[0] : span[1]] if other == 0 else region[:, span[0] : span[1]]
         seps, _ = _separators(_lines(region, other), g.cfg, span[0])
-        lo, hi, inner = _trim_borders(seps, span[0], span[1], g.cfg)
-        found = _axis_gutters(inner, lo, hi, n, g.cfg)
+        found = _axis_gutters(seps, span[0], span[1], n, g.cfg)
         counts.append(found.shown if found.fit.error else n)
         fits.append(found.fit)
     return fits, counts
@@ -268,7 +281,7 @@ def _describe(ax: tuple[_AxisGutters, _AxisGutters]) -> str:
 
 def _by_gutters(g: _Grid) -> Detection | None:
     """Detection from gutters; None when the image shows no gutter at all; raises on a contradiction."""
-    ax = tuple(_axis_gutters(g.trim[i][2], g.trim[i][0], g.trim[i][1], g.n[i], g.cfg) for i in (0, 1))
+    ax = tuple(_axis_gutters(g.seps[i], *g.span[i], g.n[i], g.cfg) for i in (0, 1))
     if not g.trim[0][2] and not g.trim[1][2]:
         return None
     if not ax[0].fit.error and not ax[1].fit.error:
