@@ -10,10 +10,12 @@ def node_list() -> list:
     from .canvas import DSDSplitCanvas
     from .conditioning import DSDReferenceConditioning
     from .control import DSDControlHintToFrame
+    from .eval import DSDIdentityScore
     from .guidance import DSDGuider
     from .loaders import DSDAdapterLoader
     from .prompt import DSDPromptEnhance
 
-    nodes = [DSDAdapterLoader, DSDReferenceConditioning, DSDGuider, DSDSplitCanvas, DSDControlHintToFrame]
+    nodes = [DSDAdapterLoader, DSDReferenceConditioning, DSDGuider, DSDSplitCanvas, DSDControlHintToFrame,
+             DSDIdentityScore]
     nodes.append(DSDPromptEnhance)
     return nodes

@@ -77,28 +77,53 @@ def write_tiny_dino(folder: str | Path, seed: int = 0) -> Path:
 
 
 def _vitl_shapes() -> dict[str, tuple[int, ...]]:
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    with torch.device("meta"):
-        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**VITL_CONFIG))
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    """transformers' CLIPVisionModelWithProjection keys for ViT-L/14 (written out: building it costs seconds)."""
+    d, ff, n = VITL_CONFIG["hidden_size"], VITL_CONFIG["intermediate_size"], VITL_CONFIG["num_hidden_layers"]
+    patch, tokens = VITL_CONFIG["patch_size"], (VITL_CONFIG["image_size"] // VITL_CONFIG["patch_size"]) ** 2 + 1
+    shapes: dict[str, tuple[int, ...]] = {
+        "vision_model.embeddings.class_embedding": (d,),
+        "vision_model.embeddings.patch_embedding.weight": (d, 3, patch, patch),
+        "vision_model.embeddings.position_embedding.weight": (tokens, d),
+    }
+    for norm in ("vision_model.pre_layrnorm", "vision_model.post_layernorm"):
+        shapes |= {f"{norm}.weight": (d,), f"{norm}.bias": (d,)}
+    for i in range(n):
+        layer = f"vision_model.encoder.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes |= {f"{layer}.self_attn.{proj}.weight": (d, d), f"{layer}.self_attn.{proj}.bias": (d,)}
+        for norm in ("layer_norm1", "layer_norm2"):
+            shapes |= {f"{layer}.{norm}.weight": (d,), f"{layer}.{norm}.bias": (d,)}
+        shapes |= {f"{layer}.mlp.fc1.weight": (ff, d), f"{layer}.mlp.fc1.bias": (ff,)}
+        shapes |= {f"{layer}.mlp.fc2.weight": (d, ff), f"{layer}.mlp.fc2.bias": (d,)}
+    shapes["visual_projection.weight"] = (VITL_CONFIG["projection_dim"], d)
+    return shapes
 
 
 def write_tiny_clip_vision_comfy(path: str | Path, seed: int = 0) -> Path:
-    """A random ViT-L/14 CLIP vision file in transformers keys (what ComfyUI's CLIPVisionLoader detects)."""
-    from dsd.io import atomic_save_safetensors
+    """A random ViT-L/14 CLIP vision file in transformers keys (what ComfyUI's CLIPVisionLoader detects).
+
+    Drawing 303 M normals takes seconds, so every matrix is a window into one seeded 8 M-value pool; the
+    patch embedding is drawn larger so that image content, not the class/position embeddings, dominates.
+    """
+    from safetensors.torch import save_file
 
     path = Path(path)
     gen = torch.Generator().manual_seed(seed)
+    pool = torch.randn(1 << 23, generator=gen).to(torch.float16)
+    offsets = torch.randint(0, 1 << 20, (1024,), generator=gen).tolist()
     state = {}
-    for key, shape in _vitl_shapes().items():
+    for i, (key, shape) in enumerate(_vitl_shapes().items()):
         if "norm" in key and key.endswith(".weight"):
             state[key] = torch.ones(shape, dtype=torch.float16)
         elif key.endswith(".bias"):
             state[key] = torch.zeros(shape, dtype=torch.float16)
         else:
-            state[key] = (torch.randn(shape, generator=gen) * 0.02).to(torch.float16)
-    atomic_save_safetensors(state, path)
+            n = int(np.prod(shape))
+            std = 0.2 if "patch_embedding" in key else 0.02
+            start = offsets[i % len(offsets)] % (pool.numel() - n + 1)
+            state[key] = (pool[start : start + n] * std).reshape(shape).clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))  # a test's temporary file: no fsync of 580 MB (dsd.io's atomic write) needed
     return path
 
 
@@ -120,3 +145,14 @@ def degrade(image: Image.Image, amount: float, seed: int = 0) -> Image.Image:
     noise = rng.uniform(0, 1, arr.shape).astype(np.float32)
     out = (1 - amount) * arr + amount * noise
     return Image.fromarray((np.clip(out, 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+CLIP_VISION_NAME = "dsd_test_vitl.safetensors"
+
+
+def shared_clip_vision_dir(base: str | Path) -> Path:
+    """``<base>/clip_vision/`` holding CLIP_VISION_NAME, written once per test session (580 MB, seconds)."""
+    folder = Path(base) / "clip_vision"
+    if not (folder / CLIP_VISION_NAME).is_file():
+        write_tiny_clip_vision_comfy(folder / CLIP_VISION_NAME)
+    return folder
