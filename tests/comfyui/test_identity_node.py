@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from tests.eval_fixtures import CLIP_VISION_NAME, shared_clip_vision_dir
+from tests.eval_fixtures import CLIP_VISION_NAME, shared_clip_vision_dir, smooth_image
 
 _LISTS: dict[str, list] = {}
 
@@ -54,10 +55,6 @@ def capture_list(comfy_host):
 
 
 def _smooth(seed: int, size: int = 96) -> torch.Tensor:
-    from tests.eval_fixtures import smooth_image
-
-    import numpy as np
-
     return torch.from_numpy(np.asarray(smooth_image(seed, size), dtype=np.float32) / 255)
 
 
