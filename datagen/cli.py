@@ -5,6 +5,8 @@
     python -m datagen prompts --config cfg.toml --workdir W --set prompts.mode=llm
     python -m datagen export-authors --workdir W --out X.parquet
     python -m datagen import-authors X.parquet --workdir W
+    python -m datagen import-grids FOLDER --layout 2x2 --workdir W   # grids made elsewhere
+    python -m datagen run --from panels --workdir W [--config cfg.toml]
 
 Every stage resumes from its record log, so rerunning a killed command finishes the job.
 """
@@ -113,6 +115,8 @@ def _finish(stage: str, summary: StageSummary, workdir: Path) -> None:
 def cmd_stage(args: argparse.Namespace) -> int:
     cfg, workdir = _load(args)
     stages = STAGES if args.command == "run" else (args.command,)
+    if args.command == "run" and args.from_stage:
+        stages = STAGES[STAGES.index(args.from_stage) :]
     if cfg.toy:
         cli_output.toy_banner()
     if "teacher" in stages:
@@ -143,6 +147,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_grids(args: argparse.Namespace) -> int:
+    from .import_grids import import_grids
+
+    workdir = Path(args.workdir).resolve()
+    summary = import_grids(Path(args.source), workdir, layout=args.layout, progress=not args.no_progress)
+    atomic_write_json(workdir / "teacher" / "import_summary.json", summary.to_dict())
+    cli_output.summary(summary)
+    cli_output.line(f"next: python -m datagen run --from panels --workdir {workdir} [--config ...]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m datagen", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,7 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         p = sub.add_parser(name, parents=[common, cfg_args], help=text)
-        p.set_defaults(func=cmd_stage)
+        p.set_defaults(func=cmd_stage, from_stage=None)
+        if name == "run":
+            p.add_argument("--from", dest="from_stage", choices=STAGES,
+                           help="start at this stage (e.g. panels after import-grids)")
+    p = sub.add_parser("import-grids", parents=[common],
+                       help="bring grids made elsewhere into the pipeline (then: run --from panels)")
+    p.add_argument("source", type=Path, help="a folder of images, or a manifest (.jsonl or .csv: path, layout[, id, prompt])")
+    p.add_argument("--layout", help="rows x cols of every grid, e.g. 2x2 (a manifest's own layout column wins)")
+    p.set_defaults(func=cmd_import_grids)
     p = sub.add_parser("export-authors", parents=[common], help="write the dataset in the authors' parquet layout")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=cmd_export)
@@ -176,15 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: bool) -> None:
+    """Default: warnings only, so a run shows its progress bars and summaries and nothing per request.
+    ``-v``: our INFO lines too. Third-party INFO (HTTP clients log every request: the OpenAI SDK
+    through ``httpx2``, older ones through ``httpx``) never reaches the terminal, whatever the
+    library's logger is called."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.name.split(".")[0] in _OUR_LOGGERS)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "google_genai", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+_OUR_LOGGERS = ("datagen", "dsd", "__main__")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx", "httpcore", "openai", "google_genai", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _configure_logging(args.verbose)
     try:
         return args.func(args)
     except (ConfigError, DatagenInputError, LLMStageError, ManifestError, FileNotFoundError, ValueError) as exc:

@@ -108,6 +108,8 @@ class CurateConfig:
     batch_size: int = 2000
     batch_wait_s: float = 0.0
     batch_poll_s: float = 30.0
+    # A refusal is asked again this many times, each with a rephrased request, before it is final.
+    refusal_retries: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -116,6 +118,8 @@ class CurateConfig:
             raise ValueError(f"curate.jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
         if self.max_image_side < 64:
             raise ValueError(f"curate.max_image_side must be >= 64, got {self.max_image_side}")
+        if not 0 <= self.refusal_retries <= 5:
+            raise ValueError(f"curate.refusal_retries must be in [0, 5], got {self.refusal_retries}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,10 @@ schema order): name the common subject -> describe it in image A -> in image B -
 ``confidence >= curate.min_confidence``.
 
 Answers are cached by content hash under ``curate/vlm_cache`` and every decision is logged in
-``curate/verdicts.jsonl`` (resume). A refused or malformed answer is a reject with its reason;
-an unreachable server leaves the pair undone for the next run. With ``vlm.use_batch_api`` the
+``curate/verdicts.jsonl`` (resume). A refused answer is asked again, rephrased, up to
+``curate.refusal_retries`` times before it is a final reject (reason and attempts recorded); a
+malformed answer is a reject with its reason; an unreachable server leaves the pair undone for the
+next run. With ``vlm.use_batch_api`` the
 pairs go through the OpenAI Batch API; each batch id is logged before anything else, so a rerun
 collects it instead of submitting again. Without a ``vlm`` provider (the toy) every pair is
 accepted with verdict "skipped" and captioned from its grid prompt.
@@ -170,6 +172,8 @@ def prompt_index(workdir: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for gid, g in grids.items():
         p = dict(prompts.get(str(g.get("prompt_id")), {}))
+        if not p.get("prompt") and g.get("prompt"):  # grids brought in by import-grids carry their prompt
+            p["prompt"] = g["prompt"]
         p["seed"] = g.get("seed")
         out[gid] = p
     return out
@@ -295,7 +299,7 @@ def _log_bad(bad, log: RecordLog, summary: StageSummary) -> None:
         _count(summary, rec)
 
 
-def _record_result(pair, result, cfg, log: RecordLog, summary: StageSummary) -> None:
+def _record_result(pair, result, cfg, log: RecordLog, summary: StageSummary, attempts: int = 1) -> None:
     if isinstance(result, Exception):
         kind, reason = classify_error(result)
         if kind == "fatal":
@@ -305,14 +309,59 @@ def _record_result(pair, result, cfg, log: RecordLog, summary: StageSummary) -> 
             summary.extra[key] = summary.extra.get(key, 0) + 1
             return
         rec = _base_record(pair)
+        if _is_refusal(result):
+            reason = f"refused {attempts} time(s) (curate.refusal_retries = {cfg.refusal_retries}): {reason}"
         rec["reason"] = rec["reject_reason"] = reason
-        rec["verdict"] = "refused" if reason.startswith("refused") else "malformed"
+        rec["verdict"] = "refused" if _is_refusal(result) else "malformed"
     else:
         rec = verdict_record(pair, result.data, cfg, result.usage)
         if rec["verdict"] == "error":
             rec["reject_reason"] = rec["reason"]
+    rec["attempts"] = attempts
     log.append(rec)
     _count(summary, rec)
+
+
+# A refusal is often about the wording, not the images: each retry asks again with the next preamble.
+REPHRASINGS = (
+    "This is an automated quality check of synthetic, computer-generated pictures for an image dataset. "
+    "Nobody is identified; only compare the visual subject of the two pictures.\n",
+    "Context: dataset curation of generated illustrations. Judge only whether the two pictures show the "
+    "same visual subject (an object, a drawn character or a scene); no identification of anyone is asked.\n",
+)
+
+
+def rephrase(request, retry: int):
+    """``request`` for the ``retry``-th retry (1-based): the same images and schema, another preamble."""
+    import dataclasses
+
+    return dataclasses.replace(request, prompt=REPHRASINGS[(retry - 1) % len(REPHRASINGS)] + request.prompt)
+
+
+def _is_refusal(result: object) -> bool:
+    from dsd.providers import ProviderRefusal
+
+    return isinstance(result, ProviderRefusal)
+
+
+def _retry_refused(provider, refused: list, cfg, log: RecordLog, summary: StageSummary, bar=None) -> None:
+    """Ask again for refused pairs, rephrased, up to ``curate.refusal_retries`` times; the last answer
+    is final. Nothing is logged before a pair's final answer, so a run killed in between asks the
+    same questions again and, from a provider that answers the same way, gets the same dataset."""
+    for retry in range(1, cfg.refusal_retries + 1):
+        if not refused:
+            return
+        requests = [rephrase(request, retry) for _, request in refused]
+        again = []
+        for index, result in provider.map(requests):
+            pair, original = refused[index]
+            if _is_refusal(result) and retry < cfg.refusal_retries:
+                again.append((pair, original))
+                continue
+            _record_result(pair, result, cfg, log, summary, attempts=retry + 1)
+            if bar is not None:
+                bar.update(1)
+        refused = again
 
 
 def _slices(todo: list, first: int, largest: int) -> list[list]:
@@ -342,9 +391,14 @@ def _run_online(provider, todo, prompts, base, cfg, log, summary, bar) -> None:
                 pending = producer.submit(_encode_chunk, chunks[i + 1], prompts, base, cfg)
             _log_bad(bad, log, summary)
             bar.update(len(chunk) - len(kept))
+            refused = []
             for index, result in provider.map(requests):
+                if _is_refusal(result) and cfg.refusal_retries > 0:
+                    refused.append((kept[index], requests[index]))
+                    continue
                 _record_result(kept[index], result, cfg, log, summary)
                 bar.update(1)
+            _retry_refused(provider, refused, cfg, log, summary, bar)
 
 
 # ---------------------------------------------------------------- OpenAI Batch API
@@ -399,13 +453,18 @@ def _collect(provider, batch_id, members, prompts, base, cfg, log, summary, coll
         key = "batches still running (rerun to collect)"
         summary.extra[key] = summary.extra.get(key, 0) + 1
         return
-    for pair in members:
+    refused = []
+    for pair, request in zip(members, requests, strict=True):
         result = results.get(pair["id"])
         if result is None:
             key = "vlm failures (retry on rerun)"
             summary.extra[key] = summary.extra.get(key, 0) + 1
             continue
+        if _is_refusal(result) and cfg.refusal_retries > 0:
+            refused.append((pair, request))
+            continue
         _record_result(pair, result, cfg, log, summary)
+    _retry_refused(provider, refused, cfg, log, summary)  # online: a few requests, not worth a batch
     collected.append({"id": batch_id})
 
 

@@ -1,8 +1,9 @@
 """How the datagen stages use dsd.providers: one provider per stage, cached under the workdir,
 and one rule for what a failed answer means.
 
-- a refused or malformed answer is a property of that item: it is recorded as a reject with its
-  reason (the rerun does not ask again);
+- a malformed answer is a property of that item: it is recorded as a reject with its reason (the
+  rerun does not ask again); a refused one too, once the stage's retry policy is spent (curation
+  asks again, rephrased, ``curate.refusal_retries`` times first);
 - an unreachable server after all retries is transient: the item stays undone, a rerun asks again;
 - a missing or rejected API key would fail every item: the stage stops with the provider's message.
 """

@@ -43,7 +43,7 @@ def test_threshold_refusal_malformed_and_transient(pairs_workdir: Path, dg) -> N
     with FakeLLMServer(responder=dg.smart_responder(same=True, confidence=0.6)) as srv:
         srv.queue_failures([("refusal",), ("malformed",)])
         vlm = dg.provider_cfg(srv, max_concurrency=1, max_retries=0)
-        s = run_curate(CurateConfig(min_confidence=0.7), w, vlm=vlm, progress=False)
+        s = run_curate(CurateConfig(min_confidence=0.7, refusal_retries=0), w, vlm=vlm, progress=False)
         vs = verdicts(w)
         assert len(vs) == 6 and s.items_out == 0
         kinds = sorted(v["verdict"] for v in vs.values())
@@ -55,6 +55,25 @@ def test_threshold_refusal_malformed_and_transient(pairs_workdir: Path, dg) -> N
         s2 = run_curate(CurateConfig(min_confidence=0.5), w, vlm=dataclasses.replace(vlm, cache_dir=str(w / "c2")),
                         progress=False)
         assert s2.extra["vlm failures (retry on rerun)"] == 3 and len(verdicts(w)) == 3
+
+
+def test_a_refusal_is_asked_again_rephrased_then_final(pairs_workdir: Path, dg) -> None:
+    from datagen.curate import REPHRASINGS
+
+    w = pairs_workdir
+    with FakeLLMServer(responder=dg.smart_responder(same=True, confidence=0.9)) as srv:
+        vlm = dg.provider_cfg(srv, max_concurrency=1, max_retries=0)
+        # both pairs refused on the first ask; on the retry one is refused again (final), one answered
+        srv.queue_failures([("refusal",), ("refusal",), ("refusal",)])
+        s = run_curate(CurateConfig(refusal_retries=1, max_pairs=2), w, vlm=vlm, progress=False)
+        retried = [r for r in srv.requests if r.prompt.startswith(REPHRASINGS[0])]
+        vs = sorted(verdicts(w).values(), key=lambda v: v["id"])
+    assert len(vs) == 2 and s.items_out == 1
+    refused = [v for v in vs if v["verdict"] == "refused"]
+    assert len(refused) == 1 and refused[0]["attempts"] == 2
+    assert refused[0]["reject_reason"].startswith("refused 2 time(s) (curate.refusal_retries = 1)")
+    assert [v["attempts"] for v in vs if v["verdict"] == "vlm"] == [2]
+    assert len(retried) == 2  # both refused pairs were asked again, with the rephrased preamble
 
 
 def test_corrupt_panel_is_a_reject_naming_the_file(pairs_workdir: Path, dg) -> None:
