@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable
 
 import torch
@@ -246,7 +248,10 @@ def part_fp8_matmul(bench: Bench, clock: PartClock) -> dict:
 
 def make_bench(shapes: Shapes, device: Device, threads: int) -> Bench:
     # On the CPU ComfyUI is told it may use fp8 compute, so part 4's code path (torch._scaled_mm on the CPU) runs too.
-    host = Host(threads, "pytorch", cpu=not device.is_cuda, extra_args=() if device.is_cuda else ("--supports-fp8-compute",))
+    flags = [] if device.is_cuda else ["--supports-fp8-compute"]
+    if importlib.util.find_spec("comfyui_frontend_package") is None:  # the GPU bundle: no web page is served
+        flags += ["--front-end-root", tempfile.mkdtemp(prefix="dsd_no_frontend_")]
+    host = Host(threads, "pytorch", cpu=not device.is_cuda, extra_args=tuple(flags))
     import comfy.utils
 
     comfy.utils.set_progress_bar_enabled(False)  # per-run bars would bury the table in a captured log tail

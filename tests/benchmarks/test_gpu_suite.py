@@ -1,0 +1,134 @@
+"""The GPU suite (benchmarks/gpu_suite.py) as the CPU can check it: the real script with --tiny in a
+subprocess (real ComfyUI host, real trainer code, toy shapes), the JSON's shape and sanity, the time caps,
+and the FLOP count it puts next to the physical bound."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.needs import require_comfyui
+
+REPO = Path(__file__).resolve().parents[2]
+SUITE = REPO / "benchmarks" / "gpu_suite.py"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from gpu_common import FULL, TINY, Deadline, OutOfTime, forward_flops  # noqa: E402
+from gpu_suite import PARTS, render_markdown  # noqa: E402
+
+
+def run_suite(out: Path, *args: str, timeout: float = 240) -> tuple[dict, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, str(SUITE), "--tiny", "--out", str(out), *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "gpu_figures.json").read_text())
+    assert (out / "gpu_figures.md").read_text() == r.stdout  # the printed table is the written one
+    return report, r.stdout
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.comfyui
+@pytest.mark.slow
+def test_tiny_suite_yields_every_figure(tmp_path):
+    require_comfyui()
+    report, table = run_suite(tmp_path)
+    assert report["mode"] == "tiny" and report["device"] == "CPU" and report["shapes"]["name"] == TINY.name
+    parts = report["parts"]
+    assert set(parts) == set(PARTS)
+    assert all(p["status"] == "measured" for p in parts.values()), {k: p["status"] for k, p in parts.items()}
+
+    s = parts["sampling"]
+    for variant in ("plain", "dsd", "dsd_cfg", "authors_cfg"):
+        t = s["seconds_per_step"][variant]
+        assert positive(t["median"]) and t["min"] <= t["median"] <= t["max"] and t["n"] == TINY.timed_steps * 2 * TINY.rounds
+        assert positive(s["seconds_per_image"][variant]) and positive(s["bound_seconds_per_image"][variant])
+    assert positive(s["ratio_dsd_over_plain"]) and positive(s["speedup_ours_over_authors_cfg"])
+    assert len(s["ratio_dsd_over_plain_rounds"]) == TINY.rounds
+    # true CFG is three branches; the authors' unmerged LoRA adds to each of them
+    bound = s["bound_seconds_per_image"]
+    assert bound["dsd_cfg"] > 2.5 * bound["plain"] and bound["authors_cfg"] > bound["dsd_cfg"]
+
+    m = parts["memory"]
+    assert set(m["models"]) == {"plain_float32", "dsd_float32", "plain_fp8", "dsd_fp8"}
+    assert all(positive(v["bytes"]) for v in m["models"].values()) and positive(m["adapter_file_bytes"])
+    assert m["models"]["plain_fp8"]["bytes"] < m["models"]["plain_float32"]["bytes"]  # fp8 weights really are smaller
+    assert 0 < m["adapter_cost_over_file_float32"] < 1.1  # the LoRA is merged: only the embedder stays
+    assert "CPU tensor bytes" in m["source"]
+
+    t = parts["training"]
+    adamw = t["adamw"]
+    assert adamw["status"] == "measured" and adamw["loss_finite"]
+    for key in ("seconds_per_step", "predicted_seconds_per_step", "memory_bytes", "predicted_memory_bytes", "mfu",
+                "flops_per_step_counted", "flops_per_step_predicted"):  # fmt: skip
+        assert positive(adamw[key]), key
+    # the estimator's FLOP formula against torch's own count of the same step (checkpointing recompute included)
+    assert 0.8 < adamw["ratio_flops_counted_over_predicted"] < 1.2
+    assert 0.8 < adamw["ratio_memory_measured_over_predicted"] < 1.2
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        assert t["adamw8bit"]["status"] == "skipped (bitsandbytes missing)"
+    else:
+        assert t["adamw8bit"]["status"] == "measured"
+
+    f = parts["fp8_matmul"]
+    assert set(f["seconds_per_step"]) == {"plain_fp8mm", "plain_float32", "dsd_fp8mm"}
+    assert all(positive(v) for v in f["seconds_per_step"].values())
+    assert f["fp8_fallbacks"] == 0, f["fp8_fallback_example"]  # ComfyUI's fp8 ops really ran torch._scaled_mm
+
+    assert "| sampling | ratio DSD / plain |" in table and "| training | adamw: MFU |" in table
+    assert positive(report["total_seconds"])
+
+
+def test_part_over_its_cap_is_reported_not_run(tmp_path):
+    t = time.monotonic()
+    report, table = run_suite(tmp_path, "--parts", "training", "--budget-s", "0.5", timeout=120)
+    part = report["parts"]["training"]
+    assert part["adamw"]["status"] == "skipped (time)" and "cap" in part["adamw"]["detail"]
+    assert part["adamw8bit"]["status"] in ("skipped (time)", "skipped (bitsandbytes missing)")
+    assert list(report["parts"]) == ["training"]
+    assert "| training | adamw | skipped (time) |" in table
+    assert time.monotonic() - t < 120
+
+
+def test_deadline_caps_each_part_by_what_is_left():
+    d = Deadline(10.0)
+    assert 9.0 < d.part("a", 100.0).cap_s <= 10.0
+    clock = d.part("b", 3.0)
+    assert clock.cap_s == 3.0
+    clock.check(2.0)
+    with pytest.raises(OutOfTime, match="b: .* cap"):
+        clock.check(5.0)
+    assert Deadline(-1.0).part("c", 5.0).cap_s == 0.0
+
+
+def test_flop_count_at_flux_dev_shapes():
+    base, lora = forward_flops(FULL, lora_rank=512, lora_targets=("attn.to_q",))
+    s = 2048 + 512  # 512x1024 canvas: 32 x 64 image tokens; T5 512
+    d = 3072
+    linear = 2 * s * (19 * 12 * d * d + 38 * 12 * d * d)  # both streams of a double block and a single block: 12 D^2 a token
+    attention = 4 * s * s * d * 57
+    assert base == pytest.approx(linear + attention, rel=0.01)  # + the embedders and the final layer
+    assert lora == pytest.approx(2 * s * (19 * 512 * 2 * d / 2 + 38 * 512 * 2 * d))
+
+
+def test_markdown_lists_skipped_and_failed_parts():
+    report = {"mode": "gpu", "device": "X", "torch": "t", "cuda": "c", "note": "n", "import_seconds": 1.0,
+              "shapes": {"height": 512, "width": 1024}, "total_seconds": 3.0,
+              "parts": {"memory": {"status": "skipped (time)", "detail": "why", "seconds": 1.0},
+                        "fp8_matmul": {"status": "failed: RuntimeError: boom", "seconds": 0.5}}}  # fmt: skip
+    md = render_markdown(report)
+    assert "| memory | status | skipped (time) | why |" in md
+    assert "| fp8_matmul | status | failed: RuntimeError: boom |" in md
+    assert "sampling" not in md
