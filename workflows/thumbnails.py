@@ -186,12 +186,35 @@ def batch_frame() -> Image.Image:
     return grid
 
 
+SCORES = (0.91, 0.84, 0.80, 0.77)
+
+
+def best_of_n_frame() -> Image.Image:
+    """Four candidates from one batch; the one most like the reference (gold frame) is kept."""
+    grid = Image.new("RGB", (FRAME, FRAME), BG)
+    cell = (FRAME - 6) // 2
+    scenes = [park_scene(cell), surf_scene(cell), castle_scene(cell), park_scene(cell).transpose(Image.FLIP_LEFT_RIGHT)]
+    for i, tile in enumerate(scenes):
+        grid.paste(tile, ((i % 2) * (cell + 6), (i // 2) * (cell + 6)))
+    ImageDraw.Draw(grid).rectangle([0, 0, cell - 1, cell - 1], outline=GOLD, width=5)
+    return grid
+
+
+def best_of_n_band(card: Image.Image, d: ImageDraw.ImageDraw) -> None:
+    d.text((LEFT_X, BAND_Y + 4), "identity score vs the reference:", font=font(16), fill=MUTED)
+    x = LEFT_X
+    for i, score in enumerate(SCORES):
+        x = _chip(d, x, BAND_Y + 32, f"{score:.2f}" + (" best" if i == 0 else ""),
+                  fill=(120, 90, 10) if i == 0 else (45, 48, 58)) + 8
+
+
 RESULTS: dict[str, Callable[[], Image.Image]] = {
     "dsd_basic": park_scene,
     "dsd_prompt_enhance": soccer_scene,
     "dsd_true_cfg": castle_scene,
     "dsd_controlnet": park_scene,
     "dsd_batch": batch_frame,
+    "dsd_best_of_n": best_of_n_frame,
 }
 EXTRAS: dict[str, Callable[[Image.Image, ImageDraw.ImageDraw], None]] = {
     "dsd_basic": band_text(["1 model pass per step, 28 Euler steps,", "FLUX guidance 3.5, 1024 x 512 canvas"]),
@@ -199,6 +222,7 @@ EXTRAS: dict[str, Callable[[Image.Image, ImageDraw.ImageDraw], None]] = {
     "dsd_true_cfg": cfg_band,
     "dsd_controlnet": control_band,
     "dsd_batch": band_text(["one reference x 3 prompts x 2 seeds", "(a sampler per prompt, batch_size 2)"]),
+    "dsd_best_of_n": best_of_n_band,
 }
 
 
