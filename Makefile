@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt p
 
 PYTEST_ARGS ?=
 
-.PHONY: install host demo test lint bench clean
+.PHONY: install host demo test lint bench gpu-suite gpu-bundle clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,15 @@ lint: install
 	$(PY) -m ruff check .
 
 bench: install host
-	for b in benchmarks/*.py; do case $$b in *_host.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/*.py; do case $$b in *_host.py|*/gpu_*.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The one prepared GPU measurement (needs CUDA; GPU_SUITE_ARGS=--tiny runs it on the CPU at toy shapes).
+gpu-suite: install host
+	$(PY) benchmarks/gpu_suite.py --out outputs/gpu_suite $(GPU_SUITE_ARGS)
+
+# What gpu-suite needs on a GPU machine without network, in .gpu_bundle/ (README: "Run the GPU suite on a GPU").
+gpu-bundle: host
+	bash scripts/gpu_bundle.sh build
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .cache
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .cache .gpu_bundle

@@ -116,7 +116,8 @@ def authors_model(shapes: Shapes, device: torch.device, dtype: torch.dtype, pair
 
     model = diffusers_dsd(shapes, device, dtype)
     r = shapes.rank
-    model.transformer.add_adapter(LoraConfig(r=r, lora_alpha=r, target_modules=target_regex(list(DEFAULT_LORA_TARGETS))))
+    with torch.device(device):  # the LoRA layers are born on the device (no CPU init of 2 B parameters)
+        model.transformer.add_adapter(LoraConfig(r=r, lora_alpha=r, target_modules=target_regex(list(DEFAULT_LORA_TARGETS))))
     for name, pair in pairs.items():
         mod = model.transformer.get_submodule(name)
         mod.lora_A["default"].weight.copy_(pair.down)

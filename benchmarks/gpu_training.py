@@ -55,7 +55,8 @@ class Trainer:
         self.cfg, self.device = cfg, device
         dtype = torch.bfloat16 if cfg.model.base_dtype == "bfloat16" else torch.float32
         base = diffusers_dsd(shapes, device.torch, dtype)
-        self.model = make_trainable(base, cfg.model, cfg.network, None, cfg.training.gradient_checkpointing).train()
+        with torch.device(device.torch):  # PEFT's LoRA layers are born on the device: no CPU init of 2 B parameters
+            self.model = make_trainable(base, cfg.model, cfg.network, None, cfg.training.gradient_checkpointing).train()
         self.params = list(trainable_parameters(self.model).values())
         self.optimizer = make_optimizer(cfg.optimizer, self.params)
         self.batch, self.empty = make_batch(shapes)
