@@ -48,7 +48,7 @@ from typing import Any
 
 import pytest
 
-from tests.needs import require_chromium, require_comfyui
+from tests.needs import missing, require_chromium, require_comfyui
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "comfyui-dsd"  # the folder name the README's install uses
@@ -164,8 +164,11 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def browser():
     executable = require_chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
-    with sync_api.sync_playwright() as playwright:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("the playwright package is not installed", "pip install -r requirements-dev.txt (no browser download)")
+    with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, headless=True)
         try:
             yield chromium
