@@ -208,6 +208,21 @@ class Provider(ABC):
         if client is not None:
             await self._close_client(client)
 
+    # -- for callers outside the request path (the OpenAI Batch API) ------------------------
+    def run_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on this provider's private event loop and wait for it."""
+        return self._background().run(coro)
+
+    def sdk_client(self) -> Any:
+        """The SDK client bound to the running event loop (made on first use)."""
+        return self._client()
+
+    def record_answer(self, request: ChatRequest | None, text: str, data: dict | None, usage: Usage) -> None:
+        """Count an answer obtained outside :meth:`acomplete` and cache it like an online one."""
+        self._counter.add(usage)
+        if request is not None and self._cache is not None:
+            self._cache.put(self.cache_key(request), text, data, usage.input_tokens, usage.output_tokens)
+
     def __enter__(self) -> Provider:
         return self
 

@@ -13,20 +13,19 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from .config import ProviderConfig
 from .errors import (
     ProviderAuthError,
     ProviderError,
     ProviderResponseError,
     ProviderUnavailable,
 )
+from .openai_wire import parse_completion
 from .retry import Malformed, run_with_retries
 from .schema import SchemaMismatch, parse_json_answer
 from .types import ChatRequest, ChatResult, Usage
-
-if TYPE_CHECKING:
-    from .openai_provider import OpenAIProvider
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +36,25 @@ _FINAL_STATES = {"completed", "failed", "expired", "cancelled"}
 BatchRequests = Sequence[ChatRequest] | Mapping[str, ChatRequest]
 
 
+class BatchProvider(Protocol):
+    """What the Batch API needs of a provider (``BatchProvider`` has it all, through public methods)."""
+
+    config: ProviderConfig
+
+    def build_body(self, request: ChatRequest) -> dict[str, Any]: ...
+    def translate_error(self, exc: BaseException) -> BaseException: ...
+    def run_blocking(self, coro: Any) -> Any: ...
+    def sdk_client(self) -> Any: ...
+    def record_answer(self, request: ChatRequest | None, text: str, data: dict | None, usage: Usage) -> None: ...
+
+
 def _items(requests: BatchRequests) -> list[tuple[str, ChatRequest]]:
     if isinstance(requests, Mapping):
         return [(str(k), v) for k, v in requests.items()]
     return [(str(i), r) for i, r in enumerate(requests)]
 
 
-def batch_jsonl(provider: OpenAIProvider, requests: BatchRequests) -> bytes:
+def batch_jsonl(provider: BatchProvider, requests: BatchRequests) -> bytes:
     """The Batch API input file: one ``{"custom_id", "method", "url", "body"}`` line per request."""
     lines = [
         json.dumps({"custom_id": cid, "method": "POST", "url": BATCH_ENDPOINT, "body": provider.build_body(r)})
@@ -52,10 +63,10 @@ def batch_jsonl(provider: OpenAIProvider, requests: BatchRequests) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-async def _call(provider: OpenAIProvider, what: str, fn: Any) -> Any:
+async def _call(provider: BatchProvider, what: str, fn: Any) -> Any:
     async def attempt() -> Any:
         try:
-            return await fn(provider._client())
+            return await fn(provider.sdk_client())
         except Exception as exc:  # noqa: BLE001 - translated below
             raise provider.translate_error(exc) from None
 
@@ -69,7 +80,7 @@ async def _call(provider: OpenAIProvider, what: str, fn: Any) -> Any:
     )
 
 
-def submit_batch(provider: OpenAIProvider, requests: BatchRequests, *, metadata: dict[str, str] | None = None) -> str:
+def submit_batch(provider: BatchProvider, requests: BatchRequests, *, metadata: dict[str, str] | None = None) -> str:
     """Upload and start a batch; returns the batch id. custom_ids are the indices (or mapping keys)."""
     if not requests:
         raise ValueError("submit_batch needs at least one request")
@@ -91,18 +102,18 @@ def submit_batch(provider: OpenAIProvider, requests: BatchRequests, *, metadata:
         )
         return batch.id
 
-    batch_id = provider._background().run(go())
+    batch_id = provider.run_blocking(go())
     logger.info("submitted batch %s with %d requests", batch_id, len(requests))
     return batch_id
 
 
-def batch_status(provider: OpenAIProvider, batch_id: str) -> str:
-    batch = provider._background().run(_call(provider, "batches", lambda c: c.batches.retrieve(batch_id)))
+def batch_status(provider: BatchProvider, batch_id: str) -> str:
+    batch = provider.run_blocking(_call(provider, "batches", lambda c: c.batches.retrieve(batch_id)))
     return batch.status
 
 
 def collect_batch(
-    provider: OpenAIProvider,
+    provider: BatchProvider,
     batch_id: str,
     *,
     requests: BatchRequests | None = None,
@@ -142,12 +153,10 @@ def collect_batch(
                     results[cid] = _line_result(provider, entry, by_id.get(cid))
         return results
 
-    return provider._background().run(go())
+    return provider.run_blocking(go())
 
 
-def _line_result(provider: OpenAIProvider, entry: dict[str, Any], request: ChatRequest | None) -> ChatResult | ProviderError:
-    from .openai_provider import parse_completion
-
+def _line_result(provider: BatchProvider, entry: dict[str, Any], request: ChatRequest | None) -> ChatResult | ProviderError:
     url = f"batch line {entry.get('custom_id')!r}"
     if entry.get("error"):
         return ProviderError(f"{url} failed: {entry['error']}")
@@ -176,9 +185,7 @@ def _line_result(provider: OpenAIProvider, entry: dict[str, Any], request: ChatR
         return ProviderResponseError(f"{url}: {exc}")
     cost = provider.config.cost_usd(raw.input_tokens, raw.output_tokens) * BATCH_PRICE_FACTOR
     usage = Usage(requests=1, input_tokens=raw.input_tokens, output_tokens=raw.output_tokens, cost_usd=cost)
-    provider._counter.add(usage)
-    if request is not None and provider._cache is not None:
-        provider._cache.put(provider.cache_key(request), raw.text, data, raw.input_tokens, raw.output_tokens)
+    provider.record_answer(request, raw.text, data, usage)
     return ChatResult(text=raw.text, data=data, usage=usage, cached=False)
 
 

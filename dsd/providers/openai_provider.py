@@ -2,78 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
 import openai
 
+from . import batch
 from .base import Provider, RawAnswer
-from .errors import ProviderAuthError, ProviderError, ProviderRefusal, redact
+from .errors import ProviderAuthError, ProviderError, redact
+from .openai_wire import build_body, parse_completion
 from .retry import Malformed, Transient, retry_after_from_headers
-from .schema import openai_strict_schema
-from .types import ChatRequest, image_mime_type
+from .types import ChatRequest
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-
-def build_messages(request: ChatRequest) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    if request.system:
-        messages.append({"role": "system", "content": request.system})
-    if request.images:
-        content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
-        for image in request.images:
-            uri = f"data:{image_mime_type(image)};base64,{base64.b64encode(image).decode('ascii')}"
-            content.append({"type": "image_url", "image_url": {"url": uri}})
-        messages.append({"role": "user", "content": content})
-    else:
-        messages.append({"role": "user", "content": request.prompt})
-    return messages
-
-
-def build_body(model: str, request: ChatRequest, official: bool) -> dict[str, Any]:
-    """The chat-completions body (shared by online calls and Batch API lines)."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": build_messages(request),
-        "temperature": request.temperature,
-    }
-    # OpenAI deprecated max_tokens (reasoning models reject it); local servers still expect it.
-    body["max_completion_tokens" if official else "max_tokens"] = request.max_output_tokens
-    if request.json_schema is not None:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {
-                "name": request.schema_name,
-                "schema": openai_strict_schema(request.json_schema),
-                "strict": True,
-            },
-        }
-    return body
-
-
-def parse_completion(completion: dict[str, Any], url: str) -> RawAnswer:
-    """Text + tokens from a chat-completion object (as a plain dict); refusals raise."""
-    choices = completion.get("choices") or []
-    if not choices:
-        raise Malformed("answer has no choices")
-    choice = choices[0]
-    message = choice.get("message") or {}
-    if message.get("refusal"):
-        raise ProviderRefusal(f"the model at {url} refused: {str(message['refusal'])[:200]}")
-    if choice.get("finish_reason") == "content_filter":
-        raise ProviderRefusal(f"the answer from {url} was blocked by its content filter")
-    usage = completion.get("usage") or {}
-    text = message.get("content")
-    if not isinstance(text, str):
-        raise Malformed("answer has no text content")
-    return RawAnswer(
-        text=text,
-        input_tokens=int(usage.get("prompt_tokens") or 0),
-        output_tokens=int(usage.get("completion_tokens") or 0),
-    )
 
 
 class OpenAIProvider(Provider):
@@ -125,22 +67,16 @@ class OpenAIProvider(Provider):
     # -- OpenAI Batch API (implemented in batch.py) ------------------------------------------
     def submit_batch(self, requests: Any, *, metadata: dict[str, str] | None = None) -> str:
         """Start a Batch API job (custom_ids = indices or mapping keys); returns the batch id."""
-        from .batch import submit_batch
-
-        return submit_batch(self, requests, metadata=metadata)
+        return batch.submit_batch(self, requests, metadata=metadata)
 
     def collect_batch(
         self, batch_id: str, *, requests: Any = None, poll_interval_s: float = 30.0, timeout_s: float | None = None
     ) -> dict[str, Any]:
         """Wait for a batch; ``{custom_id: ChatResult | ProviderError}`` (see batch.collect_batch)."""
-        from .batch import collect_batch
-
-        return collect_batch(self, batch_id, requests=requests, poll_interval_s=poll_interval_s, timeout_s=timeout_s)
+        return batch.collect_batch(self, batch_id, requests=requests, poll_interval_s=poll_interval_s, timeout_s=timeout_s)
 
     def batch_status(self, batch_id: str) -> str:
-        from .batch import batch_status
-
-        return batch_status(self, batch_id)
+        return batch.batch_status(self, batch_id)
 
     def translate_error(self, exc: BaseException) -> BaseException:
         """Map an SDK exception to Transient / Malformed / a ProviderError subclass."""
