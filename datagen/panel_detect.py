@@ -306,9 +306,13 @@ def _staggered(g: _Grid, axis: int, strips: tuple[tuple[int, int], ...]) -> Dete
     name = "rows" if axis == 0 else "columns"
     if any(f.error for f in strip_fits):
         detail = f"the {len(strips)} strips between {name} show {counts} panels"
+        shown = None
+        if len(set(counts)) == 1:
+            shown = (len(strips), counts[0]) if axis == 0 else (counts[0], len(strips))
+            detail = f"{shown[0]}x{shown[1]}: " + detail
         total = sum(counts)
         if total != g.rows * g.cols:
-            raise PanelCountMismatch(g.rows * g.cols, total, g.rows, g.cols, detail)
+            raise PanelCountMismatch(g.rows * g.cols, total, g.rows, g.cols, detail, shown=shown)
         error = next(f.error for f in strip_fits if f.error)
         raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: {detail}: {error}")
     segs = [f.segments for f in strip_fits]

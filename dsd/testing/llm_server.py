@@ -21,7 +21,8 @@ Endpoints (aiohttp on a private event loop thread, so latency never serialises r
   ``responseJsonSchema``/``responseSchema``, ``usageMetadata``).
 
 Answers come from ``responder(RecordedRequest) -> dict | str``: a dict is sent as JSON text,
-a string as is. The default echoes the prompt, or builds a deterministic object that fits the
+a string as is; a failure tuple (below, e.g. ``("refusal",)``) answers this request with that
+failure, so a test can refuse by content (the same request always gets the same answer). The default echoes the prompt, or builds a deterministic object that fits the
 requested schema. Failures are queued FIFO and consumed one per model request (batch lines
 included):
 
@@ -287,7 +288,13 @@ class FakeLLMServer:
             if failure and failure[0] == "timeout":
                 await asyncio.sleep(float(failure[1]))
                 failure = None
-            text = "" if failure else self._answer(recorded)
+            text = ""
+            if not failure:
+                answer = self.responder(recorded)
+                if isinstance(answer, tuple):  # the responder scripts a failure for this request
+                    failure = answer
+                else:
+                    text = answer if isinstance(answer, str) else json.dumps(answer)
             return render(text, failure)
         finally:
             with self._lock:
@@ -400,7 +407,13 @@ class FakeLLMServer:
             failure = self._take(recorded)
             if failure and failure[0] == "timeout":
                 failure = None  # a batch line has no client timeout
-            text = "" if failure else self._answer(recorded)
+            text = ""
+            if not failure:
+                answer = self.responder(recorded)
+                if isinstance(answer, tuple):  # the responder scripts a failure for this request
+                    failure = answer
+                else:
+                    text = answer if isinstance(answer, str) else json.dumps(answer)
             status, _, completion = self._openai_completion(recorded, text, failure)
             entry = {"id": f"batch_req_{next(self._ids)}", "custom_id": item["custom_id"],
                      "response": {"status_code": status, "request_id": f"req_{next(self._ids)}",
