@@ -27,7 +27,9 @@ def _embed(clip_vision, images: torch.Tensor, embedding: str, crop: bool) -> tor
     for start in range(0, images.shape[0], ENCODE_CHUNK):
         out = clip_vision.encode_image(images[start : start + ENCODE_CHUNK], crop=crop)
         if embedding == "image_embeds":
-            parts.append(out["image_embeds"].float())
+            embeds = out["image_embeds"].float()
+            # ComfyUI's SigLIP gives one embedding per token (no pooled token): their mean stands for the image.
+            parts.append(embeds.mean(dim=1) if embeds.ndim == 3 else embeds)
         else:  # mean over tokens: also defined for models without a CLS token (SigLIP)
             parts.append(out["penultimate_hidden_states"].float().mean(dim=1))
     return torch.cat(parts)

@@ -73,6 +73,12 @@ NODE_SPECS: dict[str, tuple[list[tuple[str, str]], list[str], list[tuple[str, st
                               [("hint", "IMAGE")]),
     "DSDPromptEnhance": ([("image", "IMAGE")], ["prompt", "provider", "model", "enabled", "base_url"],
                          [("prompt", "STRING"), ("caption", "STRING")]),
+    "CLIPVisionLoader": ([], ["clip_name"], [("CLIP_VISION", "CLIP_VISION")]),
+    "DSDIdentityScore": (
+        [("clip_vision", "CLIP_VISION"), ("reference", "IMAGE"), ("candidates", "IMAGE")],
+        ["embedding", "center_crop"],
+        [("scores", "FLOAT"), ("summary", "STRING"), ("best", "IMAGE"), ("sorted", "IMAGE"), ("best_index", "INT")],
+    ),
 }
 # The frontend stores one extra value after these widgets: the seed's "control after generate"
 # mode and LoadImage's upload button.
@@ -87,6 +93,7 @@ T5XXL = "t5xxl_fp16.safetensors"
 FLUX_VAE = "ae.safetensors"
 DSD_ADAPTER = "dsd_adapter.safetensors"
 CONTROLNET = "flux_depth_controlnet.safetensors"
+CLIP_VISION = "sigclip_vision_patch14_384.safetensors"  # the SigLIP file FLUX Redux users already have
 REFERENCE_IMAGE = "dsd_reference.png"
 HINT_IMAGE = "dsd_depth_hint.png"
 CANVAS_W, CANVAS_H = 1024, 512
@@ -159,7 +166,7 @@ def _base(g: Graph, prompt_text: str | None = PROMPT, batch_size: int = 1) -> di
 
 def _sample(g: Graph, n: dict[str, Node], x: int, y: int, positive, negative, image_guidance: float = 1.0,
             text_guidance: float = 1.0, seed: int = SEED, prefix: str = "DSD/result", latent=None,
-            preview_reconstruction: bool = True) -> None:
+            preview_reconstruction: bool = True, save: bool = True) -> Node:
     guider = g.add("DSDGuider", (x, y), positive=positive, negative=negative, model=out(n["model"]),
                    image_guidance=image_guidance, text_guidance=text_guidance, cfg_start_step=2)
     noise = g.add("RandomNoise", (x, y + 240), noise_seed=seed)
@@ -169,10 +176,13 @@ def _sample(g: Graph, n: dict[str, Node], x: int, y: int, positive, negative, im
                 sigmas=out(sigmas), latent_image=latent if latent is not None else out(n["ref"], 2))
     decoded = g.add("VAEDecode", (x + 360, y + 200), samples=out(run), vae=out(n["vae"]))
     split = g.add("DSDSplitCanvas", (x + 360, y + 330), canvas=out(decoded), layout=out(n["ref"], 3))
-    g.add("SaveImage", (x + 720, y), size=(400, 420), title="Result (frame two)", images=out(split), filename_prefix=prefix)
+    if save:
+        g.add("SaveImage", (x + 720, y), size=(400, 420), title="Result (frame two)", images=out(split),
+              filename_prefix=prefix)
     if preview_reconstruction:
         g.add("PreviewImage", (x + 720, y + 460), size=(400, 260), title="Reconstruction of the reference (frame one)",
               images=out(split, 1))
+    return split
 
 
 def dsd_basic() -> Graph:
@@ -261,7 +271,27 @@ def dsd_batch() -> Graph:
     return g
 
 
-WORKFLOWS = [dsd_basic, dsd_prompt_enhance, dsd_true_cfg, dsd_controlnet, dsd_batch]
+def dsd_best_of_n() -> Graph:
+    g = Graph("dsd_best_of_n", "DSD best-of-N: one reference, N seeds in one batch, each result scored by its "
+              "image-embedding similarity to the reference; the best one is saved.")
+    n = _base(g, batch_size=4)
+    split = _sample(g, n, 1260, 60, out(n["ref"], 0), out(n["ref"], 1), preview_reconstruction=False, save=False)
+    vision = g.add("CLIPVisionLoader", (1260, 620), title="Vision encoder for scoring", clip_name=CLIP_VISION)
+    score = g.add("DSDIdentityScore", (1620, 620), size=(340, 200), clip_vision=out(vision), reference=out(n["image"]),
+                  candidates=out(split), embedding="image_embeds", center_crop=True)
+    g.add("SaveImage", (2000, 60), size=(400, 420), title="Best result", images=out(score, 2),
+          filename_prefix="DSD/best_of_n")
+    g.add("PreviewImage", (2000, 520), size=(400, 300), title="All results, best first", images=out(score, 3))
+    g.add("PreviewAny", (2000, 860), size=(400, 220), title="Scores", source=out(score, 1))
+    g.note(MODELS_NOTE + f"\n- models/clip_vision/{CLIP_VISION} (the one FLUX Redux uses) or any CLIP / SigLIP / "
+           "DINOv2 vision file Load CLIP Vision accepts.\n\nbatch_size 4 on DSD Reference Conditioning: four "
+           "results with consecutive noise from one seed, sampled in one batch. DSD Identity Score ranks them by "
+           "cosine similarity to the reference (CLIP-I with a CLIP model) and the best is saved; raise batch_size "
+           "for more candidates.", (40, 880))
+    return g
+
+
+WORKFLOWS = [dsd_basic, dsd_prompt_enhance, dsd_true_cfg, dsd_controlnet, dsd_batch, dsd_best_of_n]
 
 
 # ---------------------------------------------------------------------------------- the formats

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -33,7 +34,7 @@ from dsd.testing import FakeLLMServer, RecordedRequest
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-NAMES = ["dsd_basic", "dsd_prompt_enhance", "dsd_true_cfg", "dsd_controlnet", "dsd_batch"]
+NAMES = ["dsd_basic", "dsd_prompt_enhance", "dsd_true_cfg", "dsd_controlnet", "dsd_batch", "dsd_best_of_n"]
 VIRTUAL_NODES = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CANVAS_W, CANVAS_H = 256, 128
@@ -262,6 +263,14 @@ def workflow_files(comfy_host, tmp_path_factory):
     _random_clip_l(dirs["text_encoders"] / build.CLIP_L)
     # Validation only checks that the name is listed; the runs swap T5-XXL out (see the top).
     (dirs["text_encoders"] / build.T5XXL).write_bytes(b"")
+    # A random ViT-L under the SigLIP file's name (ComfyUI detects the architecture from the keys), shared
+    # with tests/comfyui/test_identity_node.py through a hard link instead of a second 580 MB write.
+    from tests.eval_fixtures import CLIP_VISION_NAME, shared_clip_vision_dir
+
+    vision = shared_clip_vision_dir(tmp_path_factory.getbasetemp())
+    (root / "clip_vision").mkdir()
+    (root / "clip_vision" / build.CLIP_VISION).hardlink_to(vision / CLIP_VISION_NAME)
+    fp.add_model_folder_path("clip_vision", str(root / "clip_vision"), is_default=True)
 
     old_input, old_output, old_user = fp.get_input_directory(), fp.get_output_directory(), fp.get_user_directory()
     inputs, outputs = root / "input", root / "output"
@@ -348,7 +357,16 @@ def test_workflow_runs(comfy_host, run_prompt, workflow_files, monkeypatch, name
         previews = [o for o in run.outputs.values() if isinstance(o, dict) and "text" in o]
         assert any("playing soccer" in json.dumps(p) for p in previews)
     else:
+        scorers = [k for k, v in prompt.items() if v["class_type"] == "DSDIdentityScore"]
+        for k in scorers:
+            prompt[f"capture_{k}"] = {"class_type": "DSDTest_Capture", "inputs": {"label": k, "value": [k, 4]}}
         run = run_workflow(run_prompt, name, prompt)
+        for k in scorers:  # best-of-N saves the candidate the score node picked
+            best = run.captured.pop(k)
+            (candidates,) = [run.captured[s] for s in splits]
+            assert len(candidates) == 4 and 0 <= best < 4
+            saved = torch.from_numpy(np.asarray(saved_images(run, workflow_files)[0], dtype=np.float32) / 255)
+            torch.testing.assert_close(saved, candidates[best], atol=1 / 255, rtol=0)
     assert set(run.captured) == set(splits)
     for result in run.captured.values():
         assert result.shape[1:] == (CANVAS_H, CANVAS_W // 2, 3) and torch.isfinite(result).all()
