@@ -83,7 +83,7 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
     _check_systems(cfg)
     summary = EvalSummary()
     if cfg.models:
-        rank, world, state = process_state()
+        rank, world, state = process_state(cfg.sampling.device)
         for spec in cfg.models:
             summary.sampled += sample_system(spec, bench, cfg.sampling, cfg.out, rank=rank, world=world, progress=cfg.progress)
         state.wait_for_everyone()

@@ -83,11 +83,15 @@ def read_samples(out_dir: Path, system: str) -> list[dict[str, Any]]:
     return [seen[k] for k in sorted(seen)]
 
 
-def process_state() -> tuple[int, int, Any]:
-    """(process index, number of processes, state) from accelerate (one process when not launched)."""
+def process_state(device: str = "auto") -> tuple[int, int, Any]:
+    """(process index, number of processes, state) from accelerate (one process when not launched).
+
+    Without a GPU (or with ``device="cpu"``) the processes meet over gloo: accelerate only treats a
+    torchrun/accelerate launch as multi-process on the CPU when asked to."""
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
     return state.process_index, state.num_processes, state
 
 

@@ -40,3 +40,13 @@ def judge_responder(req) -> dict:
     answer = {name: f"{name} of the image" for name in props if name != "score"}
     answer["score"] = _digest(req) % 5
     return answer
+
+
+def write_adapter(path: Path, seed: int) -> Path:
+    """A tiny random DSD adapter (embedder + rank-2 LoRA), as a training checkpoint would be exported."""
+    from dsd.tiny import make_tiny_dsd, make_tiny_lora
+    from dsd.weights.adapter import DSDAdapter, save_adapter
+
+    model = make_tiny_dsd(seed)
+    embedder = {f"c_embedder.{k}": v.detach().clone() for k, v in model.c_embedder.state_dict().items()}
+    return save_adapter(DSDAdapter(embedder, make_tiny_lora(model.transformer, rank=2, seed=seed)), path)
