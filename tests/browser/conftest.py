@@ -15,7 +15,8 @@ Fixtures:
   ``tests/browser/dsd_test_nodes`` (test-only nodes with tiny in-process models, ids ``DSDBrowserTest_*``).
   Settings, user data and outputs live under the temp base, so nothing touches the host checkout; the
   user's settings start as ``FIRST_SETTINGS`` (the first-run tutorial and its templates dialog are off, so
-  every page opens on the empty canvas; tests open dialogs themselves).
+  every page opens on the default graph; tests open dialogs themselves). The server's log is copied to
+  the artifact folder as ``server-<xdist worker>.log`` at the end of the session.
 - ``browser`` (session): a Playwright ``Browser`` (headless Chromium from ``require_chromium()``).
 - ``page`` (function) -> :class:`UIPage`: a fresh browser context + page (1400x900). Everything a
   Playwright ``Page`` has is reachable on it directly (``page.locator(...)``, ``page.evaluate(...)``), plus:
@@ -55,7 +56,13 @@ PACK_DIR_NAME = "comfyui-dsd"  # the folder name the README's install uses
 TEST_NODES_DIR = Path(__file__).resolve().parent / "dsd_test_nodes"
 SERVER_START_TIMEOUT_S = 240.0  # cold imports of torch + ComfyUI on a loaded 2-core machine
 APP_READY_TIMEOUT_MS = 120_000
-FIRST_SETTINGS = {"Comfy.TutorialCompleted": True}
+# No first-run tutorial (its templates dialog would cover every page); node text drawn at any zoom and no
+# minimap over the corner, so a screenshot of a whole fitted graph stays readable.
+FIRST_SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+    "Comfy.Minimap.Visible": False,
+}
 
 
 def artifacts_root() -> Path:
@@ -156,7 +163,7 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         _stop(process)
-        keep = artifacts_root() / "server.log"
+        keep = artifacts_root() / f"server-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log"
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log_path, keep)
 
