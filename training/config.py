@@ -1,6 +1,6 @@
 """The typed training configuration: kohya-style TOML sections, unknown keys rejected.
 
-Sections: ``[model] [dataset] [network] [training] [optimizer] [saving] [sampling] [logging]``.
+Sections: ``[model] [dataset] [network] [training] [optimizer] [saving] [sampling] [validation] [logging]``.
 Build with :func:`load_config` (TOML + ``--set section.key=value`` overrides); every value is
 checked by ``dsd.config.from_dict`` so a typo or a wrong type fails before any model loads.
 Relative paths in a config file are resolved against the file's folder.
@@ -142,6 +142,47 @@ class SamplingConfig:
     seed: int = 0
 
 
+# Which validation figure picks best.safetensors, and what each one needs.
+_METRIC_NEEDS = {"clip_i": "clip", "clip_t": "clip", "dino": "dino", "judge_cp": "judge_provider",
+                 "judge_pf": "judge_provider", "judge_cp_x_pf": "judge_provider"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationConfig:
+    """Quality figures of the validation samples (every ``sampling.every`` steps, on sampling's fixed set).
+
+    The fixed held-out set is ``sampling.references`` + ``sampling.prompts`` (images kept out of the
+    dataset); without references the first ``sampling.from_dataset`` pairs are used (seen in training, no
+    prompt text, so no CLIP-T or judge). Model folders are local transformers checkpoints, never downloaded.
+    """
+
+    clip: str = ""  # CLIP folder -> val/clip_i (reference vs sample) and val/clip_t (prompt vs sample)
+    dino: str = ""  # DINOv2 folder -> val/dino
+    best_metric: Literal["", "clip_i", "clip_t", "dino", "judge_cp", "judge_pf", "judge_cp_x_pf"] = ""
+    embed_batch: int = 16
+    # The VLM judge (dsd.eval.judge): "openai" (any OpenAI-compatible server) or "gemini"; keys come from
+    # the environment (OPENAI_API_KEY / GEMINI_API_KEY), never from this file.
+    judge_provider: Literal["", "openai", "gemini"] = ""
+    judge_model: str = ""
+    judge_base_url: str = ""
+    judge_repeats: int = 1
+    judge_concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        if self.best_metric and not getattr(self, _METRIC_NEEDS[self.best_metric]):
+            raise ConfigError(f"validation.best_metric = {self.best_metric!r} needs validation."
+                              f"{_METRIC_NEEDS[self.best_metric]} to be set")  # fmt: skip
+        if self.judge_provider and not self.judge_model:
+            raise ConfigError("validation.judge_provider is set but validation.judge_model is empty: name the "
+                              "VLM (e.g. 'gpt-4o' or 'gemini-2.5-flash')")  # fmt: skip
+        if self.judge_repeats < 1 or self.judge_concurrency < 1 or self.embed_batch < 1:
+            raise ConfigError("validation.judge_repeats, judge_concurrency and embed_batch must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.clip or self.dino or self.judge_provider)
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     tensorboard: bool = True
@@ -158,6 +199,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     saving: SavingConfig = field(default_factory=SavingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def grad_accumulation(self, world_size: int) -> int:
@@ -197,13 +239,14 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def resolve_paths(cfg: TrainConfig, base: Path) -> TrainConfig:
-    m, d, s, g, lg = cfg.model, cfg.dataset, cfg.saving, cfg.sampling, cfg.logging
+    m, d, s, g, lg, v = cfg.model, cfg.dataset, cfg.saving, cfg.sampling, cfg.logging, cfg.validation
     return replace(
         cfg,
         model=replace(m, flux=_resolve(base, m.flux), transformer=_resolve(base, m.transformer), release=_resolve(base, m.release)),
         dataset=replace(d, paths=[_resolve(base, p) for p in d.paths], cache_dir=_resolve(base, d.cache_dir)),
         saving=replace(s, output_dir=_resolve(base, s.output_dir)),
         sampling=replace(g, references=[_resolve(base, p) for p in g.references]),
+        validation=replace(v, clip=_resolve(base, v.clip), dino=_resolve(base, v.dino)),
         logging=replace(lg, log_dir=_resolve(base, lg.log_dir)),
     )
 
@@ -223,6 +266,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 __all__ = [
     "ConfigError", "TrainConfig", "ModelConfig", "DatasetConfig", "NetworkConfig", "TrainingConfig",
-    "OptimizerConfig", "SavingConfig", "SamplingConfig", "LoggingConfig", "DEFAULT_LORA_TARGETS",
+    "OptimizerConfig", "SavingConfig", "SamplingConfig", "ValidationConfig", "LoggingConfig", "DEFAULT_LORA_TARGETS",
     "load_config", "public_dict", "config_hash", "from_dict",
 ]  # fmt: skip

@@ -35,7 +35,7 @@ from .data import BatchStream, batch_seed
 from .export import adapter_from_trainable, write_adapter, write_release_layout
 from .model import adapter_from_model, build_model, trainable_parameters
 from .objective import flow_matching_loss
-from .validation import Validator
+from .validation import BEST_ADAPTER, Validator
 
 logger = logging.getLogger(__name__)
 
@@ -296,17 +296,28 @@ def _save_and_validate(run: Run) -> None:
     if run.validator is not None and step % cfg.sampling.every == 0:
         model = run.model if run.fsdp else run.accelerator.unwrap_model(run.model)
         run.validator.run(model, step, run.writer, run.out_dir, write=run.accelerator.is_main_process)
+        if run.validator.improved(collective=run.fsdp):
+            adapter = _adapter(run)
+            if adapter is not None:
+                write_adapter(adapter, run.out_dir / BEST_ADAPTER, cfg, step, run.source.dataset_hash)
+                run.validator.commit_best()
+
+
+def _adapter(run: Run):
+    """The DSD adapter from the current weights on the main process (None elsewhere); collective under FSDP."""
+    full = gather_full_state(run.model, run.optimizer, list(run.state.named))[0] if run.fsdp else None
+    if not run.accelerator.is_main_process:
+        return None
+    if full is not None:
+        return adapter_from_trainable(full, run.cfg.network.alpha)
+    return adapter_from_model(run.accelerator.unwrap_model(run.model), run.cfg.network.alpha)
 
 
 def _finish(run: Run) -> None:
     """The adapter (and the release layout) from the final weights, then the process group's teardown."""
     acc, cfg, step = run.accelerator, run.cfg, run.state.step
-    full = gather_full_state(run.model, run.optimizer, list(run.state.named))[0] if run.fsdp else None
-    if acc.is_main_process:
-        if full is not None:
-            adapter = adapter_from_trainable(full, cfg.network.alpha)
-        else:
-            adapter = adapter_from_model(acc.unwrap_model(run.model), cfg.network.alpha)
+    adapter = _adapter(run)
+    if adapter is not None:
         dhash = run.source.dataset_hash
         run.summary.adapter = write_adapter(adapter, run.out_dir / cfg.saving.adapter_name, cfg, step, dhash)
         if cfg.saving.export_diffusers:

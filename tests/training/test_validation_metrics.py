@@ -1,0 +1,107 @@
+"""Training validation scores its samples: CLIP-I/CLIP-T/DINO (tiny random transformers models), the VLM judge
+against the local protocol server, TensorBoard scalars, per-step JSON, and best.safetensors by the chosen metric."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from training_fixtures import TINY_TOML, make_image, tiny_overrides
+
+from dsd.config import ConfigError
+from dsd.testing.llm_server import FakeLLMServer
+from tests.eval_fixtures import write_tiny_clip, write_tiny_dino
+
+SENTINEL_KEY = "sk-validation-sentinel-0123456789abcdef"
+
+
+def rubric(req):
+    props = set(req.json_schema["properties"])
+    score = 3 if "reference_features" in props else 4
+    return {**{p: "because" for p in props if p != "score"}, "score": score}
+
+
+@pytest.mark.slow
+def test_validation_metrics_tensorboard_and_best_adapter(tiny_flux, wds_dataset, tiny_cache, tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from training.config import load_config
+    from training.loop import train
+
+    refs = []
+    for i in range(2):
+        refs.append(tmp_path / f"ref{i}.png")
+        make_image(50 + i).save(refs[-1])
+    clip, dino = write_tiny_clip(tmp_path / "clip"), write_tiny_dino(tmp_path / "dino")
+    monkeypatch.setenv("OPENAI_API_KEY", SENTINEL_KEY)
+    with FakeLLMServer(responder=rubric) as srv:
+        cfg = load_config(TINY_TOML, tiny_overrides(tiny_flux, wds_dataset, tmp_path, "training.steps=4",
+                          "sampling.every=2", "sampling.steps=2", "saving.save_every=100",
+                          f"dataset.cache_dir='{tiny_cache}'", f"sampling.references=['{refs[0]}', '{refs[1]}']",
+                          "sampling.prompts=['a toy', 'a toy on a beach']", f"validation.clip='{clip}'",
+                          f"validation.dino='{dino}'", "validation.best_metric='dino'",
+                          "validation.judge_provider='openai'", "validation.judge_model='judge-model'",
+                          f"validation.judge_base_url='{srv.openai_base_url}'"))  # fmt: skip
+        train(cfg, resume="none", progress=False)
+        assert len(srv.requests) == 2 * 2 * 2  # 2 runs x 2 items x (CP + PF)
+    out = tmp_path / "out"
+    records = {s: json.loads((out / "validation" / f"step-{s:06d}.json").read_text()) for s in (2, 4)}
+    for record in records.values():
+        assert [row["name"] for row in record["items"]] == ["ref0", "ref1"]
+        for row in record["items"]:
+            assert {"clip_i", "clip_t", "dino"} <= set(row) and -1 <= row["dino"] <= 1
+            assert (row["judge_cp"], row["judge_pf"], row["judge_cp_x_pf"]) == (0.75, 1.0, 0.75)
+        assert record["mean"]["dino"] == pytest.approx(sum(r["dino"] for r in record["items"]) / 2)
+
+    best_step = max((2, 4), key=lambda s: records[s]["mean"]["dino"])
+    best = json.loads((out / "best.json").read_text())
+    assert best == {"metric": "dino", "value": records[best_step]["mean"]["dino"], "step": best_step,
+                    "adapter": "best.safetensors"}  # fmt: skip
+    with safe_open(str(out / "best.safetensors"), "pt") as f:
+        assert f.metadata()["dsd_train_steps"] == str(best_step)
+        assert set(f.keys()) == set(safe_open(str(out / cfg.saving.adapter_name), "pt").keys())
+
+    (events,) = (out / "logs").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    acc.Reload()
+    for key in ("clip_i", "clip_t", "dino", "judge_cp", "judge_pf", "judge_cp_x_pf"):
+        assert [e.step for e in acc.Scalars(f"val/{key}")] == [2, 4], key
+    for path in out.rglob("*"):  # the key is read from the environment and written nowhere
+        if path.is_file():
+            assert SENTINEL_KEY.encode() not in path.read_bytes(), path
+
+
+def test_best_tracker_survives_a_restart(tmp_path):
+    from training.validation import BestTracker
+
+    first = BestTracker(tmp_path, "clip_i")
+    first.offer({"clip_i": 0.5}, 2)
+    assert first.pending
+    first.save()
+    again = BestTracker(tmp_path, "clip_i")
+    again.offer({"clip_i": 0.4}, 4)
+    assert not again.pending and again.step == 2
+    again.offer({"clip_i": 0.6, "dino": 0.1}, 6)
+    assert again.pending and again.step == 6
+    other = BestTracker(tmp_path, "dino")  # a different metric starts over
+    other.offer({"dino": -0.9}, 8)
+    assert other.pending
+
+
+def test_validation_config_is_typed_and_checked(tmp_path):
+    from training.config import load_config
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[validation]\nclip_folder = "x"\n')
+    with pytest.raises(ConfigError, match=re.escape("validation: unknown key(s) clip_folder")):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="best_metric = 'clip_i' needs validation.clip"):
+        load_config(TINY_TOML, ["validation.best_metric='clip_i'"])
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(TINY_TOML, ["validation.best_metric='fid'"])
+    with pytest.raises(ConfigError, match="judge_model is empty"):
+        load_config(TINY_TOML, ["validation.judge_provider='openai'"])
+    cfg = load_config(TINY_TOML, ["validation.clip='models/clip'"])
+    assert cfg.validation.clip.endswith("models/clip") and cfg.validation.clip.startswith("/")
