@@ -34,7 +34,7 @@ class ModelConfig:
     transformer: str = ""
     # The authors' release (root or its transformer/ folder) to continue training it.
     release: str = ""
-    base_dtype: Literal["float32", "bfloat16", "float8"] = "bfloat16"
+    base_dtype: Literal["float32", "bfloat16", "float8"] = "bfloat16"  # float8: torchao weight-only (pip install torchao)
     max_sequence_length: int = 512  # T5 tokens
 
 

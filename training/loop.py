@@ -33,15 +33,11 @@ from .checkpoint import Checkpointer, TrainState, find_resume, gather_full_state
 from .config import ConfigError, OptimizerConfig, TrainConfig
 from .data import BatchStream, batch_seed
 from .export import adapter_from_trainable, write_adapter, write_release_layout
-from .model import adapter_from_model, build_model, trainable_parameters
+from .model import OptionalDependencyError, adapter_from_model, build_model, trainable_parameters
 from .objective import flow_matching_loss
 from .validation import BEST_ADAPTER, Validator
 
 logger = logging.getLogger(__name__)
-
-
-class OptionalDependencyError(ImportError):
-    """A feature needs a package that is not installed."""
 
 
 def make_optimizer(cfg: OptimizerConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
