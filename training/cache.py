@@ -11,6 +11,7 @@ becomes one safetensors shard written atomically, then one line in ``cache_dir/s
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -98,26 +99,8 @@ def _chunk_id(refs: list[PairRef]) -> str:
 
 def run_cache(cfg: TrainConfig, device: str | torch.device = "cpu", progress: bool = True) -> CacheSummary:
     """Encode every pair of ``dataset.paths`` into ``dataset.cache_dir`` (resumable)."""
-    if not cfg.dataset.cache_dir:
-        raise CacheError("dataset.cache_dir is empty; set it to the folder the cache should go to")
-    root = Path(cfg.dataset.cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(root)
-    clean_stale_temporaries(root / "shards")
     t0 = time.perf_counter()
-    refs = discover(cfg.dataset.paths)
-    settings = cache_settings(cfg)
-    info_path = root / INFO_FILE
-    if info_path.is_file():
-        import json
-
-        old = json.loads(info_path.read_text())
-        if old.get("settings") != settings:
-            raise CacheError(
-                f"{root}: cache was made with other settings ({old.get('settings')}); use a new dataset.cache_dir "
-                "or delete this one"
-            )
-    atomic_write_json(info_path, {"settings": settings, "dataset_hash": dataset_hash(refs), "pairs": len(refs)})
+    root, refs = _open_cache_dir(cfg)
     dtype = CACHE_DTYPES[cfg.dataset.cache_dtype]
     enc = Encoders(cfg.model.flux, device=device, max_sequence_length=cfg.model.max_sequence_length)
     if not (root / EMPTY_PROMPT_FILE).is_file():
@@ -137,39 +120,66 @@ def run_cache(cfg: TrainConfig, device: str | torch.device = "cpu", progress: bo
             if cid in log:
                 summary.shards_skipped_done += 1
                 continue
-            tensors: dict[str, torch.Tensor] = {}
-            samples, bad = [], []
-            for ref in chunk:
-                try:
-                    pair = read_pair(ref)
-                except PairReadError as exc:
-                    if cfg.dataset.on_bad_image == "error":
-                        raise PairReadError(f"{exc}. Fix or remove it, or set dataset.on_bad_image=\"skip\"") from exc
-                    logger.warning("skipping: %s", exc)
-                    bad.append(ref.key)
-                    continue
-                bucket = pick_bucket(*pair.target.size, cfg.dataset.frame_buckets)
-                cond, target = pair_canvases(pair, bucket, cfg.dataset.fit)
-                lat = enc.encode_canvas(torch.cat([cond, target]))
-                emb, pooled = enc.encode_prompt([pair.caption])
-                i = len(samples)
-                tensors[f"{i}.cond"] = lat[0].to(dtype)
-                tensors[f"{i}.target"] = lat[1].to(dtype)
-                tensors[f"{i}.prompt_embeds"] = emb[0].to(dtype)
-                tensors[f"{i}.pooled"] = pooled[0].to(dtype)
-                samples.append({"key": pair.key, "index": i, "bucket": list(bucket)})
+            tensors, samples, bad = _encode_chunk(cfg, enc, chunk, dtype)
             shard = root / "shards" / f"{cid}.safetensors"
             if samples:
                 atomic_save_safetensors(tensors, shard, metadata={"dsd_cache_version": str(CACHE_VERSION)})
             log.append({"id": cid, "file": shard.name if samples else None, "samples": samples, "skipped": bad})
             summary.shards_written += 1
             summary.samples_written += len(samples)
-            summary.bad_images += len(bad)
             summary.bad_keys.extend(bad)
     # Bad images of chunks finished by an earlier run count too.
     summary.bad_images = sum(len(r.get("skipped", [])) for r in read_records(root / SHARD_LOG))
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _open_cache_dir(cfg: TrainConfig) -> tuple[Path, list[PairRef]]:
+    """The cache folder, torn temporaries removed, checked against (or stamped with) the settings; the pairs."""
+    if not cfg.dataset.cache_dir:
+        raise CacheError("dataset.cache_dir is empty; set it to the folder the cache should go to")
+    root = Path(cfg.dataset.cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(root)
+    clean_stale_temporaries(root / "shards")
+    refs = discover(cfg.dataset.paths)
+    settings = cache_settings(cfg)
+    info_path = root / INFO_FILE
+    if info_path.is_file():
+        old = json.loads(info_path.read_text())
+        if old.get("settings") != settings:
+            raise CacheError(
+                f"{root}: cache was made with other settings ({old.get('settings')}); use a new dataset.cache_dir "
+                "or delete this one"
+            )
+    atomic_write_json(info_path, {"settings": settings, "dataset_hash": dataset_hash(refs), "pairs": len(refs)})
+    return root, refs
+
+
+def _encode_chunk(cfg: TrainConfig, enc: Encoders, chunk: list[PairRef],
+                  dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], list[str]]:  # fmt: skip
+    """One shard's tensors (``<i>.cond/target/prompt_embeds/pooled``), its sample records and the unreadable keys."""
+    tensors: dict[str, torch.Tensor] = {}
+    samples: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for ref in chunk:
+        try:
+            pair = read_pair(ref)
+        except PairReadError as exc:
+            if cfg.dataset.on_bad_image == "error":
+                raise PairReadError(f"{exc}. Fix or remove it, or set dataset.on_bad_image=\"skip\"") from exc
+            logger.warning("skipping: %s", exc)
+            bad.append(ref.key)
+            continue
+        bucket = pick_bucket(*pair.target.size, cfg.dataset.frame_buckets)
+        cond, target = pair_canvases(pair, bucket, cfg.dataset.fit)
+        lat = enc.encode_canvas(torch.cat([cond, target]))
+        emb, pooled = enc.encode_prompt([pair.caption])
+        i = len(samples)
+        tensors.update({f"{i}.cond": lat[0].to(dtype), f"{i}.target": lat[1].to(dtype),
+                        f"{i}.prompt_embeds": emb[0].to(dtype), f"{i}.pooled": pooled[0].to(dtype)})  # fmt: skip
+        samples.append({"key": pair.key, "index": i, "bucket": list(bucket)})
+    return tensors, samples, bad
 
 
 # -- sample sources ---------------------------------------------------------------------------------
@@ -181,8 +191,6 @@ class CachedSource:
         log = self.root / SHARD_LOG
         if not log.is_file() or not (self.root / EMPTY_PROMPT_FILE).is_file():
             raise CacheError(f"{self.root}: no finished cache here; run `python -m training cache --config ...` first")
-        import json
-
         info = json.loads((self.root / INFO_FILE).read_text())
         records = read_records(log)
         expected = -(-info["pairs"] // info["settings"]["shard_size"])
