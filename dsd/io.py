@@ -104,14 +104,6 @@ def atomic_save_safetensors(
         save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
 
 
-def atomic_save_torch(obj: Any, dest: str | os.PathLike[str]) -> None:
-    """torch.save, atomically. Only for the project's own state (optimizer, RNG); weights use safetensors."""
-    import torch
-
-    with atomic_path(dest, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
-
-
 def _old_sibling(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.old")
 

@@ -25,11 +25,6 @@ class DSDModelError(ValueError):
     """The model or weights given are not a usable DSD / FLUX transformer."""
 
 
-def inner_dim(transformer: nn.Module) -> int:
-    cfg = transformer.config
-    return int(cfg.num_attention_heads * cfg.attention_head_dim)
-
-
 def make_c_embedder(in_features: int, hidden: int, dtype=torch.float32, device=None) -> nn.Linear:
     """``Linear(64, hidden)`` with weight and bias exactly zero: at initialisation DSD is plain FLUX."""
     layer = nn.Linear(in_features, hidden, dtype=dtype, device=device)

@@ -322,10 +322,6 @@ def fixture_cache_dir() -> Path:
     return path
 
 
-def tiny_config_json(config: dict[str, Any] | None = None) -> str:
-    return json.dumps(config or TINY_TRANSFORMER_CONFIG, sort_keys=True)
-
-
 # -- files ComfyUI's stock loaders accept -----------------------------------------------------------
 CLIP_L_CONFIG: dict[str, Any] = {
     "vocab_size": 49408,

@@ -79,13 +79,6 @@ def save_adapter(adapter: DSDAdapter, path: str | os.PathLike[str], extra_metada
     return path
 
 
-def is_adapter_file(path: str | os.PathLike[str]) -> bool:
-    try:
-        return read_metadata(path).get("dsd_format") == ADAPTER_FORMAT
-    except WeightsError:
-        return False
-
-
 def load_adapter(path: str | os.PathLike[str]) -> DSDAdapter:
     """Read an adapter file; a file that is not a DSD adapter gets an error saying what it is instead."""
     path = Path(path)

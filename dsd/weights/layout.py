@@ -8,7 +8,7 @@ modulation is stored (shift, scale) in BFL and (scale, shift) in diffusers.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -211,7 +211,3 @@ def lora_target_to_bfl(module_path: str, hidden: int, mlp_hidden: int) -> tuple[
     if module_path == "norm_out.linear":
         return "final_layer.adaLN_modulation.1", None
     raise LayoutError(f"no BFL equivalent for diffusers module {module_path!r}")
-
-
-def map_keys(state: Mapping[str, torch.Tensor], fn: Callable[[str], str]) -> dict[str, torch.Tensor]:
-    return {fn(k): v for k, v in state.items()}

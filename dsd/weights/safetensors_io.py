@@ -39,11 +39,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def list_keys(path: str | os.PathLike[str]) -> list[str]:
-    with open_safetensors(path) as f:
-        return list(f.keys())
-
-
 def load_tensors(path: str | os.PathLike[str], keys: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Load (some) tensors; every tensor is read fully, so truncation is detected here."""
     out: dict[str, torch.Tensor] = {}
