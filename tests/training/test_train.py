@@ -31,12 +31,12 @@ def test_overfit_four_pairs_halves_the_loss(wide_flux, wds_dataset, tmp_path):
     assert losses[-10:].mean() <= 0.5 * losses[:10].mean(), (losses[:10].mean(), losses[-10:].mean())
 
 
-def _trainable(out_dir):
+def _trainable(out_dir, file="trainable.safetensors"):
     from safetensors.torch import load_file
 
     from training.checkpoint import latest_checkpoint
 
-    return load_file(str(latest_checkpoint(out_dir) / "trainable.safetensors"))
+    return load_file(str(latest_checkpoint(out_dir) / file))
 
 
 def test_resume_matches_uninterrupted_run(tiny_flux, wds_dataset, tiny_cache, tmp_path):
@@ -53,10 +53,11 @@ def test_resume_matches_uninterrupted_run(tiny_flux, wds_dataset, tiny_cache, tm
     resumed = train(b, resume="auto", progress=False)
     assert resumed.start_step == 3 and resumed.steps_done == 3
     np.testing.assert_allclose(resumed.losses, full.losses[3:], rtol=0, atol=1e-6)
-    wa, wb = _trainable(tmp_path / "a/out"), _trainable(tmp_path / "b/out")
-    assert set(wa) == set(wb)
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6)
+    for file in ("trainable.safetensors", "ema.safetensors"):  # the EMA's decay depends on its restored step count
+        wa, wb = _trainable(tmp_path / "a/out", file), _trainable(tmp_path / "b/out", file)
+        assert set(wa) == set(wb)
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6)
     # 6 steps x 2 micro-batches of 2 over 4 pairs (2 batches per epoch) = 6 epochs; the cursor says so
     import json
 
