@@ -8,7 +8,8 @@ modulation is stored (shift, scale) in BFL and (scale, shift) in diffusers.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -58,112 +59,92 @@ def _swap_halves(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([b, a], dim=0)
 
 
-def diffusers_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Convert a diffusers ``FluxTransformer2DModel`` state dict to BFL/ComfyUI keys."""
-    out: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
+@dataclass(frozen=True)
+class _Rule:
+    """One BFL tensor and the diffusers tensor(s) it holds: several are concatenated along dim 0."""
 
-    def take(key: str) -> torch.Tensor:
-        used.add(key)
-        return state[key]
+    diffusers: tuple[str, ...]
+    bfl: str
+    swap_halves: bool = False  # final norm modulation: (shift, scale) in BFL, (scale, shift) in diffusers
+    equal_parts: bool = False  # double-block qkv: equal thirds; single-block linear1: q, k, v of `hidden`, then mlp
 
-    for src, dst in _TOP_LEVEL.items():
+
+def _block_indices(keys: Iterable[str], pattern: str) -> list[int]:
+    return sorted({int(m.group(1)) for k in keys if (m := re.match(pattern, k))})
+
+
+def _rules(doubles: list[int], singles: list[int]) -> list[_Rule]:
+    """THE mapping table, for both directions, for a model with these block indices."""
+    rules: list[_Rule] = []
+
+    def add(src: str, dst: str, one_to_one: dict[str, str], norms: dict[str, str], fused: dict, equal: bool) -> None:
         for p in ("weight", "bias"):
-            if f"{src}.{p}" in state:
-                out[f"{dst}.{p}"] = take(f"{src}.{p}")
-    for p in ("weight", "bias"):
-        if f"norm_out.linear.{p}" in state:
-            out[f"final_layer.adaLN_modulation.1.{p}"] = _swap_halves(take(f"norm_out.linear.{p}"))
+            rules.extend(_Rule((f"{src}{a}.{p}",), f"{dst}{b}.{p}") for a, b in one_to_one.items())
+            rules.extend(
+                _Rule(tuple(f"{src}{part}.{p}" for part in parts), f"{dst}{b}.{p}", equal_parts=equal)
+                for b, parts in fused.items()
+            )
+        rules.extend(_Rule((f"{src}{a}",), f"{dst}{b}") for a, b in norms.items())
 
-    doubles = sorted({int(m.group(1)) for k in state if (m := re.match(r"transformer_blocks\.(\d+)\.", k))})
-    singles = sorted({int(m.group(1)) for k in state if (m := re.match(r"single_transformer_blocks\.(\d+)\.", k))})
+    add("", "", _TOP_LEVEL, {}, {}, False)
+    rules.extend(
+        _Rule((f"norm_out.linear.{p}",), f"final_layer.adaLN_modulation.1.{p}", swap_halves=True) for p in ("weight", "bias")
+    )
     for i in doubles:
-        s, d = f"transformer_blocks.{i}.", f"double_blocks.{i}."
-        for src, dst in _DOUBLE.items():
-            for p in ("weight", "bias"):
-                if s + f"{src}.{p}" in state:
-                    out[d + f"{dst}.{p}"] = take(s + f"{src}.{p}")
-        for src, dst in _DOUBLE_NORMS.items():
-            if s + src in state:
-                out[d + dst] = take(s + src)
-        for dst, parts in _DOUBLE_FUSED.items():
-            for p in ("weight", "bias"):
-                if s + f"{parts[0]}.{p}" in state:
-                    out[d + f"{dst}.{p}"] = torch.cat([take(s + f"{part}.{p}") for part in parts], dim=0)
+        add(f"transformer_blocks.{i}.", f"double_blocks.{i}.", _DOUBLE, _DOUBLE_NORMS, _DOUBLE_FUSED, True)
     for i in singles:
-        s, d = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
-        for src, dst in _SINGLE.items():
-            for p in ("weight", "bias"):
-                if s + f"{src}.{p}" in state:
-                    out[d + f"{dst}.{p}"] = take(s + f"{src}.{p}")
-        for src, dst in _SINGLE_NORMS.items():
-            if s + src in state:
-                out[d + dst] = take(s + src)
-        for dst, parts in _SINGLE_FUSED.items():
-            for p in ("weight", "bias"):
-                if s + f"{parts[0]}.{p}" in state:
-                    out[d + f"{dst}.{p}"] = torch.cat([take(s + f"{part}.{p}") for part in parts], dim=0)
+        add(f"single_transformer_blocks.{i}.", f"single_blocks.{i}.", _SINGLE, _SINGLE_NORMS, _SINGLE_FUSED, False)
+    return rules
+
+
+def _check_all_used(state: Mapping[str, torch.Tensor], used: set[str], source: str, target: str) -> None:
     leftover = sorted(set(state) - used)
     if leftover:
-        raise LayoutError(f"{len(leftover)} diffusers keys have no BFL equivalent, e.g. {leftover[:3]}")
+        raise LayoutError(f"{len(leftover)} {source} keys have no {target} equivalent, e.g. {leftover[:3]}")
+
+
+def diffusers_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convert a diffusers ``FluxTransformer2DModel`` state dict to BFL/ComfyUI keys."""
+    rules = _rules(
+        _block_indices(state, r"transformer_blocks\.(\d+)\."), _block_indices(state, r"single_transformer_blocks\.(\d+)\.")
+    )
+    out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for rule in rules:
+        if rule.diffusers[0] not in state:
+            continue
+        used.update(rule.diffusers)
+        parts = [state[k] for k in rule.diffusers]
+        tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+        out[rule.bfl] = _swap_halves(tensor) if rule.swap_halves else tensor
+    _check_all_used(state, used, "diffusers", "BFL")
     return out
 
 
-def bfl_to_diffusers(state: Mapping[str, torch.Tensor], num_heads: int | None = None) -> dict[str, torch.Tensor]:
+def _split_fused(rule: _Rule, tensor: torch.Tensor, hidden: int | None) -> tuple[torch.Tensor, ...]:
+    if rule.equal_parts:
+        return tensor.chunk(len(rule.diffusers), dim=0)
+    if hidden is None:
+        raise LayoutError(f"cannot split {rule.bfl} without img_in.weight (it gives the hidden size)")
+    head = len(rule.diffusers) - 1
+    return tensor.split([hidden] * head + [tensor.shape[0] - head * hidden], dim=0)
+
+
+def bfl_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Convert BFL/ComfyUI FLUX keys (optionally prefixed ``model.diffusion_model.``) to diffusers keys."""
     state = {_strip_prefix(k): v for k, v in state.items()}
+    rules = _rules(_block_indices(state, r"double_blocks\.(\d+)\."), _block_indices(state, r"single_blocks\.(\d+)\."))
+    hidden = state["img_in.weight"].shape[0] if "img_in.weight" in state else None
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        used.add(key)
-        return state[key]
-
-    for dst, src in _TOP_LEVEL.items():
-        for p in ("weight", "bias"):
-            if f"{src}.{p}" in state:
-                out[f"{dst}.{p}"] = take(f"{src}.{p}")
-    for p in ("weight", "bias"):
-        if f"final_layer.adaLN_modulation.1.{p}" in state:
-            out[f"norm_out.linear.{p}"] = _swap_halves(take(f"final_layer.adaLN_modulation.1.{p}"))
-    hidden = state["img_in.weight"].shape[0] if "img_in.weight" in state else None
-    doubles = sorted({int(m.group(1)) for k in state if (m := re.match(r"double_blocks\.(\d+)\.", k))})
-    singles = sorted({int(m.group(1)) for k in state if (m := re.match(r"single_blocks\.(\d+)\.", k))})
-    for i in doubles:
-        s, d = f"double_blocks.{i}.", f"transformer_blocks.{i}."
-        for dst, src in _DOUBLE.items():
-            for p in ("weight", "bias"):
-                if s + f"{src}.{p}" in state:
-                    out[d + f"{dst}.{p}"] = take(s + f"{src}.{p}")
-        for dst, src in _DOUBLE_NORMS.items():
-            if s + src in state:
-                out[d + dst] = take(s + src)
-        for src, parts in _DOUBLE_FUSED.items():
-            for p in ("weight", "bias"):
-                if s + f"{src}.{p}" in state:
-                    for part, chunk in zip(parts, take(s + f"{src}.{p}").chunk(3, dim=0), strict=True):
-                        out[d + f"{part}.{p}"] = chunk
-    for i in singles:
-        s, d = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
-        for dst, src in _SINGLE.items():
-            for p in ("weight", "bias"):
-                if s + f"{src}.{p}" in state:
-                    out[d + f"{dst}.{p}"] = take(s + f"{src}.{p}")
-        for dst, src in _SINGLE_NORMS.items():
-            if s + src in state:
-                out[d + dst] = take(s + src)
-        for p in ("weight", "bias"):
-            key = s + f"linear1.{p}"
-            if key in state:
-                if hidden is None:
-                    raise LayoutError("cannot split single-block linear1 without img_in.weight")
-                t = take(key)
-                q, k, v, mlp = t.split([hidden, hidden, hidden, t.shape[0] - 3 * hidden], dim=0)
-                for part, chunk in zip(_SINGLE_FUSED["linear1"], (q, k, v, mlp), strict=True):
-                    out[d + f"{part}.{p}"] = chunk
-    leftover = sorted(set(state) - used)
-    if leftover:
-        raise LayoutError(f"{len(leftover)} BFL keys have no diffusers equivalent, e.g. {leftover[:3]}")
+    for rule in rules:
+        if rule.bfl not in state:
+            continue
+        used.add(rule.bfl)
+        tensor = _swap_halves(state[rule.bfl]) if rule.swap_halves else state[rule.bfl]
+        chunks = _split_fused(rule, tensor, hidden) if len(rule.diffusers) > 1 else (tensor,)
+        out.update(zip(rule.diffusers, chunks, strict=True))
+    _check_all_used(state, used, "BFL", "diffusers")
     return out
 
 
