@@ -141,7 +141,8 @@ def _rows_training(p: dict) -> list[tuple[str, str, str]]:
 def _rows_fp8(p: dict) -> list[tuple[str, str, str]]:
     rows = [(f"s/step {k}", f"{v:.4g}", "") for k, v in p["seconds_per_step"].items()]
     rows += [(k.replace("_", " "), f"{v:.3f}x", "") for k, v in p.items() if k.startswith("speedup_")]
-    rows.append(("fp8 op fallbacks to upcast", str(p["fp8_fallbacks"]), "0 (else the fp8 path did not run)"))
+    rows.append(("fp8 linears that fell back to upcasting (one 2-step run)", f"{p['fp8_fallbacks']} of {p['fp8_linear_calls']}",
+                 p["fp8_fallback_example"][:120] or "none"))  # fmt: skip
     return rows
 
 

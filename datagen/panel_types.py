@@ -15,8 +15,9 @@ class PanelsConfig:
     # the line's colour (light noise and JPEG ringing stay inside; texture and shapes do not) ...
     uniform_tolerance: int = 20
     uniform_fraction: float = 0.9
-    # ... whose colour covers less than this share of the line beside it (else it is background).
-    continuation_max: float = 0.35
+    # ... whose colour covers less than this share of the line beside it (else it is background;
+    # crossing gutters and thick borders of the same colour may cover up to ~40 %).
+    continuation_max: float = 0.5
     colour_tolerance: int = 24  # gutters within this of each other share a colour
     min_gutter_px: int = 2
     max_border_fraction: float = 0.2

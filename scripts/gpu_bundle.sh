@@ -10,7 +10,8 @@
 # DIR/wheels/         CPython 3.12 manylinux x86_64 wheels of what the H200 image lacks (its package list:
 #                     /work/.library/env of this workplace; torch, accelerate, peft, transformers, safetensors,
 #                     numpy, aiohttp, einops, scipy, Pillow, torchvision are there): diffusers, torchsde and
-#                     trampoline, av (comfy_api imports it), bitsandbytes with only the CUDA libraries named by
+#                     trampoline, av (comfy_api imports it), comfy-kitchen (pure Python: ComfyUI's fp8 ops),
+#                     bitsandbytes with only the CUDA libraries named by
 #                     DSD_BUNDLE_BNB_CUDA (default "130 132": the image's torch is cu130). More wheels:
 #                     DSD_BUNDLE_EXTRA="name==version ...". ComfyUI's web frontend is not needed (the suite
 #                     serves no page: gpu_suite passes --front-end-root when the package is missing).
@@ -20,6 +21,9 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LIMIT=$((64 * 1024 * 1024))
 WHEELS=(diffusers==0.42.1 torchsde==0.2.6 trampoline==0.1.2 av==18.1.0 bitsandbytes==0.50.2 importlib_metadata==8.7.0)
+# Pure-Python builds: comfy-kitchen's eager backend runs ComfyUI's fp8 matmul through torch's scaled_mm (its
+# manylinux wheel adds 200 MB of CUDA/ROCm kernels, past the 64 MiB).
+PURE_WHEELS=(comfy-kitchen==0.2.40)
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
            manylinux1_x86_64)
 # Stripped from the host copy: nothing the suite imports lives there.
@@ -52,6 +56,8 @@ build_wheels() {
   # shellcheck disable=SC2086  # $pip is a command line
   $pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
       -d "$dir/wheels.partial" "${WHEELS[@]}" ${DSD_BUNDLE_EXTRA:-}
+  $pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation py --platform any \
+      -d "$dir/wheels.partial" "${PURE_WHEELS[@]}"
   python3 - "$dir/wheels.partial" "${DSD_BUNDLE_BNB_CUDA:-130 132}" <<'EOF'
 """Repack bitsandbytes with only the wanted CUDA libraries (its wheel carries one per CUDA and ROCm release)."""
 import re, sys, zipfile

@@ -25,7 +25,7 @@ SCRIPT = REPO / "scripts" / "gpu_bundle.sh"
 GPU_IMAGE = ("torch", "torchvision", "accelerate", "peft", "transformers", "safetensors", "numpy", "aiohttp", "yarl",
              "einops", "scipy", "pillow", "psutil", "pyyaml", "requests", "tqdm", "sentencepiece", "tokenizers",
              "huggingface-hub", "packaging", "regex", "filelock", "zipp")  # fmt: skip
-BUNDLED = ("diffusers", "torchsde", "trampoline", "av", "bitsandbytes", "importlib-metadata")
+BUNDLED = ("diffusers", "torchsde", "trampoline", "av", "bitsandbytes", "importlib-metadata", "comfy-kitchen")
 
 
 def _norm(name: str) -> str:
@@ -94,8 +94,9 @@ def test_suite_runs_from_the_bundle_with_only_the_gpu_images_packages(tmp_path):
            "COMFYUI_PATH": str(tmp_path / "host" / "ComfyUI")}  # fmt: skip
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-S", str(REPO / "benchmarks" / "gpu_suite.py"), "--tiny", "--out", str(out),
-                        "--parts", "sampling,training"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)  # fmt: skip
+                        "--parts", "sampling,training,fp8_matmul"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:]
     parts = json.loads((out / "gpu_figures.json").read_text())["parts"]
     assert parts["sampling"]["status"] == "measured", parts["sampling"]
     assert parts["training"]["adamw"]["status"] == "measured", parts["training"]
+    assert parts["fp8_matmul"]["fp8_fallbacks"] == 0 < parts["fp8_matmul"]["fp8_linear_calls"], parts["fp8_matmul"]

@@ -147,7 +147,7 @@ def make_grid(style: str, layout: tuple[int, int], seed: int, size: int = 512,
     width, height = (int(size * rng.uniform(0.9, 1.15)) for _ in range(2))
     gutter_colour, bg = _palette(style, rng)
     gutter = 0 if style == "no_gutter" else int(rng.integers(6, 25))
-    border = int(rng.integers(20, 60)) if style == "border" else int(rng.choice([0, 0, int(rng.integers(4, 20))]))
+    border = int(rng.integers(size // 50, size // 16)) if style == "border" else int(rng.choice([0, 0, int(rng.integers(4, 20))]))
     border_colour = gutter_colour
     if style == "border" and rng.random() < 0.5:
         border_colour = _colour(rng, [gutter_colour, bg])

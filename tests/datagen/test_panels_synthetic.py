@@ -1,0 +1,51 @@
+"""The panel detector on generated grids of every style (tests/datagen/synthetic_grids.py): each
+correct grid cut within 3 px of its true boxes, each layout mismatch rejected with the counts it
+shows, and no grid ever cut wrongly (a wrong cut would send broken pairs to curation)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from datagen.panels import PanelCountMismatch, PanelDetectionError, analyse_panels
+from tests.datagen.synthetic_grids import LAYOUTS, MISMATCHES, STYLES, cut_is_right, make_grid
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_style_is_cut_within_3px(style: str) -> None:
+    for i, layout in enumerate(LAYOUTS):
+        grid = make_grid(style, layout, seed=7_000 + 31 * i + STYLES.index(style), size=320)
+        found = analyse_panels(grid.image, grid.rows, grid.cols)
+        assert cut_is_right(list(found.boxes), grid), (style, layout, found, grid.boxes)
+        assert found.method == ("edges" if style == "no_gutter" else "gutters"), found.detail
+        assert 0.0 < found.confidence <= 1.0
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_layout_mismatches_are_rejected_with_both_counts(style: str) -> None:
+    for i, (drawn, label) in enumerate(MISMATCHES):
+        grid = make_grid(style, label, seed=9_000 + 37 * i + STYLES.index(style), size=320, drawn=drawn)
+        with pytest.raises(PanelDetectionError) as info:
+            analyse_panels(grid.image, grid.rows, grid.cols)
+        msg = str(info.value)
+        asked = f"{label[0]}x{label[1]} = {label[0] * label[1]} panels"
+        if isinstance(info.value, PanelCountMismatch):
+            assert asked in msg, msg
+            if info.value.shown is not None:  # what the image shows, on both axes, and their product
+                rows, cols = info.value.shown
+                assert info.value.found == rows * cols and f"shows {rows * cols} ({rows}x{cols}" in msg, msg
+        else:  # no visible structure to count (touching panels): rejected, never guessed
+            assert re.search(r"rejected rather than guessed|cannot cut", msg), msg
+
+
+def test_the_issue_cases_state_the_right_counts() -> None:
+    """A 2x1 picture labelled 1x3 shows 2 panels (not 6); a 1x2 picture labelled 2x2 is never cut
+    into four half panels."""
+    grid = make_grid("flat", (1, 3), seed=5, size=320, drawn=(2, 1))
+    with pytest.raises(PanelCountMismatch, match=r"asks for 1x3 = 3 panels, the image shows 2 \(2x1"):
+        analyse_panels(grid.image, 1, 3)
+    for style in ("flat", "textured", "photo"):
+        grid = make_grid(style, (2, 2), seed=6, size=320, drawn=(1, 2))
+        with pytest.raises(PanelCountMismatch, match=r"asks for 2x2 = 4 panels, the image shows 2 \(1x2"):
+            analyse_panels(grid.image, 2, 2)
