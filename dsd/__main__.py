@@ -133,16 +133,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-ENHANCE_DEFAULT_MODELS = {"gemini": "gemini-2.5-flash", "openai": "gpt-4o-mini"}
-
-
 def _enhance(args: argparse.Namespace, reference) -> str:
-    from .enhance import enhance_prompt
+    from .enhance import DEFAULT_MODELS, enhance_prompt
     from .providers import ProviderConfig, ProviderError, make_provider
 
     cfg = ProviderConfig(
         kind=args.enhance,
-        model=args.enhance_model or ENHANCE_DEFAULT_MODELS[args.enhance],
+        model=args.enhance_model or DEFAULT_MODELS[args.enhance],
         base_url=args.enhance_base_url,
         timeout_s=60.0,
         max_retries=3,

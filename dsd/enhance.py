@@ -19,6 +19,8 @@ from PIL import Image
 from .providers import ChatRequest, Provider, ProviderResponseError, Usage, image_to_png_bytes
 
 MAX_PROMPT_TOKENS = 77
+# Models used when none is named (the authors used Gemini 1.5 Flash, since retired).
+DEFAULT_MODELS = {"gemini": "gemini-2.5-flash", "openai": "gpt-4o-mini"}
 # The reference is downscaled before upload: identity details survive, tokens and bytes drop.
 CAPTION_IMAGE_MAX_SIDE = 768
 

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from ..dsd.io import atomic_path
+from ..dsd.providers.config import KEY_ENV_VARS
 
 logger = logging.getLogger(__name__)
 
 STORE_ENV = "DSD_KEY_STORE"
 STORE_NAME = "api_keys.json"
 PROVIDERS = ("openai", "gemini")
-KEY_ENV_VARS = {"openai": ("OPENAI_API_KEY",), "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
 # Where earlier versions of the pack kept keys: ComfyUI settings, served to every client.
 LEGACY_SETTING_IDS = {"openai": "DSD.OpenAIApiKey", "gemini": "DSD.GeminiApiKey"}
 SETTINGS_FILE = "comfy.settings.json"

@@ -23,6 +23,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
+from ..dsd.enhance import DEFAULT_MODELS
 from . import keys
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ _SDK_HINT = {
     "openai": ("openai", "openai"),
 }
 # Used when the model widget is left empty.
-DEFAULT_MODELS = {"gemini": "gemini-2.5-flash", "openai": "gpt-4o-mini"}
 DEFAULT_MODEL = DEFAULT_MODELS["gemini"]
 
 # A node must fail with a message, not hang the queue: bounded attempts and time per attempt.

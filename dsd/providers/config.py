@@ -14,7 +14,8 @@ from .errors import ProviderAuthError
 
 ProviderKind = Literal["openai", "gemini"]
 
-_DEFAULT_KEY_ENVS: dict[str, tuple[str, ...]] = {
+# The environment variables each kind reads its key from, first set wins (the one list the CLI and nodes use).
+KEY_ENV_VARS: dict[str, tuple[str, ...]] = {
     "openai": ("OPENAI_API_KEY",),
     "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
 }
@@ -47,7 +48,7 @@ class ProviderConfig:
     max_malformed_retries: int = 2
 
     def __post_init__(self) -> None:
-        if self.kind not in _DEFAULT_KEY_ENVS:
+        if self.kind not in KEY_ENV_VARS:
             raise ValueError(f"ProviderConfig.kind must be 'openai' or 'gemini', got {self.kind!r}")
         if not self.model:
             raise ValueError("ProviderConfig.model is empty: name the model to call (e.g. 'gpt-4o-mini')")
@@ -85,7 +86,7 @@ class ProviderConfig:
         return cls(**kwargs)
 
     def key_env_names(self) -> tuple[str, ...]:
-        return (self.api_key_env,) if self.api_key_env else _DEFAULT_KEY_ENVS[self.kind]
+        return (self.api_key_env,) if self.api_key_env else KEY_ENV_VARS[self.kind]
 
     def resolve_api_key(self) -> str:
         """The key from the environment; a local server (``base_url`` set) may run without one."""
