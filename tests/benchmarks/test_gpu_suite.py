@@ -141,10 +141,9 @@ def test_estimator_flops_at_flux_dev_width_on_the_meta_device(tmp_path):
     width, canvas, T5 length and rank 512 (2 + 2 blocks: the count is per block), on the meta device: no memory,
     no compute. (All 19 + 38 blocks, measured once: 149.3 TFLOP counted vs 144.7 predicted, 1.03.)"""
     from dataclasses import replace
-
-    import torch
     from types import SimpleNamespace
 
+    import torch
     from diffusers import FluxTransformer2DModel
     from gpu_training import make_batch, train_config
     from torch.utils.flop_counter import FlopCounterMode
