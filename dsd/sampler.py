@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .model import DSDTransformer
-from .tokens import flux_sigmas, text_ids
+from .tokens import FLUX_LATENT_CHANNELS, flux_sigmas, text_ids
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def sample_tokens(
     return x
 
 
-def make_noise(batch: int, latent_height: int, latent_width: int, seed: int, channels: int = 16) -> torch.Tensor:
+def make_noise(batch: int, latent_height: int, latent_width: int, seed: int, channels: int = FLUX_LATENT_CHANNELS) -> torch.Tensor:
     """Canvas noise ``[B, 16, h, w]`` exactly as ComfyUI's ``prepare_noise`` draws it (CPU generator, fp32)."""
     gen = torch.Generator("cpu").manual_seed(int(seed))
     return torch.randn((batch, channels, latent_height, latent_width), generator=gen, dtype=torch.float32)

@@ -21,15 +21,13 @@ import comfy.utils
 import torch
 import torch.nn.functional as F
 
+from ..dsd.tokens import FLUX_LATENT_CHANNELS, FLUX_PACKED_CHANNELS, PATCH
 from .errors import DSDBatchError, DSDModelMismatchError, DSDNodeError
 
 logger = logging.getLogger(__name__)
 
 MODEL_COND_KEY = "dsd_condition"
 WRAPPER_KEY = "dsd"
-FLUX_IN_CHANNELS = 16
-FLUX_PATCH = 2
-TOKEN_WIDTH = FLUX_IN_CHANNELS * FLUX_PATCH * FLUX_PATCH  # 64
 
 
 class DSDTokens(comfy.conds.CONDRegular):
@@ -57,7 +55,7 @@ def flux_params(model_patcher) -> object:
             f"DSD needs a FLUX.1 model (dev/schnell architecture), but the MODEL input is {kind}. "
             "Load FLUX.1-dev (Load Diffusion Model / UNETLoader, or a FLUX GGUF) and connect it to DSD Adapter Loader."
         )
-    if params.in_channels != FLUX_IN_CHANNELS or dm.patch_size != FLUX_PATCH:
+    if params.in_channels != FLUX_LATENT_CHANNELS or dm.patch_size != PATCH:
         raise DSDModelMismatchError(
             f"DSD needs FLUX.1 with a 16-channel latent and 2x2 patches; this FLUX has in_channels={params.in_channels}, "
             f"patch_size={dm.patch_size} (FLUX Fill/Depth/Kontext-style or FLUX.2 models are not supported). Use FLUX.1-dev."
@@ -128,7 +126,7 @@ def dsd_diffusion_wrapper(executor, x, timestep, context, y, guidance, ref_laten
     post = patches.get("post_input", [])
     if any(isinstance(p, DSDPostInput) for p in post):
         if tokens is not None:
-            h, w = x.shape[-2] // FLUX_PATCH, x.shape[-1] // FLUX_PATCH
+            h, w = x.shape[-2] // PATCH, x.shape[-1] // PATCH
             if tokens.shape[1] != h * w:
                 raise DSDNodeError(
                     f"DSD condition tokens are for {tokens.shape[1]} image tokens but the latent {tuple(x.shape[-2:])} has "
@@ -157,10 +155,10 @@ def _warn_no_tokens() -> None:
 def apply_condition_embedder(model_patcher, weight: torch.Tensor, bias: torch.Tensor | None):
     """Clone ``model_patcher`` with the DSD embedder patch and wrapper; the base weights are not touched."""
     params = flux_params(model_patcher)
-    if tuple(weight.shape) != (params.hidden_size, TOKEN_WIDTH):
+    if tuple(weight.shape) != (params.hidden_size, FLUX_PACKED_CHANNELS):
         raise DSDModelMismatchError(
             f"the DSD condition embedder is Linear({weight.shape[1]}, {weight.shape[0]}) but this FLUX needs "
-            f"Linear({TOKEN_WIDTH}, {params.hidden_size}): the DSD weights were made for a different FLUX size "
+            f"Linear({FLUX_PACKED_CHANNELS}, {params.hidden_size}): the DSD weights were made for a different FLUX size "
             "(DSD's release is for FLUX.1-dev, hidden size 3072)."
         )
     m = model_patcher.clone()

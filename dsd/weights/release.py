@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..tokens import FLUX_PACKED_CHANNELS
 from .errors import WeightsError
 from .lora import LoraPair, parse_lora
 from .safetensors_io import iter_folder_tensors, load_tensors, open_safetensors, shard_files
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 RELEASE_LORA_NAME = "pytorch_lora_weights.safetensors"
 FLUX_TRANSFORMER_CLASS = "FluxTransformer2DModel"
-FLUX_PACKED_CHANNELS = 64  # 16 latent channels in 2x2 patches
 # What a diffusers FLUX.1 transformer config holds and SD3/UNet/other configs lack (or size differently).
 FLUX_CONFIG_KEYS = ("in_channels", "num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
                     "joint_attention_dim", "pooled_projection_dim")  # fmt: skip
