@@ -286,7 +286,10 @@ def make_bench(shapes: Shapes, device: Device, threads: int) -> Bench:
     flags = [] if device.is_cuda else ["--supports-fp8-compute"]
     if importlib.util.find_spec("comfyui_frontend_package") is None:  # the GPU bundle: no web page is served
         flags += ["--front-end-root", tempfile.mkdtemp(prefix="dsd_no_frontend_")]
-    host = Host(threads, "pytorch", cpu=not device.is_cuda, extra_args=tuple(flags))
+    try:
+        host = Host(threads, "pytorch", cpu=not device.is_cuda, extra_args=tuple(flags))
+    except SystemExit as exc:  # Host's way of saying the host or the pack did not load: a failed part here
+        raise RuntimeError(f"ComfyUI host: {exc}") from exc
     import comfy.utils
 
     comfy.utils.set_progress_bar_enabled(False)  # per-run bars would bury the table in a captured log tail

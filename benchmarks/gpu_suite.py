@@ -22,6 +22,7 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -40,9 +41,9 @@ PARTS = ("sampling", "memory", "training", "fp8_matmul")
 # Seconds per part on one H100/H200 (each also stops at what is left of --budget-s).
 CAPS_S = {"sampling": 150.0, "memory": 90.0, "training": 120.0, "fp8_matmul": 60.0}
 SUITE_VERSION = 1
-# What a part may raise that must not cost the other parts' figures on a one-shot GPU run (CUDA out of memory
-# is a RuntimeError); anything else is a bug in the suite and stops it.
-PART_ERRORS = (RuntimeError, ImportError, OSError, ValueError)
+# What a part may raise that must not cost the other parts' figures on a one-shot GPU run: CUDA out of memory
+# (a RuntimeError), a missing package, and the API drift of another torch / diffusers / peft / ComfyUI build.
+PART_ERRORS = (RuntimeError, ImportError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError, AssertionError)
 
 
 def run_parts(args, device: Device, report: dict, out: Path) -> None:
@@ -70,7 +71,8 @@ def run_parts(args, device: Device, report: dict, out: Path) -> None:
             entry = {"status": "skipped (time)", "detail": str(exc)}
         except PART_ERRORS as exc:
             logger.exception("part %s failed", name)
-            entry = {"status": f"failed: {type(exc).__name__}: {str(exc)[:300]}"}
+            # the traceback's end goes into the JSON: the GPU run may be the only one for a while
+            entry = {"status": f"failed: {type(exc).__name__}: {str(exc)[:300]}", "traceback": traceback.format_exc()[-2000:]}
         device.free()
         entry["seconds"] = time.monotonic() - t
         report["parts"][name] = entry

@@ -192,3 +192,14 @@ def test_fp8_fallbacks_reported_at_info_are_captured_and_nothing_else_changes():
         assert root.level == logging.WARNING
     finally:
         root.setLevel(before)
+
+
+def test_a_failing_part_is_recorded_and_the_run_goes_on(tmp_path):
+    env = {**os.environ, "COMFYUI_PATH": str(tmp_path)}  # not a ComfyUI: the sampling part cannot start its host
+    r = subprocess.run([sys.executable, str(SUITE), "--tiny", "--out", str(tmp_path / "out"), "--parts", "sampling,training",
+                        "--budget-s", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    parts = json.loads((tmp_path / "out" / "gpu_figures.json").read_text())["parts"]
+    assert parts["sampling"]["status"].startswith("failed: HostError: COMFYUI_PATH=")
+    assert "Traceback" in parts["sampling"]["traceback"]
+    assert parts["training"]["adamw"]["status"] == "skipped (time)"  # the next part still ran (and kept its cap)
