@@ -15,7 +15,8 @@
 #                     DSD_BUNDLE_BNB_CUDA (default "130 132": the image's torch is cu130). More wheels:
 #                     DSD_BUNDLE_EXTRA="name==version ...". ComfyUI's web frontend is not needed (the suite
 #                     serves no page: gpu_suite passes --front-end-root when the package is missing).
-# The bundle plus the repository's tracked files must stay under 64 MiB (what the device tool carries).
+# The bundle plus the work tree (tracked and untracked-not-ignored files) must stay under 64 MiB: what the
+# device tool sends.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -86,9 +87,10 @@ EOF
 check_size() {
   local dir=$1 bundle tree
   bundle=$(du -sb "$dir" | cut -f1)
-  tree=$(cd "$REPO" && git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+  # what the device tool sends besides carried folders: tracked files and untracked ones git does not ignore
+  tree=$(cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
   python3 -c 'import sys; b, t = int(sys.argv[1]), int(sys.argv[2]); m = 2**20
-print(f"size: bundle {b / m:.1f} MiB + tracked tree {t / m:.1f} MiB = {(b + t) / m:.1f} MiB (limit 64 MiB)")' "$bundle" "$tree"
+print(f"size: bundle {b / m:.1f} MiB + work tree {t / m:.1f} MiB = {(b + t) / m:.1f} MiB (limit 64 MiB)")' "$bundle" "$tree"
   [ $((bundle + tree)) -le $LIMIT ] || die "bundle + tree exceed 64 MiB: drop wheels the GPU machine already has"
 }
 
