@@ -66,6 +66,81 @@ class SamplerStats:
     predictions_per_step: list[int] = field(default_factory=list)
 
 
+class _Predictor:
+    """The transformer's velocity for one Euler step: one pass, or DSD's three branches."""
+
+    def __init__(self, model: DSDTransformer, cond: torch.Tensor, text: TextConditioning,
+                 negative_text: TextConditioning | None, img_ids: torch.Tensor, txt_ids: torch.Tensor,
+                 guidance: GuidanceConfig, batch_branches: bool, stats: SamplerStats) -> None:  # fmt: skip
+        self.model, self.text, self.negative_text = model, text, negative_text
+        self.guidance, self.batch_branches, self.stats = guidance, batch_branches, stats
+        self.device, self.dtype = model.device, model.dtype
+        self.cond = cond.to(device=self.device, dtype=self.dtype)
+        self.zeros = torch.zeros_like(self.cond)  # e_00: condition tokens exactly zero
+        self.img_ids, self.txt_ids = img_ids.to(self.device), txt_ids
+        self.batch = cond.shape[0]
+        self.g = None
+        if getattr(model.config, "guidance_embeds", True):
+            self.g = torch.full((self.batch,), guidance.guidance, device=self.device, dtype=torch.float32)
+
+    def run(self, x: torch.Tensor, c: torch.Tensor, t: TextConditioning, sigma: torch.Tensor) -> torch.Tensor:
+        k = x.shape[0]
+        self.stats.model_calls += 1
+        self.stats.predictions += k // self.batch
+        length = t.prompt_embeds.shape[1]
+        # a negative prompt may encode to another length than the prompt: ids follow each text
+        txt_ids = self.txt_ids if self.txt_ids.shape[0] == length else text_ids(length)
+        return self.model(
+            hidden_states=x.to(self.dtype),
+            condition_tokens=c,
+            encoder_hidden_states=t.prompt_embeds.to(device=self.device, dtype=self.dtype),
+            pooled_projections=t.pooled.to(device=self.device, dtype=self.dtype),
+            timestep=sigma.expand(k).to(device=self.device, dtype=self.dtype),
+            img_ids=self.img_ids,
+            txt_ids=txt_ids.to(self.device),
+            guidance=self.g.repeat(k // self.batch).to(self.dtype) if self.g is not None else None,
+        ).to(torch.float32)
+
+    def velocity(self, x: torch.Tensor, step: int, sigma: torch.Tensor) -> torch.Tensor:
+        if not self.guidance.cfg_at(step):
+            return self.run(x, self.cond, self.text, sigma)
+        text, neg = self.text, self.negative_text
+        assert neg is not None  # checked by sample_tokens
+        if self.batch_branches and neg.prompt_embeds.shape[1] == text.prompt_embeds.shape[1]:
+            both = TextConditioning(
+                torch.cat([text.prompt_embeds, neg.prompt_embeds, neg.prompt_embeds]),
+                torch.cat([text.pooled, neg.pooled, neg.pooled]),
+            )
+            out = self.run(torch.cat([x, x, x]), torch.cat([self.cond, self.cond, self.zeros]), both, sigma)
+            e_full, e_t0, e_00 = out.chunk(3)
+        else:
+            e_full = self.run(x, self.cond, text, sigma)
+            e_t0 = self.run(x, self.cond, neg, sigma)
+            e_00 = self.run(x, self.zeros, neg, sigma)
+        return combine_cfg(e_full, e_t0, e_00, self.guidance.image_guidance, self.guidance.text_guidance)
+
+
+def _checked_condition(condition_tokens: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    if condition_tokens.shape[0] == 1 and noise.shape[0] > 1:
+        condition_tokens = condition_tokens.expand(noise.shape[0], -1, -1)
+    if condition_tokens.shape != noise.shape:
+        raise ValueError(f"condition tokens {tuple(condition_tokens.shape)} do not match noise {tuple(noise.shape)}")
+    return condition_tokens
+
+
+def _checked_negative(guidance: GuidanceConfig, negative_text: TextConditioning | None, batch: int) -> TextConditioning | None:
+    if guidance.text_guidance != 1.0 and not guidance.true_cfg:
+        logger.warning(
+            "text_guidance=%s has no effect with image_guidance<=1: DSD's true CFG runs only when image_guidance > 1",
+            guidance.text_guidance,
+        )
+    if not guidance.true_cfg:
+        return negative_text
+    if negative_text is None:
+        raise ValueError("true CFG (image_guidance > 1) needs a negative prompt encoding")
+    return negative_text.repeat_to(batch)
+
+
 def sample_tokens(
     model: DSDTransformer,
     noise: torch.Tensor,
@@ -87,49 +162,13 @@ def sample_tokens(
     ``sigmas`` default to FluxPipeline's shifted schedule for ``N`` tokens and ``steps`` steps.
     """
     b, n, _ = noise.shape
-    if condition_tokens.shape[0] == 1 and b > 1:
-        condition_tokens = condition_tokens.expand(b, -1, -1)
-    if condition_tokens.shape != noise.shape:
-        raise ValueError(f"condition tokens {tuple(condition_tokens.shape)} do not match noise {tuple(noise.shape)}")
-    if sigmas is None:
-        sigmas = flux_sigmas(steps, n)
-    sigmas = sigmas.to(torch.float32)
-    text = text.repeat_to(b)
-    if guidance.text_guidance != 1.0 and not guidance.true_cfg:
-        logger.warning(
-            "text_guidance=%s has no effect with image_guidance<=1: DSD's true CFG runs only when image_guidance > 1",
-            guidance.text_guidance,
-        )
-    if guidance.true_cfg:
-        if negative_text is None:
-            raise ValueError("true CFG (image_guidance > 1) needs a negative prompt encoding")
-        negative_text = negative_text.repeat_to(b)
+    cond = _checked_condition(condition_tokens, noise)
+    sigmas = (flux_sigmas(steps, n) if sigmas is None else sigmas).to(torch.float32)
+    negative_text = _checked_negative(guidance, negative_text, b)
     stats = stats if stats is not None else SamplerStats()
-    dtype = model.dtype
-    device = model.device
-    x = noise.to(device=device, dtype=torch.float32)
-    cond = condition_tokens.to(device=device, dtype=dtype)
-    zeros = torch.zeros_like(cond)
-    g = None
-    if getattr(model.config, "guidance_embeds", True):
-        g = torch.full((b,), guidance.guidance, device=device, dtype=torch.float32)
-
-    def run(xin: torch.Tensor, c: torch.Tensor, t: TextConditioning, sigma: torch.Tensor) -> torch.Tensor:
-        k = xin.shape[0]
-        stats.model_calls += 1
-        stats.predictions += k // b
-        return model(
-            hidden_states=xin.to(dtype),
-            condition_tokens=c,
-            encoder_hidden_states=t.prompt_embeds.to(device=device, dtype=dtype),
-            pooled_projections=t.pooled.to(device=device, dtype=dtype),
-            timestep=sigma.expand(k).to(device=device, dtype=dtype),
-            img_ids=img_ids.to(device),
-            # a negative prompt may encode to another length than the prompt: ids follow each text
-            txt_ids=(txt_ids if txt_ids.shape[0] == t.prompt_embeds.shape[1] else text_ids(t.prompt_embeds.shape[1])).to(device),
-            guidance=g.repeat(k // b).to(dtype) if g is not None else None,
-        ).to(torch.float32)
-
+    predictor = _Predictor(model, cond, text.repeat_to(b), negative_text, img_ids, txt_ids, guidance,
+                           batch_branches, stats)  # fmt: skip
+    x = noise.to(device=model.device, dtype=torch.float32)
     num_steps = len(sigmas) - 1
     iterator = range(num_steps)
     if progress:
@@ -137,27 +176,10 @@ def sample_tokens(
 
         iterator = tqdm(iterator, desc="DSD sampling", unit="step")
     for i in iterator:
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
         before = stats.predictions
-        if guidance.cfg_at(i):
-            assert negative_text is not None
-            same_len = negative_text.prompt_embeds.shape[1] == text.prompt_embeds.shape[1]
-            if batch_branches and same_len:
-                tc = TextConditioning(
-                    torch.cat([text.prompt_embeds, negative_text.prompt_embeds, negative_text.prompt_embeds]),
-                    torch.cat([text.pooled, negative_text.pooled, negative_text.pooled]),
-                )
-                out = run(torch.cat([x, x, x]), torch.cat([cond, cond, zeros]), tc, sigma)
-                e_full, e_t0, e_00 = out.chunk(3)
-            else:
-                e_full = run(x, cond, text, sigma)
-                e_t0 = run(x, cond, negative_text, sigma)
-                e_00 = run(x, zeros, negative_text, sigma)
-            v = combine_cfg(e_full, e_t0, e_00, guidance.image_guidance, guidance.text_guidance)
-        else:
-            v = run(x, cond, text, sigma)
+        v = predictor.velocity(x, i, sigmas[i])
         stats.predictions_per_step.append(stats.predictions - before)
-        x = x + (sigma_next - sigma) * v
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
         if callback is not None:
             callback(i, num_steps, x)
     return x
