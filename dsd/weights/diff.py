@@ -285,6 +285,86 @@ def svd_lora(delta: torch.Tensor, rank: int) -> tuple[LoraPair, float]:
     return LoraPair(down=down, up=up, alpha=None), err
 
 
+@dataclass
+class _DiffTally:
+    """Running sums of one streaming comparison, turned into the report's figures at the end."""
+
+    report: DiffReport
+    release: TensorIndex
+    base: BaseFlux
+    svd_rank: int | None
+    seen: set[str] = field(default_factory=set)
+    diff_sq: float = 0.0
+    base_sq: float = 0.0
+    delta_sq: float = 0.0  # over the tensors extracted as LoRA
+    resid_sq: float = 0.0
+    lora: dict[str, LoraPair] = field(default_factory=dict)
+    svd_items: list[dict[str, object]] = field(default_factory=list)
+    not_representable: list[str] = field(default_factory=list)
+
+    def compare(self, key: str, stored_key: str, b: torch.Tensor) -> None:
+        if key not in self.release:
+            self.report.only_in_base.append(key)
+            return
+        self.seen.add(key)
+        r = self.release.read(key)
+        if tuple(r.shape) != tuple(b.shape):
+            self.report.shape_mismatch.append(f"{key}: release {tuple(r.shape)} vs base {tuple(b.shape)}")
+            return
+        self.report.tensors_compared += 1
+        # fp32 copies only where the stored dtype differs; the delta is formed in place in the
+        # release tensor, which is a fresh copy read from disk
+        bf = b.to(torch.float32)
+        delta = r.to(torch.float32).sub_(bf) if r.dtype != torch.float32 else r.sub_(bf)
+        dsq, bsq = _sq_norm(delta), _sq_norm(bf)
+        self.diff_sq += dsq
+        self.base_sq += bsq
+        max_abs = _max_abs(delta)
+        if max_abs > self.report.atol:
+            self._record(key, stored_key, delta, max_abs, dsq, bsq)
+
+    def _record(self, key: str, stored_key: str, delta: torch.Tensor, max_abs: float, dsq: float, bsq: float) -> None:
+        td = TensorDiff(
+            key=key, base_key=stored_key, shape=list(delta.shape), release_dtype=self.release.entries[key].dtype,
+            base_dtype=self.base.index.entries[stored_key].dtype, max_abs=max_abs,
+            rel_fro=math.sqrt(dsq) / math.sqrt(bsq) if bsq > 0 else math.inf,
+        )  # fmt: skip
+        self.report.tensors_differing += 1
+        self.report.max_abs = max(self.report.max_abs, max_abs)
+        if self.svd_rank is not None:
+            self._extract_lora(td, delta, dsq)
+        self.report.differing.append(td)
+
+    def _extract_lora(self, td: TensorDiff, delta: torch.Tensor, dsq: float) -> None:
+        module = td.key[: -len(".weight")] if td.key.endswith(".weight") else None
+        if delta.ndim != 2 or module is None:
+            td.note = "not representable as a LoRA (not a 2-D linear weight)"
+            self.not_representable.append(td.key)
+            return
+        pair, err = svd_lora(delta, self.svd_rank)
+        self.lora[module] = pair
+        td.svd_rank, td.svd_rel_error = pair.rank, err
+        self.delta_sq += dsq
+        self.resid_sq += (err**2) * dsq
+        self.svd_items.append({"key": td.key, "rank": pair.rank, "rel_error": err})
+
+    def finish(self) -> DiffResult:
+        report = self.report
+        report.only_in_release = sorted(set(self.release.keys()) - self.seen)
+        report.only_in_base = sorted(set(report.only_in_base))
+        report.overall_rel_fro = math.sqrt(self.diff_sq) / math.sqrt(self.base_sq) if self.base_sq > 0 else 0.0
+        report.differing.sort(key=lambda d: _natural(d.key))
+        if self.svd_rank is not None:
+            report.svd = {
+                "rank": self.svd_rank,
+                "tensors": self.svd_items,
+                "not_representable": self.not_representable,
+                "overall_rel_error": math.sqrt(self.resid_sq / self.delta_sq) if self.delta_sq > 0 else 0.0,
+                "file": None,
+            }
+        return DiffResult(report=report, delta_lora=self.lora)
+
+
 def diff_against_base(
     transformer_dir: str | os.PathLike[str],
     base_path: str | os.PathLike[str],
@@ -302,14 +382,7 @@ def diff_against_base(
         "release": sorted({e.dtype for e in release.entries.values()}),
         "base": sorted({e.dtype for e in base.index.entries.values()}),
     }
-    seen: set[str] = set()
-    diff_sq = 0.0
-    base_sq = 0.0
-    lora: dict[str, LoraPair] = {}
-    svd_items: list[dict[str, object]] = []
-    not_representable: list[str] = []
-    delta_sq = 0.0
-    resid_sq = 0.0
+    tally = _DiffTally(report, release, base, svd_rank)
     iterator = iter_base_tensors(base, hidden)
     if progress:
         from tqdm.auto import tqdm
@@ -318,62 +391,10 @@ def diff_against_base(
     for stored_key, parts in iterator:
         if not parts:
             report.only_in_base.append(stored_key)
-            continue
         for key, b in parts:
-            if key not in release:
-                report.only_in_base.append(key)
-                continue
-            seen.add(key)
-            r = release.read(key)
-            if tuple(r.shape) != tuple(b.shape):
-                report.shape_mismatch.append(f"{key}: release {tuple(r.shape)} vs base {tuple(b.shape)}")
-                continue
-            report.tensors_compared += 1
-            # fp32 copies only where the stored dtype differs; the delta is formed in place in the
-            # release tensor, which is a fresh copy read from disk
-            bf = b.to(torch.float32)
-            delta = r.to(torch.float32).sub_(bf) if r.dtype != torch.float32 else r.sub_(bf)
-            max_abs = _max_abs(delta)
-            dsq = _sq_norm(delta)
-            bsq = _sq_norm(bf)
-            diff_sq += dsq
-            base_sq += bsq
-            if max_abs > atol:
-                td = TensorDiff(
-                    key=key, base_key=stored_key, shape=list(r.shape), release_dtype=release.entries[key].dtype,
-                    base_dtype=base.index.entries[stored_key].dtype, max_abs=max_abs,
-                    rel_fro=math.sqrt(dsq) / math.sqrt(bsq) if bsq > 0 else math.inf,
-                )  # fmt: skip
-                report.tensors_differing += 1
-                report.max_abs = max(report.max_abs, max_abs)
-                if svd_rank is not None:
-                    module = key[: -len(".weight")] if key.endswith(".weight") else None
-                    if delta.ndim == 2 and module is not None:
-                        pair, err = svd_lora(delta, svd_rank)
-                        lora[module] = pair
-                        td.svd_rank, td.svd_rel_error = pair.rank, err
-                        delta_sq += dsq
-                        resid_sq += (err**2) * dsq
-                        svd_items.append({"key": key, "rank": pair.rank, "rel_error": err})
-                    else:
-                        td.note = "not representable as a LoRA (not a 2-D linear weight)"
-                        not_representable.append(key)
-                report.differing.append(td)
-            del r, bf, delta
-        del parts
-    report.only_in_release = sorted(set(release.keys()) - seen)
-    report.only_in_base = sorted(set(report.only_in_base))
-    report.overall_rel_fro = math.sqrt(diff_sq) / math.sqrt(base_sq) if base_sq > 0 else 0.0
-    report.differing.sort(key=lambda d: _natural(d.key))
-    if svd_rank is not None:
-        report.svd = {
-            "rank": svd_rank,
-            "tensors": svd_items,
-            "not_representable": not_representable,
-            "overall_rel_error": math.sqrt(resid_sq / delta_sq) if delta_sq > 0 else 0.0,
-            "file": None,
-        }
-    return DiffResult(report=report, delta_lora=lora)
+            tally.compare(key, stored_key, b)
+        del parts  # one base tensor in memory at a time
+    return tally.finish()
 
 
 def _check_same_size(release: TensorIndex, base: BaseFlux, hidden: int, transformer_dir) -> None:
