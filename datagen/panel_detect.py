@@ -425,6 +425,12 @@ def _by_edges(g: _Grid) -> Detection:
             cut, strength, conf = _pick_edge(f, i * pitch, cfg.gutter_tolerance * pitch, cfg)
             cut = _refine(_lines(region, axis), cut)
             where = f"{name} boundary near {lo + round(i * pitch)} px"
+            if cfg.no_edge == "even" and (strength < cfg.min_edge_fraction or conf < cfg.min_edge_confidence):
+                cut = round(lo + i * pitch)
+                cuts += [cut, cut]
+                confidences.append(0.0)
+                notes.append(f"{name} cut at {cut} px: no clear edge, even split (panels.no_edge = even)")
+                continue
             if strength < cfg.min_edge_fraction:
                 raise PanelDetectionError(
                     f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and no colour edge across the "

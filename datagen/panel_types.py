@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,9 @@ class PanelsConfig:
     edge_step: int = 24
     # ... that stands out from the next-best edge in its window: 1 - second/best at least this.
     min_edge_confidence: float = 0.4
+    # Touching panels with no clear edge: "reject" (default), or "even" (split evenly, confidence 0;
+    # only for inputs known to be grids of that layout, e.g. the toy's noise grids).
+    no_edge: Literal["reject", "even"] = "reject"
 
     def __post_init__(self) -> None:
         if self.max_pairs_per_grid < 0 or self.min_panel_size < 1 or self.min_gutter_px < 1:

@@ -111,6 +111,13 @@ def test_touching_noise_panels_are_rejected_not_guessed():
         detect_panels(img, 2, 2)
 
 
+def test_no_edge_even_splits_only_when_asked():
+    img, truth = make_grid([256, 256], [256, 256], [0], [0])
+    found = analyse_panels(img, 2, 2, PanelsConfig(no_edge="even"))
+    assert_boxes(list(found.boxes), truth, max_px=0)
+    assert found.confidence == 0.0 and "even split (panels.no_edge = even)" in found.detail
+
+
 def test_touching_panels_inside_a_border_are_trimmed_then_split_at_edges():
     rng = np.random.default_rng(2)
     img = np.full((234, 636, 3), 30, np.uint8)
