@@ -65,6 +65,53 @@ class CanvasLayout:
         return cls(**data)
 
 
+def _pil_to_array(image: Any) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        raw = np.asarray(image)
+        # Mode "I" (32-bit) is how Pillow hands over most 16-bit files (TIFF, older PNG readers):
+        # values up to 65535 are 16-bit data, as ComfyUI's LoadImage also assumes.
+        sixteen = image.mode.startswith("I;16") or (raw.size > 0 and 0 <= raw.min() and raw.max() <= 65535)
+        return raw.astype(np.float32) / (65535.0 if sixteen else 2**31 - 1)
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+    return np.asarray(image)
+
+
+def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
+    return torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32) / scale))
+
+
+def _to_bchw(x: torch.Tensor, channels_last: bool | None, shape: tuple[int, ...]) -> torch.Tensor:
+    if x.ndim == 2:
+        x, channels_last = x[None, :, :, None], True
+    elif x.ndim == 3:
+        if channels_last is None:
+            channels_last = x.shape[-1] in (1, 2, 3, 4) and x.shape[0] not in (1, 2, 3, 4)
+        x = x[None]
+    if x.ndim != 4:
+        raise ReferenceImageError(f"reference image must have 2-4 dimensions, got shape {shape}")
+    if channels_last is None:
+        channels_last = x.shape[-1] in (1, 2, 3, 4)
+    return x.permute(0, 3, 1, 2) if channels_last else x
+
+
+def _to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Gray is repeated to RGB; alpha is composited over white."""
+    c = x.shape[1]
+    if c == 1:
+        return x.expand(-1, 3, -1, -1)
+    if c == 2:
+        gray, alpha = x[:, :1], x[:, 1:2]
+        return (gray * alpha + (1 - alpha)).expand(-1, 3, -1, -1)
+    if c == 4:
+        rgb, alpha = x[:, :3], x[:, 3:4]
+        return rgb * alpha + (1 - alpha)
+    if c != 3:
+        raise ReferenceImageError(f"reference image has {c} channels; expected 1 (gray), 2, 3 (RGB) or 4 (RGBA)")
+    return x
+
+
 def to_rgb01(image: Any, channels_last: bool | None = None) -> torch.Tensor:
     """Any reference image -> float32 ``[B, 3, H, W]`` in ``[0, 1]``.
 
@@ -72,61 +119,16 @@ def to_rgb01(image: Any, channels_last: bool | None = None) -> torch.Tensor:
     torch tensor (ComfyUI ``IMAGE`` ``[B, H, W, C]`` or ``[B, C, H, W]``; set ``channels_last``
     when ambiguous). Grayscale is repeated to RGB; alpha is composited over white.
     """
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow is a hard dependency
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            raw = np.asarray(image)
-            # Mode "I" (32-bit) is how Pillow hands over most 16-bit files (TIFF, older PNG readers):
-            # values up to 65535 are 16-bit data, as ComfyUI's LoadImage also assumes.
-            sixteen = image.mode.startswith("I;16") or (raw.size > 0 and 0 <= raw.min() and raw.max() <= 65535)
-            image = raw.astype(np.float32) / (65535.0 if sixteen else 2**31 - 1)
-        elif image.mode not in ("RGB", "RGBA", "L", "LA"):
-            image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
-        if not isinstance(image, np.ndarray):
-            image = np.asarray(image)
-        channels_last = True
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        image, channels_last = _pil_to_array(image), True
     if isinstance(image, np.ndarray):
-        arr = image
-        if arr.dtype == np.uint8:
-            arr = arr.astype(np.float32) / 255.0
-        elif arr.dtype == np.uint16:
-            arr = arr.astype(np.float32) / 65535.0
-        elif arr.dtype == bool:
-            arr = arr.astype(np.float32)
-        else:
-            arr = arr.astype(np.float32)
-        image = torch.from_numpy(np.ascontiguousarray(arr))
+        image = _array_to_tensor(image)
         channels_last = True if channels_last is None else channels_last
     if not isinstance(image, torch.Tensor):
         raise ReferenceImageError(f"unsupported reference image type {type(image).__name__}")
-    x = image.detach().to(torch.float32)
-    if x.ndim == 2:
-        x = x[None, :, :, None]
-        channels_last = True
-    elif x.ndim == 3:
-        if channels_last is None:
-            channels_last = x.shape[-1] in (1, 2, 3, 4) and x.shape[0] not in (1, 2, 3, 4)
-        x = x[None]
-    if x.ndim != 4:
-        raise ReferenceImageError(f"reference image must have 2-4 dimensions, got shape {tuple(image.shape)}")
-    if channels_last is None:
-        channels_last = x.shape[-1] in (1, 2, 3, 4)
-    if channels_last:
-        x = x.permute(0, 3, 1, 2)
-    c = x.shape[1]
-    if c == 1:
-        x = x.expand(-1, 3, -1, -1)
-    elif c == 2:  # gray + alpha
-        gray, alpha = x[:, :1], x[:, 1:2]
-        x = (gray * alpha + (1 - alpha)).expand(-1, 3, -1, -1)
-    elif c == 4:
-        rgb, alpha = x[:, :3], x[:, 3:4]
-        x = rgb * alpha + (1 - alpha)
-    elif c != 3:
-        raise ReferenceImageError(f"reference image has {c} channels; expected 1 (gray), 2, 3 (RGB) or 4 (RGBA)")
+    x = _to_rgb(_to_bchw(image.detach().to(torch.float32), channels_last, tuple(image.shape)))
     if x.shape[-1] < 1 or x.shape[-2] < 1:
         raise ReferenceImageError("reference image is empty")
     return x.clamp(0.0, 1.0).contiguous()
