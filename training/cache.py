@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -250,11 +252,47 @@ class EncodingSource:
 
 
 def collate(source: CachedSource | EncodingSource, indices: list[int]) -> Batch:
-    items = [source.get(i) for i in indices]
+    return _stack(source.keys, [(i, source.get(i)) for i in indices])
+
+
+def _stack(keys: list[str], items: list[tuple[int, dict[str, torch.Tensor]]]) -> Batch:
     return Batch(
-        cond=torch.stack([x["cond"] for x in items]),
-        target=torch.stack([x["target"] for x in items]),
-        prompt_embeds=torch.stack([x["prompt_embeds"] for x in items]),
-        pooled=torch.stack([x["pooled"] for x in items]),
-        keys=[source.keys[i] for i in indices],
+        cond=torch.stack([x["cond"] for _, x in items]),
+        target=torch.stack([x["target"] for _, x in items]),
+        prompt_embeds=torch.stack([x["prompt_embeds"] for _, x in items]),
+        pooled=torch.stack([x["pooled"] for _, x in items]),
+        keys=[keys[i] for i, _ in items],
     )
+
+
+class _Items(torch.utils.data.Dataset):
+    """(index, tensors) of a cached sample, for torch DataLoader workers."""
+
+    def __init__(self, source: CachedSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[int, dict[str, torch.Tensor]]:
+        return i, self.source.get(i)
+
+
+def batches(source: CachedSource | EncodingSource, plan: Iterable[list[int]], num_workers: int = 0,
+            pin_memory: bool = False) -> Iterator[Batch]:  # fmt: skip
+    """The batches of ``plan`` (sample indices per batch), in order.
+
+    ``num_workers`` > 0 reads and stacks the next batches ahead in torch DataLoader worker processes (its
+    ``batch_sampler`` keeps the order). Only for the cache: on-the-fly encoding runs the encoders, which stay in
+    the main process.
+    """
+    if num_workers <= 0 or not isinstance(source, CachedSource):
+        if num_workers > 0:
+            logger.warning("dataset.num_workers applies to a cache (dataset.cache_dir); encoding on the fly reads in "
+                           "the main process")  # fmt: skip
+        return (collate(source, indices) for indices in plan)
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_Items(source), batch_sampler=plan, num_workers=num_workers, pin_memory=pin_memory,
+                        collate_fn=partial(_stack, source.keys))  # fmt: skip
+    return iter(loader)

@@ -20,21 +20,23 @@ breaks the rank-independent plan above.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .cache import CachedSource, Encoders, EncodingSource, collate
+from .cache import CachedSource, Encoders, EncodingSource, batches
 from .checkpoint import Checkpointer, TrainState, find_resume, gather_full_state
 from .config import ConfigError, OptimizerConfig, TrainConfig
 from .data import BatchStream, batch_seed
 from .export import adapter_from_trainable, write_adapter, write_release_layout
 from .model import OptionalDependencyError, adapter_from_model, build_model, trainable_parameters
-from .objective import flow_matching_loss
+from .objective import Batch, flow_matching_loss
 from .validation import BEST_ADAPTER, Validator
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ class Run:
     generator: torch.Generator = field(default_factory=lambda: torch.Generator("cpu"))
     writer: Any = None
     validator: Validator | None = None
+    batches: Iterator[Batch] | None = None  # in the order stream.next_step plans them, from the resumed cursor
 
     @property
     def out_dir(self) -> Path:
@@ -119,6 +122,7 @@ def train(cfg: TrainConfig, resume: str = "auto", progress: bool = True) -> Trai
     t_start = time.perf_counter()
     run = _setup(cfg)
     _resume(run, resume)
+    run.batches = _batches(run)
     pbar = _progress_bar(run, progress)
     run_start = time.perf_counter()
     while run.state.step < cfg.training.steps:
@@ -231,6 +235,18 @@ def _resume(run: Run, resume: str) -> None:
     run.model.train()
 
 
+def _batches(run: Run) -> Iterator[Batch]:
+    """This rank's batches from the current cursor on, read ahead by ``dataset.num_workers`` loader workers."""
+    s, cursor = run.stream, copy.copy(run.state.cursor)
+    ahead = BatchStream(s.buckets, s.batch_size, s.seed, s.world, s.accumulation, s.rank)  # its own plan cache
+
+    def plan() -> Iterator[list[int]]:
+        while True:
+            yield from (b.samples for b in ahead.next_step(cursor))
+
+    return batches(run.source, plan(), run.cfg.dataset.num_workers, pin_memory=run.accelerator.device.type == "cuda")
+
+
 def _progress_bar(run: Run, progress: bool):
     if not (progress and run.accelerator.is_main_process):
         return None
@@ -244,7 +260,7 @@ def _micro_steps(run: Run) -> tuple[float, dict[str, float]]:
     acc, cfg = run.accelerator, run.cfg.training
     total, stats = 0.0, {}
     for planned in run.stream.next_step(run.state.cursor):
-        batch = collate(run.source, planned.samples)
+        batch = next(run.batches)
         run.generator.manual_seed(batch_seed(cfg.seed, planned.epoch, planned.index))
         with acc.accumulate(run.model), acc.autocast():
             loss, stats = flow_matching_loss(run.model, batch, cfg, run.generator, run.source.empty_text, device=acc.device,
