@@ -86,7 +86,7 @@ class Validator:
     @torch.no_grad()
     def run(self, model: Any, step: int, writer: Any, out_dir: Path, write: bool = True) -> list[Path]:
         """Sample (and score) every item; ``write=False`` (FSDP ranks > 0) only joins the sharded forward passes."""
-        from dsd.canvas import tensor_to_pil
+        from dsd.canvas import split_canvas, tensor_to_pil
         from dsd.tokens import unpack
 
         was_training = model.training
@@ -104,8 +104,9 @@ class Validator:
             path.parent.mkdir(parents=True, exist_ok=True)
             tensor_to_pil(image).save(path)
             written.append(path)
-            if self.scorer is not None:
-                scored.append((item, tensor_to_pil(self._decode(item.cond[None])), tensor_to_pil(image)))
+            if self.scorer is not None:  # frame two of the sample against frame one of the condition canvas
+                reference = split_canvas(self._decode(item.cond[None]))[0]
+                scored.append((item, tensor_to_pil(reference), tensor_to_pil(split_canvas(image)[1])))
         model.train(was_training)
         if scored and self.scorer is not None:
             self._record(self.scorer.score(scored), step, writer, out_dir)

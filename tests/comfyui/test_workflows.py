@@ -11,7 +11,8 @@ Test-only substitutions (everything else runs as shipped):
 - Files: random weights under the names the workflows use: ``flux1-dev.safetensors`` is a
   full-width (hidden 3072, 1 double block, 0 single) FLUX in bf16 (ComfyUI only loads hidden
   3072 from a file), ``ae.safetensors`` the full FLUX VAE layout (diffusers keys), the adapter is
-  made for that FLUX, the ControlNet is an XLabs-layout FLUX ControlNet with one block.
+  made for that FLUX, the ControlNet is an XLabs-layout FLUX ControlNet with one block, the vision model of
+  ``dsd_best_of_n`` a random CLIP ViT-L/14 (the smallest ComfyUI detects from a file) under the SigLIP name.
 - Prompt enhancement talks to dsd.testing.FakeLLMServer on 127.0.0.1.
 """
 

@@ -10,6 +10,7 @@ import pytest
 from training_fixtures import TINY_TOML, make_image, tiny_overrides
 
 from dsd.config import ConfigError
+from dsd.eval.embeddings import EmbeddingModels
 from dsd.testing.llm_server import FakeLLMServer
 from tests.eval_fixtures import write_tiny_clip, write_tiny_dino
 
@@ -24,6 +25,7 @@ def rubric(req):
 
 @pytest.mark.slow
 def test_validation_metrics_tensorboard_and_best_adapter(tiny_flux, wds_dataset, tiny_cache, tmp_path, monkeypatch):
+    from PIL import Image
     from safetensors import safe_open
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -54,6 +56,13 @@ def test_validation_metrics_tensorboard_and_best_adapter(tiny_flux, wds_dataset,
             assert {"clip_i", "clip_t", "dino"} <= set(row) and -1 <= row["dino"] <= 1
             assert (row["judge_cp"], row["judge_pf"], row["judge_cp_x_pf"]) == (0.75, 1.0, 0.75)
         assert record["mean"]["dino"] == pytest.approx(sum(r["dino"] for r in record["items"]) / 2)
+
+    # What was scored is frame two of the saved sample: CLIP-T depends on it and the prompt only.
+    models = EmbeddingModels.load(clip=clip)
+    for row in records[4]["items"]:
+        with Image.open(out / "samples" / f"step-000004-{row['name']}.png") as im:
+            frame_two = im.convert("RGB").crop((im.width // 2, 0, im.width, im.height))
+        assert models.score(frame_two, [frame_two], [row["prompt"]])[0]["clip_t"] == pytest.approx(row["clip_t"], abs=1e-5)
 
     best_step = max((2, 4), key=lambda s: records[s]["mean"]["dino"])
     best = json.loads((out / "best.json").read_text())
