@@ -115,17 +115,8 @@ def convert_release(
     progress: bool = True,
 ) -> ConvertResult:
     """Release -> adapter file; optionally the diff report and the SVD LoRA of the difference."""
-    transformer = Path(transformer)
     out = Path(out)
-    tdir, found_lora = _resolve_transformer(transformer)
-    lora_file = Path(lora_path) if lora_path is not None else found_lora
-    if lora_file is None:
-        raise WeightsError(f"{transformer}: no --lora given and no {RELEASE_LORA_NAME} beside the transformer folder")
-    if svd_rank is not None and svd_rank < 1:
-        raise WeightsError(f"--svd-rank must be >= 1, got {svd_rank}")
-    if svd_rank is not None and base is None:
-        raise WeightsError("--svd-rank extracts the difference to a base FLUX: give --base too")
-    read_transformer_config(tdir)
+    tdir, lora_file = _checked_inputs(Path(transformer), lora_path, base, svd_rank)
     info = scan_release_transformer(tdir)
     lora = parse_lora(load_tensors(lora_file), source=lora_file)
     _check_lora_shapes(lora, info.config, lora_file)
@@ -147,30 +138,49 @@ def convert_release(
     if base is not None:
         hidden = int(info.config["num_attention_heads"] * info.config["attention_head_dim"])
         diff = diff_against_base(tdir, base, hidden, svd_rank=svd_rank, atol=atol, progress=progress)
-        report = diff.report
-        extra["base_identical"] = "yes" if report.identical else "no"
+        extra["base_identical"] = "yes" if diff.report.identical else "no"
         extra["base"] = file_fingerprint(base) if Path(base).is_file() else {"folder": Path(base).name}
-        if svd_rank is not None and diff.delta_lora:
-            delta_path = delta_lora_path(out)
-            atomic_save_safetensors(
-                lora_to_state_dict(diff.delta_lora),
-                delta_path,
-                metadata={
-                    "dsd_format": "dsd-base-delta-lora",
-                    "dsd_rank": str(svd_rank),
-                    "dsd_overall_rel_error": f"{report.svd['overall_rel_error']:.6g}" if report.svd else "",
-                    "dsd_base": Path(base).name,
-                },
-            )
-            result.delta_path = delta_path
-            if report.svd is not None:
-                report.svd["file"] = delta_path.name
-        result.report = report
-        if report_path is not None:
-            result.report_path = Path(report_path)
-            atomic_write_text(result.report_path, report_json(report) + "\n")
+        _write_base_diff(result, diff, Path(base), svd_rank, report_path)
     save_adapter(adapter, out, extra_metadata=extra)
     return result
+
+
+def _checked_inputs(transformer: Path, lora_path, base, svd_rank: int | None) -> tuple[Path, Path]:
+    """The transformer folder and LoRA file of a release, or a WeightsError that says what to give."""
+    tdir, found_lora = _resolve_transformer(transformer)
+    lora_file = Path(lora_path) if lora_path is not None else found_lora
+    if lora_file is None:
+        raise WeightsError(f"{transformer}: no --lora given and no {RELEASE_LORA_NAME} beside the transformer folder")
+    if svd_rank is not None and svd_rank < 1:
+        raise WeightsError(f"--svd-rank must be >= 1, got {svd_rank}")
+    if svd_rank is not None and base is None:
+        raise WeightsError("--svd-rank extracts the difference to a base FLUX: give --base too")
+    read_transformer_config(tdir)
+    return tdir, lora_file
+
+
+def _write_base_diff(result: ConvertResult, diff, base: Path, svd_rank: int | None, report_path) -> None:
+    """The delta LoRA file (with --svd-rank) and the JSON report (with --report)."""
+    report = diff.report
+    if svd_rank is not None and diff.delta_lora:
+        delta_path = delta_lora_path(result.adapter_path)
+        atomic_save_safetensors(
+            lora_to_state_dict(diff.delta_lora),
+            delta_path,
+            metadata={
+                "dsd_format": "dsd-base-delta-lora",
+                "dsd_rank": str(svd_rank),
+                "dsd_overall_rel_error": f"{report.svd['overall_rel_error']:.6g}" if report.svd else "",
+                "dsd_base": base.name,
+            },
+        )
+        result.delta_path = delta_path
+        if report.svd is not None:
+            report.svd["file"] = delta_path.name
+    result.report = report
+    if report_path is not None:
+        result.report_path = Path(report_path)
+        atomic_write_text(result.report_path, report_json(report) + "\n")
 
 
 def _check_lora_shapes(lora: dict[str, LoraPair], cfg: dict, lora_file: Path) -> None:
