@@ -115,7 +115,7 @@ def run_one(shapes: Shapes, device: Device, optimizer: str, clock: PartClock, fo
                          "CPU tensor bytes: weights + gradients + optimizer state (activations not counted); predicted: the same items",
         "flops_per_step_counted": flops, "flops_per_step_predicted": e.flops_per_sample,
         "ratio_flops_counted_over_predicted": flops / e.flops_per_sample,
-        "mfu": e.flops_per_sample / sec / e.peak_flops, "mfu_peak_tflops": e.peak_flops / 1e12, "predicted_mfu": e.mfu,
+        "mfu": flops / sec / e.peak_flops, "mfu_peak_tflops": e.peak_flops / 1e12, "predicted_mfu": e.mfu,
         "lora_params": e.lora_params, "trainable_params_predicted": e.lora_params + e.c_embedder_params,
     }  # fmt: skip
 
