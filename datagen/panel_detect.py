@@ -223,6 +223,15 @@ class _Grid:
             if (y0, y1, x0, x1) == crop or y1 - y0 < 3 or x1 - x0 < 3:
                 break
             crop = (y0, y1, x0, x1)
+        # A uniform band wider than a gutter can be (a panel's flat margin, e.g. between touching
+        # flat panels) is no gutter candidate: it neither separates panels nor contradicts a layout.
+        self.seps = tuple(self._gutter_sized(self.seps[i], i) for i in (0, 1))
+        self.trim = tuple((t[0], t[1], self._gutter_sized(t[2], i)) for i, t in enumerate(self.trim))
+
+    def _gutter_sized(self, bands: list[_Band], axis: int) -> list[_Band]:
+        (lo, hi, _), n = self.trim[axis], self.n[axis]
+        limit = self.cfg.max_gutter_fraction * (hi - lo) / n
+        return [b for b in bands if b.touches_start or b.touches_end or b.width <= limit]
 
     def _not_background(self, bands: list[_Band], background: list[np.ndarray]) -> list[_Band]:
         """A colour that is some panel's background (it continues into content somewhere) cannot be
@@ -329,11 +338,19 @@ def _by_gutters(g: _Grid) -> Detection | None:
             continue
         return _staggered(g, axis, ax[axis].fit.segments)
     shown = (ax[0].shown, ax[1].shown)
+    if shown != g.n and not _plausible(g, shown):
+        return None  # bands that form no grid at all (flat margins of touching panels): try edges
     if shown != g.n:
         raise PanelCountMismatch(g.rows * g.cols, shown[0] * shown[1], g.rows, g.cols,
                                  f"{shown[0]}x{shown[1]}: " + _describe(ax), shown=shown)  # fmt: skip
     error = next(a.fit.error for a in ax if a.fit.error)
     raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: {error}")
+
+
+def _plausible(g: _Grid, shown: tuple[int, int]) -> bool:
+    """Whether the gutters seen form a grid of ``shown`` panels themselves (evenly spaced): only
+    then do they contradict the layout; stray bands in no grid pattern are no visible structure."""
+    return all(not _axis_gutters(g.seps[i], *g.span[i], shown[i], g.cfg).fit.error for i in (0, 1))
 
 
 def _staggered(g: _Grid, axis: int, strips: tuple[tuple[int, int], ...]) -> Detection:
@@ -400,13 +417,27 @@ def _refine(lines: np.ndarray, cut: int) -> int:
     return lo + int(np.argmax(steps)) if steps else cut
 
 
+def _framed_span(g: _Grid, axis: int) -> tuple[int, int]:
+    """The axis's extent inside its borders, where a border must frame the grid: a band at one edge
+    whose colour shows at no other edge is a touching panel's own background."""
+    edges = [b for ax in (0, 1) for b in g.seps[ax] if b.touches_start or b.touches_end]
+
+    def framed(band: _Band) -> bool:
+        return any(o is not band and _same_colour(o.colour, band.colour, g.cfg) for o in edges)
+
+    length = g.h if axis == 0 else g.w
+    lo, hi, _ = _trim_borders([b for b in g.seps[axis] if not (b.touches_start or b.touches_end) or framed(b)],
+                              0, length, g.cfg)  # fmt: skip
+    return lo, hi
+
+
 def _by_edges(g: _Grid) -> Detection:
     cfg = g.cfg
     segs: list[tuple[tuple[int, int], ...]] = []
     confidences, notes = [], []
+    (y0, y1), (x0, x1) = _framed_span(g, 0), _framed_span(g, 1)
     for axis, n in ((0, g.rows), (1, g.cols)):
-        lo, hi, _ = g.trim[axis]
-        (y0, y1, _), (x0, x1, _) = g.trim
+        lo, hi = (y0, y1) if axis == 0 else (x0, x1)
         region = g.a[y0:y1, x0:x1]
         f = _edge_profile(_lines(region, axis, 2 * _SAMPLES), cfg)
         pitch = (hi - lo) / n
