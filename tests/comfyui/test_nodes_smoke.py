@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-DSD_NODES = ("DSDAdapterLoader", "DSDReferenceConditioning", "DSDGuider", "DSDSplitCanvas", "DSDControlHintToFrame")
+DSD_NODES = ("DSDAdapterLoader", "DSDReferenceConditioning", "DSDGuider", "DSDSplitCanvas", "DSDControlHintToFrame",
+             "DSDIdentityScore")
 
 
 def test_pack_loads_and_nodes_in_object_info(comfy_host):

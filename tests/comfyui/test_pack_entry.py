@@ -10,7 +10,7 @@ import pytest
 
 def test_every_node_registers(comfy_host):
     for node_id in ("DSDAdapterLoader", "DSDReferenceConditioning", "DSDGuider", "DSDSplitCanvas", "DSDControlHintToFrame",
-                    "DSDPromptEnhance"):  # fmt: skip
+                    "DSDPromptEnhance", "DSDIdentityScore"):  # fmt: skip
         assert node_id in comfy_host.nodes.NODE_CLASS_MAPPINGS, node_id
 
 
