@@ -132,11 +132,16 @@ class JudgeScore:
 
 
 def encode_image(image: ImageLike, max_side: int = 512, image_format: str = "jpeg", quality: int = 90) -> bytes:
-    """Upload bytes: the image downscaled so its long side is at most ``max_side``."""
+    """Upload bytes: the image downscaled so its long side is at most ``max_side``.
+
+    A JPEG file that is already small enough is sent as it is (reading its header costs nothing, decoding
+    and re-encoding it would cost more CPU than the request itself): the judge views that sampling writes."""
     if isinstance(image, bytes):
         return image
     if isinstance(image, str | Path):
         with Image.open(image) as im:
+            if image_format == "jpeg" and im.format == "JPEG" and max(im.size) <= max_side:
+                return Path(image).read_bytes()
             im.load()
             image = im.convert("RGB")
     img = image.convert("RGB")
@@ -237,26 +242,26 @@ class Judge:
         return self.combine([(aspect, answer) for (aspect, _), answer in zip(reqs, answers, strict=True)])
 
     def score_many(
-        self, items: Sequence[tuple[ImageLike, ImageLike, str]], *, chunk: int = 128
+        self, items: Sequence[tuple[ImageLike, ImageLike, str]], *, chunk: int = 512
     ) -> Iterator[tuple[int, JudgeScore | JudgeUnavailable]]:
         """Judge many outputs with the provider's bounded concurrency; yields ``(index, score)`` as each
-        item's runs complete. While one chunk's requests are in flight, a worker thread encodes the next
-        chunk's images. An unavailable server yields :class:`JudgeUnavailable` for that item only."""
-        starts = list(range(0, len(items), max(1, chunk)))
-        if not starts:
+        item's runs complete. While one slice's requests are in flight, a worker thread encodes the next
+        slice's images. An unavailable server yields :class:`JudgeUnavailable` for that item only."""
+        slices = _slices(len(items), max(1, int(self.provider.config.max_concurrency)), max(1, chunk))
+        if not slices:
             return
+        references: dict[Any, bytes] = {}  # only the single producer thread touches it
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsd-judge-encode") as pool:
-            pending = pool.submit(self._chunk_requests, items, starts[0], chunk)
-            for nxt in [*starts[1:], None]:
+            pending = pool.submit(self._chunk_requests, items, *slices[0], references)
+            for nxt in [*slices[1:], None]:
                 flat = pending.result()
                 if nxt is not None:
-                    pending = pool.submit(self._chunk_requests, items, nxt, chunk)
+                    pending = pool.submit(self._chunk_requests, items, *nxt, references)
                 yield from self._run_chunk(flat)
 
-    def _chunk_requests(self, items, start: int, chunk: int) -> list[tuple[int, str, ChatRequest]]:
-        encoded: dict[Any, bytes] = {}
+    def _chunk_requests(self, items, start: int, stop: int, encoded: dict[Any, bytes]) -> list[tuple[int, str, ChatRequest]]:
         flat = []
-        for index in range(start, min(start + chunk, len(items))):
+        for index in range(start, stop):
             reference, output, prompt = items[index]
             key = reference if isinstance(reference, str | Path) else id(reference)
             if key not in encoded:  # a subject's reference is shared by all its outputs: encode once
@@ -276,6 +281,18 @@ class Judge:
                     yield index, self.combine(answers)
                 except JudgeUnavailable as exc:
                     yield index, exc
+
+
+def _slices(total: int, first: int, largest: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges growing from ``first`` items (two rounds of requests at full concurrency,
+    each item being two requests or more) to ``largest``: the first requests go out after a few images
+    are encoded rather than a whole chunk, later slices are large so the drain at each end is rare."""
+    out, start, size = [], 0, min(first, largest)
+    while start < total:
+        out.append((start, min(total, start + size)))
+        start += size
+        size = min(largest, size * 2)
+    return out
 
 
 def _mean_std(values: list[int]) -> tuple[float | None, float | None]:

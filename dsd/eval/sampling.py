@@ -28,6 +28,8 @@ from .layout import Benchmark
 
 logger = logging.getLogger(__name__)
 
+VIEW_SIDE, VIEW_QUALITY = 512, 90  # the judge's defaults (dsd.eval.judge.Judge)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -123,7 +125,7 @@ def sample_system(
             result = pipe.generate(reference, prompt.text, settings.negative_prompt, layout=layout, steps=settings.steps,
                                    guidance=guidance, seed=seed, progress=False)  # fmt: skip
             rel = Path("samples") / spec.name / prompt.subject / f"{prompt.id}_s{seed}.png"
-            _save_png(result.frame_two[0], Path(out_dir) / rel)
+            _save(result.frame_two[0], Path(out_dir) / rel, Path(out_dir) / judge_view(rel))
             log.append({
                 "id": sample_id(spec.name, prompt.subject, prompt.id, seed), "system": spec.name, "subject": prompt.subject,
                 "prompt_id": prompt.id, "seed": seed, "path": rel.as_posix(),
@@ -169,8 +171,22 @@ def _open_rgb(path: Path):
         return im.convert("RGB")
 
 
-def _save_png(image01, dest: Path) -> None:
+def judge_view(rel: Path) -> Path:
+    """Where the judge's upload of a sample lives (``<out>/judge_views/...jpg``), outside ``samples/``."""
+    return Path("judge_views", *rel.parts[1:]).with_suffix(".jpg")
+
+
+def _save(image01, dest: Path, view: Path) -> None:
+    """The PNG, and the judge's view of it (JPEG q90, long side <= 512): encoded now, while the image is in
+    memory, so the judge sends file bytes instead of decoding and re-encoding every sample on its critical path."""
+    from PIL import Image
+
     from ..canvas import tensor_to_pil
 
+    image = tensor_to_pil(image01)
+    small = image if max(image.size) <= VIEW_SIDE else image.copy()
+    small.thumbnail((VIEW_SIDE, VIEW_SIDE), Image.Resampling.LANCZOS)
+    with atomic_path(view, suffix=".jpg") as tmp:
+        small.convert("RGB").save(tmp, format="JPEG", quality=VIEW_QUALITY)
     with atomic_path(dest, suffix=".png") as tmp:
-        tensor_to_pil(image01).save(tmp, format="PNG")
+        image.save(tmp, format="PNG")

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..manifest import RecordLog, read_records
 from .layout import IMAGE_SUFFIXES, Benchmark, BenchmarkError
-from .sampling import read_samples
+from .sampling import judge_view, read_samples
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def collect_samples(out_dir: Path, system: str, step: int | None) -> list[dict[s
     for rec in read_samples(out_dir, system):
         rows.append({"id": rec["id"], "system": system, "step": step, "subject": rec["subject"], "prompt_id": rec["prompt_id"],
                      "sample": f"s{rec['seed']}", "path": str((Path(out_dir) / rec["path"]).resolve()),
-                     "recon_mse": rec.get("recon_mse")})  # fmt: skip
+                     "recon_mse": rec.get("recon_mse"), "view": str(Path(out_dir) / judge_view(Path(rec["path"])))})  # fmt: skip
     return rows
 
 
@@ -123,7 +123,12 @@ class JudgeStageResult:
     failures: int = 0
 
 
-def judge_stage(rows: list[dict[str, Any]], bench: Benchmark, judge, scores_dir: Path, *, chunk: int = 128,
+def _judge_input(row: dict[str, Any]) -> str:
+    view = row.get("view")
+    return view if view and Path(view).is_file() else row["path"]
+
+
+def judge_stage(rows: list[dict[str, Any]], bench: Benchmark, judge, scores_dir: Path, *, chunk: int = 512,
                 progress: bool = True) -> JudgeStageResult:  # fmt: skip
     """The VLM judge for every row not yet in ``judge.jsonl``. An item whose server stayed unreachable is
     left undone (the next run asks again); a refused or malformed run is recorded in its failures."""
@@ -135,7 +140,7 @@ def judge_stage(rows: list[dict[str, Any]], bench: Benchmark, judge, scores_dir:
     result = JudgeStageResult()
     with RecordLog(Path(scores_dir) / JUDGE_LOG, flush_every=16, flush_s=0.5) as log:
         todo = [r for r in rows if r["id"] not in log]
-        items = [(str(bench.subjects[r["subject"]].reference), r["path"], texts[f"{r['subject']}/{r['prompt_id']}"])
+        items = [(str(bench.subjects[r["subject"]].reference), _judge_input(r), texts[f"{r['subject']}/{r['prompt_id']}"])
                  for r in todo]  # fmt: skip
         bar = tqdm(total=len(todo), desc="judge", unit="img", disable=not progress)
         for index, score in judge.score_many(items, chunk=chunk):

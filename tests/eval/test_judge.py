@@ -126,3 +126,17 @@ def test_async_score_on_the_callers_loop_and_score_many():
     assert sorted(results) == list(range(5))
     assert isinstance(results[0], JudgeUnavailable)
     assert all(results[i].cp == 0.5 and results[i].pf == 0.75 for i in range(1, 5))
+
+
+def test_small_jpeg_files_are_sent_as_they_are_others_are_encoded(tmp_path):
+    from dsd.eval.judge import encode_image
+
+    small, big, png = tmp_path / "v.jpg", tmp_path / "big.jpg", tmp_path / "p.png"
+    REF.save(small, quality=80)
+    OUT.save(big, quality=80)
+    REF.save(png)
+    assert encode_image(small) == small.read_bytes()  # a judge view: no decode, no re-encode
+    for path in (big, png):
+        with Image.open(__import__("io").BytesIO(encode_image(path))) as im:
+            assert im.format == "JPEG" and max(im.size) <= 512
+    assert encode_image(small, image_format="png")[:4] == b"\x89PNG"

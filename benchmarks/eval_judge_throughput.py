@@ -1,0 +1,135 @@
+"""VLM judge throughput vs concurrency against FakeLLMServer with a fixed 200 ms latency.
+
+Goal: >= 80 % of the ideal concurrency / latency requests per second, up to 32 in flight (as curation).
+
+Method (as benchmarks/datagen_curation_throughput.py): the fake server runs in its own process (it
+stands in for a remote API). Every level runs ``--reps`` times on a fresh judge log and a fresh answer
+cache (no cache hits), ``--rounds`` requests per worker; each image costs two requests (CP with the
+reference and the output, PF with the output), one repeat. Images are ``--side`` px PNG files on disk,
+8 subjects, sent as 512 px JPEG: outputs through the judge views that sampling writes beside its PNGs
+(``--no-views``: decoded and re-encoded by the judge, as for images made elsewhere), references encoded
+once per slice. The whole ``judge_stage`` call is timed (record log, image reading and encoding,
+provider, answers). The table gives the median efficiency with its min..max.
+
+    .venv/bin/python benchmarks/eval_judge_throughput.py [--latency 0.2] [--levels 1,2,4,8,16,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dsd.eval.judge import Judge  # noqa: E402
+from dsd.eval.layout import load_benchmark  # noqa: E402
+from dsd.eval.sampling import VIEW_QUALITY, VIEW_SIDE  # noqa: E402
+from dsd.eval.stages import ImageSource, collect_folder, judge_stage  # noqa: E402
+from dsd.providers import ProviderConfig, make_provider  # noqa: E402
+from dsd.testing.llm_server import server_process  # noqa: E402
+
+SUBJECTS = 8
+
+
+def _judgement(request):
+    props = request.json_schema["properties"]
+    return {**{k: "observed" for k in props if k != "score"}, "score": 3}
+
+
+def _photo(seed: int, side: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32)
+    img = np.stack([128 + 100 * np.sin(x / (30 + seed % 7)), 128 + 80 * np.cos(y / 45), (x + y) / (2 * side / 255)], -1)
+    return Image.fromarray(np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype("uint8"))
+
+
+def make_run(root: Path, images: int, side: int, views: bool):
+    """A benchmark of SUBJECTS subjects and enough prompts, plus one output PNG per (subject, prompt) and,
+    with ``views``, the judge view sampling would have written for it."""
+    per_subject = -(-images // SUBJECTS)
+    for s in range(SUBJECTS):
+        (root / "bench" / "subjects" / f"s{s}").mkdir(parents=True)
+        _photo(1000 + s, side).save(root / "bench" / "subjects" / f"s{s}" / "ref.png")
+        (root / "outputs" / f"s{s}").mkdir(parents=True)
+        for k in range(per_subject):
+            photo = _photo(s * 1000 + k, side)
+            photo.save(root / "outputs" / f"s{s}" / f"p{k:02d}.png")
+            if views:
+                (root / "views" / f"s{s}").mkdir(parents=True, exist_ok=True)
+                view = photo.copy()
+                view.thumbnail((VIEW_SIDE, VIEW_SIDE))
+                view.save(root / "views" / f"s{s}" / f"p{k:02d}.jpg", quality=VIEW_QUALITY)
+    lines = [json.dumps({"prompt": f"the subject in scene number {k}, photographed at dusk"}) for k in range(per_subject)]
+    (root / "bench" / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    bench = load_benchmark(root / "bench")
+    rows = collect_folder(ImageSource("bench", root / "outputs"), bench)[:images]
+    for row in rows if views else []:
+        row["view"] = str(root / "views" / row["subject"] / f"{row['prompt_id']}.jpg")
+    return bench, rows
+
+
+def measure(base_url: str, root: Path, concurrency: int, images: int, side: int, views: bool) -> float:
+    bench, rows = make_run(root, images, side, views)
+    cfg = ProviderConfig(kind="openai", model="bench", base_url=base_url, max_concurrency=concurrency,
+                         cache_dir=str(root / "cache"), timeout_s=30)  # fmt: skip
+    with make_provider(cfg) as provider:
+        t0 = time.perf_counter()
+        result = judge_stage(rows, bench, Judge(provider), root / "scores", progress=False)
+        elapsed = time.perf_counter() - t0
+    if result.judged != len(rows) or result.failures:
+        raise SystemExit(f"judge stage incomplete: {result}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--levels", default="1,2,4,8,16,32")
+    ap.add_argument("--rounds", type=int, default=30, help="requests per worker (steady state)")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--side", type=int, default=512, help="side of the reference and output PNG files")
+    ap.add_argument("--no-views", action="store_true", help="no judge views: the judge decodes and encodes every output")
+    args = ap.parse_args()
+    os.environ.setdefault("OPENAI_API_KEY", "bench")
+    levels = [int(x) for x in args.levels.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="dsd-judge-bench-"))
+    rows = []
+    try:
+        with server_process(args.latency, responder=_judgement) as srv:
+            measure(srv.openai_base_url, tmp / "warm", 2, 4, args.side, not args.no_views)  # SDK import, first client, first connection
+            for c in levels:
+                requests = args.rounds * c
+                effs, secs, peaks = [], [], []
+                for rep in range(args.reps):
+                    srv.reset()
+                    dt = measure(srv.openai_base_url, tmp / f"c{c}_{rep}", c, requests // 2, args.side, not args.no_views)
+                    effs.append(requests / dt / (c / args.latency))
+                    secs.append(dt)
+                    peaks.append(srv.stats()["max_in_flight"])
+                    shutil.rmtree(tmp / f"c{c}_{rep}", ignore_errors=True)
+                rows.append((c, requests, statistics.median(secs), effs, max(peaks)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    views = "decoded + encoded by the judge" if args.no_views else "judge views written by sampling"
+    print(f"judge throughput, FakeLLMServer latency {args.latency * 1000:.0f} ms (own process), {args.side}px PNG outputs "
+          f"sent as 512px JPEG ({views}), 2 requests per image, {args.reps} reps per level, {os.cpu_count()} CPU cores")  # fmt: skip
+    print(f"{'conc':>5} {'requests':>9} {'median s':>9} {'ideal/s':>8} {'efficiency median [min..max]':>30} {'peak':>5}")
+    for c, n, dt, effs, peak in rows:
+        spread = f"{100 * statistics.median(effs):.1f}% [{100 * min(effs):.1f}..{100 * max(effs):.1f}]"
+        print(f"{c:>5} {n:>9} {dt:>9.2f} {c / args.latency:>8.1f} {spread:>30} {peak:>5}")
+    worst = min(statistics.median(r[3]) for r in rows)
+    print(f"worst median efficiency {100 * worst:.1f}% (goal >= 80%)")
+
+
+if __name__ == "__main__":
+    main()
