@@ -16,15 +16,19 @@ gutter's neighbours are panel content or other panels' margins.
    ``cols - 1`` across the full height, each within ``gutter_tolerance`` pitches of the even split.
    When one axis fits and the other shows no full-span gutter, each strip of the first axis is
    searched on its own (staggered gutters); every strip must agree with the layout.
-4. *Contradictions.* If the image shows gutters but no colour explains the layout, the grid is
-   rejected with the counts the image shows on each axis (``PanelCountMismatch``); an axis is never
-   split evenly because the other axis had gutters.
+   Bands wider than ``max_gutter_fraction`` of a panel are no gutter candidates (flat margins).
+4. *Contradictions.* If the image shows gutters that form a grid of their own (evenly spaced) but
+   not the asked one, the grid is rejected with the counts the image shows on each axis
+   (``PanelCountMismatch``); an axis is never split evenly because the other axis had gutters.
+   Stray bands in no grid pattern are not structure: the grid goes on to step 5.
 5. *No gutter at all.* Panels that touch are split at *colour edges*: lines where most of the span
    steps sharply compared with the steps just before and after. Each cut is the strongest edge
    near its even-split position; its confidence is how much it stands out from the next-best edge
    in that window. A weak or ambiguous edge (below ``min_edge_fraction`` or
    ``min_edge_confidence``), or a strong full-span edge where the layout has none, rejects the
-   grid: it is never split by guesswork.
+   grid: it is never split by guesswork (unless ``no_edge = "even"`` says the input is known to be
+   such grids, e.g. the toy's noise; the cut is then recorded with confidence 0). Here a band at an
+   edge is a border only when its colour frames another edge too.
 
 Known limits (they reject, never mis-cut): gutters of the same colour as the panels' background
 are invisible; gutters that are neither aligned across the grid nor within strips; touching panels
