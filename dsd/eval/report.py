@@ -106,8 +106,8 @@ def _plot_subjects(frame, summary):
     rows = summary[summary.level == "subject"]
     subjects = sorted(rows.group.unique())
     systems = sorted(rows.system.unique())
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6, 0.9 * len(subjects) * len(systems) + 2), 2.6 * len(metrics)),
-                             squeeze=False)  # fmt: skip
+    width_in = min(40.0, max(6.0, 0.9 * len(subjects) * len(systems) + 2))  # 150 DreamBench++ subjects stay printable
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(width_in, 2.6 * len(metrics)), squeeze=False)
     width = 0.8 / len(systems)
     x = np.arange(len(subjects))
     for ax, metric in zip(axes[:, 0], metrics, strict=True):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,10 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
     summary = EvalSummary()
     if cfg.models:
         rank, world, state = process_state(cfg.sampling.device)
+        # accelerate picked this process's GPU (LOCAL_RANK); "auto" means that one
+        settings = replace(cfg.sampling, device=str(state.device)) if cfg.sampling.device == "auto" else cfg.sampling
         for spec in cfg.models:
-            summary.sampled += sample_system(spec, bench, cfg.sampling, cfg.out, rank=rank, world=world, progress=cfg.progress)
+            summary.sampled += sample_system(spec, bench, settings, cfg.out, rank=rank, world=world, progress=cfg.progress)
         state.wait_for_everyone()
         if not state.is_main_process:
             summary.main_process = False
