@@ -127,3 +127,23 @@ def test_image_folders_of_other_systems(tmp_path, caplog):
     assert "notes.png" in caplog.text
     with pytest.raises(BenchmarkError, match="--list"):
         collect_folder(ImageSource("empty", tmp_path / "b"), bench)
+
+
+def test_cli_lists_ids_and_says_what_is_wrong(tmp_path, capsys):
+    from dsd.__main__ import main
+
+    bench = make_bench(tmp_path / "b")
+    assert main(["eval", "--bench", str(bench), "--out", str(tmp_path / "o"), "--list", "--max-prompts", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "s0/p00\tphotorealistic\tthe subject on a beach at sunset" in out and "s1/p00" in out and "p01" not in out
+    cases = [
+        (["--bench", str(tmp_path / "nope")], "does not exist"),
+        (["--bench", str(bench)], "nothing to score"),
+        (["--bench", str(bench), "--adapter", "a.safetensors"], "need --flux"),
+        (["--bench", str(bench), "--images", f"x={tmp_path}", "--images", f"x={tmp_path}"], "given twice"),
+        (["--bench", str(bench), "--images", str(tmp_path / "missing")], "does not exist"),
+    ]
+    for args, message in cases:
+        assert main(["eval", "--out", str(tmp_path / "o"), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
