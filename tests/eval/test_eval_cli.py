@@ -57,6 +57,8 @@ def test_checkpoints_are_systems_with_steps_and_frame_one_error(world, tmp_path)
     # different weights draw different pictures from the same seed
     first = {s: (tmp_path / "out" / "samples" / s / "s0" / "p00_s0.png").read_bytes() for s in set(table.system)}
     assert len(set(first.values())) == 3
+    view = Image.open(tmp_path / "out" / "judge_views" / "release" / "s0" / "p00_s0.jpg")  # what the judge uploads
+    assert view.format == "JPEG" and view.size == (64, 64)
     assert (tmp_path / "out" / "report" / "plots" / "checkpoints.png").stat().st_size > 1000
     assert run_eval(cfg).sampled == 0  # a rerun draws nothing
 

@@ -140,3 +140,13 @@ def test_small_jpeg_files_are_sent_as_they_are_others_are_encoded(tmp_path):
         with Image.open(__import__("io").BytesIO(encode_image(path))) as im:
             assert im.format == "JPEG" and max(im.size) <= 512
     assert encode_image(small, image_format="png")[:4] == b"\x89PNG"
+
+
+def test_debiased_judge_penalises_copying_in_cp_only():
+    with FakeLLMServer(responder=rubric(cp=[2], pf=[4])) as srv, make_provider(cfg(srv)) as provider:
+        Judge(provider, debiased=True).score_sync(REF, OUT, "p")
+        Judge(provider).score_sync(REF, OUT, "p")
+        cp = [r.prompt for r in srv.requests if "reference_features" in r.json_schema["properties"]]
+        pf = [r.prompt for r in srv.requests if "prompt_elements" in r.json_schema["properties"]]
+    assert sum("Do not reward copying" in p for p in cp) == 1 and not any("copying" in p for p in pf)
+    assert all(r.temperature == 0.0 for r in srv.requests)  # one judgement: deterministic
