@@ -160,11 +160,21 @@ def _trim_borders(
     limit = cfg.max_border_fraction * (hi - lo)
     inner = list(bands)
     start, end = lo, hi
-    while sides[0] and inner and inner[0].start <= lo + 1 and inner[0].end - start <= limit:
+
+    def framing(band: _Band, first: bool) -> bool:
+        # The outermost band is a border; one right inside it (a frame, then a margin) only when the
+        # opposite edge shows that colour too: else it is a panel's own background.
+        if band.start == start if first else band.end == end:
+            return True
+        opposite = [o for o in bands if (o.start >= end - limit if first else o.end <= start + limit)]
+        return any(_same_colour(band.colour, o.colour, cfg) for o in opposite)
+
+    while sides[0] and inner and inner[0].start <= lo + 1 and inner[0].end - start <= limit and framing(inner[0], True):
         lo = inner.pop(0).end
-    while sides[1] and inner and inner[-1].end >= hi - 1 and end - inner[-1].start <= limit:
+    while sides[1] and inner and inner[-1].end >= hi - 1 and end - inner[-1].start <= limit and framing(inner[-1], False):
         hi = inner.pop().start
-    return lo, hi, [b for b in inner if b.width >= cfg.min_gutter_px and lo < b.start and b.end < hi]
+    # A band left at an edge (no border) stays: it is no gutter, and no fit may ignore it.
+    return lo, hi, [b for b in inner if b.width >= cfg.min_gutter_px and lo <= b.start and b.end <= hi]
 
 
 def _same_colour(a: tuple[float, ...], b: tuple[float, ...], cfg: PanelsConfig) -> bool:
@@ -198,6 +208,9 @@ def _fit_gutters(gutters: list[_Band], lo: int, hi: int, n: int, cfg: PanelsConf
     small = [b - a for a, b in segments if b - a < cfg.min_panel_size]
     if small:
         return _Fit(error=f"panel of {small[0]} px is below min_panel_size={cfg.min_panel_size}")
+    if _spread(segments) > cfg.max_panel_spread:  # the teacher draws equal panels: bands in the wrong places
+        sizes = ", ".join(str(b - a) for a, b in segments)
+        return _Fit(error=f"panels of {sizes} px differ by more than panels.max_panel_spread={cfg.max_panel_spread}")
     return _Fit(segments=segments)
 
 
@@ -340,7 +353,9 @@ def _by_gutters(g: _Grid) -> Detection | None:
         other = 1 - axis
         if ax[axis].fit.error or ax[other].shown > 1 or g.n[other] == 1:
             continue
-        return _staggered(g, axis, ax[axis].fit.segments)
+        staggered = _staggered(g, axis, ax[axis].fit.segments)
+        if staggered is not None:
+            return staggered
     shown = (ax[0].shown, ax[1].shown)
     if shown != g.n and not _plausible(g, shown):
         return None  # bands that form no grid at all (flat margins of touching panels): try edges
@@ -357,21 +372,16 @@ def _plausible(g: _Grid, shown: tuple[int, int]) -> bool:
     return all(not _axis_gutters(g.seps[i], *g.span[i], shown[i], g.cfg).fit.error for i in (0, 1))
 
 
-def _staggered(g: _Grid, axis: int, strips: tuple[tuple[int, int], ...]) -> Detection:
-    """One axis has full-span gutters, the other none: its gutters may be staggered, strip by strip."""
+def _staggered(g: _Grid, axis: int, strips: tuple[tuple[int, int], ...]) -> Detection | None:
+    """One axis has full-span gutters, the other none: its gutters may be staggered, strip by strip.
+    None when the strips do not all fit (the full-span structure then says what the image shows)."""
     strip_fits, counts = _strip_fit(g, axis, strips, g.n[1 - axis])
     name = "rows" if axis == 0 else "columns"
     if any(f.error for f in strip_fits):
-        detail = f"the {len(strips)} strips between {name} show {counts} panels"
-        shown = None
-        if len(set(counts)) == 1:
-            shown = (len(strips), counts[0]) if axis == 0 else (counts[0], len(strips))
-            detail = f"{shown[0]}x{shown[1]}: " + detail
-        total = sum(counts)
-        if total != g.rows * g.cols:
-            raise PanelCountMismatch(g.rows * g.cols, total, g.rows, g.cols, detail, shown=shown)
-        error = next(f.error for f in strip_fits if f.error)
-        raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: {detail}: {error}")
+        if len(set(counts)) > 1 and sum(counts) != g.rows * g.cols:  # e.g. two panels above, one below
+            raise PanelCountMismatch(g.rows * g.cols, sum(counts), g.rows, g.cols,
+                                     f"the {len(strips)} strips between {name} show {counts} panels")  # fmt: skip
+        return None
     segs = [f.segments for f in strip_fits]
     if axis == 0:
         boxes = _boxes(strips, segs)
@@ -440,6 +450,11 @@ def _by_edges(g: _Grid) -> Detection:
     segs: list[tuple[tuple[int, int], ...]] = []
     confidences, notes = [], []
     (y0, y1), (x0, x1) = _framed_span(g, 0), _framed_span(g, 1)
+    if (y0, y1, x0, x1) != (g.trim[0][0], g.trim[0][1], g.trim[1][0], g.trim[1][1]):
+        raise PanelDetectionError(
+            f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and a uniform band at one edge only "
+            "could be a border or a panel's own background; rejected rather than guessed"
+        )
     for axis, n in ((0, g.rows), (1, g.cols)):
         lo, hi = (y0, y1) if axis == 0 else (x0, x1)
         region = g.a[y0:y1, x0:x1]

@@ -22,7 +22,8 @@ class PanelsConfig:
     colour_tolerance: int = 24  # gutters within this of each other share a colour
     min_gutter_px: int = 2
     max_border_fraction: float = 0.2
-    max_gutter_fraction: float = 0.35  # of the pitch; a wider separator is not a gutter: reject
+    max_gutter_fraction: float = 0.35  # of the pitch; a wider uniform band is a flat margin, not a gutter
+    max_panel_spread: float = 0.2  # panels cut along an axis differ in size by at most this share
     # Touching panels: a cut needs a colour edge across this share of the span (the step across 3
     # lines above edge_step and twice the steps beside it) ...
     min_edge_fraction: float = 0.5

@@ -223,6 +223,8 @@ def run_panels(
             log.append(result)
             if result["status"] == "ok":
                 summary.items_out += 1
+                key = "cut at gutters" if result["split"] == "gutters" else "cut at colour edges (no gutter)"
+                summary.extra[key] = summary.extra.get(key, 0) + 1
             else:
                 summary.reject(_reason_category(result["reason"]))
         summary.extra["pairs"] = len(pairs_log)
