@@ -106,7 +106,8 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
     summary.table = build_table(rows, bench, scores_dir)
     from .report import write_report
 
-    summary.report = write_report(summary.table, cfg.out / "report", title=cfg.title, meta=_meta(cfg, bench))
+    meta = {**_meta(cfg, bench), **({"judge usage (this run)": summary.usage} if summary.usage else {})}
+    summary.report = write_report(summary.table, cfg.out / "report", title=cfg.title, meta=meta)
     return summary
 
 
