@@ -32,7 +32,7 @@ from datagen.config import CurateConfig  # noqa: E402
 from datagen.curate import panel_encoding, run_curate  # noqa: E402
 from datagen.vlm_view import ViewSpec, encode_view, view_path  # noqa: E402
 from dsd.providers import ProviderConfig  # noqa: E402
-from dsd.testing.llm_server import server_process  # noqa: E402
+from tests.support.llm_server import server_process  # noqa: E402
 
 VERDICT = {"subject": "a ball", "description_a": "red ball", "description_b": "red ball", "same_identity": True,
            "confidence": 0.9, "reason": "same", "caption": "a red ball"}  # fmt: skip

@@ -89,7 +89,7 @@ def main() -> None:
                   f"prompts (template) peak RSS {pr['peak_mb']:.0f} MB, {pr['out']} prompts in {pr['seconds']:.1f} s "
                   f"(wall {time.perf_counter() - t0:.1f} s) | {json.dumps({k: round(v, 3) for k, v in pr['extra'].items()})}")
         if args.llm_size:
-            from dsd.testing.llm_server import FakeLLMServer
+            from tests.support.llm_server import FakeLLMServer
 
             def respond(req):
                 words = req.prompt.split("\n", 1)[0].split()

@@ -36,7 +36,7 @@ from dsd.eval.layout import load_benchmark  # noqa: E402
 from dsd.eval.sampling import VIEW_QUALITY, VIEW_SIDE  # noqa: E402
 from dsd.eval.stages import ImageSource, collect_folder, judge_stage  # noqa: E402
 from dsd.providers import ProviderConfig, make_provider  # noqa: E402
-from dsd.testing.llm_server import server_process  # noqa: E402
+from tests.support.llm_server import server_process  # noqa: E402
 
 SUBJECTS = 8
 

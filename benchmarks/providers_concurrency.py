@@ -28,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsd.providers import ChatRequest, ProviderConfig, image_to_png_bytes, make_provider  # noqa: E402
-from dsd.testing.llm_server import FakeLLMServer, RemoteFakeServer, server_process  # noqa: E402
+from tests.support.llm_server import FakeLLMServer, RemoteFakeServer, server_process  # noqa: E402
 
 VERDICT_SCHEMA = {
     "type": "object",

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dsd.testing import FakeLLMServer, RecordedRequest
 from tests.browser import conftest as browser_conftest
 from tests.browser.conftest import key_store_path
 from tests.needs import require_comfyui
+from tests.support.llm_server import FakeLLMServer, RecordedRequest
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfyui]
 

@@ -2,7 +2,7 @@
 
 The FLUX is the full-width tiny one (hidden 3072, 1 double block: ComfyUI detects FLUX from a file only
 at hidden 3072 because it hard-codes 24 heads), written as a GGUF with Q8_0 weights by
-``dsd.testing.gguf``. The same chain runs on the bf16 safetensors of the same weights (stock UNETLoader)
+``tests/support/gguf_writer.py``. The same chain runs on the bf16 safetensors of the same weights (stock UNETLoader)
 as the reference. Files are cached under ``dsd.tiny.fixture_cache_dir()/comfy_models``.
 
 ComfyUI-GGUF is found in ``COMFYUI_GGUF_PATH`` or in the host's ``custom_nodes/``; it is loaded into the
@@ -33,7 +33,7 @@ Q8_TOLERANCE = 0.05
 
 
 def _writer_version() -> str:
-    import dsd.testing.gguf as writer
+    import tests.support.gguf_writer as writer
 
     return hashlib.sha1(Path(writer.__file__).read_bytes()).hexdigest()[:8]
 
@@ -65,9 +65,9 @@ def gguf_pack(comfy_host) -> Path:
 def gguf_files(comfy_host, gguf_pack):
     from safetensors.torch import load_file
 
-    from dsd.testing.gguf import read_gguf_types, write_flux_gguf
     from dsd.tiny import fixture_cache_dir, make_tiny_comfyui_files
     from dsd.weights.adapter import load_adapter
+    from tests.support.gguf_writer import read_gguf_types, write_flux_gguf
 
     tiny = make_tiny_comfyui_files(fixture_cache_dir() / "comfy_models")
     unet_dir = tiny.models_dir / "diffusion_models"
@@ -152,8 +152,8 @@ def _pack_module(pack: Path, name: str):
 
 def test_gguf_writer_round_trips_through_comfyui_gguf_loader(gguf_pack, tiny_weights, tmp_path):
     """Our fixture writer's file, read by ComfyUI-GGUF's own gguf_sd_loader: names, shapes, types and values."""
-    from dsd.testing.gguf import GGUFFixtureError, write_flux_gguf
     from dsd.weights.layout import bfl_to_diffusers
+    from tests.support.gguf_writer import GGUFFixtureError, write_flux_gguf
 
     state = tiny_weights.bfl_state
     report = write_flux_gguf(state, tmp_path / "tiny.gguf")

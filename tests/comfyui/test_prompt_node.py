@@ -1,5 +1,5 @@
 """DSDPromptEnhance in a real ComfyUI host, with the real openai / google-genai clients talking to
-dsd.testing.FakeLLMServer on 127.0.0.1 (no mocks, no network)."""
+tests.support.llm_server.FakeLLMServer on 127.0.0.1 (no mocks, no network)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from dsd.testing import FakeLLMServer, RecordedRequest
+from tests.support.llm_server import FakeLLMServer, RecordedRequest
 
 OPENAI_KEY = "sk-dsd-test-SECRET-0123456789abcdef"
 GEMINI_KEY = "AIza-dsd-test-SECRET-0123456789abcdef"

@@ -13,7 +13,7 @@ Test-only substitutions (everything else runs as shipped):
   3072 from a file), ``ae.safetensors`` the full FLUX VAE layout (diffusers keys), the adapter is
   made for that FLUX, the ControlNet is an XLabs-layout FLUX ControlNet with one block, the vision model of
   ``dsd_best_of_n`` a random CLIP ViT-L/14 (the smallest ComfyUI detects from a file) under the SigLIP name.
-- Prompt enhancement talks to dsd.testing.FakeLLMServer on 127.0.0.1.
+- Prompt enhancement talks to tests.support.llm_server.FakeLLMServer on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dsd.testing import FakeLLMServer, RecordedRequest
+from tests.support.llm_server import FakeLLMServer, RecordedRequest
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"

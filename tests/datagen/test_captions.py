@@ -10,7 +10,7 @@ import pytest
 from datagen.captions import looks_english, normalise, read_captions, run_captions
 from datagen.config import CaptionsConfig, DatagenInputError
 from dsd.manifest import read_records
-from dsd.testing.llm_server import FakeLLMServer
+from tests.support.llm_server import FakeLLMServer
 
 CAPS = [
     "A photo of a golden retriever puppy on a red couch",

@@ -13,7 +13,7 @@ import pytest
 
 from datagen.cli import main
 from datagen.config import DatagenConfig, load_config
-from dsd.testing.llm_server import FakeLLMServer
+from tests.support.llm_server import FakeLLMServer
 
 REPO = Path(__file__).resolve().parents[2]
 SENTINEL = "sk-SENTINEL-test-key-0123456789abcdef"

@@ -8,7 +8,7 @@ import pytest
 from datagen.config import CurateConfig, DatagenInputError
 from datagen.curate import run_curate
 from dsd.manifest import read_records
-from dsd.testing.llm_server import FakeLLMServer
+from tests.support.llm_server import FakeLLMServer
 
 
 def verdicts(w: Path) -> dict[str, dict]:

@@ -20,8 +20,8 @@ from PIL import Image
 
 from datagen.cli import main
 from dsd.manifest import read_records
-from dsd.testing.llm_server import FakeLLMServer
 from tests.datagen.synthetic_grids import make_grid
+from tests.support.llm_server import FakeLLMServer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from datagen.config import ConfigError, PromptsConfig, load_config
 from datagen.diversity import NearDuplicateFilter, diversity_report
 from datagen.prompts import extract_subject, guess_kind, run_prompts, template_prompt
 from dsd.manifest import read_records
-from dsd.testing.llm_server import FakeLLMServer
+from tests.support.llm_server import FakeLLMServer
 
 
 def write_captions(path: Path, texts: list[str]) -> Path:

@@ -18,10 +18,10 @@ from PIL import Image
 
 from dsd.eval.run import EvalConfig, run_eval
 from dsd.eval.sampling import ModelSpec, SampleSettings, read_samples
-from dsd.testing.llm_server import FakeLLMServer
 from dsd.tiny import make_tiny
 from tests.eval.eval_bench import judge_responder, make_bench, write_adapter
 from tests.eval_fixtures import write_tiny_clip
+from tests.support.llm_server import FakeLLMServer
 
 REPO = Path(__file__).resolve().parents[2]
 SENTINEL = "sk-SENTINEL-eval-key-0123456789abcdef"

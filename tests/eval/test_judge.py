@@ -10,7 +10,7 @@ from PIL import Image
 
 from dsd.eval.judge import CP_SCHEMA, PF_SCHEMA, Judge, JudgeConfigError, JudgeUnavailable
 from dsd.providers import ProviderConfig, make_provider
-from dsd.testing.llm_server import FakeLLMServer
+from tests.support.llm_server import FakeLLMServer
 
 REF = Image.new("RGB", (96, 64), (200, 40, 40))
 OUT = Image.new("RGB", (600, 300), (40, 40, 200))  # larger than max_image_side: sent downscaled

@@ -13,9 +13,9 @@ from PIL import Image
 from dsd.eval.report import aggregate
 from dsd.eval.run import EvalConfig, JudgeSettings, run_eval
 from dsd.eval.stages import ImageSource
-from dsd.testing.llm_server import FakeLLMServer
 from tests.eval.eval_bench import judge_responder, make_bench
 from tests.eval_fixtures import degrade, write_tiny_clip, write_tiny_dino
+from tests.support.llm_server import FakeLLMServer
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from training_fixtures import TINY_TOML, make_image, tiny_overrides
 
 from dsd.config import ConfigError
 from dsd.eval.embeddings import EmbeddingModels
-from dsd.testing.llm_server import FakeLLMServer
 from tests.eval_fixtures import write_tiny_clip, write_tiny_dino
+from tests.support.llm_server import FakeLLMServer
 
 SENTINEL_KEY = "sk-validation-sentinel-0123456789abcdef"
 

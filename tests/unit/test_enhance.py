@@ -16,7 +16,7 @@ from dsd.enhance import (
     enhance_prompt,
 )
 from dsd.providers import ProviderConfig, ProviderResponseError, make_provider
-from dsd.testing import FakeLLMServer, RecordedRequest
+from tests.support.llm_server import FakeLLMServer, RecordedRequest
 
 CAPTION = "A small red ceramic fox figurine with a green dot on its flank, on a wooden desk, studio light, front view"
 KINDS = ["openai", "gemini"]

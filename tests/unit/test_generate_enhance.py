@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dsd.testing.llm_server import FakeLLMServer
+from tests.support.llm_server import FakeLLMServer
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""dsd.providers: the real openai / google-genai clients against dsd.testing.FakeLLMServer."""
+"""dsd.providers: the real openai / google-genai clients against tests.support.llm_server.FakeLLMServer."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dsd.providers import (
 )
 from dsd.providers.gemini_provider import _retry_info_delay
 from dsd.providers.schema import SchemaMismatch, parse_json_answer
-from dsd.testing import FakeLLMServer, fake_object_for_schema
+from tests.support.llm_server import FakeLLMServer, fake_object_for_schema
 
 KINDS = ["openai", "gemini"]
 OPENAI_KEY = "sk-test-SECRET-0123456789abcdefXYZ"
