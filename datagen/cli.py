@@ -8,7 +8,9 @@
     python -m datagen import-grids FOLDER --layout 2x2 --workdir W   # grids made elsewhere
     python -m datagen run --from panels --workdir W [--config cfg.toml]
 
-Every stage resumes from its record log, so rerunning a killed command finishes the job.
+Every stage resumes from its record log, so rerunning a killed command finishes the job. Flags,
+logging and exit codes are the shared ones of ``dsd/cli.py`` (-v/-vv/-q, 2 = bad input or config,
+1 = a provider or the teacher failed, 130 = interrupted).
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from dsd import cli
+from dsd.cli_output import emit
 from dsd.config import ConfigError, to_dict
 from dsd.io import atomic_directory, atomic_write_json
 from dsd.manifest import ManifestError
 
-from . import cli_output
 from .config import TOY_CONFIG, DatagenConfig, DatagenInputError, load_config
 from .llm import LLMStageError
 from .summary import StageSummary
@@ -32,6 +34,10 @@ from .summary import StageSummary
 logger = logging.getLogger(__name__)
 
 STAGES = ("captions", "prompts", "teacher", "panels", "curate", "dataset")
+TOY_BANNER = (
+    "*** TOY RUN: tiny random teacher, offline templates, curation skipped unless a vlm is configured. "
+    "The output only exercises the pipeline; it is NOT a training dataset. ***"
+)
 
 
 # ---------------------------------------------------------------- stage runners
@@ -89,7 +95,7 @@ def _prepare_toy(cfg: DatagenConfig, workdir: Path) -> DatagenConfig:
     if not (model_dir / "dsd_tiny.json").is_file():
         from dsd.tiny import make_tiny_pipeline
 
-        cli_output.line(f"toy: writing a tiny random FLUX pipeline to {model_dir}")
+        emit(f"toy: writing a tiny random FLUX pipeline to {model_dir}")
         with atomic_directory(model_dir) as tmp:
             make_tiny_pipeline(tmp, seed=0)
     return dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, model_dir=str(model_dir)))
@@ -99,7 +105,7 @@ def _load(args: argparse.Namespace) -> tuple[DatagenConfig, Path]:
     if args.toy and args.config:
         raise ConfigError("give either --toy or --config, not both")
     path = TOY_CONFIG if args.toy else args.config
-    cfg = load_config(path, args.set or [])
+    cfg = load_config(path, args.overrides)
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     # The resolved config for provenance; provider sections hold only the NAME of the key variable.
@@ -109,7 +115,7 @@ def _load(args: argparse.Namespace) -> tuple[DatagenConfig, Path]:
 
 def _finish(stage: str, summary: StageSummary, workdir: Path) -> None:
     atomic_write_json(workdir / stage / "summary.json", summary.to_dict())
-    cli_output.summary(summary)
+    emit(summary.render())
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -118,23 +124,23 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if args.command == "run" and args.from_stage:
         stages = STAGES[STAGES.index(args.from_stage) :]
     if cfg.toy:
-        cli_output.toy_banner()
+        emit(TOY_BANNER)
     if "teacher" in stages:
         cfg = _prepare_toy(cfg, workdir)
     for stage in stages:
         logger.info("stage %s: start", stage)
-        summary = RUNNERS[stage](cfg, workdir, not args.no_progress)
+        summary = RUNNERS[stage](cfg, workdir, cli.progress_enabled(args))
         _finish(stage, summary, workdir)
     if cfg.toy:
-        cli_output.toy_banner()
+        emit(TOY_BANNER)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .dataset import export_authors
 
-    n = export_authors(Path(args.workdir), Path(args.out), progress=not args.no_progress)
-    cli_output.line(f"exported {n} pairs to {args.out} (authors' layout: image=target, conditioning=reference, caption)")
+    n = export_authors(Path(args.workdir), Path(args.out), progress=cli.progress_enabled(args))
+    emit(f"exported {n} pairs to {args.out} (authors' layout: image=target, conditioning=reference, caption)")
     return 0
 
 
@@ -142,7 +148,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .dataset import import_authors
 
     workdir = Path(args.workdir)
-    summary = import_authors(Path(args.parquet), workdir, shard_size=args.shard_size, progress=not args.no_progress)
+    summary = import_authors(Path(args.parquet), workdir, shard_size=args.shard_size, progress=cli.progress_enabled(args))
     _finish("dataset", summary, workdir)
     return 0
 
@@ -151,24 +157,22 @@ def cmd_import_grids(args: argparse.Namespace) -> int:
     from .import_grids import import_grids
 
     workdir = Path(args.workdir).resolve()
-    summary = import_grids(Path(args.source), workdir, layout=args.layout, progress=not args.no_progress)
+    summary = import_grids(Path(args.source), workdir, layout=args.layout, progress=cli.progress_enabled(args))
     atomic_write_json(workdir / "teacher" / "import_summary.json", summary.to_dict())
-    cli_output.summary(summary)
-    cli_output.line(f"next: python -m datagen run --from panels --workdir {workdir} [--config ...]")
+    emit(summary.render())
+    emit(f"next: python -m datagen run --from panels --workdir {workdir} [--config ...]")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m datagen", description=__doc__.split("\n\n")[0])
+    cli.add_common_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = cli.common_parent()
     common.add_argument("--workdir", required=True, help="work directory (all stage outputs and logs)")
-    common.add_argument("--no-progress", action="store_true", help="no progress bars")
-    common.add_argument("-v", "--verbose", action="store_true")
     cfg_args = argparse.ArgumentParser(add_help=False)
-    cfg_args.add_argument("--config", type=Path, help="TOML config (see datagen/configs/example.toml)")
+    cli.add_config_flags(cfg_args, what="TOML config (see datagen/configs/example.toml)")
     cfg_args.add_argument("--toy", action="store_true", help="use the shipped offline toy config (datagen/configs/toy.toml)")
-    cfg_args.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     helps = {
         "captions": "read, filter, sample and dedup captions",
         "prompts": "turn captions into grid prompts (LLM or templates)",
@@ -199,31 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    """Default: warnings only, so a run shows its progress bars and summaries and nothing per request.
-    ``-v``: our INFO lines too. Third-party INFO (HTTP clients log every request: the OpenAI SDK
-    through ``httpx2``, older ones through ``httpx``) never reaches the terminal, whatever the
-    library's logger is called."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.name.split(".")[0] in _OUR_LOGGERS)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
-    for noisy in ("httpx", "httpx2", "httpcore", "openai", "google_genai", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def exit_codes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(bad input or config -> 2, failures of a provider or the teacher -> 1) for every datagen CLI."""
+    from dsd.providers import ProviderError
 
+    from .panels import LayoutError
+    from .teacher.comfyui_backend import ComfyUIError, WorkflowTemplateError
+    from .teacher.diffusers_backend import TeacherModelError
+    from .teacher.sharding import ShardingError
+    from .teacher.stage import PromptFileError
 
-_OUR_LOGGERS = ("datagen", "dsd", "__main__")
+    user = (ConfigError, DatagenInputError, ManifestError, FileNotFoundError, LayoutError, PromptFileError, ShardingError,
+            WorkflowTemplateError)  # fmt: skip
+    return user, (LLMStageError, ProviderError, TeacherModelError, ComfyUIError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
-    try:
-        return args.func(args)
-    except (ConfigError, DatagenInputError, LLMStageError, ManifestError, FileNotFoundError, ValueError) as exc:
-        logger.debug("failed", exc_info=True)
-        cli_output.error(str(exc))
-        return 2
-    except KeyboardInterrupt:
-        cli_output.error("interrupted; rerun the same command to resume")
-        return 130
+    user, failures = exit_codes()
+    return cli.run_cli(build_parser(), argv, user_errors=user, failures=failures)

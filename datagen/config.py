@@ -1,19 +1,19 @@
 """The typed datagen configuration: one frozen dataclass per stage, composed into DatagenConfig.
 
 Loaded from TOML (unknown keys rejected, wrong types named with the file), then ``--set
-section.key=value`` overrides from the CLI. Relative caption sources resolve against the config
-file's folder so a config and its data can travel together (see ``datagen/configs/toy.toml``).
+section.key=value`` overrides from the CLI, by ``dsd.config.load_config_file``: relative paths
+(caption sources, the teacher's model folder and workflow) resolve against the config file's folder
+so a config and its data can travel together (see ``datagen/configs/toy.toml``).
 API keys never appear here: a provider section names the environment variable that holds one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dsd.config import ConfigError, apply_overrides, from_dict, load_toml
+from dsd.config import ConfigError, load_config_file, path_field
 from dsd.providers import ProviderConfig
 
 from .panels import PanelsConfig
@@ -33,7 +33,7 @@ class DatagenInputError(ValueError):
 
 def parse_layout(layout: str) -> tuple[int, int]:
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown grid layout {layout!r}; supported layouts: {', '.join(LAYOUTS)}")
+        raise ConfigError(f"unknown grid layout {layout!r}; supported layouts: {', '.join(LAYOUTS)}")
     return LAYOUTS[layout]
 
 
@@ -41,7 +41,7 @@ def parse_layout(layout: str) -> tuple[int, int]:
 class CaptionsConfig:
     """Stage 1: real captions (LAION-style) as content references."""
 
-    sources: tuple[str, ...] = ()  # files, folders or globs: .parquet, .csv, .tsv, .jsonl, .txt
+    sources: tuple[str, ...] = path_field(())  # files, folders or globs: .parquet, .csv, .tsv, .jsonl, .txt
     column: str | None = None  # None: the first of TEXT, caption, text, prompt that exists
     sampling: Literal["hash", "reservoir"] = "hash"
     sample_rate: float = 1.0  # "hash": keep a caption when hash(seed, text) falls below this fraction
@@ -59,11 +59,11 @@ class CaptionsConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sample_rate <= 1.0:
-            raise ValueError(f"captions.sample_rate must be in (0, 1], got {self.sample_rate}")
+            raise ConfigError(f"captions.sample_rate must be in (0, 1], got {self.sample_rate}")
         if self.sampling == "reservoir" and self.max_captions <= 0:
-            raise ValueError("captions.sampling = 'reservoir' needs captions.max_captions > 0 (the sample size)")
+            raise ConfigError("captions.sampling = 'reservoir' needs captions.max_captions > 0 (the sample size)")
         if self.llm_filter_batch < 1:
-            raise ValueError("captions.llm_filter_batch must be >= 1")
+            raise ConfigError("captions.llm_filter_batch must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +82,12 @@ class PromptsConfig:
 
     def __post_init__(self) -> None:
         if not self.layouts:
-            raise ValueError("prompts.layouts is empty; use e.g. [\"2x2\"]")
+            raise ConfigError("prompts.layouts is empty; use e.g. [\"2x2\"]")
         for layout in self.layouts:
             if layout not in LAYOUTS:
-                raise ValueError(f"prompts.layouts: unknown layout {layout!r}; supported: {', '.join(LAYOUTS)}")
+                raise ConfigError(f"prompts.layouts: unknown layout {layout!r}; supported: {', '.join(LAYOUTS)}")
         if not 0.0 < self.dedup_threshold <= 1.0:
-            raise ValueError(f"prompts.dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
+            raise ConfigError(f"prompts.dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +113,13 @@ class CurateConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(f"curate.min_confidence must be in [0, 1], got {self.min_confidence}")
+            raise ConfigError(f"curate.min_confidence must be in [0, 1], got {self.min_confidence}")
         if not 1 <= self.jpeg_quality <= 95:
-            raise ValueError(f"curate.jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
+            raise ConfigError(f"curate.jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
         if self.max_image_side < 64:
-            raise ValueError(f"curate.max_image_side must be >= 64, got {self.max_image_side}")
+            raise ConfigError(f"curate.max_image_side must be >= 64, got {self.max_image_side}")
         if not 0 <= self.refusal_retries <= 5:
-            raise ValueError(f"curate.refusal_retries must be in [0, 5], got {self.refusal_retries}")
+            raise ConfigError(f"curate.refusal_retries must be in [0, 5], got {self.refusal_retries}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +131,7 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
-            raise ValueError("dataset.shard_size must be >= 1")
+            raise ConfigError("dataset.shard_size must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,37 +147,11 @@ class DatagenConfig:
     vlm: ProviderConfig | None = None  # curation + captioning (the paper: Gemini 1.5)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DatagenConfig:
-    """DatagenConfig from ``path`` (or defaults) with ``section.key=value`` overrides applied."""
-    cfg = load_toml(DatagenConfig, path) if path is not None else DatagenConfig()
-    if overrides:
-        cfg = _apply_overrides(cfg, list(overrides))
-    if path is not None:
-        base = Path(path).resolve().parent
-        sources = tuple(s if Path(s).is_absolute() else str(base / s) for s in cfg.captions.sources)
-        cfg = dataclasses.replace(cfg, captions=dataclasses.replace(cfg.captions, sources=sources))
-    return cfg
-
-
-def _apply_overrides(cfg: DatagenConfig, overrides: list[str]) -> DatagenConfig:
-    # A provider section that is absent in the file may be created from the command line
-    # (`--set vlm.kind=openai --set vlm.model=...`): collect those keys first.
-    new_sections: dict[str, dict[str, object]] = {}
-    rest: list[str] = []
-    for item in overrides:
-        head = item.split("=", 1)[0].strip()
-        section = head.split(".", 1)[0]
-        if section in ("llm", "vlm") and getattr(cfg, section) is None and "." in head and "=" in item:
-            from dsd.config import parse_override_value
-
-            new_sections.setdefault(section, {})[head.split(".", 1)[1]] = parse_override_value(
-                item.split("=", 1)[1].strip()
-            )
-        else:
-            rest.append(item)
-    for section, values in new_sections.items():
-        cfg = dataclasses.replace(cfg, **{section: from_dict(ProviderConfig, values, where=f"--set {section}")})
-    return apply_overrides(cfg, rest) if rest else cfg
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                values: dict[str, object] | None = None) -> DatagenConfig:
+    """DatagenConfig from ``path`` (or defaults), then ``values`` ({"section.key": value}) and
+    ``section.key=value`` overrides; ``--set vlm.kind=...`` creates a provider section absent from the file."""
+    return load_config_file(DatagenConfig, path, overrides, values)
 
 
 __all__ = [

@@ -1,4 +1,8 @@
-"""``python -m dsd``: make-tiny | convert | generate | eval | demo."""
+"""``python -m dsd``: make-tiny | convert | generate | eval | demo.
+
+Flags, logging and exit codes are the shared ones of ``dsd/cli.py`` (-v/-vv/-q, 2 = bad input,
+1 = a provider failed, 130 = interrupted).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,26 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_output import emit, fail
+from . import cli
+from .cli_output import emit
 
 logger = logging.getLogger("dsd")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def exit_codes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(bad input or config -> 2, a provider that failed -> 1); see dsd/cli.py."""
     from .canvas import ReferenceImageError
     from .config import ConfigError
     from .eval.judge import JudgeConfigError
     from .eval.layout import BenchmarkError
     from .model import DSDModelError
+    from .providers import ProviderError
     from .tokens import CanvasSizeError
     from .weights.errors import WeightsError
 
-    return (WeightsError, ConfigError, ReferenceImageError, CanvasSizeError, DSDModelError, FileNotFoundError, PromptEnhanceFailed,
-            BenchmarkError, JudgeConfigError, _embedding_error())
+    user = (WeightsError, ConfigError, ReferenceImageError, CanvasSizeError, DSDModelError, FileNotFoundError,
+            BenchmarkError, JudgeConfigError, _embedding_error())  # fmt: skip
+    return user, (PromptEnhanceFailed, ProviderError)
 
 
 def _embedding_error() -> type[BaseException]:
@@ -197,32 +205,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dsd", description="Diffusion Self-Distillation tools")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    cli.add_common_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
+    flags = cli.common_parent()
 
-    p = sub.add_parser("make-tiny", help="write tiny random DSD/FLUX fixtures (offline, deterministic)")
+    p = sub.add_parser("make-tiny", parents=[flags], help="write tiny random DSD/FLUX fixtures (offline, deterministic)")
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full-width", action="store_true", help="also write the hidden-3072 FLUX ComfyUI's stock loader accepts (~1 GB)")
     p.set_defaults(func=cmd_make_tiny)
 
-    p = sub.add_parser("convert", help="authors' release -> DSD adapter (+ diff report vs FLUX.1-dev, SVD LoRA of the difference)")
+    p = sub.add_parser("convert", parents=[flags], help="authors' release -> DSD adapter (+ diff report vs FLUX.1-dev, SVD LoRA of the difference)")
     from .convert import add_convert_arguments, run_convert
 
     add_convert_arguments(p)
     p.set_defaults(func=run_convert)
 
-    p = sub.add_parser("generate", help="reference-conditioned generation with the standalone sampler")
+    p = sub.add_parser("generate", parents=[flags], help="reference-conditioned generation with the standalone sampler")
     add_generate_arguments(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("eval", help="score a model or folders of images on a benchmark (CLIP, DINO, VLM judge) + report")
+    p = sub.add_parser("eval", parents=[flags], help="score a model or folders of images on a benchmark (CLIP, DINO, VLM judge) + report")
     from .eval.run import add_eval_arguments, cmd_eval
 
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="tiny end-to-end run: fixtures -> generate; writes PNGs")
+    p = sub.add_parser("demo", parents=[flags], help="tiny end-to-end run: fixtures -> generate; writes PNGs")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--tiny", type=Path, default=None, help="reuse fixtures from `make-tiny DIR` (made there if missing)")
@@ -231,18 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("diffusers", "transformers", "httpx", "httpx2"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        return int(args.func(args) or 0)
-    except _user_errors() as exc:
-        fail(str(exc))
-        return 2
-    except KeyboardInterrupt:
-        fail("interrupted")
-        return 130
+    user, failures = exit_codes()
+    return cli.run_cli(build_parser(), argv, user_errors=user, failures=failures)
 
 
 if __name__ == "__main__":

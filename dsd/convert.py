@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from . import cli
 from .cli_output import emit
 from .io import atomic_save_safetensors, atomic_write_text
 from .weights.adapter import DSDAdapter, save_adapter
@@ -202,7 +203,6 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, help="write the diff report (JSON) here (with --base)")
     parser.add_argument("--svd-rank", type=int, help="extract the difference to --base as a LoRA of this rank")
     parser.add_argument("--atol", type=float, default=0.0, help="tensors whose max |diff| is <= this count as equal (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -211,7 +211,7 @@ def run_convert(args: argparse.Namespace) -> int:
         raise WeightsError("--report describes the difference to a base FLUX: give --base too")
     result = convert_release(
         args.transformer, args.out, lora_path=args.lora, base=args.base, report_path=args.report,
-        svd_rank=args.svd_rank, atol=args.atol, progress=not args.no_progress,
+        svd_rank=args.svd_rank, atol=args.atol, progress=cli.progress_enabled(args),
     )  # fmt: skip
     ad = result.adapter
     size = result.adapter_path.stat().st_size
@@ -230,14 +230,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m dsd convert`` is the entry point; this is the same command on its own."""
     parser = argparse.ArgumentParser(prog="python -m dsd convert", description=__doc__.splitlines()[0])
+    cli.add_common_flags(parser)
     add_convert_arguments(parser)
-    return run_convert(parser.parse_args(argv))
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``convert`` on an ``argparse`` subparsers object."""
-    p = subparsers.add_parser("convert", help="authors' release -> DSD adapter (+ diff vs FLUX.1-dev, SVD LoRA of the difference)")
-    add_convert_arguments(p)
-    p.set_defaults(func=run_convert)
-    return p
+    parser.set_defaults(func=run_convert)
+    return cli.run_cli(parser, argv, user_errors=(WeightsError, FileNotFoundError))

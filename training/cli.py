@@ -1,4 +1,8 @@
-"""Command line: ``cache``, ``train``, ``export``, ``estimate``; each ends with a one-screen summary."""
+"""Command line: ``cache``, ``train``, ``export``, ``estimate``; each ends with a one-screen summary.
+
+Flags, logging and exit codes are the shared ones of ``dsd/cli.py`` (-v/-vv/-q, ``--config`` +
+``--set``, 2 = bad input or config, 130 = interrupted; a resumed ``train`` continues from its checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -6,40 +10,40 @@ import argparse
 import logging
 from pathlib import Path
 
+from dsd import cli
+from dsd.cli_output import emit, table
 from dsd.config import ConfigError
 from dsd.weights.errors import WeightsError
 
-from . import cli_output as out
 from .config import TrainConfig, load_config
 
 logger = logging.getLogger(__name__)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description="DSD training (FLUX + condition embedder + LoRA)")
+    cli.add_common_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
+    flags = cli.common_parent()
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", required=True, help="training TOML (see training/configs/)")
-        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (TOML syntax), repeatable")  # fmt: skip
-        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
-        sp.add_argument("-v", "--verbose", action="store_true")
+        cli.add_config_flags(sp, required=True, what="training TOML (see training/configs/)")
+        sp.set_defaults(func=_run)
 
-    sp = sub.add_parser("cache", help="precompute VAE latents and text embeddings into dataset.cache_dir")
+    sp = sub.add_parser("cache", parents=[flags], help="precompute VAE latents and text embeddings into dataset.cache_dir")
     common(sp)
     sp.add_argument("--device", default="auto")
-    sp = sub.add_parser("train", help="train (resumes from the latest checkpoint in saving.output_dir)")
+    sp = sub.add_parser("train", parents=[flags], help="train (resumes from the latest checkpoint in saving.output_dir)")
     common(sp)
     sp.add_argument("--resume", default="auto", help="auto (default), none, or a checkpoint folder")
-    sp = sub.add_parser("export", help="checkpoint -> DSD adapter file (+ the authors' diffusers/PEFT layout)")
+    sp = sub.add_parser("export", parents=[flags], help="checkpoint -> DSD adapter file (+ the authors' diffusers/PEFT layout)")
     common(sp)
     sp.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the latest in saving.output_dir)")
     sp.add_argument("--out", default=None, help="adapter file (default: <output_dir>/<saving.adapter_name>)")
     sp.add_argument("--release-dir", default=None, help="also write transformer/ + pytorch_lora_weights.safetensors here")
     sp.add_argument("--no-base", action="store_true", help="release layout without copying the base FLUX shards")
     sp.add_argument("--ema", action="store_true", help="export the EMA weights")
-    sp = sub.add_parser("estimate", help="memory and time per step implied by a config")
+    sp = sub.add_parser("estimate", parents=[flags], help="memory and time per step implied by a config")
     common(sp)
     sp.add_argument("--gpus", type=int, default=None, help="GPUs (default: training.gpus)")
     sp.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation")
@@ -53,8 +57,8 @@ def _cache(cfg: TrainConfig, args: argparse.Namespace) -> None:
     from .cache import run_cache
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    s = run_cache(cfg, device=device, progress=not args.no_progress)
-    out.table("DSD cache", [
+    s = run_cache(cfg, device=device, progress=cli.progress_enabled(args))
+    table("DSD cache", [
         ("cache dir", s.cache_dir), ("pairs", s.pairs), ("shards", f"{s.shards_total} ({s.shards_written} written, "
         f"{s.shards_skipped_done} already done)"), ("samples written", s.samples_written),
         ("unreadable images skipped", s.bad_images), ("seconds", f"{s.seconds:.1f}"),
@@ -64,10 +68,10 @@ def _cache(cfg: TrainConfig, args: argparse.Namespace) -> None:
 def _train(cfg: TrainConfig, args: argparse.Namespace) -> None:
     from .loop import train
 
-    s = train(cfg, resume=args.resume, progress=not args.no_progress)
+    s = train(cfg, resume=args.resume, progress=cli.progress_enabled(args))
     if not s.is_main:  # under torchrun / accelerate every rank returns; one summary is enough
         return
-    out.table("DSD training", [
+    table("DSD training", [
         ("output dir", s.output_dir), ("resumed from", s.resumed_from or "-"),
         ("steps", f"{s.start_step} -> {s.start_step + s.steps_done}"),
         ("loss first / last", f"{s.first_loss:.4f} / {s.final_loss:.4f}"),
@@ -87,7 +91,7 @@ def _export(cfg: TrainConfig, args: argparse.Namespace) -> None:
         raise CheckpointError(f"no checkpoint in {cfg.saving.output_dir}/checkpoints; train first or pass --checkpoint")
     dest = Path(args.out) if args.out else Path(cfg.saving.output_dir) / cfg.saving.adapter_name
     s = export_checkpoint(cfg, ckpt, dest, release_dir=args.release_dir, include_base=not args.no_base, use_ema=args.ema)
-    out.table("DSD export", [("checkpoint", ckpt), *s.items()])
+    table("DSD export", [("checkpoint", ckpt), *s.items()])
 
 
 def _estimate(cfg: TrainConfig, args: argparse.Namespace) -> None:
@@ -100,13 +104,20 @@ def _estimate(cfg: TrainConfig, args: argparse.Namespace) -> None:
 
         dest = Path(args.config).with_suffix("").with_suffix(".estimate.md")
         atomic_write_text(dest, md)
-        out.text(f"wrote {dest}")
-    out.text(md)
+        emit(f"wrote {dest}")
+    emit(md)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+_COMMANDS = {"cache": _cache, "train": _train, "export": _export, "estimate": _estimate}
+
+
+def _run(args: argparse.Namespace) -> int:
+    _COMMANDS[args.command](load_config(args.config, args.overrides), args)
+    return 0
+
+
+def exit_codes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(bad input or config -> 2, failures -> 1); see dsd/cli.py."""
     from .cache import CacheError
     from .checkpoint import CheckpointError
     from .data import DatasetError
@@ -114,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import OptionalDependencyError
     from .model import ModelLoadError
 
-    known = (ConfigError, DatasetError, CacheError, CheckpointError, ModelLoadError, ExportError, OptionalDependencyError, WeightsError)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        {"cache": _cache, "train": _train, "export": _export, "estimate": _estimate}[args.command](cfg, args)
-    except known as exc:
-        out.error(str(exc))
-        return 2
-    return 0
+    # Every training error is one the user fixes (a config, a dataset, a checkpoint, a package).
+    user = (ConfigError, DatasetError, CacheError, CheckpointError, ModelLoadError, ExportError, OptionalDependencyError,
+            WeightsError, FileNotFoundError)  # fmt: skip
+    return user, ()
+
+
+def main(argv: list[str] | None = None) -> int:
+    user, failures = exit_codes()
+    return cli.run_cli(build_parser(), argv, user_errors=user, failures=failures)

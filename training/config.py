@@ -3,18 +3,19 @@
 Sections: ``[model] [dataset] [network] [training] [optimizer] [saving] [sampling] [validation] [logging]``.
 Build with :func:`load_config` (TOML + ``--set section.key=value`` overrides); every value is
 checked by ``dsd.config.from_dict`` so a typo or a wrong type fails before any model loads.
-Relative paths in a config file are resolved against the file's folder.
+Paths follow the one rule of ``dsd.config.load_config_file``: relative to the config file's folder
+when written in it, to the current directory when given with ``--set``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dsd.config import ConfigError, apply_overrides, from_dict, load_toml, to_dict
+from dsd.config import ConfigError, from_dict, load_config_file, path_field, resolve_paths, to_dict
 
 # Every linear of FLUX's attention and MLP inside the transformer blocks (diffusers names).
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
@@ -29,11 +30,11 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
 class ModelConfig:
     # A diffusers FLUX.1-dev folder (model_index.json, vae/, text encoders, transformer/); needed for
     # caching, on-the-fly encoding and validation sampling.
-    flux: str = ""
+    flux: str = path_field("")
     # Optional transformer override: a transformer folder (config.json + safetensors) of plain FLUX.
-    transformer: str = ""
+    transformer: str = path_field("")
     # The authors' release (root or its transformer/ folder) to continue training it.
-    release: str = ""
+    release: str = path_field("")
     base_dtype: Literal["float32", "bfloat16", "float8"] = "bfloat16"  # float8: torchao weight-only (pip install torchao)
     max_sequence_length: int = 512  # T5 tokens
 
@@ -41,11 +42,11 @@ class ModelConfig:
 @dataclass(frozen=True, slots=True)
 class DatasetConfig:
     # Datagen output folders (shard-*.tar [+ index.parquet]) and/or the authors' parquet files/folders.
-    paths: list[str] = field(default_factory=list)
+    paths: list[str] = path_field([])
     # Frame sizes (height, width) of ONE frame; the canvas is [height, 2 * width].
     frame_buckets: list[list[int]] = field(default_factory=lambda: [[512, 512]])
     fit: Literal["crop", "pad", "stretch"] = "crop"
-    cache_dir: str = ""  # empty: encode on the fly every step (slow; for debugging and benchmarks)
+    cache_dir: str = path_field("")  # empty: encode on the fly every step (slow; for debugging and benchmarks)
     cache_shard_size: int = 256  # samples per cache shard
     cache_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     on_bad_image: Literal["error", "skip"] = "error"
@@ -124,7 +125,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True, slots=True)
 class SavingConfig:
-    output_dir: str = "output/dsd_training"
+    output_dir: str = path_field("output/dsd_training")
     save_every: int = 1000
     keep_last: int = 3
     adapter_name: str = "dsd_adapter.safetensors"
@@ -134,7 +135,7 @@ class SavingConfig:
 @dataclass(frozen=True, slots=True)
 class SamplingConfig:
     every: int = 0  # 0 = no validation sampling
-    references: list[str] = field(default_factory=list)  # image files; empty: the first dataset pairs
+    references: list[str] = path_field([])  # image files; empty: the first dataset pairs
     prompts: list[str] = field(default_factory=list)
     from_dataset: int = 2
     steps: int = 28
@@ -156,8 +157,8 @@ class ValidationConfig:
     prompt text, so no CLIP-T or judge). Model folders are local transformers checkpoints, never downloaded.
     """
 
-    clip: str = ""  # CLIP folder -> val/clip_i (reference vs sample) and val/clip_t (prompt vs sample)
-    dino: str = ""  # DINOv2 folder -> val/dino
+    clip: str = path_field("")  # CLIP folder -> val/clip_i (reference vs sample) and val/clip_t (prompt vs sample)
+    dino: str = path_field("")  # DINOv2 folder -> val/dino
     best_metric: Literal["", "clip_i", "clip_t", "dino", "judge_cp", "judge_pf", "judge_cp_x_pf"] = ""
     embed_batch: int = 16
     # The VLM judge (dsd.eval.judge): "openai" (any OpenAI-compatible server) or "gemini"; keys come from
@@ -187,7 +188,7 @@ class ValidationConfig:
 class LoggingConfig:
     tensorboard: bool = True
     log_every: int = 10
-    log_dir: str = ""  # empty: <output_dir>/logs
+    log_dir: str = path_field("")  # empty: <output_dir>/logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,41 +232,13 @@ def config_hash(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(public_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _resolve(base: Path, value: str) -> str:
-    if not value:
-        return value
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
-
-
-def resolve_paths(cfg: TrainConfig, base: Path) -> TrainConfig:
-    m, d, s, g, lg, v = cfg.model, cfg.dataset, cfg.saving, cfg.sampling, cfg.logging, cfg.validation
-    return replace(
-        cfg,
-        model=replace(m, flux=_resolve(base, m.flux), transformer=_resolve(base, m.transformer), release=_resolve(base, m.release)),
-        dataset=replace(d, paths=[_resolve(base, p) for p in d.paths], cache_dir=_resolve(base, d.cache_dir)),
-        saving=replace(s, output_dir=_resolve(base, s.output_dir)),
-        sampling=replace(g, references=[_resolve(base, p) for p in g.references]),
-        validation=replace(v, clip=_resolve(base, v.clip), dino=_resolve(base, v.dino)),
-        logging=replace(lg, log_dir=_resolve(base, lg.log_dir)),
-    )
-
-
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """TOML file (or defaults) + ``section.key=value`` overrides; relative paths resolve against the file."""
-    if path is None:
-        cfg = TrainConfig()
-        base = Path.cwd()
-    else:
-        cfg = load_toml(TrainConfig, path)
-        base = Path(path).resolve().parent
-    if overrides:
-        cfg = apply_overrides(cfg, list(overrides))
-    return resolve_paths(cfg, base)
+    """TOML file (or defaults) + ``section.key=value`` overrides, paths resolved by the one rule."""
+    return load_config_file(TrainConfig, path, overrides)
 
 
 __all__ = [
     "ConfigError", "TrainConfig", "ModelConfig", "DatasetConfig", "NetworkConfig", "TrainingConfig",
     "OptimizerConfig", "SavingConfig", "SamplingConfig", "ValidationConfig", "LoggingConfig", "DEFAULT_LORA_TARGETS",
-    "load_config", "public_dict", "config_hash", "from_dict",
+    "load_config", "resolve_paths", "public_dict", "config_hash", "from_dict",
 ]  # fmt: skip

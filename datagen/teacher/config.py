@@ -1,11 +1,12 @@
-"""Typed settings of the teacher stage (the ``[teacher]`` table of the datagen config)."""
+"""Typed settings of the teacher stage: the ``[teacher]`` table of a datagen config file (also what
+``python -m datagen.teacher --config`` reads; its flags are generated from these fields)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from dsd.config import ConfigError
+from dsd.config import ConfigError, path_field
 
 _DTYPES = ("bfloat16", "float16", "float32")
 
@@ -22,9 +23,9 @@ class TeacherConfig:
     """
 
     backend: Literal["diffusers", "comfyui"] = "diffusers"
-    model_dir: str | None = None
+    model_dir: str | None = path_field(None)
     comfyui_url: str = "http://127.0.0.1:8188"
-    comfyui_workflow: str | None = None
+    comfyui_workflow: str | None = path_field(None)
     width: int = 1024
     height: int = 1024
     steps: int = 28

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .. import cli
 from ..cli_output import emit
 from ..io import atomic_write_json
 from .layout import Benchmark, BenchmarkError, load_benchmark
@@ -186,7 +187,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-price", type=float, nargs=2, default=(0.0, 0.0), metavar=("IN", "OUT"),
                    help="USD per million input / output tokens, for the cost figure")
     p.add_argument("--title", default="DSD evaluation")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def _named(values: list[str], what: str) -> list[tuple[str, Path]]:
@@ -222,7 +222,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     return EvalConfig(bench=args.bench, out=args.out, layout=args.layout, subjects=subjects, max_prompts=args.max_prompts,
                       models=models, sources=sources, sampling=sampling, clip=args.clip, dino=args.dino,
-                      embed_batch=args.embed_batch, judge=judge, title=args.title, progress=not args.no_progress)  # fmt: skip
+                      embed_batch=args.embed_batch, judge=judge, title=args.title, progress=cli.progress_enabled(args))  # fmt: skip
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

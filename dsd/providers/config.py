@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..config import path_field
 from .errors import ProviderAuthError
 
 ProviderKind = Literal["openai", "gemini"]
@@ -37,7 +38,7 @@ class ProviderConfig:
     timeout_s: float = 60.0
     max_retries: int = 5
     max_concurrency: int = 8
-    cache_dir: str | None = None
+    cache_dir: str | None = path_field(None)  # relative: to the config file (dsd.config.resolve_paths)
     input_usd_per_mtok: float = 0.0
     output_usd_per_mtok: float = 0.0
     use_batch_api: bool = False
