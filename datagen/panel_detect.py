@@ -446,15 +446,34 @@ def _framed_span(g: _Grid, axis: int) -> tuple[int, int]:
 
 
 def _by_edges(g: _Grid) -> Detection:
+    """Touching panels. A uniform band at one edge only may be a border or a panel's background
+    reaching the edge: both readings are cut, and one must give clearly more equal panels."""
+    framed = (*_framed_span(g, 0), *_framed_span(g, 1))
+    trimmed = (g.trim[0][0], g.trim[0][1], g.trim[1][0], g.trim[1][1])
+    if framed == trimmed:
+        return _cut_at_edges(g, framed)
+    readings = []
+    for span in (framed, trimmed):
+        try:
+            found = _cut_at_edges(g, span)
+        except PanelDetectionError:
+            continue
+        spread = max(_spread(tuple((b.y0, b.y1) for b in found.boxes)), _spread(tuple((b.x0, b.x1) for b in found.boxes)))
+        readings.append((spread, found))
+    readings.sort(key=lambda r: r[0])
+    if len(readings) == 2 and readings[1][0] - readings[0][0] >= 0.05:
+        return readings[0][1]
+    raise PanelDetectionError(
+        f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and a uniform band at one edge only "
+        "could be a border or a panel's own background; rejected rather than guessed"
+    )
+
+
+def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int]) -> Detection:
     cfg = g.cfg
     segs: list[tuple[tuple[int, int], ...]] = []
     confidences, notes = [], []
-    (y0, y1), (x0, x1) = _framed_span(g, 0), _framed_span(g, 1)
-    if (y0, y1, x0, x1) != (g.trim[0][0], g.trim[0][1], g.trim[1][0], g.trim[1][1]):
-        raise PanelDetectionError(
-            f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and a uniform band at one edge only "
-            "could be a border or a panel's own background; rejected rather than guessed"
-        )
+    y0, y1, x0, x1 = span
     for axis, n in ((0, g.rows), (1, g.cols)):
         lo, hi = (y0, y1) if axis == 0 else (x0, x1)
         region = g.a[y0:y1, x0:x1]
