@@ -27,8 +27,11 @@ gutter's neighbours are panel content or other panels' margins.
    in that window. A weak or ambiguous edge (below ``min_edge_fraction`` or
    ``min_edge_confidence``), or a strong full-span edge where the layout has none, rejects the
    grid: it is never split by guesswork (unless ``no_edge = "even"`` says the input is known to be
-   such grids, e.g. the toy's noise; the cut is then recorded with confidence 0). Here a band at an
-   edge is a border only when its colour frames another edge too.
+   such grids, e.g. the toy's noise; the cut is then recorded with confidence 0). A uniform band at
+   one edge only may be a border or a panel's background reaching the edge: both readings are cut
+   and one must give clearly more equal panels, else the grid is rejected.
+6. Panels along an axis must be near-equal (``max_panel_spread``): the teacher draws equal panels,
+   so bands that would cut very unequal ones are in the wrong places.
 
 Known limits (they reject, never mis-cut): gutters of the same colour as the panels' background
 are invisible; gutters that are neither aligned across the grid nor within strips; touching panels
