@@ -14,7 +14,16 @@ from typing import Literal
 import pytest
 import torch
 
-from dsd.config import ConfigError, apply_overrides, from_dict, load_toml, to_dict
+from dsd.config import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_config_file,
+    load_toml,
+    path_field,
+    resolve_paths,
+    to_dict,
+)
 from dsd.io import atomic_directory, atomic_save_safetensors, atomic_write_json, clean_stale_temporaries
 from dsd.manifest import RecordLog, read_records
 
@@ -67,6 +76,35 @@ def test_toml_and_overrides(tmp_path):
     p.write_text("name = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_toml(Outer, p)
+
+
+@dataclasses.dataclass(frozen=True)
+class Files:
+    data: str = path_field("")
+    many: list[str] = path_field([])
+    weights: Path | None = path_field(None)
+    label: str = "not/a/path"
+
+
+@dataclasses.dataclass(frozen=True)
+class WithFiles:
+    files: Files = dataclasses.field(default_factory=Files)
+    extra: Files | None = None
+
+
+def test_one_path_rule_file_relative_then_command_line_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg").mkdir()
+    p = tmp_path / "cfg" / "c.toml"
+    p.write_text("[files]\ndata = 'd'\nmany = ['a', '/abs', '../up']\nweights = '~/w'\nlabel = 'x/y'\n")
+    cfg = load_config_file(WithFiles, p, ["extra.data=here"])
+    f = cfg.files
+    assert (f.data, f.many) == (str(tmp_path / "cfg" / "d"), [str(tmp_path / "cfg" / "a"), "/abs", str(tmp_path / "up")])
+    assert f.weights == Path("~/w").expanduser() and f.label == "x/y"  # only fields marked as paths move
+    assert cfg.extra is not None and cfg.extra.data == str(tmp_path / "here")  # a --set: the current folder
+    assert resolve_paths(WithFiles(), tmp_path) == WithFiles()  # unset (empty) paths stay unset
+    with pytest.raises(ConfigError, match="unknown key 'nope'"):
+        load_config_file(WithFiles, p, ["extra.nope=1"])
 
 
 def test_atomic_writes_leave_old_file_on_failure(tmp_path):
