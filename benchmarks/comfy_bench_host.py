@@ -13,11 +13,9 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.append(str(REPO_ROOT))
+from scripts import comfyui_host
 
-from scripts import comfyui_host  # noqa: E402 - needs the repo root on sys.path (above)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 FULL_UNET_CONFIG = {
     "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 768,
@@ -53,6 +51,8 @@ class Host:
         command-line flags (both for the GPU suite)."""
         torch.set_num_threads(threads)
         root = str(find_comfyui())
+        # ComfyUI is not an installable package: its modules (comfy, nodes, server, ...) import only from its own
+        # root, which must come first so its top-level ``nodes`` wins over this pack's ``nodes/`` in the repo root.
         sys.path.insert(0, root)
         argv = sys.argv[:]
         sys.argv[:] = [argv[0], *(["--cpu"] if cpu else []), *ATTENTION_FLAGS[attention], *extra_args]

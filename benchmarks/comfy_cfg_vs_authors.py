@@ -24,7 +24,8 @@ import sys
 import time
 
 import torch
-from comfy_bench_host import (
+
+from benchmarks.comfy_bench_host import (
     ATTN_TARGETS,
     FULL_UNET_CONFIG,
     REPO_ROOT,

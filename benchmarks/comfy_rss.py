@@ -25,13 +25,12 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "dsd_embedder", "lora_loader", "dsd_lora")
 
 
 def child(variant: str, rank: int, threads: int) -> None:
-    sys.path.insert(0, str(HERE))
-    from comfy_bench_host import Host, build_flux, make_pairs, sample, text, write_adapter
+    from benchmarks.comfy_bench_host import Host, build_flux, make_pairs, sample, text, write_adapter
 
     host = Host(threads)
     base = build_flux()
@@ -56,7 +55,7 @@ def child(variant: str, rank: int, threads: int) -> None:
         pairs = make_pairs(rank) if variant == "dsd_lora" else {}
         path = write_adapter(host.tmp / "dsd" / "a.safetensors", pairs)
         size = path.stat().st_size
-        patch = sys.modules[str(HERE.parent).replace(".", "_x_") + ".nodes.patch"]
+        patch = sys.modules[str(REPO).replace(".", "_x_") + ".nodes.patch"]
         tokens = torch.randn(1, (h // 16) * (w // 16), 64)
         pos = patch.with_condition_tokens(pos, tokens)
         (dm,) = host.call("DSDAdapterLoader", model=base, adapter="a.safetensors", strength=1.0)
@@ -81,8 +80,9 @@ def main() -> None:
     sizes: dict[str, float] = {}
     for rep in range(args.reps):
         for variant in VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]:  # rotate the order
-            out = subprocess.run([sys.executable, __file__, "--child", variant, "--rank", str(args.rank),
-                                  "--threads", str(args.threads)], capture_output=True, text=True, check=True).stdout  # fmt: skip
+            # cwd: the repo root, from where `-m benchmarks.comfy_rss` imports its siblings
+            out = subprocess.run([sys.executable, "-m", "benchmarks.comfy_rss", "--child", variant, "--rank", str(args.rank),
+                                  "--threads", str(args.threads)], cwd=REPO, capture_output=True, text=True, check=True).stdout  # fmt: skip
             line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
             _, name, peak, size = line.split()
             peaks[name].append(float(peak))

@@ -18,7 +18,8 @@ import argparse
 import statistics
 
 import torch
-from comfy_bench_host import (
+
+from benchmarks.comfy_bench_host import (
     Host,
     StepTimer,
     add_host_args,

@@ -7,7 +7,7 @@ runs the conversion with the diff report and SVD extraction in a subprocess, and
 child's peak resident set (``wait4`` ru_maxrss, plus psutil polling for the file-backed part).
 The goal: peak RSS well below the size of either file, i.e. the diff really streams.
 
-    .venv/bin/python benchmarks/convert_rss.py [--dir /tmp/dsd_convert_rss] [--single-blocks 1] [--keep]
+    .venv/bin/python -m benchmarks.convert_rss [--dir /tmp/dsd_convert_rss] [--single-blocks 1] [--keep]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def build_fixture(out: Path, single_blocks: int) -> None:
@@ -108,8 +107,8 @@ def main() -> int:
     t0 = time.perf_counter()
     # Build in a child: a forked child's ru_maxrss starts from its parent's RSS, so this process
     # must stay small (no torch) for the measurements below to mean anything.
-    subprocess.run([sys.executable, __file__, "--build-only", "--dir", str(args.dir), "--single-blocks", str(args.single_blocks)],
-                   check=True, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "benchmarks.convert_rss", "--build-only", "--dir", str(args.dir.resolve()),
+                    "--single-blocks", str(args.single_blocks)], cwd=ROOT, check=True, stderr=subprocess.DEVNULL)  # fmt: skip
     t_build = time.perf_counter() - t0
     files = {
         "transformer": args.dir / "release" / "transformer",

@@ -9,7 +9,7 @@ client overhead). Every level runs ``--reps`` times on a fresh verdict log and a
 the table gives the median efficiency with its min..max. The whole ``run_curate`` call is timed
 (provider start, log, panel encoding included).
 
-    .venv/bin/python benchmarks/datagen_curation_throughput.py [--latency 0.2] [--levels 1,2,4,8,16,32]
+    .venv/bin/python -m benchmarks.datagen_curation_throughput [--latency 0.2] [--levels 1,2,4,8,16,32]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,13 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datagen.config import CurateConfig  # noqa: E402
-from datagen.curate import panel_encoding, run_curate  # noqa: E402
-from datagen.vlm_view import ViewSpec, encode_view, view_path  # noqa: E402
-from dsd.providers import ProviderConfig  # noqa: E402
-from tests.support.llm_server import server_process  # noqa: E402
+from datagen.config import CurateConfig
+from datagen.curate import panel_encoding, run_curate
+from datagen.vlm_view import ViewSpec, encode_view, view_path
+from dsd.providers import ProviderConfig
+from tests.support.llm_server import server_process
 
 VERDICT = {"subject": "a ball", "description_a": "red ball", "description_b": "red ball", "same_identity": True,
            "confidence": 0.9, "reason": "same", "caption": "a red ball"}  # fmt: skip

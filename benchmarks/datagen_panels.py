@@ -8,7 +8,7 @@ rejected, and the mis-cuts: grids cut into wrong boxes (or mismatches cut at all
 those would send to curation (6 per grid, the default cap). Speed: grids per second of detection,
 the two detectors interleaved grid by grid so machine load hits both alike.
 
-Run: `.venv/bin/python benchmarks/datagen_panels.py [--per-style 20] [--size 1024]`.
+Run: `.venv/bin/python -m benchmarks.datagen_panels [--per-style 20] [--size 1024]`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from datagen.panels import PanelDetectionError, detect_panels
+from tests.datagen.synthetic_grids import STYLES, cut_is_right, grid_set
 
-from datagen.panels import PanelDetectionError, detect_panels  # noqa: E402
-from tests.datagen.synthetic_grids import STYLES, cut_is_right, grid_set  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BEFORE = "d293b4a"  # the last commit with the previous detector
 PAIRS_PER_GRID = 6

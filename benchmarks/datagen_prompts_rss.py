@@ -5,7 +5,7 @@ then the prompts stage, each in a child process, and reports the child's peak RS
 (resource.getrusage(RUSAGE_SELF).ru_maxrss measured inside the child, so a parent's memory or
 another child never counts). Run at two sizes: flat RSS across sizes = streaming.
 
-    .venv/bin/python benchmarks/datagen_prompts_rss.py [--sizes 10000,100000] [--llm-size 5000]
+    .venv/bin/python -m benchmarks.datagen_prompts_rss [--sizes 10000,100000] [--llm-size 5000]
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
+# Run with cwd=REPO: `python -c` puts the cwd on sys.path, so the toolkit imports even when not installed.
 CHILD = r"""
 import json, resource, sys, time
-sys.path.insert(0, {repo!r})
 from pathlib import Path
 from datagen.config import CaptionsConfig, PromptsConfig
 stage, work, src, mode, base_url = sys.argv[1:6]
@@ -42,8 +41,8 @@ else:
     s = run_prompts(PromptsConfig(mode=mode, layouts=("2x2", "1x3")), work / "captions" / "captions.jsonl",
                     work / ("prompts_" + mode), llm=llm, progress=False)
 peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"out": s.items_out, "rejected": s.rejected, "seconds": time.perf_counter() - t0,
-                  "peak_mb": peak_kb / 1024, "extra": {{k: v for k, v in s.extra.items() if "diversity" in k}}}}))
+print(json.dumps({"out": s.items_out, "rejected": s.rejected, "seconds": time.perf_counter() - t0,
+                  "peak_mb": peak_kb / 1024, "extra": {k: v for k, v in s.extra.items() if "diversity" in k}}))
 """
 
 NOUNS = ["teapot", "bicycle", "fox", "lighthouse", "backpack", "robot", "cat", "sneaker", "guitar", "castle",
@@ -65,9 +64,8 @@ def make_parquet(path: Path, n: int) -> None:
 
 
 def child(stage: str, work: Path, src: Path, mode: str = "template", base_url: str = "") -> dict:
-    code = CHILD.format(repo=str(REPO))
-    out = subprocess.run([sys.executable, "-c", code, stage, str(work), str(src), mode, base_url],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, stage, str(work), str(src), mode, base_url],
+                         cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

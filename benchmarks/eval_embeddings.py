@@ -6,7 +6,7 @@ the parent and other children never count). Images are 256 px PNG files decoded 
 reads outputs from a folder), one torch thread. Streaming (``iter_image_embeddings`` over a generator that opens one file at a
 time) should be flat in N; loading every image first grows with N and is the baseline.
 
-    .venv/bin/python benchmarks/eval_embeddings.py [--sizes 250,2000] [--repeats 3]
+    .venv/bin/python -m benchmarks.eval_embeddings [--sizes 250,2000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
+# Run with cwd=REPO: `python -c` puts the cwd on sys.path, so the toolkit imports even when not installed.
 CHILD = r"""
 import json, resource, sys, time
-sys.path.insert(0, {repo!r})
 from pathlib import Path
 import torch
 from PIL import Image
@@ -48,7 +47,7 @@ else:
     count = models.image_embeddings(held)["clip"].shape[0]
 seconds = time.perf_counter() - t0
 peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"n": count, "seconds": seconds, "peak_mb": peak_kb / 1024, "base_mb": base_kb / 1024}}))
+print(json.dumps({"n": count, "seconds": seconds, "peak_mb": peak_kb / 1024, "base_mb": base_kb / 1024}))
 """
 
 
@@ -66,9 +65,8 @@ def write_images(folder: Path, n: int) -> None:
 
 
 def child(folder: Path, clip: Path, dino: Path, n: int, mode: str, batch: int) -> dict:
-    code = CHILD.format(repo=str(REPO))
-    out = subprocess.run([sys.executable, "-c", code, str(folder), str(clip), str(dino), str(n), mode, str(batch)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(clip), str(dino), str(n), mode, str(batch)],
+                         cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

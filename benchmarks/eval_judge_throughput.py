@@ -11,7 +11,7 @@ reference and the output, PF with the output), one repeat. Images are ``--side``
 once per slice. The whole ``judge_stage`` call is timed (record log, image reading and encoding,
 provider, answers). The table gives the median efficiency with its min..max.
 
-    .venv/bin/python benchmarks/eval_judge_throughput.py [--latency 0.2] [--levels 1,2,4,8,16,32]
+    .venv/bin/python -m benchmarks.eval_judge_throughput [--latency 0.2] [--levels 1,2,4,8,16,32]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dsd.eval.judge import Judge  # noqa: E402
-from dsd.eval.layout import load_benchmark  # noqa: E402
-from dsd.eval.sampling import VIEW_QUALITY, VIEW_SIDE  # noqa: E402
-from dsd.eval.stages import ImageSource, collect_folder, judge_stage  # noqa: E402
-from dsd.providers import ProviderConfig, make_provider  # noqa: E402
-from tests.support.llm_server import server_process  # noqa: E402
+from dsd.eval.judge import Judge
+from dsd.eval.layout import load_benchmark
+from dsd.eval.sampling import VIEW_QUALITY, VIEW_SIDE
+from dsd.eval.stages import ImageSource, collect_folder, judge_stage
+from dsd.providers import ProviderConfig, make_provider
+from tests.support.llm_server import server_process
 
 SUBJECTS = 8
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from gpu_common import Shapes
 
+from benchmarks.gpu_common import Shapes
 from training.config import DEFAULT_LORA_TARGETS
 
 

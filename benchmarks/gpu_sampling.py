@@ -17,10 +17,10 @@ import tempfile
 from collections.abc import Callable
 
 import torch
-from comfy_bench_host import REPO_ROOT, Host, StepTimer, sample
-from gpu_common import SUSTAINED_BF16_PEAK, Device, PartClock, Shapes, forward_flops, tensor_bytes
-from gpu_models import authors_model, comfy_flux, lora_pairs, write_adapter
 
+from benchmarks.comfy_bench_host import REPO_ROOT, Host, StepTimer, sample
+from benchmarks.gpu_common import SUSTAINED_BF16_PEAK, Device, PartClock, Shapes, forward_flops, tensor_bytes
+from benchmarks.gpu_models import authors_model, comfy_flux, lora_pairs, write_adapter
 from training.config import DEFAULT_LORA_TARGETS
 
 ADAPTER = "gpu_suite.safetensors"

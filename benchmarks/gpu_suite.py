@@ -1,7 +1,7 @@
 """The one prepared GPU measurement: every GPU figure of the project in one command, under 8 minutes.
 
-    python benchmarks/gpu_suite.py --out DIR           # CUDA, FLUX.1-dev shapes, random weights made on the GPU
-    python benchmarks/gpu_suite.py --tiny --out DIR    # CPU, toy shapes: the same code paths (part of the tests)
+    python -m benchmarks.gpu_suite --out DIR           # CUDA, FLUX.1-dev shapes, random weights made on the GPU
+    python -m benchmarks.gpu_suite --tiny --out DIR    # CPU, toy shapes: the same code paths (part of the tests)
 
 Parts (canvas 512x1024, the authors' default): 1 ``sampling`` seconds per step through ComfyUI's own FLUX with
 this pack's nodes (plain, DSD, DSD true CFG, the authors' structure); 2 ``memory`` peak memory of the diffusion
@@ -29,10 +29,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_bench_host import REPO_ROOT  # noqa: E402 - puts the repo root on sys.path
-from gpu_common import FULL, TINY, Deadline, Device, OutOfTime  # noqa: E402
-
+from benchmarks.comfy_bench_host import REPO_ROOT  # noqa: E402
+from benchmarks.gpu_common import FULL, TINY, Deadline, Device, OutOfTime  # noqa: E402
 from dsd.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("gpu_suite")
@@ -47,8 +45,8 @@ PART_ERRORS = (RuntimeError, ImportError, OSError, ValueError, TypeError, Attrib
 
 
 def run_parts(args, device: Device, report: dict, out: Path) -> None:
-    from gpu_sampling import make_bench, part_fp8_matmul, part_memory, part_sampling
-    from gpu_training import part_training
+    from benchmarks.gpu_sampling import make_bench, part_fp8_matmul, part_memory, part_sampling
+    from benchmarks.gpu_training import part_training
 
     shapes = TINY if args.tiny else FULL
     deadline = Deadline(args.budget_s - (time.monotonic() - PROCESS_START))

@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from gpu_common import GIB, Device, OutOfTime, PartClock, Shapes, tensor_bytes
-from gpu_models import diffusers_dsd
 
+from benchmarks.gpu_common import GIB, Device, OutOfTime, PartClock, Shapes, tensor_bytes
+from benchmarks.gpu_models import diffusers_dsd
 from training.config import TrainConfig, load_config
 from training.estimate import estimate
 from training.loop import make_optimizer

@@ -7,7 +7,7 @@ Each level runs ``--reps`` times (``--rounds`` requests per worker each); the ta
 median efficiency and its min..max. The server runs in its own process by default (it stands in
 for a remote API, so its CPU is not client overhead).
 
-    .venv/bin/python benchmarks/providers_concurrency.py [--kind openai gemini] [--latency 0.2]
+    .venv/bin/python -m benchmarks.providers_concurrency [--kind openai gemini] [--latency 0.2]
 """
 
 from __future__ import annotations
@@ -17,18 +17,14 @@ import contextlib
 import io
 import os
 import statistics
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dsd.providers import ChatRequest, ProviderConfig, image_to_png_bytes, make_provider  # noqa: E402
-from tests.support.llm_server import FakeLLMServer, RemoteFakeServer, server_process  # noqa: E402
+from dsd.providers import ChatRequest, ProviderConfig, image_to_png_bytes, make_provider
+from tests.support.llm_server import FakeLLMServer, RemoteFakeServer, server_process
 
 VERDICT_SCHEMA = {
     "type": "object",

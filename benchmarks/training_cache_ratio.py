@@ -2,29 +2,24 @@
 
 Tiny FLUX pipeline from dsd.tiny (so the ratio understates the real one: FLUX.1-dev's VAE and T5-XXL
 cost far more relative to a step than the tiny encoders do), 8 toy pairs, batch 2, 20 steps each.
-Run: .venv/bin/python benchmarks/training_cache_ratio.py
+Run: .venv/bin/python -m benchmarks.training_cache_ratio
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from dsd.tiny import make_tiny_pipeline
+from tests.training.training_fixtures import write_wds_dataset
+from training.cache import run_cache
+from training.config import load_config
+from training.loop import train
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "training"))
 torch.set_num_threads(1)
-
-from fixtures import write_wds_dataset  # noqa: E402
-
-from dsd.tiny import make_tiny_pipeline  # noqa: E402
-from training.cache import run_cache  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.loop import train  # noqa: E402
-
 STEPS = 20
 
 

@@ -1,17 +1,15 @@
 """The memory/time estimates of the ready configs (same numbers as the .estimate.md files beside them).
-Run: .venv/bin/python benchmarks/training_estimates.py
+Run: .venv/bin/python -m benchmarks.training_estimates
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from training.config import load_config
+from training.estimate import estimate, estimate_variant
 
-from training.config import load_config  # noqa: E402
-from training.estimate import estimate, estimate_variant  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 for name in ("paper_8xh100.toml", "single_24gb.toml"):
     cfg = load_config(ROOT / "training" / "configs" / name)

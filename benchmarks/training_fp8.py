@@ -8,27 +8,25 @@ Per variant: bytes of the block linears' weights, relative error of the output a
 against the fp32 model, and forward+backward time as a ratio to fp32 (interleaved repeats, median). All
 compute is fp32 on the CPU, so the times say little about a GPU; the errors and bytes carry over.
 
-Run: .venv/bin/python benchmarks/training_fp8.py
+Run: .venv/bin/python -m benchmarks.training_fp8
 """
 
 from __future__ import annotations
 
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-torch.set_num_threads(1)
+from dsd.model import DSDTransformer
+from dsd.tokens import image_ids, text_ids
+from training.config import NetworkConfig
+from training.model import _frozen_block_linear, add_lora, quantize_fp8, trainable_parameters
 
-from dsd.model import DSDTransformer  # noqa: E402
-from dsd.tokens import image_ids, text_ids  # noqa: E402
-from training.config import NetworkConfig  # noqa: E402
-from training.model import _frozen_block_linear, add_lora, quantize_fp8, trainable_parameters  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
 
 CONFIG = {"patch_size": 1, "in_channels": 64, "num_layers": 2, "num_single_layers": 4, "attention_head_dim": 64,
           "num_attention_heads": 8, "joint_attention_dim": 256, "pooled_projection_dim": 256, "guidance_embeds": True,

@@ -5,26 +5,24 @@ storage counted once), for a FLUX-architecture transformer small enough for a CP
 2 double + 2 single blocks, canvas 128x256 = 128 image tokens, 64 text tokens, fp32), with and
 without gradient checkpointing; plus the trainable / gradient / AdamW-state bytes after one step.
 Predicted: training.estimate for a config pointing at the same transformer folder.
-Run: .venv/bin/python benchmarks/training_memory.py
+Run: .venv/bin/python -m benchmarks.training_memory
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-torch.set_num_threads(1)
+from dsd.tiny import TINY_TRANSFORMER_CONFIG, make_tiny_transformer
+from training.config import TrainConfig, load_config
+from training.estimate import estimate
+from training.loop import make_optimizer
+from training.model import build_model, trainable_parameters
+from training.objective import Batch, flow_matching_loss
 
-from dsd.tiny import TINY_TRANSFORMER_CONFIG, make_tiny_transformer  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
-from training.estimate import estimate  # noqa: E402
-from training.loop import make_optimizer  # noqa: E402
-from training.model import build_model, trainable_parameters  # noqa: E402
-from training.objective import Batch, flow_matching_loss  # noqa: E402
+torch.set_num_threads(1)
 
 SHAPES = {**TINY_TRANSFORMER_CONFIG, "num_layers": 2, "num_single_layers": 2, "attention_head_dim": 64,
           "num_attention_heads": 4, "axes_dims_rope": [16, 24, 24], "joint_attention_dim": 32}  # fmt: skip

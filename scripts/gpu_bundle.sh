@@ -121,8 +121,8 @@ run() {
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$work/site" "$dir"/wheels/*.whl
   fi
   export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}" COMFYUI_PATH="$work/ComfyUI" PYTHONUNBUFFERED=1
-  cd "$REPO"
-  exec python3 benchmarks/gpu_suite.py --out "$out" "$@"
+  cd "$REPO"  # -m puts the repo root on sys.path: dsd, training and benchmarks import from the work tree
+  exec python3 -m benchmarks.gpu_suite --out "$out" "$@"
 }
 
 case ${1:-} in

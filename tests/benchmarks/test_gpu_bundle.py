@@ -90,10 +90,11 @@ def test_suite_runs_from_the_bundle_with_only_the_gpu_images_packages(tmp_path):
         tar.extractall(tmp_path / "host", filter="data")
     site = emulated_site(tmp_path / "site")
     assert not (site / "comfyui_frontend_package").exists() and not (site / "openai").exists()
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": f"{site}:{REPO}", "PYTHONUNBUFFERED": "1",
+    # as `gpu_bundle.sh run`: PYTHONPATH is the bundle's site only; `-m` from the repo root finds the repo's packages
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1",
            "COMFYUI_PATH": str(tmp_path / "host" / "ComfyUI")}  # fmt: skip
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-S", str(REPO / "benchmarks" / "gpu_suite.py"), "--tiny", "--out", str(out),
+    r = subprocess.run([sys.executable, "-S", "-m", "benchmarks.gpu_suite", "--tiny", "--out", str(out),
                         "--parts", "sampling,training,fp8_matmul"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:]
     parts = json.loads((out / "gpu_figures.json").read_text())["parts"]

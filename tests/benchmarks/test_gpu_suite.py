@@ -1,4 +1,4 @@
-"""The GPU suite (benchmarks/gpu_suite.py) as the CPU can check it: the real script with --tiny in a
+"""The GPU suite (python -m benchmarks.gpu_suite) as the CPU can check it: the real script with --tiny in a
 subprocess (real ComfyUI host, real trainer code, toy shapes), the JSON's shape and sanity, the time caps,
 and the FLOP count it puts next to the physical bound."""
 
@@ -14,19 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.gpu_common import FULL, TINY, Deadline, OutOfTime, forward_flops
+from benchmarks.gpu_suite import PARTS, render_markdown
 from tests.needs import require_comfyui
 
 REPO = Path(__file__).resolve().parents[2]
-SUITE = REPO / "benchmarks" / "gpu_suite.py"
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from gpu_common import FULL, TINY, Deadline, OutOfTime, forward_flops  # noqa: E402
-from gpu_suite import PARTS, render_markdown  # noqa: E402
+SUITE = [sys.executable, "-m", "benchmarks.gpu_suite"]  # run from the repo root (cwd=REPO)
 
 
 def run_suite(out: Path, *args: str, timeout: float = 240) -> tuple[dict, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, str(SUITE), "--tiny", "--out", str(out), *args], cwd=REPO, env=env,
+    r = subprocess.run([*SUITE, "--tiny", "--out", str(out), *args], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=timeout)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((out / "gpu_figures.json").read_text())
@@ -145,9 +143,9 @@ def test_estimator_flops_at_flux_dev_width_on_the_meta_device(tmp_path):
 
     import torch
     from diffusers import FluxTransformer2DModel
-    from gpu_training import make_batch, train_config
     from torch.utils.flop_counter import FlopCounterMode
 
+    from benchmarks.gpu_training import make_batch, train_config
     from dsd.model import DSDTransformer
     from training.estimate import estimate
     from training.model import make_trainable
@@ -178,7 +176,7 @@ def test_estimator_flops_at_flux_dev_width_on_the_meta_device(tmp_path):
 def test_fp8_fallbacks_reported_at_info_are_captured_and_nothing_else_changes():
     import logging
 
-    from gpu_sampling import captured_logs
+    from benchmarks.gpu_sampling import captured_logs
 
     root = logging.getLogger()
     before = root.level
@@ -196,7 +194,7 @@ def test_fp8_fallbacks_reported_at_info_are_captured_and_nothing_else_changes():
 
 def test_a_failing_part_is_recorded_and_the_run_goes_on(tmp_path):
     env = {**os.environ, "COMFYUI_PATH": str(tmp_path)}  # not a ComfyUI: the sampling part cannot start its host
-    r = subprocess.run([sys.executable, str(SUITE), "--tiny", "--out", str(tmp_path / "out"), "--parts", "sampling,training",
+    r = subprocess.run([*SUITE, "--tiny", "--out", str(tmp_path / "out"), "--parts", "sampling,training",
                         "--budget-s", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     parts = json.loads((tmp_path / "out" / "gpu_figures.json").read_text())["parts"]

@@ -1,7 +1,7 @@
 """Synthetic teacher grids with known panel boxes and identities, in every style the panels stage
 must handle, plus deliberate layout mismatches (a grid drawn as one layout, labelled as another).
 
-Test-only code: the detector tests and ``benchmarks/datagen_panels.py`` import it from here.
+Test-only code: the detector tests and ``benchmarks.datagen_panels`` import it from here.
 
 Styles: flat (solid backgrounds and shapes: logos, icons, vector art), textured, photo (smooth
 colour fields), lineart (dark strokes on paper, framed panels), dark (dark panels, black gutters),
