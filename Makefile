@@ -38,11 +38,12 @@ lint: install
 	$(PY) -m ruff check .
 
 bench: install host
-	for b in benchmarks/*.py; do case $$b in *_host.py|*/gpu_*.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/*.py; do case $$b in */__init__.py|*_host.py|*/gpu_*.py) continue;; esac; m=$$(basename $$b .py); \
+	  echo "== benchmarks.$$m"; $(PY) -m benchmarks.$$m || exit 1; done
 
 # The one prepared GPU measurement (needs CUDA; GPU_SUITE_ARGS=--tiny runs it on the CPU at toy shapes).
 gpu-suite: install host
-	$(PY) benchmarks/gpu_suite.py --out outputs/gpu_suite $(GPU_SUITE_ARGS)
+	$(PY) -m benchmarks.gpu_suite --out outputs/gpu_suite $(GPU_SUITE_ARGS)
 
 # What gpu-suite needs on a GPU machine without network, in .gpu_bundle/ (README: "Run the GPU suite on a GPU").
 gpu-bundle: host
