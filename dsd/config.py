@@ -119,9 +119,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, ConfigError) and str(exc).startswith(where):
             raise
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise ConfigError(f"{where}: {exc}") from exc  # every config error names its file
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
