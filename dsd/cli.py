@@ -118,7 +118,8 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type, *, section: str)
         if tp is bool:
             parser.add_argument(flag, dest=f"field:{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f"field:{f.name}", type=tp, choices=choices, default=None, help=help_text)
+            parser.add_argument(flag, dest=f"field:{f.name}", type=tp, choices=choices, default=None, help=help_text,
+                                metavar=None if choices else f.name.upper())
         names.append(f.name)
     return names
 
