@@ -23,7 +23,7 @@ import torch
 from dsd.io import atomic_write_json
 
 from .cache import Encoders
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Validator:
         self.scorer: SampleScorer | None = None
         if cfg.validation.enabled:
             if encoders is None:
-                raise ValueError("validation metrics need model.flux (the VAE decodes the samples they score)")
+                raise ConfigError("validation metrics need model.flux (the VAE decodes the samples they score)")
             self.scorer = SampleScorer(cfg)
         self.best = BestTracker(Path(cfg.saving.output_dir), cfg.validation.best_metric)
 
@@ -63,7 +63,7 @@ class Validator:
         from dsd.sampler import TextConditioning
 
         if encoders is None:
-            raise ValueError("sampling.references need model.flux (VAE + text encoders)")
+            raise ConfigError("sampling.references need model.flux (VAE + text encoders)")
         fh, fw = cfg.dataset.frame_buckets[0]
         layout = CanvasLayout(height=fh, width=2 * fw, fit=cfg.dataset.fit)
         prompts = list(cfg.sampling.prompts) or [""]
