@@ -45,13 +45,13 @@ THIRD_PARTY = ("httpx", "httpx2", "httpcore", "openai", "google_genai", "urllib3
 def add_common_flags(parser: argparse.ArgumentParser, *, subcommand: bool = False) -> None:
     """``-v/-vv``, ``-q``, ``--no-progress``. On a subcommand's parser the defaults are left out so
     ``prog -v sub`` and ``prog sub -v`` both work (argparse would overwrite the first with the default)."""
-    unset = argparse.SUPPRESS if subcommand else None
-    parser.add_argument("-v", "--verbose", action="count", default=unset if subcommand else 0,
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if subcommand else value
+
+    parser.add_argument("-v", "--verbose", action="count", default=default(0),
                         help="-v: our INFO logs; -vv: DEBUG, third-party INFO too")  # fmt: skip
-    parser.add_argument("-q", "--quiet", action="store_true", default=unset if subcommand else False,
-                        help="errors only, no progress bars")  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", default=unset if subcommand else False,
-                        help="no progress bars")  # fmt: skip
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False), help="errors only, no progress bars")
+    parser.add_argument("--no-progress", action="store_true", default=default(False), help="no progress bars")
 
 
 def common_parent() -> argparse.ArgumentParser:
