@@ -168,7 +168,10 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory):
         shutil.copyfile(log_path, keep)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps its event loop marked as running in the main
+# thread while it is alive, so any later test in the same worker that runs a loop (the in-process ComfyUI
+# host, asyncio.run) would fail. Pytest tears a module fixture down before the next module's test runs.
+@pytest.fixture(scope="module")
 def browser():
     executable = require_chromium()
     try:
