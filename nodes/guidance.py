@@ -1,6 +1,6 @@
 """DSD Guider: DSD's two-scale true CFG on ComfyUI's sampler (SamplerCustomAdvanced).
 
-Branches (DSD.md section 2), all through ``comfy.samplers.calc_cond_batch`` in ONE batched call:
+Branches (docs/method.md §2), all through ``comfy.samplers.calc_cond_batch`` in ONE batched call:
 ``e_full`` = positive + reference, ``e_t0`` = negative + reference, ``e_00`` = negative + zero tokens;
 ``e = e_00 + s_i (e_t0 - e_00) + s_t (e_full - e_t0)``. As the authors, true CFG runs only when
 ``s_i > 1`` and from step ``cfg_start_step`` on; otherwise one pass (``e_full``).
