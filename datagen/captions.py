@@ -26,7 +26,7 @@ from typing import Any
 from dsd.manifest import RecordLog
 
 from .config import CaptionsConfig, DatagenInputError
-from .llm import LLMStageError, classify_error, make_stage_provider
+from .llm import settle_failure, stage_provider
 from .summary import StageSummary
 
 logger = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ def _candidates(cfg: CaptionsConfig, summary: StageSummary, progress: bool) -> I
                     continue
                 norm = normalise(text)
                 if cfg.sampling == "hash" and cfg.sample_rate < 1.0 and _unit_hash(cfg.seed, norm) >= cfg.sample_rate:
-                    summary.extra["not sampled"] = summary.extra.get("not sampled", 0) + 1
+                    summary.add("not sampled")
                     continue
                 digest = hashlib.sha1(norm.encode("utf-8")).digest()
                 if cfg.dedup:
@@ -337,59 +337,87 @@ def run_captions(
     started = time.monotonic()
     summary = StageSummary("captions")
     out_dir.mkdir(parents=True, exist_ok=True)
-    provider = None
-    if cfg.llm_filter:
-        if llm is None:
-            raise DatagenInputError("captions.llm_filter = true needs an [llm] provider section in the config")
-        provider = make_stage_provider(llm, out_dir / "llm_cache")
-    stream: Any = _candidates(cfg, summary, progress)
-    if cfg.sampling == "reservoir":
-        stream = iter(_reservoir(stream, cfg.max_captions, cfg.seed))
-    with RecordLog(out_dir / "captions.jsonl", flush_every=256) as log, RecordLog(out_dir / "rejected.jsonl", flush_every=256) as rejected:
-        kept = 0
-        pending: list[tuple[str, RawCaption]] = []
-        limit = cfg.max_captions
-
-        def flush() -> bool:
-            nonlocal kept
-            decisions = _llm_decide(provider, pending, cfg, summary) if provider is not None else {}
-            for cid, cap in pending:
-                if limit and kept >= limit:
-                    return False
-                verdict = decisions.get(cid)
-                if verdict is not None and verdict[0] is False:
-                    rejected.append({"id": cid, "reason": verdict[1], "caption": cap.text})
-                    summary.reject(verdict[1])
-                    continue
-                if provider is not None and verdict is None:
-                    continue  # transient failure: left undone, a rerun asks again
-                log.append({"id": cid, "caption": cap.text, "source": cap.source})
-                kept += 1
-                summary.items_out += 1
-            pending.clear()
-            return not (limit and kept >= limit)
-
-        window = cfg.llm_filter_batch * (provider.config.max_concurrency if provider is not None else 1) * 4
-        for cid, cap in stream:
-            if cid in log:
-                kept += 1
-                summary.skipped_done += 1
-                if limit and kept >= limit:
-                    break
-                continue
-            if cid in rejected:
-                summary.reject(rejected.get(cid)["reason"])  # type: ignore[index]
-                continue
-            pending.append((cid, cap))
-            if len(pending) >= window and not flush():
-                break
-        if pending:
-            flush()
-    if provider is not None:
-        summary.usage = provider.usage
-        provider.close()
+    if cfg.llm_filter and llm is None:
+        raise DatagenInputError("captions.llm_filter = true needs an [llm] provider section in the config")
+    with (
+        stage_provider(llm if cfg.llm_filter else None, out_dir / "llm_cache", summary) as provider,
+        RecordLog(out_dir / "captions.jsonl", flush_every=256) as log,
+        RecordLog(out_dir / "rejected.jsonl", flush_every=256) as rejected,
+    ):
+        stream: Any = _candidates(cfg, summary, progress)
+        if cfg.sampling == "reservoir":
+            stream = iter(_reservoir(stream, cfg.max_captions, cfg.seed))
+        _write_captions(stream, _CaptionSink(log, rejected, summary, cfg.max_captions), provider, cfg)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+@dataclass
+class _CaptionSink:
+    """Where the stage's decisions go: the kept and rejected logs (resume), the cap, the summary."""
+
+    log: RecordLog
+    rejected: RecordLog
+    summary: StageSummary
+    limit: int
+    kept: int = 0
+
+    def full(self) -> bool:
+        return bool(self.limit) and self.kept >= self.limit
+
+    def decided_before(self, cid: str) -> bool:
+        """True when an earlier run kept or rejected ``cid``; counted again so the summary is whole."""
+        if cid in self.log:
+            self.kept += 1
+            self.summary.skipped_done += 1
+            return True
+        old = self.rejected.get(cid)
+        if old is not None:
+            self.summary.reject(old["reason"])
+            return True
+        return False
+
+    def keep(self, cid: str, cap: RawCaption) -> None:
+        self.log.append({"id": cid, "caption": cap.text, "source": cap.source})
+        self.kept += 1
+        self.summary.items_out += 1
+
+    def reject(self, cid: str, cap: RawCaption, reason: str) -> None:
+        self.rejected.append({"id": cid, "reason": reason, "caption": cap.text})
+        self.summary.reject(reason)
+
+
+def _write_captions(stream: Iterator[tuple[str, RawCaption]], sink: _CaptionSink, provider, cfg: CaptionsConfig) -> None:
+    """Decide the candidates in windows (one window is many LLM requests in flight) until the cap."""
+    window = cfg.llm_filter_batch * (provider.config.max_concurrency if provider is not None else 1) * 4
+    pending: list[tuple[str, RawCaption]] = []
+    for cid, cap in stream:
+        if sink.decided_before(cid):
+            if sink.full():
+                return
+            continue
+        pending.append((cid, cap))
+        if len(pending) >= window:
+            _decide(pending, sink, provider, cfg)
+            pending = []
+            if sink.full():
+                return
+    if pending:
+        _decide(pending, sink, provider, cfg)
+
+
+def _decide(pending: list[tuple[str, RawCaption]], sink: _CaptionSink, provider, cfg: CaptionsConfig) -> None:
+    decisions = _llm_decide(provider, pending, cfg, sink.summary) if provider is not None else {}
+    for cid, cap in pending:
+        if sink.full():
+            return
+        verdict = decisions.get(cid)
+        if provider is not None and verdict is None:
+            continue  # transient failure: left undone, a rerun asks again
+        if verdict is not None and not verdict[0]:
+            sink.reject(cid, cap, verdict[1])
+            continue
+        sink.keep(cid, cap)
 
 
 def _llm_decide(provider, pending: list[tuple[str, RawCaption]], cfg: CaptionsConfig, summary: StageSummary):
@@ -400,27 +428,25 @@ def _llm_decide(provider, pending: list[tuple[str, RawCaption]], cfg: CaptionsCo
     for index, result in provider.map(requests):
         batch = batches[index]
         if isinstance(result, Exception):
-            kind, reason = classify_error(result)
-            if kind == "fatal":
-                raise LLMStageError(f"captions LLM filter: {reason}") from result
-            if kind == "reject":
-                for cid, _ in batch:
-                    decisions[cid] = (False, f"llm filter: {reason}")
-            else:
-                summary.extra["llm failures (retry on rerun)"] = (
-                    summary.extra.get("llm failures (retry on rerun)", 0) + len(batch)
-                )
+            reason = settle_failure(result, summary, "captions LLM filter", items=len(batch))
+            if reason is not None:
+                decisions.update((cid, (False, f"llm filter: {reason}")) for cid, _ in batch)
             continue
-        answers = {}
-        for item in (result.data or {}).get("results", []):
-            if isinstance(item, dict) and isinstance(item.get("index"), int):
-                answers[item["index"]] = item
-        for i, (cid, _) in enumerate(batch):
-            item = answers.get(i)
-            if item is None:
-                decisions[cid] = (False, "llm filter: no answer for this caption")
-            elif item.get("keep") is True:
-                decisions[cid] = (True, "")
-            else:
-                decisions[cid] = (False, "llm filter: no clear subject")
+        decisions.update(_batch_decisions(batch, result.data))
     return decisions
+
+
+def _batch_decisions(batch: list[tuple[str, RawCaption]], data: Any) -> Iterator[tuple[str, tuple[bool, str]]]:
+    """(caption id, (keep, reason)) for one answered batch; a caption the answer skips is a reject."""
+    answers = {}
+    for item in (data or {}).get("results", []):
+        if isinstance(item, dict) and isinstance(item.get("index"), int):
+            answers[item["index"]] = item
+    for i, (cid, _) in enumerate(batch):
+        item = answers.get(i)
+        if item is None:
+            yield cid, (False, "llm filter: no answer for this caption")
+        elif item.get("keep") is True:
+            yield cid, (True, "")
+        else:
+            yield cid, (False, "llm filter: no clear subject")

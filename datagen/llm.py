@@ -11,8 +11,16 @@ and one rule for what a failed answer means.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .summary import StageSummary
+
+LLM_FAILURES = "llm failures (retry on rerun)"
+VLM_FAILURES = "vlm failures (retry on rerun)"
 
 
 class LLMStageError(RuntimeError):
@@ -26,6 +34,21 @@ def make_stage_provider(cfg, cache_dir: Path):
     if cfg.cache_dir is None:
         cfg = dataclasses.replace(cfg, cache_dir=str(cache_dir))
     return make_provider(cfg)
+
+
+@contextmanager
+def stage_provider(cfg, cache_dir: Path, summary: StageSummary) -> Iterator:
+    """``make_stage_provider`` for the length of a stage (None when ``cfg`` is None); on the way out,
+    even after an error, its token and cost usage goes into ``summary`` and it is closed."""
+    if cfg is None:
+        yield None
+        return
+    provider = make_stage_provider(cfg, cache_dir)
+    try:
+        yield provider
+    finally:
+        summary.usage = provider.usage
+        provider.close()
 
 
 def classify_error(exc: BaseException) -> tuple[Literal["reject", "transient", "fatal"], str]:
@@ -43,3 +66,18 @@ def classify_error(exc: BaseException) -> tuple[Literal["reject", "transient", "
     if isinstance(exc, ProviderResponseError):
         return "reject", f"malformed answer: {first}"
     return "transient", first
+
+
+def settle_failure(
+    exc: BaseException, summary: StageSummary, where: str, *, items: int = 1, counter: str = LLM_FAILURES
+) -> str | None:
+    """The module's rule applied to one failed answer covering ``items`` items: the reject reason;
+    None when it failed transiently (counted under ``summary.extra[counter]``, the items stay undone
+    for a rerun); raises LLMStageError, prefixed with ``where``, when no item could succeed."""
+    kind, reason = classify_error(exc)
+    if kind == "fatal":
+        raise LLMStageError(f"{where}: {reason}") from exc
+    if kind == "transient":
+        summary.add(counter, items)
+        return None
+    return reason

@@ -44,6 +44,10 @@ class StageSummary:
         self.rejected += 1
         self.reject_reasons[key] = self.reject_reasons.get(key, 0) + 1
 
+    def add(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``extra[key]`` (answers to ask again, batches submitted, ...)."""
+        self.extra[key] = self.extra.get(key, 0) + n
+
     def acceptance_rate(self) -> float:
         """Accepted / decided, over the items decided (accepted or rejected); 0.0 when nothing was decided."""
         decided = self.items_out + self.rejected
