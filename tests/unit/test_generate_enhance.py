@@ -51,6 +51,6 @@ def test_enhancement_offline_is_a_clear_error(tiny_files, tmp_path):
         port = s.getsockname()[1]
     proc = _generate(tiny_files, ref, tmp_path / "out", "--enhance", "openai", "--enhance-base-url",
                      f"http://127.0.0.1:{port}/v1")  # fmt: skip
-    assert proc.returncode == 2
+    assert proc.returncode == 1  # a provider failure, not bad input (dsd.cli: 2 = input/config, 1 = failure)
     assert "prompt enhancement failed" in proc.stderr and "without --enhance" in proc.stderr
     assert "Traceback" not in proc.stderr
