@@ -27,7 +27,7 @@ from dsd.manifest import ManifestError, RecordLog, iter_jsonl
 
 from .config import LAYOUTS, SUBJECT_KINDS, DatagenInputError, PromptsConfig
 from .diversity import NearDuplicateFilter, Reservoir, diversity_report
-from .llm import LLMStageError, classify_error, make_stage_provider
+from .llm import settle_failure, stage_provider
 from .summary import StageSummary
 
 logger = logging.getLogger(__name__)
@@ -277,89 +277,103 @@ def run_prompts(
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.mode == "llm" and llm is None:
         raise DatagenInputError("prompts.mode = 'llm' needs an [llm] provider section (or use mode = 'template')")
-    provider = make_stage_provider(llm, out_dir / "llm_cache") if cfg.mode == "llm" else None
-    dedup = NearDuplicateFilter(cfg.dedup_threshold, cfg.dedup_capacity) if cfg.dedup else None
-    out_path = out_dir / "prompts.jsonl"
-    out = RecordLog(out_path, flush_every=256, ids_only=True)  # recovers a torn last line; keeps only ids in memory
-    if dedup is not None:
-        for rec in iter_jsonl(out_path):  # replay accepted prompts, in order: the filter's exact state
-            dedup.add(dedup_text(rec))
-    rejected_log = RecordLog(out_dir / "rejected.jsonl", flush_every=256)
-    bar = tqdm(desc="prompts", unit="caption", disable=not progress, mininterval=0.5,
-               total=_count_lines(captions_path))
-    made = len(out)
-    limit = cfg.max_prompts
-
-    def accept(rec: dict[str, Any] | str, cap: dict[str, Any], pid: str) -> None:
-        nonlocal made
-        if isinstance(rec, str):
-            rejected_log.append({"id": pid, "caption_id": cap["id"], "reason": rec})
-            summary.reject(rec)
-            return
-        if dedup is not None and dedup.check_and_add(dedup_text(rec)):
-            rejected_log.append({"id": pid, "caption_id": cap["id"], "reason": "near duplicate"})
-            summary.reject("near duplicate")
-            return
-        out.append(rec)
-        made += 1
-        summary.items_out += 1
-
-    try:
-        chunk: list[tuple[str, dict[str, Any]]] = []
-        for cap in _iter_captions(captions_path):
-            if limit and made >= limit:
-                break
-            summary.items_in += 1
-            bar.update(1)
-            pid = prompt_id(cap["id"], cfg)
-            if pid in out:
-                summary.skipped_done += 1
-                continue
-            old = rejected_log.get(pid)
-            if old is not None:
-                summary.reject(old["reason"])
-                continue
-            if provider is None:
-                accept(template_prompt(cap, cfg), cap, pid)
-                continue
-            chunk.append((pid, cap))
-            if len(chunk) >= cfg.llm_chunk:
-                _run_llm_chunk(provider, chunk, cfg, summary, accept, limit, lambda: made)
-                chunk = []
-        if chunk and not (limit and made >= limit):
-            _run_llm_chunk(provider, chunk, cfg, summary, accept, limit, lambda: made)
-    finally:
-        bar.close()
-        out.close()
-        rejected_log.close()
-        if provider is not None:
-            summary.usage = provider.usage
-            provider.close()
-    summary.extra.update(_diversity(out_path, cfg))
+    with (
+        stage_provider(llm if cfg.mode == "llm" else None, out_dir / "llm_cache", summary) as provider,
+        _PromptSink(cfg, out_dir, summary) as sink,
+        tqdm(desc="prompts", unit="caption", disable=not progress, mininterval=0.5,
+             total=_count_lines(captions_path)) as bar,
+    ):
+        _write_prompts(_iter_captions(captions_path), sink, provider, cfg, bar)
+    summary.extra.update(_diversity(out_dir / "prompts.jsonl", cfg))
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _run_llm_chunk(provider, chunk, cfg, summary, accept, limit, made) -> None:
-    requests = [llm_request(cap["caption"], cfg) for _, cap in chunk]
-    results: dict[int, Any] = {}
-    for index, result in provider.map(requests):
-        results[index] = result
+class _PromptSink:
+    """Where the stage's decisions go: the prompt and reject logs (resume), the near-duplicate
+    filter, the cap and the summary."""
+
+    def __init__(self, cfg: PromptsConfig, out_dir: Path, summary: StageSummary) -> None:
+        out_path = out_dir / "prompts.jsonl"
+        self.out = RecordLog(out_path, flush_every=256, ids_only=True)  # recovers a torn last line; keeps only ids
+        self.dedup = NearDuplicateFilter(cfg.dedup_threshold, cfg.dedup_capacity) if cfg.dedup else None
+        if self.dedup is not None:
+            for rec in iter_jsonl(out_path):  # replay accepted prompts, in order: the filter's exact state
+                self.dedup.add(dedup_text(rec))
+        self.rejected = RecordLog(out_dir / "rejected.jsonl", flush_every=256)
+        self.summary = summary
+        self.limit = cfg.max_prompts
+        self.made = len(self.out)
+
+    def __enter__(self) -> _PromptSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.close()
+        self.rejected.close()
+
+    def full(self) -> bool:
+        return bool(self.limit) and self.made >= self.limit
+
+    def decided_before(self, pid: str) -> bool:
+        """True when an earlier run accepted or rejected ``pid``; counted again so the summary is whole."""
+        if pid in self.out:
+            self.summary.skipped_done += 1
+            return True
+        old = self.rejected.get(pid)
+        if old is not None:
+            self.summary.reject(old["reason"])
+            return True
+        return False
+
+    def accept(self, rec: dict[str, Any] | str, cap: dict[str, Any], pid: str) -> None:
+        """Log ``rec``, or its reject: ``rec`` is a reason string, or a near duplicate of an accepted prompt."""
+        if not isinstance(rec, str) and self.dedup is not None and self.dedup.check_and_add(dedup_text(rec)):
+            rec = "near duplicate"
+        if isinstance(rec, str):
+            self.rejected.append({"id": pid, "caption_id": cap["id"], "reason": rec})
+            self.summary.reject(rec)
+            return
+        self.out.append(rec)
+        self.made += 1
+        self.summary.items_out += 1
+
+
+def _write_prompts(captions: Iterator[dict[str, Any]], sink: _PromptSink, provider, cfg: PromptsConfig, bar) -> None:
+    """A prompt per caption until the cap: from the template at once, or from the LLM in chunks."""
+    chunk: list[tuple[str, dict[str, Any]]] = []
+    for cap in captions:
+        if sink.full():
+            break
+        sink.summary.items_in += 1
+        bar.update(1)
+        pid = prompt_id(cap["id"], cfg)
+        if sink.decided_before(pid):
+            continue
+        if provider is None:
+            sink.accept(template_prompt(cap, cfg), cap, pid)
+            continue
+        chunk.append((pid, cap))
+        if len(chunk) >= cfg.llm_chunk:
+            _run_llm_chunk(provider, chunk, cfg, sink)
+            chunk = []
+    if chunk and not sink.full():
+        _run_llm_chunk(provider, chunk, cfg, sink)
+
+
+def _run_llm_chunk(provider, chunk: list[tuple[str, dict[str, Any]]], cfg: PromptsConfig, sink: _PromptSink) -> None:
+    results = dict(provider.map([llm_request(cap["caption"], cfg) for _, cap in chunk]))
     # Decide in caption order, so dedup and the cap give the same answer as any other run.
     for index, (pid, cap) in enumerate(chunk):
-        if limit and made() >= limit:
+        if sink.full():
             return
         result = results[index]
         if isinstance(result, Exception):
-            kind, reason = classify_error(result)
-            if kind == "fatal":
-                raise LLMStageError(f"prompts stage: {reason}") from result
-            if kind == "transient":
-                summary.extra["llm failures (retry on rerun)"] = summary.extra.get("llm failures (retry on rerun)", 0) + 1
-                continue
-            accept(reason, cap, pid)
+            reason = settle_failure(result, sink.summary, "prompts stage")
+            if reason is not None:
+                sink.accept(reason, cap, pid)
             continue
-        accept(parse_llm_answer(cap, result.data, cfg), cap, pid)
+        sink.accept(parse_llm_answer(cap, result.data, cfg), cap, pid)
 
 
 def _diversity(path: Path, cfg: PromptsConfig) -> dict[str, float]:
