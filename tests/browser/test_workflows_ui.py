@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from PIL import Image
 
 from tests.browser.conftest import PACK_DIR_NAME, ComfyServer
 from tests.browser.dsd_test_nodes import tiny
+from tests.support.workflow_files import script
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfyui]
 
@@ -30,17 +29,6 @@ WORKFLOWS = REPO / "workflows"
 NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
 REFERENCE, TINY_REFERENCE = "dsd_browser_ref.png", "dsd_browser_16px.png"
 RUN_TIMEOUT_MS = 120_000
-
-
-def build_module():
-    """workflows/build.py (not a package) for its NODE_SPECS table."""
-    name = "dsd_workflows_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, WORKFLOWS / "build.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def load_ui(name: str) -> dict:
@@ -258,7 +246,7 @@ def _set_widget(build, node: dict, name: str, value) -> None:
 
 def tiny_basic(reference: str) -> dict:
     """``dsd_basic`` with the test-only tiny models, a 128x64 canvas and 2 steps."""
-    build = build_module()
+    build = script("build")
     wf = copy.deepcopy(load_ui("dsd_basic"))
     dropped = {n["id"] for n in wf["nodes"] if n["type"] == "DualCLIPLoader"}
     dropped_links = {link[0] for link in wf["links"] if link[1] in dropped}

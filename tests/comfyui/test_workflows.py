@@ -19,10 +19,8 @@ Test-only substitutions (everything else runs as shipped):
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch
 from PIL import Image
 
 from tests.support.llm_server import FakeLLMServer, RecordedRequest
+from tests.support.workflow_files import load, script
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -40,21 +39,6 @@ VIRTUAL_NODES = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CANVAS_W, CANVAS_H = 256, 128
 TIMINGS: dict[str, float] = {}
-
-
-def load(name: str, api: bool = False) -> dict:
-    path = WORKFLOWS / ("api" if api else "") / f"{name}.json"
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def build_module():
-    name = "dsd_workflows_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, WORKFLOWS / "build.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # ------------------------------------------------------------------ live node definitions
@@ -158,7 +142,7 @@ def test_ui_converts_to_the_api_file(comfy_host, name):
 
 
 def test_build_table_matches_host_and_files_are_current(comfy_host, tmp_path):
-    build = build_module()
+    build = script("build")
     for type_, (sockets, widgets, outputs) in build.NODE_SPECS.items():
         types = comfy_host.node_class(type_).INPUT_TYPES()
         assert [s for s, _ in sockets] == socket_names(types), type_
@@ -243,7 +227,7 @@ def workflow_files(comfy_host, tmp_path_factory):
     )
     from dsd.weights.adapter import DSDAdapter, save_adapter
 
-    build = build_module()
+    build = script("build")
     fp = comfy_host.folder_paths
     t0 = time.perf_counter()
     root = tmp_path_factory.mktemp("workflow_models")

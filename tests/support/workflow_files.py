@@ -1,0 +1,31 @@
+"""The shipped workflows/ folder as the tests read it: JSON graphs and its two scripts.
+
+``workflows/`` is a folder ComfyUI serves as templates, not a package: its scripts are loaded by path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+
+
+def script(stem: str) -> ModuleType:
+    """``workflows/<stem>.py`` (build, thumbnails), loaded once."""
+    name = f"dsd_workflows_{stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, WORKFLOWS / f"{stem}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def load(name: str, api: bool = False) -> dict:
+    """A shipped workflow: UI format, or API format with ``api=True``."""
+    path = WORKFLOWS / ("api" if api else "") / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8"))
