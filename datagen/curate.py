@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from dsd.manifest import RecordLog, iter_jsonl, read_records
 
 from .config import CurateConfig, DatagenInputError
-from .llm import LLMStageError, classify_error, make_stage_provider
+from .llm import VLM_FAILURES, LLMStageError, classify_error, settle_failure, stage_provider
 from .summary import StageSummary
 from .vlm_view import ViewSpec, encode_view, view_path
 
@@ -83,11 +84,6 @@ class _BadImage(Exception):
 def resolve_path(path: str, base: Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() or p.exists() else base / p
-
-
-def load_panel_png(path: Path, max_side: int) -> bytes:
-    """PNG bytes of ``path``, downscaled so the long side is at most ``max_side``."""
-    return encode_panel(path, max_side, "png")
 
 
 def encode_panel(path: Path, max_side: int, image_format: str = "png", quality: int = 90) -> bytes:
@@ -211,38 +207,71 @@ def run_curate(cfg: CurateConfig, workdir: Path, *, vlm=None, progress: bool = T
     out_dir = workdir / "curate"
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = _pairs(workdir, cfg)
-    prompts = prompt_index(workdir)
-    base = workdir / "panels"
     with RecordLog(out_dir / "verdicts.jsonl", flush_every=64, flush_s=0.5) as log:
-        todo = []
-        for pair in pairs:
-            summary.items_in += 1
-            done = log.get(pair["id"])
-            if done is not None:
-                summary.skipped_done += 1
-                _count(summary, done)
-                continue
-            todo.append(pair)
+        run = _CurateRun(cfg, out_dir, prompt_index(workdir), workdir / "panels", log, summary)
+        todo = _todo(run, pairs)
         if vlm is None:
-            for pair in tqdm(todo, desc="curate (skipped: no vlm)", unit="pair", disable=not progress):
-                rec = skipped_record(pair, prompts.get(str(pair.get("grid_id")), {}))
-                log.append(rec)
-                _count(summary, rec)
-            summary.extra["verdict"] = "skipped (no vlm provider; every pair accepted)"
+            _run_skipped(run, todo, progress)
         else:
-            provider = make_stage_provider(vlm, out_dir / "vlm_cache")
-            try:
+            with stage_provider(vlm, out_dir / "vlm_cache", summary) as provider:
+                run.provider = provider
                 if vlm.use_batch_api:
-                    _run_batches(provider, todo, prompts, base, cfg, log, summary, out_dir)
+                    _run_batches(run, todo)
                 else:
-                    bar = tqdm(total=len(todo), desc="curate", unit="pair", disable=not progress, mininterval=0.5)
-                    _run_online(provider, todo, prompts, base, cfg, log, summary, bar)
-                    bar.close()
-            finally:
-                summary.usage = provider.usage
-                provider.close()
+                    with tqdm(total=len(todo), desc="curate", unit="pair", disable=not progress,
+                              mininterval=0.5) as run.bar:
+                        _run_online(run, todo)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+@dataclass
+class _CurateRun:
+    """What every step of one curate run shares: config, prompts, the verdict log and summary, the
+    provider, the progress bar (None in batch mode)."""
+
+    cfg: CurateConfig
+    out_dir: Path
+    prompts: dict[str, dict[str, Any]]
+    base: Path  # the folder pair paths are relative to
+    log: RecordLog
+    summary: StageSummary
+    provider: Any = None
+    bar: Any = None
+
+    def prompt_for(self, pair: dict[str, Any]) -> dict[str, Any]:
+        return self.prompts.get(str(pair.get("grid_id")), {})
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """Log a pair's final verdict and count it."""
+        self.log.append(rec)
+        _count(self.summary, rec)
+
+    def tick(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+
+def _todo(run: _CurateRun, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs no earlier run decided; the decided ones are counted again so the summary is whole."""
+    todo = []
+    for pair in pairs:
+        run.summary.items_in += 1
+        done = run.log.get(pair["id"])
+        if done is None:
+            todo.append(pair)
+            continue
+        run.summary.skipped_done += 1
+        _count(run.summary, done)
+    return todo
+
+
+def _run_skipped(run: _CurateRun, todo: list[dict[str, Any]], progress: bool) -> None:
+    from tqdm import tqdm
+
+    for pair in tqdm(todo, desc="curate (skipped: no vlm)", unit="pair", disable=not progress):
+        run.record(skipped_record(pair, run.prompt_for(pair)))
+    run.summary.extra["verdict"] = "skipped (no vlm provider; every pair accepted)"
 
 
 def _count(summary: StageSummary, rec: dict[str, Any]) -> None:
@@ -252,23 +281,24 @@ def _count(summary: StageSummary, rec: dict[str, Any]) -> None:
         summary.reject(rec.get("reject_reason") or rec.get("reason") or "rejected")
 
 
-def _build_requests(chunk, prompts, base: Path, cfg: CurateConfig, log: RecordLog, summary: StageSummary):
+def _build_requests(run: _CurateRun, chunk: list[dict[str, Any]]):
     """(pairs, requests) for the pairs whose images load; unreadable images become rejects."""
-    kept, requests, bad = _encode_chunk(chunk, prompts, base, cfg)
-    _log_bad(bad, log, summary)
+    kept, requests, bad = _encode_chunk(run, chunk)
+    for rec in bad:
+        run.record(rec)
     return kept, requests
 
 
-def _encode_chunk(chunk, prompts, base: Path, cfg: CurateConfig):
-    """(pairs, requests, reject records): pure work, safe in a producer thread (logs nothing).
+def _encode_chunk(run: _CurateRun, chunk: list[dict[str, Any]]):
+    """(pairs, requests, reject records): pure work, safe in a producer thread (reads ``run``, logs nothing).
 
     Each panel file is read and encoded once per chunk even when it appears in several pairs
     (a reference panel is paired with every other panel of its grid); retries reuse the request."""
-    max_side, fmt, quality = panel_encoding(cfg)
+    max_side, fmt, quality = panel_encoding(run.cfg)
     encoded: dict[Path, bytes | _BadImage] = {}
 
     def panel(path: str) -> bytes:
-        p = resolve_path(path, base)
+        p = resolve_path(path, run.base)
         if p not in encoded:
             try:
                 encoded[p] = encode_panel(p, max_side, fmt, quality)
@@ -289,37 +319,26 @@ def _encode_chunk(chunk, prompts, base: Path, cfg: CurateConfig):
             bad.append(rec)
             continue
         kept.append(pair)
-        requests.append(curate_request(ref, target, prompts.get(str(pair.get("grid_id")), {}).get("prompt", "")))
+        requests.append(curate_request(ref, target, run.prompt_for(pair).get("prompt", "")))
     return kept, requests, bad
 
 
-def _log_bad(bad, log: RecordLog, summary: StageSummary) -> None:
-    for rec in bad:
-        log.append(rec)
-        _count(summary, rec)
-
-
-def _record_result(pair, result, cfg, log: RecordLog, summary: StageSummary, attempts: int = 1) -> None:
+def _record_result(run: _CurateRun, pair, result, attempts: int = 1) -> None:
     if isinstance(result, Exception):
-        kind, reason = classify_error(result)
-        if kind == "fatal":
-            raise LLMStageError(f"curate stage: {reason}") from result
-        if kind == "transient":
-            key = "vlm failures (retry on rerun)"
-            summary.extra[key] = summary.extra.get(key, 0) + 1
+        reason = settle_failure(result, run.summary, "curate stage", counter=VLM_FAILURES)
+        if reason is None:
             return
         rec = _base_record(pair)
         if _is_refusal(result):
-            reason = f"refused {attempts} time(s) (curate.refusal_retries = {cfg.refusal_retries}): {reason}"
+            reason = f"refused {attempts} time(s) (curate.refusal_retries = {run.cfg.refusal_retries}): {reason}"
         rec["reason"] = rec["reject_reason"] = reason
         rec["verdict"] = "refused" if _is_refusal(result) else "malformed"
     else:
-        rec = verdict_record(pair, result.data, cfg, result.usage)
+        rec = verdict_record(pair, result.data, run.cfg, result.usage)
         if rec["verdict"] == "error":
             rec["reject_reason"] = rec["reason"]
     rec["attempts"] = attempts
-    log.append(rec)
-    _count(summary, rec)
+    run.record(rec)
 
 
 # A refusal is often about the wording, not the images: each retry asks again with the next preamble.
@@ -344,23 +363,34 @@ def _is_refusal(result: object) -> bool:
     return isinstance(result, ProviderRefusal)
 
 
-def _retry_refused(provider, refused: list, cfg, log: RecordLog, summary: StageSummary, bar=None) -> None:
+def _settle(run: _CurateRun, answers: Iterable[tuple[dict[str, Any], Any, Any]]) -> None:
+    """Record each (pair, request, result); refused pairs are asked again first (``_retry_refused``)."""
+    refused = []
+    for pair, request, result in answers:
+        if _is_refusal(result) and run.cfg.refusal_retries > 0:
+            refused.append((pair, request))
+            continue
+        _record_result(run, pair, result)
+        run.tick()
+    _retry_refused(run, refused)
+
+
+def _retry_refused(run: _CurateRun, refused: list) -> None:
     """Ask again for refused pairs, rephrased, up to ``curate.refusal_retries`` times; the last answer
     is final. Nothing is logged before a pair's final answer, so a run killed in between asks the
     same questions again and, from a provider that answers the same way, gets the same dataset."""
-    for retry in range(1, cfg.refusal_retries + 1):
+    for retry in range(1, run.cfg.refusal_retries + 1):
         if not refused:
             return
         requests = [rephrase(request, retry) for _, request in refused]
         again = []
-        for index, result in provider.map(requests):
+        for index, result in run.provider.map(requests):
             pair, original = refused[index]
-            if _is_refusal(result) and retry < cfg.refusal_retries:
+            if _is_refusal(result) and retry < run.cfg.refusal_retries:
                 again.append((pair, original))
                 continue
-            _record_result(pair, result, cfg, log, summary, attempts=retry + 1)
-            if bar is not None:
-                bar.update(1)
+            _record_result(run, pair, result, attempts=retry + 1)
+            run.tick()
         refused = again
 
 
@@ -376,37 +406,32 @@ def _slices(todo: list, first: int, largest: int) -> list[list]:
     return out
 
 
-def _run_online(provider, todo, prompts, base, cfg, log, summary, bar) -> None:
+def _run_online(run: _CurateRun, todo: list[dict[str, Any]]) -> None:
     """Chunks through ``provider.map``; a producer thread reads and encodes the next chunk's panels
     while the current chunk's requests are in flight (image decoding/encoding releases the GIL in
     PIL, and the requests wait on the network), so encoding no longer stalls the pipeline."""
-    chunks = _slices(todo, 2 * max(1, int(getattr(provider.config, "max_concurrency", 8))), cfg.chunk)
+    chunks = _slices(todo, 2 * max(1, int(getattr(run.provider.config, "max_concurrency", 8))), run.cfg.chunk)
     if not chunks:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsd-curate-encode") as producer:
-        pending = producer.submit(_encode_chunk, chunks[0], prompts, base, cfg)
+        pending = producer.submit(_encode_chunk, run, chunks[0])
         for i, chunk in enumerate(chunks):
             kept, requests, bad = pending.result()
             if i + 1 < len(chunks):
-                pending = producer.submit(_encode_chunk, chunks[i + 1], prompts, base, cfg)
-            _log_bad(bad, log, summary)
-            bar.update(len(chunk) - len(kept))
-            refused = []
-            for index, result in provider.map(requests):
-                if _is_refusal(result) and cfg.refusal_retries > 0:
-                    refused.append((kept[index], requests[index]))
-                    continue
-                _record_result(kept[index], result, cfg, log, summary)
-                bar.update(1)
-            _retry_refused(provider, refused, cfg, log, summary, bar)
+                pending = producer.submit(_encode_chunk, run, chunks[i + 1])
+            for rec in bad:
+                run.record(rec)
+            run.tick(len(chunk) - len(kept))
+            _settle(run, ((kept[index], requests[index], result) for index, result in run.provider.map(requests)))
 
 
 # ---------------------------------------------------------------- OpenAI Batch API
-def _run_batches(provider, todo, prompts, base, cfg, log, summary, out_dir: Path) -> None:
-    from dsd.providers import ProviderError, ProviderUnavailable
-
+def _run_batches(run: _CurateRun, todo: list[dict[str, Any]]) -> None:
     by_id = {p["id"]: p for p in todo}
-    with RecordLog(out_dir / "batches.jsonl") as submitted, RecordLog(out_dir / "batches_collected.jsonl") as collected:
+    with (
+        RecordLog(run.out_dir / "batches.jsonl") as submitted,
+        RecordLog(run.out_dir / "batches_collected.jsonl") as collected,
+    ):
         # 1. collect what an earlier run submitted (never resubmit a running batch)
         in_flight: set[str] = set()
         for batch in submitted.records():
@@ -417,59 +442,56 @@ def _run_batches(provider, todo, prompts, base, cfg, log, summary, out_dir: Path
                 collected.append({"id": batch["id"]})
                 continue
             in_flight.update(p["id"] for p in members)
-            _collect(provider, batch["id"], members, prompts, base, cfg, log, summary, collected)
+            _collect(run, batch["id"], members, collected)
         # 2. submit the rest, logging each batch id before waiting on it
-        fresh = [p for p in todo if p["id"] not in in_flight and p["id"] not in log]
-        for start in range(0, len(fresh), cfg.batch_size):
-            kept, requests = _build_requests(fresh[start : start + cfg.batch_size], prompts, base, cfg, log, summary)
+        fresh = [p for p in todo if p["id"] not in in_flight and p["id"] not in run.log]
+        for start in range(0, len(fresh), run.cfg.batch_size):
+            kept, requests = _build_requests(run, fresh[start : start + run.cfg.batch_size])
             if not requests:
                 continue
-            try:
-                batch_id = provider.submit_batch({p["id"]: r for p, r in zip(kept, requests, strict=True)})
-            except ProviderError as exc:
-                kind, reason = classify_error(exc)
-                if kind == "fatal" or isinstance(exc, ProviderUnavailable):
-                    raise LLMStageError(f"curate stage: could not submit a batch: {reason}") from exc
-                raise
+            batch_id = _submit(run, kept, requests)
             submitted.append({"id": batch_id, "pair_ids": [p["id"] for p in kept], "submitted_at": time.time()})
-            summary.extra["batches submitted"] = summary.extra.get("batches submitted", 0) + 1
-            _collect(provider, batch_id, kept, prompts, base, cfg, log, summary, collected, requests)
+            run.summary.add("batches submitted")
+            _collect(run, batch_id, kept, collected, requests)
 
 
-def _collect(provider, batch_id, members, prompts, base, cfg, log, summary, collected, requests=None) -> None:
+def _submit(run: _CurateRun, kept: list[dict[str, Any]], requests: list) -> str:
+    from dsd.providers import ProviderError, ProviderUnavailable
+
+    try:
+        return run.provider.submit_batch({p["id"]: r for p, r in zip(kept, requests, strict=True)})
+    except ProviderError as exc:
+        kind, reason = classify_error(exc)
+        if kind == "fatal" or isinstance(exc, ProviderUnavailable):
+            raise LLMStageError(f"curate stage: could not submit a batch: {reason}") from exc
+        raise
+
+
+def _collect(run: _CurateRun, batch_id: str, members, collected: RecordLog, requests=None) -> None:
     from dsd.providers import ProviderUnavailable
 
     if requests is None:  # rebuild the identical requests (schema check + cache on collect)
-        members, requests = _build_requests(members, prompts, base, cfg, log, summary)
+        members, requests = _build_requests(run, members)
     try:
-        results = provider.collect_batch(
+        results = run.provider.collect_batch(
             batch_id,
             requests={p["id"]: r for p, r in zip(members, requests, strict=True)},
-            poll_interval_s=cfg.batch_poll_s,
-            timeout_s=cfg.batch_wait_s,
+            poll_interval_s=run.cfg.batch_poll_s,
+            timeout_s=run.cfg.batch_wait_s,
         )
     except ProviderUnavailable as exc:
         logger.info("batch %s not ready: %s", batch_id, exc)
-        key = "batches still running (rerun to collect)"
-        summary.extra[key] = summary.extra.get(key, 0) + 1
+        run.summary.add("batches still running (rerun to collect)")
         return
-    refused = []
-    for pair, request in zip(members, requests, strict=True):
-        result = results.get(pair["id"])
-        if result is None:
-            key = "vlm failures (retry on rerun)"
-            summary.extra[key] = summary.extra.get(key, 0) + 1
-            continue
-        if _is_refusal(result) and cfg.refusal_retries > 0:
-            refused.append((pair, request))
-            continue
-        _record_result(pair, result, cfg, log, summary)
-    _retry_refused(provider, refused, cfg, log, summary)  # online: a few requests, not worth a batch
+    _settle(run, _batch_answers(run, members, requests, results))  # refusals retried online: not worth a batch
     collected.append({"id": batch_id})
 
 
-def iter_accepted(workdir: Path) -> Iterator[dict[str, Any]]:
-    """Accepted verdicts, sorted by pair id."""
-    for rec in sorted(read_records(workdir / "curate" / "verdicts.jsonl"), key=lambda r: str(r["id"])):
-        if rec.get("accepted"):
-            yield rec
+def _batch_answers(run: _CurateRun, members, requests, results: dict) -> Iterator[tuple[dict[str, Any], Any, Any]]:
+    """(pair, request, result) for the members the batch answered; the others are left for a rerun."""
+    for pair, request in zip(members, requests, strict=True):
+        result = results.get(pair["id"])
+        if result is None:
+            run.summary.add(VLM_FAILURES)
+            continue
+        yield pair, request, result
