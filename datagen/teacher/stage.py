@@ -148,8 +148,6 @@ def run_teacher(
     caller reuse a loaded model; ``limit`` stops after drawing that many items (smoke runs).
     ``out_dir/grids.jsonl`` is re-merged from all rank logs at the end.
     """
-    from tqdm import tqdm
-
     rank, world_size = resolve_rank(rank, world_size)
     out_dir = Path(out_dir)
     start = time.perf_counter()
@@ -158,43 +156,63 @@ def run_teacher(
     grids_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(grids_dir)
     work = [it for it in build_work_list(Path(prompts_path), cfg) if shard_of(it.grid_id, world_size) == rank]
-    done = done_ids_all_ranks(out_dir) | {str(r["id"]) for r in read_records(out_dir / MERGED_LOG)}
     summary.items_in = len(work)
-    pending: list[WorkItem] = []
-    adopted = drawn = 0
     with RecordLog(rank_log_path(out_dir, rank)) as log:
-        for item in work:
-            if item.grid_id in done or item.grid_id in log:
-                summary.skipped_done += 1
-                continue
-            found = _adoptable(grids_dir / f"{item.grid_id}.png", item)
-            if found is not None:
-                log.append(_record(item, grids_dir / f"{item.grid_id}.png", found[0], found[1], cfg))
-                adopted += 1
-                continue
-            pending.append(item)
+        pending, adopted = _pending(work, out_dir, log, cfg, summary)
         if limit is not None:
             pending = pending[:limit]
-        if pending:
-            own_backend = backend is None
-            teacher = backend if backend is not None else make_backend(cfg, local_rank())
-            try:
-                bar = tqdm(total=len(pending), desc=f"teacher r{rank}", unit="grid", disable=not progress)
-                for i in range(0, len(pending), cfg.batch_size):
-                    batch = pending[i : i + cfg.batch_size]
-                    images = teacher.generate([it.prompt for it in batch], [it.seed for it in batch])
-                    for item, image in zip(batch, images, strict=True):
-                        dest = grids_dir / f"{item.grid_id}.png"
-                        _save_grid(image, dest, item, teacher.name)
-                        log.append(_record(item, dest, image.size, teacher.name, cfg))
-                        drawn += 1
-                    bar.update(len(batch))
-                bar.close()
-            finally:
-                if own_backend:
-                    teacher.close()
+        drawn = _draw(pending, log, grids_dir, cfg, backend, f"teacher r{rank}", progress) if pending else 0
     merge_teacher_logs(out_dir)
     summary.items_out = drawn + adopted
     summary.extra.update(rank=rank, world_size=world_size, drawn=drawn, adopted_after_crash=adopted)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _pending(
+    work: list[WorkItem], out_dir: Path, log: RecordLog, cfg: TeacherConfig, summary: StageSummary
+) -> tuple[list[WorkItem], int]:
+    """(items still to draw, how many were adopted): items any rank finished are skipped, and a PNG
+    whose record a crash lost is adopted into ``log``."""
+    done = done_ids_all_ranks(out_dir) | {str(r["id"]) for r in read_records(out_dir / MERGED_LOG)}
+    pending: list[WorkItem] = []
+    adopted = 0
+    for item in work:
+        if item.grid_id in done or item.grid_id in log:
+            summary.skipped_done += 1
+            continue
+        path = out_dir / "grids" / f"{item.grid_id}.png"
+        found = _adoptable(path, item)
+        if found is not None:
+            log.append(_record(item, path, found[0], found[1], cfg))
+            adopted += 1
+            continue
+        pending.append(item)
+    return pending, adopted
+
+
+def _draw(
+    pending: list[WorkItem], log: RecordLog, grids_dir: Path, cfg: TeacherConfig, backend: Backend | None,
+    desc: str, progress: bool,
+) -> int:
+    """Draw ``pending`` in batches, each PNG saved before its record; returns the count drawn. A
+    backend made here (``backend`` None) is closed here; a caller's is left loaded."""
+    from tqdm import tqdm
+
+    teacher = backend if backend is not None else make_backend(cfg, local_rank())
+    drawn = 0
+    try:
+        with tqdm(total=len(pending), desc=desc, unit="grid", disable=not progress) as bar:
+            for i in range(0, len(pending), cfg.batch_size):
+                batch = pending[i : i + cfg.batch_size]
+                images = teacher.generate([it.prompt for it in batch], [it.seed for it in batch])
+                for item, image in zip(batch, images, strict=True):
+                    dest = grids_dir / f"{item.grid_id}.png"
+                    _save_grid(image, dest, item, teacher.name)
+                    log.append(_record(item, dest, image.size, teacher.name, cfg))
+                    drawn += 1
+                bar.update(len(batch))
+    finally:
+        if backend is None:
+            teacher.close()
+    return drawn
