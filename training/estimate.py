@@ -21,8 +21,9 @@ Assumptions (stated in every report):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import TrainConfig
 
@@ -82,10 +83,6 @@ def _params(layers: list[Linear]) -> int:
     return sum(x.fan_in * x.fan_out + (x.fan_out if x.bias else 0) for x in layers)
 
 
-def _is_target(name: str, targets: list[str]) -> bool:
-    return name in targets
-
-
 @dataclass
 class Estimate:
     source: str
@@ -119,32 +116,46 @@ class Estimate:
     checkpointing: bool
 
 
-def estimate(cfg: TrainConfig, world_size: int | None = None, mfu: float = 0.35, peak_flops: float = H100_BF16_PEAK) -> Estimate:
-    world_size = world_size or cfg.training.gpus
+@dataclass(frozen=True)
+class _Model:
+    """The transformer's shapes and the LoRA layers one config trains: what each step of ``estimate`` reads."""
+
+    source: str
+    in_channels: int
+    d: int  # hidden width
+    hd: int  # attention head width
+    m: int  # MLP width
+    nd: int  # double blocks
+    ns: int  # single blocks
+    double: list[Linear]
+    single: list[Linear]
+    top: list[Linear]
+    r: int  # LoRA rank
+    lora_d: list[Linear]
+    lora_s: list[Linear]
+
+
+def _model(cfg: TrainConfig) -> _Model:
     tc, source = transformer_config(cfg)
     d = tc["num_attention_heads"] * tc["attention_head_dim"]
-    hd = tc["attention_head_dim"]
-    m = int(d * MLP_RATIO)
-    nd, ns = tc["num_layers"], tc["num_single_layers"]
     double, single, top = block_linears(tc)
-    norms = nd * 4 * hd + ns * 2 * hd
-    base = nd * _params(double) + ns * _params(single) + _params(top) + norms
-    r = cfg.network.rank
-    targets = list(cfg.network.target_modules)
-    lora_d = [x for x in double if _is_target(x.name, targets)]
-    lora_s = [x for x in single if _is_target(x.name, targets)]
-    lora = nd * sum(r * (x.fan_in + x.fan_out) for x in lora_d) + ns * sum(r * (x.fan_in + x.fan_out) for x in lora_s)
-    c_emb = (tc["in_channels"] * d + d) if cfg.network.train_c_embedder else 0
-    trainable = lora + c_emb
+    targets = set(cfg.network.target_modules)
+    return _Model(
+        source=source, in_channels=tc["in_channels"], d=d, hd=tc["attention_head_dim"], m=int(d * MLP_RATIO),
+        nd=tc["num_layers"], ns=tc["num_single_layers"], double=double, single=single, top=top,
+        r=cfg.network.rank, lora_d=[x for x in double if x.name in targets],
+        lora_s=[x for x in single if x.name in targets],
+    )  # fmt: skip
 
-    fh, fw = cfg.dataset.frame_buckets[0]
-    n_img = (fh // 16) * (2 * fw // 16)
-    n_txt = cfg.model.max_sequence_length
-    s = n_img + n_txt
-    act_bytes = 2 if cfg.training.mixed_precision == "bf16" else 4
-    base_bytes = {"float32": 4, "bfloat16": 2, "float8": 1}[cfg.model.base_dtype]
 
-    # Saved activations per token of one stream (see module docstring), in elements.
+def _lora_params(layers: list[Linear], r: int) -> int:
+    return sum(r * (x.fan_in + x.fan_out) for x in layers)
+
+
+def _activations_per_sample(mo: _Model, s: int, act_bytes: int, checkpointing: bool) -> int:
+    """Bytes saved for backward per sample of ``s`` tokens (see the module docstring)."""
+    d, m, r = mo.d, mo.m, mo.r
+    # Saved activations per token of one stream, in elements.
     # Layers reading the same tensor save it once: q/k/v (and single-block proj_mlp) share their input.
     shared = {"attn.to_q": "qkv", "attn.to_k": "qkv", "attn.to_v": "qkv", "proj_mlp": "qkv"}
 
@@ -152,47 +163,89 @@ def estimate(cfg: TrainConfig, world_size: int | None = None, mfu: float = 0.35,
         groups = {shared.get(x.name, x.name): x.fan_in for x in layers}
         return sum(groups.values()) + r * len(layers)
 
-    img_lora = [x for x in lora_d if not x.name.startswith(("attn.add_", "attn.to_add", "ff_context"))]
+    img_lora = [x for x in mo.lora_d if not x.name.startswith(("attn.add_", "attn.to_add", "ff_context"))]
     per_tok_double = lora_saved(img_lora) + 2 * d + 2 * d + 4 * d + m  # LoRA, 2 LN, q/k RMSNorm, SDPA, GELU
-    per_tok_single = lora_saved(lora_s) + d + 2 * d + 4 * d + m
+    per_tok_single = lora_saved(mo.lora_s) + d + 2 * d + 4 * d + m
     block_d = per_tok_double * s * act_bytes
     block_s = per_tok_single * s * act_bytes
-    if cfg.training.gradient_checkpointing:
-        kept = (nd + ns) * s * d * act_bytes  # block inputs
+    if checkpointing:
+        kept = (mo.nd + mo.ns) * s * d * act_bytes  # block inputs
         per_sample = kept + max(block_d, block_s) + 2 * max(block_d, block_s)
     else:
-        per_sample = nd * block_d + ns * block_s
-    per_sample += 4 * s * d * act_bytes  # embeddings, final norm/proj, loss
+        per_sample = mo.nd * block_d + mo.ns * block_s
+    return per_sample + 4 * s * d * act_bytes  # embeddings, final norm/proj, loss
 
-    accum = cfg.grad_accumulation(world_size)
-    b = cfg.training.batch_size
-    w_base = base * base_bytes + (nd * sum(x.fan_out for x in double) + ns * sum(x.fan_out for x in single)) * 4 * (base_bytes == 1)
+
+class _Memory(NamedTuple):
+    """Bytes per GPU."""
+
+    base: float
+    trainable: int
+    grads: int
+    optimizer: int
+    ema: int
+    activations: int
+    ddp: float
+    fsdp: float
+
+
+def _memory(cfg: TrainConfig, mo: _Model, base: int, trainable: int, per_sample: int, act_bytes: int,
+            world_size: int) -> _Memory:  # fmt: skip
+    base_bytes = {"float32": 4, "bfloat16": 2, "float8": 1}[cfg.model.base_dtype]
+    scales = (mo.nd * sum(x.fan_out for x in mo.double) + mo.ns * sum(x.fan_out for x in mo.single)) * 4
+    w_base = base * base_bytes + scales * (base_bytes == 1)
     w_train = trainable * 4
     grads = trainable * 4
     opt = trainable * (2 if cfg.optimizer.name == "adamw8bit" else 8)
     ema = trainable * 4 if cfg.training.ema_decay > 0 else 0
     autocast_copies = trainable * 2 if act_bytes == 2 else 0
-    acts = per_sample * b
+    acts = per_sample * cfg.training.batch_size
     ddp = w_base + w_train + grads * 2 + opt + ema + autocast_copies + acts  # DDP keeps a bucket copy of the grads
     fsdp = (w_base + w_train + grads + opt + ema) / world_size + autocast_copies + acts
+    return _Memory(w_base, w_train, grads, opt, ema, acts, ddp, fsdp)
 
-    # FLOPs per sample.
-    lin_tok = nd * sum(x.fan_in * x.fan_out for x in double if x.per_token) / 2  # each token passes one stream
-    lin_tok += ns * sum(x.fan_in * x.fan_out for x in single if x.per_token)
-    lora_tok = nd * sum(r * (x.fan_in + x.fan_out) for x in lora_d) / 2 + ns * sum(r * (x.fan_in + x.fan_out) for x in lora_s)
+
+def _flops_per_sample(mo: _Model, s: int, checkpointing: bool) -> float:
+    nd, ns, d = mo.nd, mo.ns, mo.d
+    lin_tok = nd * sum(x.fan_in * x.fan_out for x in mo.double if x.per_token) / 2  # each token passes one stream
+    lin_tok += ns * sum(x.fan_in * x.fan_out for x in mo.single if x.per_token)
+    lora_tok = nd * _lora_params(mo.lora_d, mo.r) / 2 + ns * _lora_params(mo.lora_s, mo.r)
     fwd = 2 * (lin_tok + lora_tok) * s + 4 * s * s * d * (nd + ns)
     bwd = 2 * (lin_tok + lora_tok) * s + 2 * lora_tok * s + 4 * s * s * d * (nd + ns)
-    flops = fwd + bwd + (fwd if cfg.training.gradient_checkpointing else 0)
+    return fwd + bwd + (fwd if checkpointing else 0)
+
+
+def estimate(cfg: TrainConfig, world_size: int | None = None, mfu: float = 0.35, peak_flops: float = H100_BF16_PEAK) -> Estimate:
+    world_size = world_size or cfg.training.gpus
+    mo = _model(cfg)
+    norms = mo.nd * 4 * mo.hd + mo.ns * 2 * mo.hd
+    base = mo.nd * _params(mo.double) + mo.ns * _params(mo.single) + _params(mo.top) + norms
+    lora = mo.nd * _lora_params(mo.lora_d, mo.r) + mo.ns * _lora_params(mo.lora_s, mo.r)
+    c_emb = (mo.in_channels * mo.d + mo.d) if cfg.network.train_c_embedder else 0
+
+    fh, fw = cfg.dataset.frame_buckets[0]
+    n_img = (fh // 16) * (2 * fw // 16)
+    n_txt = cfg.model.max_sequence_length
+    s = n_img + n_txt
+    act_bytes = 2 if cfg.training.mixed_precision == "bf16" else 4
+    checkpointing = cfg.training.gradient_checkpointing
+    per_sample = _activations_per_sample(mo, s, act_bytes, checkpointing)
+    mem = _memory(cfg, mo, base, lora + c_emb, per_sample, act_bytes, world_size)
+    flops = _flops_per_sample(mo, s, checkpointing)
+
+    accum = cfg.grad_accumulation(world_size)
+    b = cfg.training.batch_size
     eff = b * accum * world_size
     sec = flops * eff / (world_size * peak_flops * mfu)
     return Estimate(
-        source=source, hidden=d, double_blocks=nd, single_blocks=ns, text_tokens=n_txt, image_tokens=n_img,
+        source=mo.source, hidden=mo.d, double_blocks=mo.nd, single_blocks=mo.ns, text_tokens=n_txt, image_tokens=n_img,
         base_params=base, lora_params=lora, c_embedder_params=c_emb, world_size=world_size, micro_batch=b,
-        grad_accumulation=accum, effective_batch=eff, base_weights_gib=w_base / GIB, trainable_gib=w_train / GIB,
-        gradients_gib=grads / GIB, optimizer_gib=opt / GIB, ema_gib=ema / GIB, activations_per_sample_gib=per_sample / GIB,
-        activations_gib=acts / GIB, total_ddp_gib=ddp / GIB, total_fsdp_gib=fsdp / GIB, flops_per_sample=flops,
+        grad_accumulation=accum, effective_batch=eff, base_weights_gib=mem.base / GIB, trainable_gib=mem.trainable / GIB,
+        gradients_gib=mem.grads / GIB, optimizer_gib=mem.optimizer / GIB, ema_gib=mem.ema / GIB,
+        activations_per_sample_gib=per_sample / GIB, activations_gib=mem.activations / GIB,
+        total_ddp_gib=mem.ddp / GIB, total_fsdp_gib=mem.fsdp / GIB, flops_per_sample=flops,
         seconds_per_step=sec, hours_total=sec * cfg.training.steps / 3600, mfu=mfu, peak_flops=peak_flops,
-        act_bytes=act_bytes, checkpointing=cfg.training.gradient_checkpointing,
+        act_bytes=act_bytes, checkpointing=checkpointing,
     )  # fmt: skip
 
 
@@ -245,7 +298,3 @@ def estimate_variant(cfg: TrainConfig, world_size: int, checkpointing: bool) -> 
     from dataclasses import replace
 
     return estimate(replace(cfg, training=replace(cfg.training, gradient_checkpointing=checkpointing)), world_size)
-
-
-def as_dict(e: Estimate) -> dict:
-    return asdict(e)
