@@ -16,7 +16,6 @@ import json
 import logging
 import random
 import re
-import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -334,7 +333,6 @@ def run_captions(
     ``llm`` is a ProviderConfig (needed only with ``cfg.llm_filter``); its answers are cached
     under ``out_dir/llm_cache`` so a rerun costs nothing.
     """
-    started = time.monotonic()
     summary = StageSummary("captions")
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.llm_filter and llm is None:
@@ -348,8 +346,7 @@ def run_captions(
         if cfg.sampling == "reservoir":
             stream = iter(_reservoir(stream, cfg.max_captions, cfg.seed))
         _write_captions(stream, _CaptionSink(log, rejected, summary, cfg.max_captions), provider, cfg)
-    summary.seconds = time.monotonic() - started
-    return summary
+    return summary.stop()
 
 
 @dataclass

@@ -202,7 +202,6 @@ def run_curate(cfg: CurateConfig, workdir: Path, *, vlm=None, progress: bool = T
     """Write ``workdir/curate/verdicts.jsonl`` for every pair of ``workdir/panels/pairs.jsonl``; resumable."""
     from tqdm import tqdm
 
-    started = time.monotonic()
     summary = StageSummary("curate")
     out_dir = workdir / "curate"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,8 +220,7 @@ def run_curate(cfg: CurateConfig, workdir: Path, *, vlm=None, progress: bool = T
                     with tqdm(total=len(todo), desc="curate", unit="pair", disable=not progress,
                               mininterval=0.5) as run.bar:
                         _run_online(run, todo)
-    summary.seconds = time.monotonic() - started
-    return summary
+    return summary.stop()
 
 
 @dataclass

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import tarfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,6 @@ from .summary import StageSummary
 
 logger = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ("key", "shard", "caption", "grid_id", "seed", "prompt", "subject", "confidence")
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 
@@ -204,13 +202,15 @@ def _curated_samples(workdir: Path, include_rejected: bool) -> list[Sample]:
 
 def run_dataset(cfg: DatasetConfig, workdir: Path, *, progress: bool = True) -> StageSummary:
     """Write ``workdir/dataset`` (shards + index.parquet) from the curated pairs."""
-    started = time.monotonic()
     summary = StageSummary("dataset")
     samples = _curated_samples(workdir, cfg.include_rejected)
-    shards = write_dataset(samples, workdir / "dataset", cfg.shard_size, summary, progress, total=len(samples))
-    summary.extra["shards"] = shards
-    summary.seconds = time.monotonic() - started
-    return summary
+    return _write_stage(summary, samples, workdir / "dataset", cfg.shard_size, progress, total=len(samples))
+
+
+def _write_stage(summary: StageSummary, samples: Iterable[Sample], out_dir: Path, shard_size: int, progress: bool,
+                 total: int | None = None) -> StageSummary:  # fmt: skip
+    summary.extra["shards"] = write_dataset(samples, out_dir, shard_size, summary, progress, total=total)
+    return summary.stop()
 
 
 # ---------------------------------------------------------------- reading back
@@ -275,7 +275,7 @@ def export_authors(workdir: Path, out: Path, *, row_group: int = 256, progress: 
     return count
 
 
-def _authors_samples(path: Path, summary: StageSummary) -> Iterator[Sample]:
+def _authors_samples(path: Path) -> Iterator[Sample]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -309,9 +309,4 @@ def _authors_samples(path: Path, summary: StageSummary) -> Iterator[Sample]:
 
 def import_authors(path: Path, workdir: Path, *, shard_size: int = 1000, progress: bool = True) -> StageSummary:
     """Turn an authors'-layout parquet into ``workdir/dataset`` (shards + index), streaming."""
-    started = time.monotonic()
-    summary = StageSummary("import-authors")
-    shards = write_dataset(_authors_samples(path, summary), workdir / "dataset", shard_size, summary, progress)
-    summary.extra["shards"] = shards
-    summary.seconds = time.monotonic() - started
-    return summary
+    return _write_stage(StageSummary("import-authors"), _authors_samples(path), workdir / "dataset", shard_size, progress)

@@ -18,7 +18,6 @@ import hashlib
 import logging
 import random
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,7 +271,6 @@ def run_prompts(
     """Write ``out_dir/prompts.jsonl`` (one grid prompt per caption); streams, resumable."""
     from tqdm import tqdm
 
-    started = time.monotonic()
     summary = StageSummary("prompts")
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.mode == "llm" and llm is None:
@@ -285,8 +283,7 @@ def run_prompts(
     ):
         _write_prompts(_iter_captions(captions_path), sink, provider, cfg, bar)
     summary.extra.update(_diversity(out_dir / "prompts.jsonl", cfg))
-    summary.seconds = time.monotonic() - started
-    return summary
+    return summary.stop()
 
 
 class _PromptSink:

@@ -7,6 +7,7 @@ LLM/VLM stages, the provider's token and cost usage, so an operator can judge a 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,14 @@ class StageSummary:
         key = (reason or "unspecified").strip().splitlines()[0][:80] or "unspecified"
         self.rejected += 1
         self.reject_reasons[key] = self.reject_reasons.get(key, 0) + 1
+
+    def __post_init__(self) -> None:
+        self._started = time.monotonic()  # not a field: to_dict stays the report
+
+    def stop(self) -> StageSummary:
+        """Set ``seconds`` to the time since this summary was made (the stage's start); returns it."""
+        self.seconds = time.monotonic() - self._started
+        return self
 
     def add(self, key: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``extra[key]`` (answers to ask again, batches submitted, ...)."""

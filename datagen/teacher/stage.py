@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -150,7 +149,6 @@ def run_teacher(
     """
     rank, world_size = resolve_rank(rank, world_size)
     out_dir = Path(out_dir)
-    start = time.perf_counter()
     summary = StageSummary(stage="teacher" if world_size == 1 else f"teacher (rank {rank}/{world_size})")
     grids_dir = out_dir / "grids"
     grids_dir.mkdir(parents=True, exist_ok=True)
@@ -165,8 +163,7 @@ def run_teacher(
     merge_teacher_logs(out_dir)
     summary.items_out = drawn + adopted
     summary.extra.update(rank=rank, world_size=world_size, drawn=drawn, adopted_after_crash=adopted)
-    summary.seconds = time.perf_counter() - start
-    return summary
+    return summary.stop()
 
 
 def _pending(
