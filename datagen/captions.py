@@ -26,6 +26,7 @@ from dsd.manifest import RecordLog
 
 from .config import CaptionsConfig, DatagenInputError
 from .llm import settle_failure, stage_provider
+from .parquet_io import iter_batches, open_parquet
 from .summary import StageSummary
 
 logger = logging.getLogger(__name__)
@@ -91,23 +92,14 @@ def _pick_column(names: list[str], wanted: str | None, path: Path) -> str:
 
 
 def _read_parquet(path: Path, column: str | None, batch_rows: int) -> Iterator[RawCaption]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DatagenInputError(f"{path}: not a readable parquet file ({exc})") from exc
+    pf = open_parquet(path)
     col = _pick_column(list(pf.schema_arrow.names), column, path)
     row = 0
-    try:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=[col]):
-            for value in batch.column(0).to_pylist():
-                row += 1
-                if isinstance(value, str):
-                    yield RawCaption(value, f"{path.name}:{row}")
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DatagenInputError(f"{path}: parquet data is corrupt near row {row} ({exc})") from exc
+    for batch in iter_batches(pf, path, [col], batch_rows):
+        for value in batch.column(0).to_pylist():
+            row += 1
+            if isinstance(value, str):
+                yield RawCaption(value, f"{path.name}:{row}")
 
 
 def _read_csv(path: Path, column: str | None, delimiter: str) -> Iterator[RawCaption]:
@@ -364,15 +356,10 @@ class _CaptionSink:
 
     def decided_before(self, cid: str) -> bool:
         """True when an earlier run kept or rejected ``cid``; counted again so the summary is whole."""
-        if cid in self.log:
+        earlier = self.summary.count_earlier(cid, self.log, self.rejected)
+        if earlier == "done":
             self.kept += 1
-            self.summary.skipped_done += 1
-            return True
-        old = self.rejected.get(cid)
-        if old is not None:
-            self.summary.reject(old["reason"])
-            return True
-        return False
+        return earlier is not None
 
     def keep(self, cid: str, cap: RawCaption) -> None:
         self.log.append({"id": cid, "caption": cap.text, "source": cap.source})

@@ -33,6 +33,7 @@ from dsd.io import atomic_path, clean_stale_temporaries
 from dsd.manifest import RecordLog, read_records
 
 from .config import DatagenInputError, DatasetConfig
+from .parquet_io import iter_batches, open_parquet
 from .summary import StageSummary
 
 logger = logging.getLogger(__name__)
@@ -276,15 +277,9 @@ def export_authors(workdir: Path, out: Path, *, row_group: int = 256, progress: 
 
 
 def _authors_samples(path: Path) -> Iterator[Sample]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not path.is_file():
         raise DatagenInputError(f"{path} does not exist")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DatagenInputError(f"{path}: not a readable parquet file ({exc})") from exc
+    pf = open_parquet(path)
     names = list(pf.schema_arrow.names)
     missing = [c for c in ("image", "conditioning", "caption") if c not in names]
     if missing:
@@ -293,7 +288,7 @@ def _authors_samples(path: Path) -> Iterator[Sample]:
             "image (target), conditioning (reference) and caption"
         )
     row = 0
-    for batch in pf.iter_batches(batch_size=64, columns=["image", "conditioning", "caption"]):
+    for batch in iter_batches(pf, path, ["image", "conditioning", "caption"], 64):
         for item in batch.to_pylist():
             row += 1
             target = _png_bytes(_image_cell(item["image"], path, row, "image"), f"{path} row {row} image")

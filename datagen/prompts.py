@@ -314,14 +314,7 @@ class _PromptSink:
 
     def decided_before(self, pid: str) -> bool:
         """True when an earlier run accepted or rejected ``pid``; counted again so the summary is whole."""
-        if pid in self.out:
-            self.summary.skipped_done += 1
-            return True
-        old = self.rejected.get(pid)
-        if old is not None:
-            self.summary.reject(old["reason"])
-            return True
-        return False
+        return self.summary.count_earlier(pid, self.out, self.rejected) is not None
 
     def accept(self, rec: dict[str, Any] | str, cap: dict[str, Any], pid: str) -> None:
         """Log ``rec``, or its reject: ``rec`` is a reason string, or a near duplicate of an accepted prompt."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the providers package is only needed when a stage talks to an LLM
+    from dsd.manifest import RecordLog
     from dsd.providers import Usage
 
 _MAX_REASONS = 8
@@ -56,6 +57,18 @@ class StageSummary:
     def add(self, key: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``extra[key]`` (answers to ask again, batches submitted, ...)."""
         self.extra[key] = self.extra.get(key, 0) + n
+
+    def count_earlier(self, item_id: str, done: RecordLog, rejected: RecordLog) -> str | None:
+        """How an earlier run decided ``item_id``, counted again so a resumed run's summary is whole:
+        "done" (in ``done``), "rejected" (in ``rejected``, its reason counted), None when undecided."""
+        if item_id in done:
+            self.skipped_done += 1
+            return "done"
+        old = rejected.get(item_id)
+        if old is not None:
+            self.reject(old["reason"])
+            return "rejected"
+        return None
 
     def acceptance_rate(self) -> float:
         """Accepted / decided, over the items decided (accepted or rejected); 0.0 when nothing was decided."""
