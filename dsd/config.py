@@ -41,23 +41,48 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _coerce_union(value: Any, args: tuple, where: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, where)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: {value!r} is not a valid {' | '.join(_type_name(a) for a in args)}")
+
+
+def _coerce_sequence(value: Any, origin: Any, args: tuple, where: str) -> Any:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} ({value!r})")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    inner = args[0] if args else Any
+    items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+# Scalar types: (accepts the value?, conversion, what the error says was expected).
+_SCALARS: dict[type, tuple[Any, Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v, "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), lambda v: v, "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), float, "a number"),
+    str: (lambda v: isinstance(v, str), lambda v: v, "a string"),
+    Path: (lambda v: isinstance(v, str | Path), Path, "a path"),
+}
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: {value!r} is not a valid {' | '.join(_type_name(a) for a in args)}")
+        return _coerce_union(value, args, where)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
@@ -69,39 +94,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a table of settings, got {type(value).__name__}")
         return from_dict(tp, value, where=where)
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} ({value!r})")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, origin, args, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if tp is Path:
-        if isinstance(value, str | Path):
-            return Path(value)
-        raise ConfigError(f"{where}: expected a path, got {value!r}")
+    if tp in _SCALARS:
+        accepts, convert, expected = _SCALARS[tp]
+        if not accepts(value):
+            raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+        return convert(value)
     return value
 
 
