@@ -337,45 +337,46 @@ def _connect(g: Graph, node: Node, ui_inputs: list, links: list, outputs: dict, 
     ui_inputs.append(entry)
 
 
+def _ui_node(g: Graph, node: Any, links: list, outputs: dict, order: dict[int, int]) -> dict[str, Any]:
+    sockets, widgets, _ = NODE_SPECS[node.type]
+    unknown = set(node.inputs) - {s for s, _ in sockets} - set(widgets)
+    if unknown:
+        raise ValueError(f"{g.name}: {node.type} has no input(s) {sorted(unknown)}")
+    ui_inputs: list[dict[str, Any]] = []
+    input_types = dict(sockets)
+    for name, type_ in sockets:
+        _connect(g, node, ui_inputs, links, outputs, name, type_, node.inputs.get(name), widget=False)
+    values: list[Any] = []
+    for name in widgets:
+        value = node.inputs.get(name)
+        if _is_link(value):
+            # A widget fed by a link: the socket carries the value, the widget keeps a placeholder.
+            src_type = NODE_SPECS[g.nodes[value[0] - 1].type][2][value[1]][1]
+            _connect(g, node, ui_inputs, links, outputs, name, input_types.get(name, src_type), value, widget=True)
+            values.append("")
+        else:
+            values.append(value)
+        extra = EXTRA_WIDGET_VALUES.get((node.type, name))
+        if extra is not None:
+            values.append(extra)
+    entry = {
+        "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+        "order": order[node.id], "mode": 0, "inputs": ui_inputs, "outputs": outputs[node.id],
+        "properties": {"Node name for S&R": node.type}, "widgets_values": values,
+    }
+    if node.title:
+        entry["title"] = node.title
+    return entry
+
+
 def to_ui(g: Graph) -> dict[str, Any]:
     links: list[list[Any]] = []
-    ui_nodes: list[dict[str, Any]] = []
     outputs: dict[int, list[dict[str, Any]]] = {}
     for node in g.nodes:
         outputs[node.id] = [{"name": name, "type": t, "links": [], "slot_index": i}
                             for i, (name, t) in enumerate(NODE_SPECS[node.type][2])]
     order = _topological_order(g)
-    for node in g.nodes:
-        sockets, widgets, _ = NODE_SPECS[node.type]
-        unknown = set(node.inputs) - {s for s, _ in sockets} - set(widgets)
-        if unknown:
-            raise ValueError(f"{g.name}: {node.type} has no input(s) {sorted(unknown)}")
-        ui_inputs: list[dict[str, Any]] = []
-        input_types = dict(sockets)
-
-        for name, type_ in sockets:
-            _connect(g, node, ui_inputs, links, outputs, name, type_, node.inputs.get(name), widget=False)
-        values: list[Any] = []
-        for name in widgets:
-            value = node.inputs.get(name)
-            if _is_link(value):
-                # A widget fed by a link: the socket carries the value, the widget keeps a placeholder.
-                src_type = NODE_SPECS[g.nodes[value[0] - 1].type][2][value[1]][1]
-                _connect(g, node, ui_inputs, links, outputs, name, input_types.get(name, src_type), value, widget=True)
-                values.append("")
-            else:
-                values.append(value)
-            extra = EXTRA_WIDGET_VALUES.get((node.type, name))
-            if extra is not None:
-                values.append(extra)
-        entry = {
-            "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
-            "order": order[node.id], "mode": 0, "inputs": ui_inputs, "outputs": outputs[node.id],
-            "properties": {"Node name for S&R": node.type}, "widgets_values": values,
-        }
-        if node.title:
-            entry["title"] = node.title
-        ui_nodes.append(entry)
+    ui_nodes = [_ui_node(g, node, links, outputs, order) for node in g.nodes]
     next_id = len(g.nodes) + 1
     for i, (text, pos, size) in enumerate(g.notes):
         ui_nodes.append({"id": next_id + i, "type": "Note", "pos": list(pos), "size": list(size), "flags": {},
