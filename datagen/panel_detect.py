@@ -24,12 +24,16 @@ gutter's neighbours are panel content or other panels' margins.
 5. *No gutter at all.* Panels that touch are split at *colour edges*: lines where most of the span
    steps sharply compared with the steps just before and after. Each cut is the strongest edge
    near its even-split position; its confidence is how much it stands out from the next-best edge
-   in that window. A weak or ambiguous edge (below ``min_edge_fraction`` or
-   ``min_edge_confidence``), or a strong full-span edge where the layout has none, rejects the
-   grid: it is never split by guesswork (unless ``no_edge = "even"`` says the input is known to be
-   such grids, e.g. the toy's noise; the cut is then recorded with confidence 0). A uniform band at
-   one edge only may be a border or a panel's background reaching the edge: both readings are cut
-   and one must give clearly more equal panels, else the grid is rejected.
+   in that window. When an object's edge rivals it, evenness is the second cue: the strongest edge
+   must also be clearly nearer the even split than every close rival (the confidence then adds
+   that distance gap, in windows, as independent evidence). A weak or ambiguous edge (below
+   ``min_edge_fraction`` or ``min_edge_confidence``), or a strong full-span edge where the layout
+   has none, rejects the grid: it is never split by guesswork (unless ``no_edge = "even"`` says the
+   input is known to be such grids, e.g. the toy's noise; the cut is then recorded with confidence
+   0). A uniform band at one edge only may be a border or a panel's background reaching the edge:
+   both readings are cut and one must give clearly more equal panels (or be the only one that cuts
+   with confidence), else the grid is rejected. Bands that fit no gutter layout (step 3 fails
+   without a count contradiction) may be touching flat panels' margins: colour edges are tried.
 6. Panels along an axis must be near-equal (``max_panel_spread``): the teacher draws equal panels,
    so bands that would cut very unequal ones are in the wrong places.
 
@@ -413,18 +417,34 @@ def _edge_profile(lines: np.ndarray, cfg: PanelsConfig) -> np.ndarray:
     return f
 
 
-def _pick_edge(f: np.ndarray, expected: float, window: float, cfg: PanelsConfig) -> tuple[int, float, float]:
-    """(cut, strength, confidence) of the strongest edge within ``window`` of ``expected``."""
+def _pick_edge(
+    f: np.ndarray, expected: float, window: float, cfg: PanelsConfig
+) -> tuple[int, float, float, str]:
+    """(cut, strength, confidence, how) of the strongest edge within ``window`` of ``expected``.
+
+    Confidence is how much the edge stands out from the next-best one (1 - second/best). When a
+    rival comes close in strength (an object's edge near the boundary), the evenness of the split
+    is the second cue: the teacher draws equal panels, so the strongest edge counts only when it
+    is also clearly nearer the even split than every close rival; their distance gap (in windows)
+    adds to the confidence as independent evidence (1 - (1 - edge)(1 - even))."""
     lo, hi = max(1, int(expected - window)), min(len(f) - 1, int(expected + window) + 1)
     if hi <= lo:
-        return -1, 0.0, 0.0
+        return -1, 0.0, 0.0, ""
     seg = f[lo:hi]
     best = int(np.argmax(seg))
     strength = float(seg[best])
     rest = np.concatenate([seg[: max(0, best - 3)], seg[best + 4 :]])
     second = float(rest.max()) if rest.size else 0.0
     confidence = 0.0 if strength <= 0 else max(0.0, 1.0 - second / strength)
-    return lo + best, strength, confidence
+    if strength <= 0 or confidence >= cfg.min_edge_confidence:
+        return lo + best, strength, confidence, ""
+    at = np.arange(lo, hi)
+    far = np.abs(at - (lo + best)) > 3
+    rivals = at[far & (seg > strength * (1.0 - cfg.min_edge_confidence))]
+    gap = float(np.abs(rivals - expected).min()) - abs(lo + best - expected)
+    even = min(1.0, max(0.0, gap / window))
+    combined = 1.0 - (1.0 - confidence) * (1.0 - even)
+    return lo + best, strength, combined, ", the strongest edge nearest the even split" if even > 0 else ""
 
 
 def _refine(lines: np.ndarray, cut: int) -> int:
@@ -464,7 +484,8 @@ def _by_edges(g: _Grid) -> Detection:
         spread = max(_spread(tuple((b.y0, b.y1) for b in found.boxes)), _spread(tuple((b.x0, b.x1) for b in found.boxes)))
         readings.append((spread, found))
     readings.sort(key=lambda r: r[0])
-    if len(readings) == 2 and readings[1][0] - readings[0][0] >= 0.05:
+    # A reading that cannot be cut with confidence is no reading: the other one stands alone.
+    if len(readings) == 1 or (len(readings) == 2 and readings[1][0] - readings[0][0] >= 0.05):
         return readings[0][1]
     raise PanelDetectionError(
         f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and a uniform band at one edge only "
@@ -494,7 +515,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int]) -> Detection:
             continue
         cuts = [lo]
         for i in range(1, n):
-            cut, strength, conf = _pick_edge(f, i * pitch, cfg.gutter_tolerance * pitch, cfg)
+            cut, strength, conf, how = _pick_edge(f, i * pitch, cfg.gutter_tolerance * pitch, cfg)
             cut = _refine(_lines(region, axis), cut)
             where = f"{name} boundary near {lo + round(i * pitch)} px"
             if cfg.no_edge == "even" and (strength < cfg.min_edge_fraction or conf < cfg.min_edge_confidence):
@@ -515,7 +536,8 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int]) -> Detection:
                 )
             cuts += [lo + cut, lo + cut]
             confidences.append(conf)
-            notes.append(f"{name} cut at {lo + cut} px (edge across {strength:.0%}, confidence {conf:.2f})")
+            notes.append(f"{name} cut at {lo + cut} px (edge across {strength:.0%}, "
+                         f"confidence {conf:.2f}{how})")
         cuts.append(hi)
         segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
     small = [b - a for s in segs for a, b in s if b - a < cfg.min_panel_size]
@@ -548,5 +570,15 @@ def cfg_strong(cfg: PanelsConfig) -> float:
 def analyse_grid(arr: np.ndarray, rows: int, cols: int, cfg: PanelsConfig) -> Detection:
     """Panel boxes of an RGB uint8 array (see the module docstring); raises PanelDetectionError."""
     grid = _Grid(arr, rows, cols, cfg)
-    found = _by_gutters(grid)
+    try:
+        found = _by_gutters(grid)
+    except PanelCountMismatch:
+        raise
+    except PanelDetectionError as gutter_error:
+        # Bands that fit no gutter layout may be touching panels' flat margins (a flat panel's
+        # background beside a busy one): the colour edges, with their own confidence, may still cut.
+        try:
+            return _by_edges(grid)
+        except PanelDetectionError:
+            raise gutter_error from None
     return found if found is not None else _by_edges(grid)

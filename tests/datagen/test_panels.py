@@ -111,6 +111,18 @@ def test_touching_noise_panels_are_rejected_not_guessed():
         detect_panels(img, 2, 2)
 
 
+def test_an_ambiguous_edge_off_the_even_split_is_rejected_not_guessed():
+    """Two touching panels split 56/44 with an object edge across 80 % of the width exactly at the
+    even split: the boundary is the stronger edge but not the nearer one, so the cues disagree."""
+    img = np.empty((400, 400, 3), np.uint8)
+    img[:224], img[224:] = (200, 60, 60), (60, 60, 200)
+    img[120:200, 40:360] = (60, 200, 60)  # its bottom edge at y = 200, the even split
+    with pytest.raises(PanelDetectionError, match="ambiguous"):
+        detect_panels(img, 2, 1)
+    img[120:200, 40:360] = (200, 60, 60)  # without the object the boundary is clear
+    assert_boxes(detect_panels(img, 2, 1), [Box(0, 0, 400, 224), Box(0, 224, 400, 400)], max_px=1)
+
+
 def test_no_edge_even_splits_only_when_asked():
     img, truth = make_grid([256, 256], [256, 256], [0], [0])
     found = analyse_panels(img, 2, 2, PanelsConfig(no_edge="even"))
