@@ -16,7 +16,8 @@ gutter's neighbours are panel content or other panels' margins.
    ``cols - 1`` across the full height, each within ``gutter_tolerance`` pitches of the even split.
    When one axis fits and the other shows no full-span gutter, each strip of the first axis is
    searched on its own (staggered gutters); every strip must agree with the layout.
-   Bands wider than ``max_gutter_fraction`` of a panel are no gutter candidates (flat margins).
+   Bands wider than ``max_gutter_fraction`` of a panel are no gutter candidates (flat margins),
+   nor is a fitted gutter whose colour fills much of a panel beside it (that panel's margin).
 4. *Contradictions.* If the image shows gutters that form a grid of their own (evenly spaced) but
    not the asked one, the grid is rejected with the counts the image shows on each axis
    (``PanelCountMismatch``); an axis is never split evenly because the other axis had gutters.
@@ -28,12 +29,13 @@ gutter's neighbours are panel content or other panels' margins.
    must also be clearly nearer the even split than every close rival (the confidence then adds
    that distance gap, in windows, as independent evidence). A weak or ambiguous edge (below
    ``min_edge_fraction`` or ``min_edge_confidence``), or a strong full-span edge where the layout
-   has none, rejects the grid: it is never split by guesswork (unless ``no_edge = "even"`` says the
+   has none (inside a cut panel, stronger than the cuts), rejects the grid: it is never split by guesswork (unless ``no_edge = "even"`` says the
    input is known to be such grids, e.g. the toy's noise; the cut is then recorded with confidence
    0). A uniform band at one edge only may be a border or a panel's background reaching the edge:
    both readings are cut and one must give clearly more equal panels (or be the only one that cuts
-   with confidence), else the grid is rejected. Bands that fit no gutter layout (step 3 fails
-   without a count contradiction) may be touching flat panels' margins: colour edges are tried.
+   with confidence, into equal panels), else the grid is rejected. Bands that fit no gutter layout
+   (step 3 fails without a count contradiction) may be touching flat panels' margins: colour edges
+   are tried, on edge confidence alone.
 6. Panels along an axis must be near-equal (``max_panel_spread``): the teacher draws equal panels,
    so bands that would cut very unequal ones are in the wrong places.
 
@@ -355,6 +357,9 @@ def _by_gutters(g: _Grid) -> Detection | None:
         return None
     if not ax[0].fit.error and not ax[1].fit.error:
         segs = (ax[0].fit.segments, ax[1].fit.segments)
+        margin = _margin_as_gutter(g, 0, ax[0]) or _margin_as_gutter(g, 1, ax[1])
+        if margin:
+            raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: {margin}")
         return Detection(_boxes(segs[0], [segs[1]] * g.rows), "gutters", 1.0, "gutters: " + _describe(ax))
     for axis in (0, 1):
         other = 1 - axis
@@ -371,6 +376,24 @@ def _by_gutters(g: _Grid) -> Detection | None:
                                  f"{shown[0]}x{shown[1]}: " + _describe(ax), shown=shown)  # fmt: skip
     error = next(a.fit.error for a in ax if a.fit.error)
     raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: {error}")
+
+
+def _margin_as_gutter(g: _Grid, axis: int, found: _AxisGutters) -> str:
+    """Why a fitted gutter is a touching flat panel's margin ("" when none is): its colour fills much
+    of a panel beside it (that panel's background; a gutter's colour stands apart from the panels)."""
+    if found.colour is None:
+        return ""
+    colour = np.round(found.colour).astype(np.int16)
+    across = slice(g.trim[1 - axis][0], g.trim[1 - axis][1], 4)
+    segs = found.fit.segments
+    for (a0, a1), (b0, b1) in zip(segs, segs[1:], strict=False):
+        for p0, p1 in ((a0, a1), (b0, b1)):
+            panel = g.a[p0:p1:4, across] if axis == 0 else g.a[across, p0:p1:4]
+            share = float((np.abs(panel - colour).max(axis=2) <= g.cfg.uniform_tolerance).mean())
+            if share >= 0.3:
+                return (f"the band at {a1}-{b0} px has the colour of the panel beside it ({share:.0%} of it): "
+                        "a flat panel's margin, not a gutter")  # fmt: skip
+    return ""
 
 
 def _plausible(g: _Grid, shown: tuple[int, int]) -> bool:
@@ -418,7 +441,7 @@ def _edge_profile(lines: np.ndarray, cfg: PanelsConfig) -> np.ndarray:
 
 
 def _pick_edge(
-    f: np.ndarray, expected: float, window: float, cfg: PanelsConfig
+    f: np.ndarray, expected: float, window: float, cfg: PanelsConfig, even_cue: bool = True
 ) -> tuple[int, float, float, str]:
     """(cut, strength, confidence, how) of the strongest edge within ``window`` of ``expected``.
 
@@ -436,7 +459,7 @@ def _pick_edge(
     rest = np.concatenate([seg[: max(0, best - 3)], seg[best + 4 :]])
     second = float(rest.max()) if rest.size else 0.0
     confidence = 0.0 if strength <= 0 else max(0.0, 1.0 - second / strength)
-    if strength <= 0 or confidence >= cfg.min_edge_confidence:
+    if strength <= 0 or confidence >= cfg.min_edge_confidence or not even_cue:
         return lo + best, strength, confidence, ""
     at = np.arange(lo, hi)
     far = np.abs(at - (lo + best)) > 3
@@ -468,24 +491,27 @@ def _framed_span(g: _Grid, axis: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _by_edges(g: _Grid) -> Detection:
+def _by_edges(g: _Grid, even_cue: bool = True) -> Detection:
     """Touching panels. A uniform band at one edge only may be a border or a panel's background
-    reaching the edge: both readings are cut, and one must give clearly more equal panels."""
+    reaching the edge: both readings are cut, and one must give clearly more equal panels.
+    ``even_cue``: whether evenness may settle an edge rivalled by another (see ``_pick_edge``)."""
     framed = (*_framed_span(g, 0), *_framed_span(g, 1))
     trimmed = (g.trim[0][0], g.trim[0][1], g.trim[1][0], g.trim[1][1])
     if framed == trimmed:
-        return _cut_at_edges(g, framed)
+        return _cut_at_edges(g, framed, even_cue)
     readings = []
     for span in (framed, trimmed):
         try:
-            found = _cut_at_edges(g, span)
+            found = _cut_at_edges(g, span, even_cue)
         except PanelDetectionError:
             continue
         spread = max(_spread(tuple((b.y0, b.y1) for b in found.boxes)), _spread(tuple((b.x0, b.x1) for b in found.boxes)))
         readings.append((spread, found))
     readings.sort(key=lambda r: r[0])
-    # A reading that cannot be cut with confidence is no reading: the other one stands alone.
-    if len(readings) == 1 or (len(readings) == 2 and readings[1][0] - readings[0][0] >= 0.05):
+    # A reading that cannot be cut with confidence is no reading: the other stands alone when its
+    # panels are as equal as a clear winner's would be (the teacher draws equal panels).
+    lone = len(readings) == 1 and readings[0][0] < 0.05
+    if lone or (len(readings) == 2 and readings[1][0] - readings[0][0] >= 0.05):
         return readings[0][1]
     raise PanelDetectionError(
         f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and a uniform band at one edge only "
@@ -493,7 +519,7 @@ def _by_edges(g: _Grid) -> Detection:
     )
 
 
-def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int]) -> Detection:
+def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> Detection:
     cfg = g.cfg
     segs: list[tuple[tuple[int, int], ...]] = []
     confidences, notes = [], []
@@ -513,9 +539,9 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int]) -> Detection:
             _no_edge_where_none_expected(f, g, axis, lo)
             segs.append(((lo, hi),))
             continue
-        cuts = [lo]
+        cuts, strengths = [lo], []
         for i in range(1, n):
-            cut, strength, conf, how = _pick_edge(f, i * pitch, cfg.gutter_tolerance * pitch, cfg)
+            cut, strength, conf, how = _pick_edge(f, i * pitch, cfg.gutter_tolerance * pitch, cfg, even_cue)
             cut = _refine(_lines(region, axis), cut)
             where = f"{name} boundary near {lo + round(i * pitch)} px"
             if cfg.no_edge == "even" and (strength < cfg.min_edge_fraction or conf < cfg.min_edge_confidence):
@@ -535,11 +561,13 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int]) -> Detection:
                     f"{where} is ambiguous (confidence {conf:.2f} < {cfg.min_edge_confidence}); rejected rather than guessed"
                 )
             cuts += [lo + cut, lo + cut]
+            strengths.append(strength)
             confidences.append(conf)
             notes.append(f"{name} cut at {lo + cut} px (edge across {strength:.0%}, "
                          f"confidence {conf:.2f}{how})")
         cuts.append(hi)
         segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
+        _no_edge_inside_panels(f, g, axis, lo, segs[-1], max(cfg_strong(cfg), min(strengths, default=0.0)))
     small = [b - a for s in segs for a, b in s if b - a < cfg.min_panel_size]
     if small:
         raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: panel of {small[0]} px "
@@ -563,6 +591,21 @@ def _no_edge_where_none_expected(f: np.ndarray, g: _Grid, axis: int, lo: int) ->
         )  # fmt: skip
 
 
+def _no_edge_inside_panels(f: np.ndarray, g: _Grid, axis: int, lo: int, segments, floor: float) -> None:
+    """An edge across the whole span in the middle of a cut panel, stronger than the cuts (at least
+    ``floor``), is a boundary the layout does not have (e.g. three touching panels labelled as
+    two, cut at an object's edge); an object's edge inside a panel is no stronger than the cuts."""
+    for a, b in segments:
+        mid = f[a - lo + (b - a) // 4 : a - lo + 3 * (b - a) // 4]
+        if mid.size and float(mid.max()) >= floor:
+            at = a + (b - a) // 4 + int(np.argmax(mid))
+            raise PanelDetectionError(
+                f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and a colour edge crosses the whole "
+                f"image inside the panel at {a}-{b} px ({'y' if axis == 0 else 'x'}={at} px): the image may show "
+                "more panels than the layout; rejected rather than guessed"
+            )
+
+
 def cfg_strong(cfg: PanelsConfig) -> float:
     return max(cfg.min_edge_fraction, 0.85)
 
@@ -576,9 +619,10 @@ def analyse_grid(arr: np.ndarray, rows: int, cols: int, cfg: PanelsConfig) -> De
         raise
     except PanelDetectionError as gutter_error:
         # Bands that fit no gutter layout may be touching panels' flat margins (a flat panel's
-        # background beside a busy one): the colour edges, with their own confidence, may still cut.
+        # background beside a busy one): colour edges may still cut, on their own confidence only
+        # (a real gutter's two sides are equally strong edges; evenness must not pick one).
         try:
-            return _by_edges(grid)
+            return _by_edges(grid, even_cue=False)
         except PanelDetectionError:
             raise gutter_error from None
     return found if found is not None else _by_edges(grid)

@@ -64,3 +64,17 @@ def test_no_gutter_grids_once_rejected_are_cut_within_3px(seed: int, layout: tup
     found = analyse_panels(grid.image, grid.rows, grid.cols)
     assert cut_is_right(list(found.boxes), grid), (found, grid.boxes)
     assert found.method == "edges" and found.confidence >= 0.4 and says in found.detail, found.detail
+
+
+def test_a_flat_panels_margin_is_no_gutter() -> None:
+    """Touching flat panels: the top panel's background below its subject is a uniform band that
+    stops at the next panel, like a gutter; cut there, the top panel would lose 70 px."""
+    grid = make_grid("no_gutter", (2, 1), seed=5_070_211, size=896)
+    found = analyse_panels(grid.image, grid.rows, grid.cols)
+    assert cut_is_right(list(found.boxes), grid) and found.method == "edges", (found, grid.boxes)
+
+
+def test_three_touching_panels_labelled_two_are_not_cut_at_an_objects_edge() -> None:
+    grid = make_grid("no_gutter", (1, 2), seed=5_075_069, size=896, drawn=(1, 3))
+    with pytest.raises(PanelDetectionError, match="inside the panel at .* may show more panels"):
+        analyse_panels(grid.image, grid.rows, grid.cols)
