@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..io import atomic_path
+from dsd.io import atomic_path
 
 if TYPE_CHECKING:
     import numpy as np
