@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.throughput_table import print_efficiency_table
 from datagen.config import CurateConfig
 from datagen.curate import panel_encoding, run_curate
 from datagen.vlm_view import ViewSpec, encode_view, view_path
@@ -113,16 +114,10 @@ def main() -> None:
                 rows.append((c, s.items_in, statistics.median(secs), effs, max(peaks)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"curation throughput, FakeLLMServer latency {args.latency * 1000:.0f} ms (own process), "
-          f"{args.panel_side}px PNG panels sent as {args.image_format} <= {args.max_side}px, {args.reps} reps per level, "
-          f"{'panels decoded+encoded by curation' if args.no_views else 'VLM views written by the panels stage'}")  # fmt: skip
-    print(f"{'conc':>5} {'pairs':>6} {'median s':>9} {'ideal/s':>8} {'efficiency median [min..max]':>30} {'peak':>5}")
-    for c, n, dt, effs, peak in rows:
-        spread = f"{100 * statistics.median(effs):.1f}% [{100 * min(effs):.1f}..{100 * max(effs):.1f}]"
-        print(f"{c:>5} {n:>6} {dt:>9.2f} {c / args.latency:>8.1f} {spread:>30} {peak:>5}")
-    worst = min(statistics.median(r[3]) for r in rows)
-    print(f"worst median efficiency {100 * worst:.1f}% (goal >= 80%)")
-
+    title = (f"curation throughput, FakeLLMServer latency {args.latency * 1000:.0f} ms (own process), "
+             f"{args.panel_side}px PNG panels sent as {args.image_format} <= {args.max_side}px, {args.reps} reps per "
+             f"level, {'panels decoded+encoded by curation' if args.no_views else 'VLM views written by the panels stage'}")
+    print_efficiency_table(title, "pairs", rows, args.latency)
 
 if __name__ == "__main__":
     main()

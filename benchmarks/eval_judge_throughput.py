@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.throughput_table import print_efficiency_table
 from dsd.eval.judge import Judge
 from dsd.eval.layout import load_benchmark
 from dsd.eval.sampling import VIEW_QUALITY, VIEW_SIDE
@@ -118,15 +119,10 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     views = "decoded + encoded by the judge" if args.no_views else "judge views written by sampling"
-    print(f"judge throughput, FakeLLMServer latency {args.latency * 1000:.0f} ms (own process), {args.side}px PNG outputs "
-          f"sent as 512px JPEG ({views}), 2 requests per image, {args.reps} reps per level, {os.cpu_count()} CPU cores")  # fmt: skip
-    print(f"{'conc':>5} {'requests':>9} {'median s':>9} {'ideal/s':>8} {'efficiency median [min..max]':>30} {'peak':>5}")
-    for c, n, dt, effs, peak in rows:
-        spread = f"{100 * statistics.median(effs):.1f}% [{100 * min(effs):.1f}..{100 * max(effs):.1f}]"
-        print(f"{c:>5} {n:>9} {dt:>9.2f} {c / args.latency:>8.1f} {spread:>30} {peak:>5}")
-    worst = min(statistics.median(r[3]) for r in rows)
-    print(f"worst median efficiency {100 * worst:.1f}% (goal >= 80%)")
-
+    title = (f"judge throughput, FakeLLMServer latency {args.latency * 1000:.0f} ms (own process), {args.side}px PNG "
+             f"outputs sent as 512px JPEG ({views}), 2 requests per image, {args.reps} reps per level, "
+             f"{os.cpu_count()} CPU cores")  # fmt: skip
+    print_efficiency_table(title, "requests", rows, args.latency)
 
 if __name__ == "__main__":
     main()
