@@ -460,3 +460,18 @@ def build_not_flux():
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, "", device=torch.device("cpu"))
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+@pytest.fixture
+def private_user_and_keys(comfy_host, tmp_path, monkeypatch):
+    """A private ComfyUI user dir and DSD key store, and no provider keys in the environment; yields tmp_path."""
+    from dsd.providers.config import KEY_ENV_VARS
+
+    fp = comfy_host.folder_paths
+    old = fp.get_user_directory()
+    fp.set_user_directory(str(tmp_path / "user"))
+    monkeypatch.setenv("DSD_KEY_STORE", str(tmp_path / "secrets" / "api_keys.json"))
+    for name in {n for names in KEY_ENV_VARS.values() for n in names}:
+        monkeypatch.delenv(name, raising=False)
+    yield tmp_path
+    fp.set_user_directory(old)

@@ -25,16 +25,9 @@ def keys_module(comfy_host):
 
 
 @pytest.fixture
-def env(comfy_host, tmp_path, monkeypatch):
+def env(private_user_and_keys):
     """A private ComfyUI user dir and key store; no keys in the environment."""
-    fp = comfy_host.folder_paths
-    old = fp.get_user_directory()
-    fp.set_user_directory(str(tmp_path / "user"))
-    monkeypatch.setenv("DSD_KEY_STORE", str(tmp_path / "secrets" / "api_keys.json"))
-    for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    yield tmp_path
-    fp.set_user_directory(old)
+    return private_user_and_keys
 
 
 @pytest.fixture

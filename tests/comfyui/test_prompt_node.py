@@ -41,21 +41,14 @@ def keys_module(comfy_host):
 
 
 @pytest.fixture
-def host_env(comfy_host, prompt_module, tmp_path, monkeypatch):
+def host_env(private_user_and_keys, prompt_module, monkeypatch):
     """A private ComfyUI user dir (settings + disk cache), a private key store, no keys in the
     environment, empty caches."""
-    fp = comfy_host.folder_paths
-    old = fp.get_user_directory()
-    fp.set_user_directory(str(tmp_path / "user"))
-    monkeypatch.setenv("DSD_KEY_STORE", str(tmp_path / "secrets" / "api_keys.json"))
-    for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
     # Fast backoff: the retry policy is the provider layer's, the tests only need it to happen.
     monkeypatch.setattr(prompt_module, "BACKOFF_BASE_S", 0.05)
     prompt_module.clear_caches()
-    yield tmp_path / "user"
+    yield private_user_and_keys / "user"
     prompt_module.clear_caches()
-    fp.set_user_directory(old)
 
 
 @pytest.fixture
