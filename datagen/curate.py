@@ -30,14 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from dsd.manifest import RecordLog, iter_jsonl, read_records
 
 from .config import CurateConfig, DatagenInputError
 from .llm import VLM_FAILURES, LLMStageError, classify_error, settle_failure, stage_provider
 from .summary import StageSummary
-from .vlm_view import ViewSpec, encode_view, view_path
+from .vlm_view import UnreadableImage, ViewSpec, encode_view, read_rgb, view_path
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +75,6 @@ VERDICT_SCHEMA: dict[str, Any] = {
 }
 
 
-class _BadImage(Exception):
-    pass
-
-
 def resolve_path(path: str, base: Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() or p.exists() else base / p
@@ -93,13 +87,7 @@ def encode_panel(path: Path, max_side: int, image_format: str = "png", quality: 
     view = view_path(path, spec)
     if view.is_file():
         return view.read_bytes()
-    try:
-        with Image.open(path) as im:
-            im.load()
-            image = im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise _BadImage(f"unreadable image {path}: {type(exc).__name__}: {exc}") from exc
-    return encode_view(image, spec)
+    return encode_view(read_rgb(path), spec)
 
 
 def panel_encoding(cfg: CurateConfig) -> ViewSpec:
@@ -293,17 +281,17 @@ def _encode_chunk(run: _CurateRun, chunk: list[dict[str, Any]]):
     Each panel file is read and encoded once per chunk even when it appears in several pairs
     (a reference panel is paired with every other panel of its grid); retries reuse the request."""
     max_side, fmt, quality = panel_encoding(run.cfg)
-    encoded: dict[Path, bytes | _BadImage] = {}
+    encoded: dict[Path, bytes | UnreadableImage] = {}
 
     def panel(path: str) -> bytes:
         p = resolve_path(path, run.base)
         if p not in encoded:
             try:
                 encoded[p] = encode_panel(p, max_side, fmt, quality)
-            except _BadImage as exc:
+            except UnreadableImage as exc:
                 encoded[p] = exc
         got = encoded[p]
-        if isinstance(got, _BadImage):
+        if isinstance(got, UnreadableImage):
             raise got
         return got
 
@@ -311,7 +299,7 @@ def _encode_chunk(run: _CurateRun, chunk: list[dict[str, Any]]):
     for pair in chunk:
         try:
             ref, target = panel(pair["ref_path"]), panel(pair["target_path"])
-        except _BadImage as exc:
+        except UnreadableImage as exc:
             rec = _base_record(pair)
             rec["reason"] = rec["reject_reason"] = str(exc)
             bad.append(rec)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dsd.io import atomic_path, clean_stale_temporaries
 from dsd.manifest import RecordLog, read_records
@@ -27,7 +27,7 @@ from dsd.manifest import RecordLog, read_records
 from .panel_detect import analyse_grid
 from .panel_types import Box, Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
 from .summary import StageSummary
-from .vlm_view import ViewSpec, encode_view, view_path
+from .vlm_view import UnreadableImage, ViewSpec, encode_view, read_rgb, view_path
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +161,9 @@ def _process_grid(
     result: dict[str, Any] = {"id": grid_id, "status": "rejected", "reason": "", "boxes": [], "panel_paths": []}
     src = _resolve(str(record.get("path", "")), grids_path.parent)
     try:
-        with Image.open(src) as im:
-            im.load()
-            image = im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        result["reason"] = f"unreadable image {src}: {type(exc).__name__}: {exc}"
+        image = read_rgb(src)
+    except UnreadableImage as exc:
+        result["reason"] = str(exc)
         return result
     try:
         found = analyse_panels(image, rows, cols, cfg)

@@ -13,7 +13,21 @@ import io
 from pathlib import Path
 from typing import NamedTuple
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded; the message names the file and the reason."""
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` decoded to RGB, or :class:`UnreadableImage`."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise UnreadableImage(f"unreadable image {path}: {type(exc).__name__}: {exc}") from exc
 
 
 class ViewSpec(NamedTuple):
