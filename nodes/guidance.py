@@ -7,9 +7,11 @@ Branches (docs/method.md §2), all through ``comfy.samplers.calc_cond_batch`` in
 
 The combination goes through ``comfy.samplers.cfg_function`` the way ComfyUI's own
 ``Guider_DualCFG`` (non-nested) does, ``cfg_function(e_t0 vs e_00, s_i) + (e_full - e_t0) s_t``, so
-``sampler_cfg_function`` / ``sampler_post_cfg_function`` patches (RescaleCFG, other packs) apply; with
-no patch it is the formula above, operation for operation (``dsd.sampler.combine_cfg``). One-pass
-steps go through it as ComfyUI's CFGGuider does at cfg 1 (no uncond). The combination is linear with
+``sampler_cfg_function`` / ``sampler_post_cfg_function`` patches (RescaleCFG, other packs) apply, and
+``sampler_pre_cfg_function`` patches (APG, TCFG, FreSca) on the image-guidance pair as
+``comfy.samplers.sampling_function`` calls them (core's DualCFGGuider skips them); with no patch it is
+the formula above, operation for operation (``dsd.sampler.combine_cfg``). One-pass steps are
+``sampling_function`` at cfg 1, i.e. ComfyUI's CFGGuider at cfg 1 (no uncond). The combination is linear with
 weights summing to one, so applying it to ComfyUI's denoised predictions equals applying it to FLUX's
 velocities.
 """
@@ -51,18 +53,34 @@ class GuiderDSD(comfy.samplers.CFGGuider):
         positive = self.conds.get("positive")
         step = step_index(timestep, model_options)
         if not self.config.true_cfg or (step is not None and step < self.config.cfg_start_step):
-            # a None cond costs no model pass: calc_cond_batch hands back zeros, as in ComfyUI's cfg-1 path
-            e_full, none = comfy.samplers.calc_cond_batch(self.inner_model, [positive, None], x, timestep, model_options)
-            return comfy.samplers.cfg_function(
-                self.inner_model, e_full, none, 1.0, x, timestep, model_options=model_options, cond=positive, uncond=None
-            )
+            # ComfyUI's CFGGuider at cfg 1: one pass (a None uncond costs no model call), its hooks included
+            return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, positive, 1.0, model_options, seed)
         middle, negative = self.conds.get("middle"), self.conds.get("negative")
-        e_full, e_t0, e_00 = comfy.samplers.calc_cond_batch(self.inner_model, [positive, middle, negative], x, timestep, model_options)
+        e_full, e_t0, e_00 = self.calc_conds([positive, middle, negative], x, timestep, model_options)
+        # pre-CFG patches (APG, TCFG, FreSca) act on the pair that goes through cfg_function, the image guidance,
+        # in the host's [cond, uncond, *rest] order; the text term keeps the model's own e_t0 (APG rewrites cond
+        # only to steer cfg_function's result)
+        cond_t0, cond_00, e_full = self.pre_cfg([middle, negative, positive], [e_t0, e_00, e_full], x, timestep, model_options)
         image_cfg = comfy.samplers.cfg_function(
-            self.inner_model, e_t0, e_00, self.config.image_guidance, x, timestep, model_options=model_options,
+            self.inner_model, cond_t0, cond_00, self.config.image_guidance, x, timestep, model_options=model_options,
             cond=middle, uncond=negative,
         )  # fmt: skip
         return image_cfg + (e_full - e_t0) * self.config.text_guidance
+
+    def calc_conds(self, conds, x, timestep, model_options):
+        """All branches in one batched call, or through a ``sampler_calc_cond_batch_function`` as sampling_function."""
+        if "sampler_calc_cond_batch_function" in model_options:
+            args = {"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options}
+            return model_options["sampler_calc_cond_batch_function"](args)
+        return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+
+    def pre_cfg(self, conds, out, x, timestep, model_options):
+        """``sampler_pre_cfg_function`` patches, called as comfy.samplers.sampling_function calls them."""
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            args = {"conds": conds, "conds_out": out, "cond_scale": self.config.image_guidance, "timestep": timestep,
+                    "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options}  # fmt: skip
+            out = fn(args)
+        return out
 
 
 class DSDGuider(io.ComfyNode):
