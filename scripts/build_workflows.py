@@ -1,10 +1,12 @@
 """Writes the DSD example workflows in both formats from one description.
 
-    python workflows/build.py            # rewrites workflows/*.json (UI), workflows/api/*.json (API)
+    python scripts/build_workflows.py    # rewrites workflows/*.json (UI), workflows/api/*.json (API)
                                          # and the template thumbnails workflows/*.jpg
 
+It lives outside ``workflows/`` because ComfyUI serves every file there as a template asset.
+
 Adding a workflow: write a function returning a ``Graph`` below and append it to ``WORKFLOWS``; it
-gets both files and a thumbnail (``thumbnails.py`` draws a generic card for a name it has no painter
+gets both files and a thumbnail (``workflow_thumbnails.py`` draws a generic card for a name it has no painter
 for; add one there to show what the graph adds).
 
 UI format (``workflows/<name>.json``): the LiteGraph document the ComfyUI frontend saves and
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+WORKFLOWS_DIR = HERE.parent / "workflows"
 FRONTEND_VERSION = "1.35.9"
 
 # type -> (input sockets [(name, type)], widgets [names] in frontend order, outputs [(name, type)])
@@ -402,13 +405,13 @@ def to_ui(g: Graph) -> dict[str, Any]:
 
 
 def _thumbnails():
-    """thumbnails.py beside this file (this script is run by path, not imported as a package)."""
+    """workflow_thumbnails.py beside this file (this script is run by path, not imported as a package)."""
     import importlib.util
     import sys
 
     name = "dsd_workflows_thumbnails"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / "thumbnails.py")
+        spec = importlib.util.spec_from_file_location(name, HERE / "workflow_thumbnails.py")
         sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules[name])
     return sys.modules[name]
@@ -420,7 +423,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)  # atomic: a reader never sees half a workflow
 
 
-def write_all(root: Path = HERE) -> list[Path]:
+def write_all(root: Path = WORKFLOWS_DIR) -> list[Path]:
     written = []
     (root / "api").mkdir(exist_ok=True)
     thumbnails = _thumbnails()

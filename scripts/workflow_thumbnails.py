@@ -1,4 +1,4 @@
-"""Template thumbnails: one illustrated card per workflow, drawn with PIL (written by ``build.py``).
+"""Template thumbnails: one illustrated card per workflow, drawn with PIL (written by ``build_workflows.py``).
 
 ComfyUI's frontend (1.35.9) shows a pack's ``workflows/<name>.json`` in its templates browser with the
 file name as the title, the name with ``_`` as spaces as the description, and ``<name>.jpg`` beside it
@@ -7,7 +7,7 @@ one-line description, and what it does: the reference in frame one, the same sub
 frame two, plus what the workflow adds (enhanced prompt, guidance scales, control hint, batch grid).
 
 A workflow with no painter of its own here gets the generic card (reference -> result, its name and
-description), so adding a graph to ``build.py`` gives it a real thumbnail at once; add a painter to
+description), so adding a graph to ``build_workflows.py`` gives it a real thumbnail at once; add a painter to
 ``EXTRAS`` to show what the new graph adds.
 """
 

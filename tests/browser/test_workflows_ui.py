@@ -152,7 +152,7 @@ def category_label() -> str:
 
 def test_templates_browser_lists_the_workflows_with_thumbnails(page, comfy_server: ComfyServer):
     """Frontend 1.35.9 titles a pack's template by its file name and describes it by the name with spaces;
-    the readable title and description are in the thumbnail (workflows/thumbnails.py), the category name
+    the readable title and description are in the thumbnail (scripts/workflow_thumbnails.py), the category name
     in locales/en/main.json."""
     assert sorted(comfy_server.get_json("/api/workflow_templates")[PACK_DIR_NAME]) == NAMES
     page.open()

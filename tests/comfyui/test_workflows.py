@@ -152,10 +152,10 @@ def test_build_table_matches_host_and_files_are_current(comfy_host, tmp_path):
     for path in written:
         shipped = WORKFLOWS / path.relative_to(tmp_path)
         if path.suffix != ".json":  # thumbnails: drawn with the machine's fonts, so only their presence is checked
-            assert shipped.is_file(), f"{shipped} is missing: run `python workflows/build.py`"
+            assert shipped.is_file(), f"{shipped} is missing: run `python scripts/build_workflows.py`"
             continue
         assert json.loads(path.read_text()) == json.loads(shipped.read_text()), (
-            f"{shipped} is stale: run `python workflows/build.py`"
+            f"{shipped} is stale: run `python scripts/build_workflows.py`"
         )
 
 

@@ -1,6 +1,6 @@
-"""The shipped workflows/ folder as the tests read it: JSON graphs and its two scripts.
+"""The shipped workflows/ folder as the tests read it: JSON graphs, and the two scripts that write it.
 
-``workflows/`` is a folder ComfyUI serves as templates, not a package: its scripts are loaded by path.
+``workflows/`` is a folder ComfyUI serves as templates; its scripts live in ``scripts/`` and are loaded by path.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from pathlib import Path
 from types import ModuleType
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+SCRIPTS = {"build": "build_workflows.py", "thumbnails": "workflow_thumbnails.py"}
 
 
 def script(stem: str) -> ModuleType:
-    """``workflows/<stem>.py`` (build, thumbnails), loaded once."""
+    """``scripts/build_workflows.py`` (``build``) or ``scripts/workflow_thumbnails.py`` (``thumbnails``), loaded once."""
     name = f"dsd_workflows_{stem}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, WORKFLOWS / f"{stem}.py")
+        spec = importlib.util.spec_from_file_location(name, WORKFLOWS.parent / "scripts" / SCRIPTS[stem])
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses look their module up while the file executes
         spec.loader.exec_module(module)

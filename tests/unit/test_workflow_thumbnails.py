@@ -1,4 +1,4 @@
-"""Template thumbnails (workflows/<name>.jpg): one per shipped workflow, small, drawn by workflows/thumbnails.py."""
+"""Template thumbnails (workflows/<name>.jpg): one per shipped workflow, small, drawn by scripts/workflow_thumbnails.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
 @pytest.mark.parametrize("name", NAMES)
 def test_every_workflow_has_a_small_jpeg_thumbnail(name):
     path = WORKFLOWS / f"{name}.jpg"  # frontend 1.35.9 asks only for .jpg
-    assert path.is_file(), f"no thumbnail for {name}: run python workflows/build.py"
+    assert path.is_file(), f"no thumbnail for {name}: run python scripts/build_workflows.py"
     assert path.stat().st_size <= script("thumbnails").MAX_BYTES
     with Image.open(path) as image:
         assert image.format == "JPEG" and image.size == (script("thumbnails").SIZE, script("thumbnails").SIZE)
