@@ -26,7 +26,7 @@ import torch
 from comfy_api.latest import io
 
 from ..dsd.sampler import GuidanceConfig
-from .errors import DSDNodeError
+from .errors import DSDNodeError, require_finite
 from .patch import has_dsd, with_zero_tokens
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,9 @@ class DSDGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, image_guidance, text_guidance, cfg_start_step) -> io.NodeOutput:
+        # NaN would read as "image_guidance <= 1" and silently turn true CFG off
+        require_finite("DSD Guider", image_guidance=image_guidance, text_guidance=text_guidance,
+                       cfg_start_step=cfg_start_step)  # fmt: skip
         if not has_dsd(model):
             raise DSDNodeError("DSD Guider: the model has no DSD adapter; pass it through DSD Adapter Loader first.")
         config = GuidanceConfig(image_guidance=image_guidance, text_guidance=text_guidance, cfg_start_step=cfg_start_step)
