@@ -13,21 +13,12 @@ import io
 from pathlib import Path
 from typing import NamedTuple
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-
-class UnreadableImage(ValueError):
-    """An image file that cannot be decoded; the message names the file and the reason."""
-
-
-def read_rgb(path: Path) -> Image.Image:
-    """The image at ``path`` decoded to RGB, or :class:`UnreadableImage`."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise UnreadableImage(f"unreadable image {path}: {type(exc).__name__}: {exc}") from exc
+# One image-reading rule for the whole project (EXIF orientation, alpha over white, 16-bit, palette):
+# the panels and curate stages read through these names.
+from dsd.images import UnreadableImage
+from dsd.images import read_image as read_rgb
 
 
 class ViewSpec(NamedTuple):
@@ -55,3 +46,5 @@ def encode_view(image: Image.Image, spec: ViewSpec) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=spec.jpeg_quality)
     return buf.getvalue()
+
+__all__ = ["UnreadableImage", "ViewSpec", "encode_view", "read_rgb", "view_path"]

@@ -99,18 +99,16 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
     from .canvas import CanvasLayout, tensor_to_pil
+    from .images import UnreadableImage, read_image
     from .io import atomic_path, atomic_write_json
     from .pipeline import DSDPipeline
     from .sampler import GuidanceConfig
 
     layout = CanvasLayout(height=args.height, width=args.width, fit=args.fit)
-    try:
-        ref = Image.open(args.ref)
-        ref.load()
-    except (UnidentifiedImageError, OSError) as exc:
+    try:  # upright (EXIF), alpha over white: the reference ComfyUI's LoadImage would give
+        ref = read_image(args.ref)
+    except (UnreadableImage, OSError) as exc:
         raise FileNotFoundError(f"{args.ref}: cannot read the reference image ({exc})") from exc
     prompt = args.prompt
     if getattr(args, "enhance", None):

@@ -201,14 +201,12 @@ def dataset_hash(refs: list[PairRef]) -> str:
 
 
 def _decode(data: bytes, where: str):
-    from PIL import Image, UnidentifiedImageError
+    from dsd.images import UnreadableImage, read_image
 
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise PairReadError(f"{where}: unreadable image ({exc})") from exc
-    return img.convert("RGB")
+    try:  # the project's one reading rule: EXIF orientation, alpha over white, 16-bit, palette
+        return read_image(data, where)
+    except UnreadableImage as exc:
+        raise PairReadError(f"{where}: unreadable image ({exc.__cause__})") from exc
 
 
 def read_pair(ref: PairRef) -> Pair:
@@ -260,13 +258,15 @@ def target_size(ref: PairRef) -> tuple[int, int]:
     """(width, height) of the target from its header only (no full decode)."""
     from PIL import Image, UnidentifiedImageError
 
+    from dsd.images import upright_size
+
     if ref.kind == "tar":
         data = _read_span(ref.source, ref.target_loc)
     else:
         rg, row = ref.target_loc
         data = _cell_bytes(_parquet_row(ref.source, rg)["image"][row], f"{ref.source} [{ref.key}] image")
     try:
-        return Image.open(io.BytesIO(data)).size
+        return upright_size(Image.open(io.BytesIO(data)))  # as read_pair will turn it
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise PairReadError(f"{ref.source} [{ref.key}] target: unreadable image ({exc})") from exc
 

@@ -57,9 +57,8 @@ class Validator:
 
     @staticmethod
     def _items_from_references(cfg: TrainConfig, encoders: Encoders | None) -> list[ValidationItem]:
-        from PIL import Image
-
         from dsd.canvas import CanvasLayout, compose_canvas
+        from dsd.images import read_image
         from dsd.sampler import TextConditioning
 
         if encoders is None:
@@ -69,8 +68,7 @@ class Validator:
         prompts = list(cfg.sampling.prompts) or [""]
         items = []
         for i, ref in enumerate(cfg.sampling.references):
-            with Image.open(ref) as im:
-                cond = encoders.encode_canvas(compose_canvas(im.convert("RGB"), layout))[0]
+            cond = encoders.encode_canvas(compose_canvas(read_image(ref), layout))[0]
             prompt = prompts[i % len(prompts)]
             emb, pooled = encoders.encode_prompt([prompt])
             items.append(ValidationItem(Path(ref).stem, cond, TextConditioning(emb, pooled), prompt or None))

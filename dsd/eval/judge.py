@@ -29,6 +29,7 @@ from typing import Any, Union
 
 from PIL import Image
 
+from ..images import ORIENTATION_TAG, read_image, to_rgb
 from ..providers import (
     ChatRequest,
     ChatResult,
@@ -140,11 +141,11 @@ def encode_image(image: ImageLike, max_side: int = 512, image_format: str = "jpe
         return image
     if isinstance(image, str | Path):
         with Image.open(image) as im:
-            if image_format == "jpeg" and im.format == "JPEG" and max(im.size) <= max_side:
+            upright = im.getexif().get(ORIENTATION_TAG, 1) == 1  # an API may not turn a tagged photo
+            if image_format == "jpeg" and im.format == "JPEG" and upright and max(im.size) <= max_side:
                 return Path(image).read_bytes()
-            im.load()
-            image = im.convert("RGB")
-    img = image.convert("RGB")
+        image = read_image(image)
+    img = to_rgb(image)
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)

@@ -163,9 +163,9 @@ def _plot_steps(frame, summary):
 def _thumb(path: str):
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im.load()
-        return ImageOps.contain(im.convert("RGB"), (THUMB, THUMB), Image.Resampling.LANCZOS)
+    from ..images import read_image
+
+    return ImageOps.contain(read_image(path), (THUMB, THUMB), Image.Resampling.LANCZOS)
 
 
 def _sheets(frame, folder: Path, per_side: int = 3) -> list[tuple[str, str, str]]:

@@ -164,11 +164,9 @@ def reconstruction_error(reference: Any, frame_one, layout) -> float:
 
 
 def _open_rgb(path: Path):
-    from PIL import Image
+    from ..images import read_image
 
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    return read_image(path)
 
 
 def judge_view(rel: Path) -> Path:

@@ -77,11 +77,9 @@ def collect_samples(out_dir: Path, system: str, step: int | None) -> list[dict[s
 
 
 def _open(path: str | Path):
-    from PIL import Image
+    from ..images import read_image
 
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    return read_image(path)
 
 
 def _by_subject(rows: list[dict[str, Any]], size: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
