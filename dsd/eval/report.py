@@ -1,18 +1,22 @@
 """The self-contained report folder of ``dsd eval``.
 
     report/
-      index.html              tables, plots and contact sheets (relative paths only: copy the folder anywhere)
+      index.html              the answer first: systems ranked with 95 % intervals, A/B verdicts (significant
+                              or not), the CP-vs-PF plane and the pairwise win matrix; then the pairwise
+                              details, the settings (names, not paths), collapsed sortable tables, captioned
+                              contact sheets (relative paths only: copy the folder anywhere)
       scores.parquet/.csv     every image and every score
-      summary.csv/.json       means per system: overall, per subject, per subject category, per prompt category
-      plots/*.png             per-subject bars, the CP-vs-PF plane (one point per system), per-checkpoint curves
-      sheets/*.png            per system and subject: reference | best outputs | worst outputs
+      summary.csv/.json       means and intervals per system: overall, per subject, per category
+      differences.csv         every pair of systems and metric: mean difference, interval, significant
+      pairwise.json           with --pairwise: Bradley-Terry strengths, win rates, bias, agreement, cost
+      plots/*.png, sheets/*.jpg
 
-Aggregates are means over images; the aggregate ``cp_x_pf`` is mean(CP) x mean(PF), the paper's
-overall figure (Table 1). The folder is built aside and swapped in whole (dsd.io.atomic_directory).
+The folder is built aside and swapped in whole (dsd.io.atomic_directory).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -20,213 +24,284 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_directory
+from .report_plots import NAMES, write_plots, write_sheets
 from .stages import METRICS
+from .tables import LEVELS, MEAN_METRICS, SUMMARY_METRICS, aggregate, differences, verdict
 
 logger = logging.getLogger(__name__)
-
-MEAN_METRICS = ("clip_i", "clip_t", "dino", "cp", "pf", "recon_mse")
-LEVELS = ("overall", "subject", "subject_category", "prompt_category")
-THUMB = 160
+esc = html.escape
+RANK_ORDER = ("cp_x_pf", "dino", "dino_v1", "clip_i", "clip_t")
 
 
 def rank_metric(frame) -> str | None:
-    """The metric that orders outputs from best to worst: the judge's CP x PF, else DINO, else CLIP-I."""
-    for name in ("cp_x_pf", "dino", "clip_i", "clip_t"):
+    """The metric that orders outputs and systems from best to worst: CP x PF, else DINO, else CLIP."""
+    for name in RANK_ORDER:
         if name in frame and frame[name].notna().any():
             return name
     return None
 
 
-def aggregate(frame):
-    """Long table: one row per (level, group, system) with the image count and the mean of each metric."""
-    import pandas as pd
-
-    parts = []
-    for level in LEVELS:
-        keys = ["system"] if level == "overall" else ["system", level]
-        grouped = frame.groupby(keys, dropna=False, sort=True)
-        agg = grouped[list(MEAN_METRICS)].mean()
-        agg["images"] = grouped.size()
-        agg["step"] = grouped["step"].first()
-        agg = agg.reset_index()
-        agg.insert(0, "level", level)
-        agg.insert(1, "group", "all" if level == "overall" else agg.pop(level).astype(str))
-        parts.append(agg)
-    out = pd.concat(parts, ignore_index=True)
-    out["cp_x_pf"] = out["cp"] * out["pf"]
-    cols = ["level", "group", "system", "step", "images", *MEAN_METRICS[:5], "cp_x_pf", "recon_mse"]
-    return out[cols]
-
-
-def write_report(frame, report_dir: Path, *, title: str = "DSD evaluation", meta: dict[str, Any] | None = None) -> Path:
+def write_report(frame, report_dir: Path, *, title: str = "DSD evaluation", meta: dict[str, Any] | None = None,
+                 pairwise: dict[str, Any] | None = None) -> Path:  # fmt: skip
     """Write the report folder for ``frame`` (the table from stages.build_table); returns index.html."""
     import matplotlib
 
     matplotlib.use("Agg")
     summary = aggregate(frame) if len(frame) else None
+    diffs = differences(frame) if len(frame) and frame.system.nunique() > 1 else None
     with atomic_directory(report_dir) as tmp:
         frame.to_parquet(tmp / "scores.parquet", index=False)
         frame.to_csv(tmp / "scores.csv", index=False)
-        plots: list[str] = []
+        plots: dict[str, str] = {}
         if summary is not None:
             summary.to_csv(tmp / "summary.csv", index=False)
             (tmp / "summary.json").write_text(summary.to_json(orient="records", indent=1), encoding="utf-8")
-            (tmp / "plots").mkdir()
-            plots = _plots(frame, summary, tmp / "plots")
-        sheets = _sheets(frame, tmp / "sheets")
-        (tmp / "index.html").write_text(_html(title, frame, summary, plots, sheets, meta or {}), encoding="utf-8")
+            plots = write_plots(frame, summary, pairwise, tmp / "plots")
+        if diffs is not None:
+            diffs.to_csv(tmp / "differences.csv", index=False)
+        if pairwise:
+            (tmp / "pairwise.json").write_text(json.dumps(_pairwise_json(pairwise), indent=1), encoding="utf-8")
+        sheets = write_sheets(frame, tmp / "sheets", rank_metric(frame)) if len(frame) else []
+        page = _html(title, frame, summary, diffs, pairwise, plots, sheets, meta or {})
+        (tmp / "index.html").write_text(page, encoding="utf-8")
     return Path(report_dir) / "index.html"
 
 
-# -- plots ------------------------------------------------------------------------------------------
-def _plots(frame, summary, folder: Path) -> list[str]:
-    made = []
-    for name, fn in (("per_subject.png", _plot_subjects), ("plane.png", _plot_plane), ("checkpoints.png", _plot_steps)):
-        fig = fn(frame, summary)
-        if fig is not None:
-            fig.savefig(folder / name, dpi=100, bbox_inches="tight")
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-            made.append(f"plots/{name}")
-    return made
+def _pairwise_json(pairwise: dict[str, Any]) -> dict[str, Any]:
+    crit = {k: {**dataclasses.asdict(v), "ranking": v.ranking} for k, v in pairwise["criteria"].items()}
+    return {**{k: v for k, v in pairwise.items() if k != "criteria"}, "criteria": crit}
 
 
-def _available(summary, names) -> list[str]:
-    return [n for n in names if summary[n].notna().any()]
+# -- text (the CLI's summary) -------------------------------------------------------------------------
+def _ci(value, lo, hi) -> str:
+    if value != value:
+        return ""
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo and hi == hi else f"{value:.3f}"
 
 
-def _plot_subjects(frame, summary):
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    metrics = _available(summary, ("cp_x_pf", "cp", "pf", "clip_i", "clip_t", "dino"))
-    if not metrics:
-        return None
-    rows = summary[summary.level == "subject"]
-    subjects = sorted(rows.group.unique())
-    systems = sorted(rows.system.unique())
-    width_in = min(40.0, max(6.0, 0.9 * len(subjects) * len(systems) + 2))  # 150 DreamBench++ subjects stay printable
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(width_in, 2.6 * len(metrics)), squeeze=False)
-    width = 0.8 / len(systems)
-    x = np.arange(len(subjects))
-    for ax, metric in zip(axes[:, 0], metrics, strict=True):
-        for k, system in enumerate(systems):
-            sub = rows[rows.system == system].set_index("group").reindex(subjects)
-            ax.bar(x + k * width, sub[metric].to_numpy(dtype=float), width, label=system)
-        ax.set_xticks(x + width * (len(systems) - 1) / 2, subjects, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel(metric)
-    axes[0, 0].legend(fontsize=8, ncols=min(4, len(systems)))
-    axes[0, 0].set_title("per subject (mean over prompts and samples)")
-    return fig
-
-
-def _plot_plane(frame, summary):
-    import matplotlib.pyplot as plt
-
+def _ranked(summary, metric: str | None):
     overall = summary[summary.level == "overall"]
-    x, y = ("cp", "pf") if _available(overall, ("cp", "pf")) == ["cp", "pf"] else ("clip_i", "clip_t")
-    if _available(overall, (x, y)) != [x, y]:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for _, row in overall.iterrows():
-        ax.scatter(row[x], row[y], s=40)
-        ax.annotate(str(row.system), (row[x], row[y]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    names = {"cp": "concept preservation", "pf": "prompt following", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}
-    ax.set_xlabel(names[x])
-    ax.set_ylabel(names[y])
-    if x == "cp":
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-    ax.set_title("one point per system")
-    ax.grid(alpha=0.3)
-    return fig
+    return overall.sort_values(metric, ascending=False, na_position="last") if metric else overall
 
 
-def _plot_steps(frame, summary):
-    import matplotlib.pyplot as plt
-
-    overall = summary[(summary.level == "overall") & summary.step.notna()].sort_values("step")
-    if overall.step.nunique() < 2:
-        return None
-    metrics = _available(overall, ("cp_x_pf", "cp", "pf", "clip_i", "clip_t", "dino", "recon_mse"))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        ax.plot(overall.step.astype(float), overall[metric].astype(float), marker="o")
-        ax.set_xlabel("training step")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-    return fig
-
-
-# -- contact sheets ---------------------------------------------------------------------------------
-def _thumb(path: str):
-    from PIL import Image, ImageOps
-
-    from ..images import read_image
-
-    return ImageOps.contain(read_image(path), (THUMB, THUMB), Image.Resampling.LANCZOS)
-
-
-def _sheets(frame, folder: Path, per_side: int = 3) -> list[tuple[str, str, str]]:
-    """(system, subject, relative path) of one sheet per system and subject: reference | best | worst."""
-    from PIL import Image, ImageDraw
-
+def overall_text(frame, pairwise: dict[str, Any] | None = None) -> str:
+    """Systems ranked, each metric as mean [95 % interval], then the A/B verdicts that are not significant."""
+    summary = aggregate(frame)
     metric = rank_metric(frame)
-    out = []
-    for (system, subject), group in frame.groupby(["system", "subject"], sort=True):
-        ordered = group.sort_values([metric, "id"], ascending=[False, True]) if metric else group.sort_values("id")
-        best = list(ordered.head(per_side).itertuples())
-        worst = [r for r in ordered.tail(per_side).itertuples() if r.id not in {b.id for b in best}]
-        tiles = [("reference", group.reference.iloc[0])] + [(_label(r, metric, "best"), r.path) for r in best]
-        tiles += [(_label(r, metric, "worst"), r.path) for r in worst]
-        sheet = Image.new("RGB", (len(tiles) * (THUMB + 8) + 8, THUMB + 36), (255, 255, 255))
-        draw = ImageDraw.Draw(sheet)
-        for k, (label, path) in enumerate(tiles):
-            x = 8 + k * (THUMB + 8)
-            sheet.paste(_thumb(path), (x, 8))
-            draw.text((x, THUMB + 14), label[:28], fill=(0, 0, 0))
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{_safe(system)}__{_safe(subject)}.png"
-        sheet.save(folder / name)
-        out.append((str(system), str(subject), f"sheets/{name}"))
-    return out
+    shown = [m for m in SUMMARY_METRICS if summary[m].notna().any()]
+    lines = [f"systems ranked by {metric or 'name'} (mean [95% interval over subjects]):"]
+    for _, row in _ranked(summary, metric).iterrows():
+        parts = [f"{m} {_ci(row[m], row[f'{m}_lo'], row[f'{m}_hi'])}" for m in shown if row[m] == row[m]]
+        lines.append(f"  {row.system} ({row.images} images): " + ", ".join(parts))
+    if frame.system.nunique() > 1:
+        diffs = differences(frame)
+        main = diffs[diffs.metric.isin([metric, "cp", "pf"])] if metric else diffs
+        lines += [f"  A/B {verdict(r)}" for _, r in main.iterrows()]
+    for c in (pairwise or {}).get("criteria", {}).values():
+        ranks = ", ".join(f"{s} {v:+.2f} [{lo:+.2f}, {hi:+.2f}]" for s, v, lo, hi in
+                          sorted(zip(c.systems, c.strength, c.lo, c.hi, strict=True), key=lambda t: -t[1]))  # fmt: skip
+        bias = "n/a" if c.position_bias is None else f"{c.position_bias:.0%}"
+        lines.append(f"pairwise {c.criterion}: {ranks}; position bias {bias}")
+    return "\n".join(lines)
 
 
-def _label(row, metric: str | None, kind: str) -> str:
-    value = getattr(row, metric) if metric else None
-    score = f" {metric}={value:.2f}" if value is not None and value == value else ""
-    sample = f"_{row.sample}" if row.sample else ""
-    return f"{kind} {row.prompt_id}{sample}{score}"
+# -- HTML -----------------------------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:1.5em;color:#222;line-height:1.4}
+h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:2px solid #eee;padding-bottom:.2em}
+.lead{color:#555}table{border-collapse:collapse;font-size:13px;margin:.5em 0}
+td,th{border-bottom:1px solid #e3e3e3;padding:4px 8px;text-align:right}th{background:#f6f6f6;position:sticky;top:0}
+td:first-child,th:first-child{text-align:left}.ci{color:#888;font-size:11px}
+table.sortable th{cursor:pointer}table.sortable th:hover{background:#e8eefc}
+.ns{color:#a66;font-weight:bold}.sig{color:#2a7;font-weight:bold}
+.figs{display:flex;flex-wrap:wrap;gap:1em}.figs figure{margin:0}.figs img{max-width:560px}
+details{margin:.6em 0}summary{cursor:pointer;font-weight:bold}
+.sheet{display:flex;flex-wrap:wrap;gap:8px;margin:.4em 0 1em}.sheet figure{margin:0;width:200px;font-size:11px}
+.sheet img{width:200px;height:200px;object-fit:contain;background:#f3f3f3}.sheet .best{color:#2a7}.sheet .worst{color:#a66}
+img.wide{max-width:100%}
+"""
+SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function(table){
+  table.querySelectorAll('th').forEach(function(th, col){
+    th.title='click to sort';
+    th.addEventListener('click', function(){
+      var body=table.tBodies[0], rows=Array.prototype.slice.call(body.rows);
+      var asc=th.dataset.dir!=='asc'; th.dataset.dir=asc?'asc':'desc';
+      rows.sort(function(a,b){
+        var x=a.cells[col].dataset.v||a.cells[col].textContent, y=b.cells[col].dataset.v||b.cells[col].textContent;
+        var nx=parseFloat(x), ny=parseFloat(y);
+        var c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);
+        return asc?c:-c;
+      });
+      rows.forEach(function(r){body.appendChild(r);});
+    });
+  });
+});
+"""
 
 
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+def _cell(value, lo=None, hi=None) -> str:
+    if value is None or value != value:
+        return "<td data-v=''>&ndash;</td>"
+    if isinstance(value, float):
+        ci = f" <span class='ci'>[{lo:.3f}, {hi:.3f}]</span>" if lo is not None and lo == lo and hi == hi else ""
+        return f"<td data-v='{value:.6f}'>{value:.3f}{ci}</td>"
+    return f"<td>{esc(str(value))}</td>"
 
 
-# -- HTML -------------------------------------------------------------------------------------------
-def _html(title, frame, summary, plots, sheets, meta) -> str:
-    esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
-             f"<h1>{esc(title)}</h1>", f"<p>{len(frame)} images, {frame.system.nunique()} system(s), "
-             f"{frame.subject.nunique()} subject(s). Scores in [0, 1]; CP and PF are the judge's 0-4 rubric / 4; "
-             "the aggregate cp_x_pf is mean(CP) x mean(PF).</p>"]  # fmt: skip
-    if meta:
-        parts.append(f"<pre>{esc(json.dumps(meta, indent=1, sort_keys=True, default=str))}</pre>")
+def _metric_table(rows, metrics: list[str], first: list[str], sortable: bool = False) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in [*first, *(NAMES.get(m, m) for m in metrics)])
+    body = []
+    for _, row in rows.iterrows():
+        cells = "".join(_cell(row[c]) for c in first)
+        cells += "".join(_cell(float(row[m]), row.get(f"{m}_lo"), row.get(f"{m}_hi")) for m in metrics)
+        body.append(f"<tr>{cells}</tr>")
+    cls = " class='sortable'" if sortable else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _html(title, frame, summary, diffs, pairwise, plots, sheets, meta) -> str:
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+             f"<style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
+             f"<p class='lead'>{len(frame)} images, {frame.system.nunique()} system(s), {frame.subject.nunique()} "
+             "subject(s). Scores in [0, 1] (CP and PF: the judge's 0-4 rubric / 4; CP x PF = mean(CP) x mean(PF)); "
+             "[brackets]: 95% interval, bootstrap over subjects.</p>"]  # fmt: skip
     if summary is not None:
-        for level in LEVELS:
-            rows = summary[summary.level == level].drop(columns=["level"]).dropna(axis=1, how="all")
-            parts += [f"<h2>{esc(level.replace('_', ' '))}</h2>", rows.to_html(index=False, float_format=lambda v: f"{v:.3f}")]
-    parts += [f"<h2>{esc(Path(p).stem.replace('_', ' '))}</h2><img src='{esc(p)}' alt='{esc(p)}'>" for p in plots]
-    if sheets:
-        parts.append("<h2>contact sheets (reference | best | worst)</h2>")
-        parts += [f"<h3>{esc(system)} / {esc(subject)}</h3><img src='{esc(path)}' alt='{esc(subject)}'>"
-                  for system, subject, path in sheets]  # fmt: skip
+        parts += _ranking(frame, summary, diffs)
+        figs = [(k, plots[k]) for k in ("plane", "pairwise") if k in plots]
+        if figs:
+            parts.append("<div class='figs'>" + "".join(
+                f"<figure><img src='{esc(p)}' alt='{esc(k)} plot'><figcaption>{esc(_caption(k))}</figcaption></figure>"
+                for k, p in figs) + "</div>")  # fmt: skip
+    if pairwise:
+        parts += _pairwise_section(pairwise)
+    parts += _settings(meta)
+    if summary is not None:
+        parts += _detail_tables(summary, plots)
+    parts += _sheets_html(sheets)
     parts.append("<p>Every score: <a href='scores.csv'>scores.csv</a>, <a href='scores.parquet'>scores.parquet</a>; "
-                 "means: <a href='summary.csv'>summary.csv</a>.</p></body></html>")  # fmt: skip
+                 "means and intervals: <a href='summary.csv'>summary.csv</a>.</p>"
+                 f"<script>{SORT_JS}</script></body></html>")  # fmt: skip
     return "\n".join(parts)
 
 
-__all__ = ["METRICS", "aggregate", "rank_metric", "write_report"]
+def _caption(kind: str) -> str:
+    return {"plane": "Concept preservation vs prompt following: up and right is better.",
+            "pairwise": "Pairwise judge: share of games the row system won against the column system (ties half), "
+                        "and Bradley-Terry strengths with 95% intervals."}[kind]  # fmt: skip
+
+
+def _ranking(frame, summary, diffs) -> list[str]:
+    metric = rank_metric(frame)
+    metrics = [m for m in SUMMARY_METRICS if summary[m].notna().any()]
+    ranked = _ranked(summary, metric).reset_index(drop=True)
+    ranked.insert(0, "rank", range(1, len(ranked) + 1))
+    out = [f"<h2>Systems ranked by {esc(NAMES.get(metric, metric or 'name'))}</h2>",
+           _metric_table(ranked, metrics, ["rank", "system", "images"])]  # fmt: skip
+    if diffs is not None and len(diffs):
+        main = diffs[diffs.metric.isin([metric, "cp", "pf"])] if metric else diffs
+        items = []
+        for _, row in main.iterrows():
+            mark = "<span class='sig'>significant</span>" if row.significant else "<span class='ns'>not significant</span>"
+            items.append(f"<li>{esc(verdict(row).split(', not significant')[0])} &mdash; {mark}</li>")
+        out.append("<h3>A/B differences (paired over subjects)</h3><ul>" + "".join(items) + "</ul>"
+                   "<p class='lead'>Not significant: the 95% interval of the difference holds 0, so the data cannot tell "
+                   "the two systems apart on this metric. All metrics: <a href='differences.csv'>differences.csv</a>.</p>")
+    return out
+
+
+def _pairwise_section(pairwise: dict[str, Any]) -> list[str]:
+    usage = pairwise.get("usage", {})
+    out = ["<h2>Pairwise A/B judge</h2>",
+           f"<p class='lead'>{pairwise.get('records', 0)} (pair, item) comparisons, each asked in both orders: "
+           f"{usage.get('requests', 0)} requests ({usage.get('cached', 0)} from the cache), "
+           f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out tokens, "
+           f"${usage.get('cost_usd', 0.0):.4f}.</p>"]  # fmt: skip
+    for c in pairwise["criteria"].values():
+        order = sorted(range(len(c.systems)), key=lambda i: -c.strength[i])
+        head = "<tr><th>rank</th><th>system</th><th>Bradley-Terry</th>" + "".join(
+            f"<th>vs {esc(c.systems[j])}</th>" for j in order) + "</tr>"  # fmt: skip
+        rows = []
+        for rank, i in enumerate(order, 1):
+            cells = "".join(_cell(c.win_rate[i][j]) for j in order)
+            rows.append(f"<tr><td>{rank}</td><td>{esc(c.systems[i])}</td>{_cell(c.strength[i], c.lo[i], c.hi[i])}{cells}</tr>")
+        bias = "n/a" if c.position_bias is None else f"{c.position_bias:.1%}"
+        first = "n/a" if c.first_shown_wins is None else f"{c.first_shown_wins:.1%}"
+        agree = "n/a" if c.agreement is None else f"{c.agreement:.1%} of {c.agreement_items} items ({c.pointwise_metric})"
+        out += [f"<h3>{esc(c.criterion)}</h3><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>",
+                f"<p>{c.games} answers, {c.ties} ties. Position bias (the same position won in both orders): {bias}; "
+                f"first-shown image picked in {first} of decisive answers. Agreement with the pointwise scores: "
+                f"{esc(agree)}.</p>"]  # fmt: skip
+    return out
+
+
+def _name(value: Any) -> str:
+    return Path(str(value)).name if value else "none"
+
+
+def _settings(meta: dict[str, Any]) -> list[str]:
+    if not meta:
+        return []
+    rows = [("benchmark", f"{_name(meta.get('benchmark'))} ({meta.get('layout')}, {meta.get('subjects')} subjects, "
+                          f"{meta.get('prompts')} prompts)"),
+            ("systems", ", ".join(map(str, meta.get("systems") or []))),
+            ("embeddings", f"CLIP {_name(meta.get('clip'))}, DINOv2 {_name(meta.get('dino'))}, "
+                           f"DINOv1 {_name(meta.get('dino_v1'))}")]  # fmt: skip
+    if meta.get("protocol"):
+        rows.append(("protocol", str(meta["protocol"])))
+    judge = meta.get("judge")
+    if judge:
+        endpoint = "custom endpoint" if judge.get("base_url") else "provider default"
+        rows.append(("judge", f"{judge['kind']} {judge['model']} ({endpoint}), {judge['repeats']} repeat(s)"
+                              f"{', debiased CP' if judge.get('debiased') else ''}"))  # fmt: skip
+    sampling = meta.get("sampling")
+    if sampling:
+        rows.append(("sampling", f"{sampling['steps']} steps, guidance {sampling['guidance']}, "
+                                 f"{sampling['width']}x{sampling['height']}, seeds {list(sampling['seeds'])}, fit {sampling['fit']}"))  # fmt: skip
+    for key in ("judge usage (this run)", "pairwise judge usage (this run)"):
+        if meta.get(key):
+            u = meta[key]
+            rows.append((key, f"{u['requests']} requests, {u['cached']} cached, {u['retries']} retries, ${u['cost_usd']:.4f}"))
+    body = "".join(f"<tr><th>{esc(k)}</th><td style='text-align:left'>{esc(v)}</td></tr>" for k, v in rows)
+    return ["<h2>Settings</h2>", f"<table>{body}</table>"]
+
+
+def _detail_tables(summary, plots: dict[str, str]) -> list[str]:
+    metrics = [m for m in SUMMARY_METRICS if summary[m].notna().any()]
+    out = ["<h2>Details</h2>"]
+    if "checkpoints" in plots:
+        out.append(f"<figure><img class='wide' src='{esc(plots['checkpoints'])}' alt='per-checkpoint curves'>"
+                   "<figcaption>Per checkpoint (band: 95% interval over subjects).</figcaption></figure>")  # fmt: skip
+    for level in LEVELS[1:]:
+        rows = summary[summary.level == level]
+        label = level.replace("_", " ")
+        out.append(f"<details><summary>Per {esc(label)} ({len(rows)} rows, click a column to sort)</summary>"
+                   f"{_metric_table(rows, metrics, ['group', 'system', 'images'], sortable=True)}</details>")  # fmt: skip
+    if "per_subject" in plots:
+        out.append(f"<details><summary>Per-subject bars</summary><img class='wide' src='{esc(plots['per_subject'])}' "
+                   "alt='per-subject bars'></details>")  # fmt: skip
+    return out
+
+
+def _sheets_html(sheets: list[dict[str, Any]]) -> list[str]:
+    if not sheets:
+        return []
+    out = ["<h2>Contact sheets</h2><p class='lead'>Per system and subject: the reference, the best and the worst "
+           "outputs by the ranking metric, each with its prompt and scores.</p>"]
+    systems = sorted({s["system"] for s in sheets})
+    for k, system in enumerate(systems):
+        blocks = []
+        for sheet in (s for s in sheets if s["system"] == system):
+            tiles = [f"<figure><img src='{esc(sheet['reference'])}' alt='reference {esc(sheet['subject'])}'>"
+                     f"<figcaption><b>reference</b> {esc(sheet['subject'])}</figcaption></figure>"]  # fmt: skip
+            for t in sheet["tiles"]:
+                scores = ", ".join(f"{NAMES.get(k2, k2).split(' (')[0]} {v:.2f}" for k2, v in t["scores"].items())
+                tiles.append(f"<figure><img src='{esc(t['src'])}' alt='{esc(t['id'])}'><figcaption>"
+                             f"<b class='{t['kind']}'>{t['kind']}</b> {esc(t['prompt'])}<br>{esc(scores)}</figcaption></figure>")  # fmt: skip
+            blocks.append(f"<h4>{esc(sheet['subject'])}</h4><div class='sheet'>{''.join(tiles)}</div>")
+        opened = " open" if k == 0 else ""
+        out.append(f"<details{opened}><summary>{esc(system)} ({len(blocks)} subjects)</summary>{''.join(blocks)}</details>")
+    return out
+
+
+__all__ = ["MEAN_METRICS", "METRICS", "aggregate", "differences", "overall_text", "rank_metric", "write_report"]

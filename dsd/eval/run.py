@@ -61,6 +61,7 @@ class EvalConfig:
     dino: Path | None = None
     embed_batch: int = 16
     judge: JudgeSettings | None = None
+    pairwise: bool = False
     title: str = "DSD evaluation"
     progress: bool = True
 
@@ -74,6 +75,10 @@ class EvalSummary:
     judge_unavailable: int = 0
     judge_failures: int = 0
     usage: dict[str, Any] = field(default_factory=dict)
+    pair_judged: int = 0
+    pair_unavailable: int = 0
+    pair_usage: dict[str, Any] = field(default_factory=dict)
+    pairwise: dict[str, Any] | None = None
     report: Path | None = None
     table: Any = None
     main_process: bool = True
@@ -105,10 +110,16 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
     if cfg.judge is not None:
         _judge(cfg, rows, bench, scores_dir, summary)
     summary.table = build_table(rows, bench, scores_dir)
+    if cfg.pairwise:
+        from .pairwise import read_pairwise, summarise
+
+        systems = sorted({r["system"] for r in rows})
+        summary.pairwise = summarise(read_pairwise(scores_dir, systems), systems, summary.table)
     from .report import write_report
 
-    meta = {**_meta(cfg, bench), **({"judge usage (this run)": summary.usage} if summary.usage else {})}
-    summary.report = write_report(summary.table, cfg.out / "report", title=cfg.title, meta=meta)
+    meta = {**_meta(cfg, bench), **({"judge usage (this run)": summary.usage} if summary.usage else {}),
+            **({"pairwise judge usage (this run)": summary.pair_usage} if summary.pair_usage else {})}  # fmt: skip
+    summary.report = write_report(summary.table, cfg.out / "report", title=cfg.title, meta=meta, pairwise=summary.pairwise)
     return summary
 
 
@@ -116,6 +127,8 @@ def _check_systems(cfg: EvalConfig) -> None:
     names = [m.name for m in cfg.models] + [s.name for s in cfg.sources]
     if not names:
         raise BenchmarkError("nothing to score: give a model to sample (--flux with --release/--adapter) or --images")
+    if cfg.pairwise and (cfg.judge is None or len(names) < 2):
+        raise BenchmarkError("--pairwise compares systems with the judge: give --judge and at least two systems")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise BenchmarkError(f"system name(s) {twice} given twice; name them apart with NAME=PATH")
@@ -135,7 +148,16 @@ def _judge(cfg: EvalConfig, rows, bench: Benchmark, scores_dir: Path, summary: E
     with make_provider(provider_cfg) as provider:
         judge = Judge(provider, repeats=js.repeats, temperature=js.temperature, debiased=js.debiased)
         result = judge_stage(rows, bench, judge, scores_dir, progress=cfg.progress)
-        summary.usage = provider.usage.to_dict()
+        pointwise = provider.usage
+        summary.usage = pointwise.to_dict()
+        if cfg.pairwise:
+            from .pairwise import PairJudge, pairwise_stage
+
+            pairs = pairwise_stage(rows, bench, PairJudge(provider, temperature=js.temperature), scores_dir,
+                                   progress=cfg.progress)  # fmt: skip
+            both = provider.usage.to_dict()
+            summary.pair_usage = {k: v - pointwise.to_dict()[k] for k, v in both.items()}
+            summary.pair_judged, summary.pair_unavailable = pairs.judged, pairs.unavailable
     summary.judged, summary.judge_unavailable, summary.judge_failures = result.judged, result.unavailable, result.failures
 
 
@@ -186,6 +208,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-debiased", action="store_true", help="the paper's debiased CP: copying the reference is penalised")
     p.add_argument("--judge-price", type=float, nargs=2, default=(0.0, 0.0), metavar=("IN", "OUT"),
                    help="USD per million input / output tokens, for the cost figure")
+    p.add_argument("--pairwise", action="store_true",
+                   help="also judge A/B pairs: both outputs of an item side by side, in both orders (Bradley-Terry ranking)")
     p.add_argument("--title", default="DSD evaluation")
 
 
@@ -222,7 +246,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     return EvalConfig(bench=args.bench, out=args.out, layout=args.layout, subjects=subjects, max_prompts=args.max_prompts,
                       models=models, sources=sources, sampling=sampling, clip=args.clip, dino=args.dino,
-                      embed_batch=args.embed_batch, judge=judge, title=args.title, progress=cli.progress_enabled(args))  # fmt: skip
+                      embed_batch=args.embed_batch, judge=judge, pairwise=args.pairwise, title=args.title, progress=cli.progress_enabled(args))  # fmt: skip
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -239,8 +263,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     atomic_write_json(cfg.out / "eval.json", _meta(cfg, load_benchmark(cfg.bench, cfg.layout)))
     _print_summary(summary, time.perf_counter() - t0)
-    if summary.judge_unavailable:
-        emit(f"the judge left {summary.judge_unavailable} image(s) unscored (server unreachable); rerun the same command")
+    if summary.judge_unavailable or summary.pair_unavailable:
+        emit(f"the judge left {summary.judge_unavailable} image(s) and {summary.pair_unavailable} pair(s) unscored "
+             "(server unreachable); rerun the same command")  # fmt: skip
         return 1
     return 0
 
@@ -250,14 +275,16 @@ def _print_summary(summary: EvalSummary, seconds: float) -> None:
          f"{summary.judged} judged) in {seconds:.1f}s ==")  # fmt: skip
     table = summary.table
     if table is not None and len(table):
-        from .report import aggregate
+        from .report import overall_text
 
-        overall = aggregate(table)
-        overall = overall[overall.level == "overall"].dropna(axis=1, how="all").drop(columns=["level", "group"])
-        emit(overall.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        emit(overall_text(table, summary.pairwise))
     if summary.usage:
         u = summary.usage
         emit(f"judge: {u['requests']} requests, {u['cached']} cached, {u['retries']} retries, "
              f"{u['input_tokens']} in / {u['output_tokens']} out tokens, ${u['cost_usd']:.4f}; "
              f"{summary.judge_failures} image(s) with refused or malformed runs")  # fmt: skip
+    if summary.pair_usage:
+        u = summary.pair_usage
+        emit(f"pairwise judge: {summary.pair_judged} pair(s) judged, {u['requests']} requests, {u['cached']} cached, "
+             f"${u['cost_usd']:.4f}")  # fmt: skip
     emit(f"report: {summary.report}")

@@ -154,7 +154,7 @@ def judge_stage(rows: list[dict[str, Any]], bench: Benchmark, judge, scores_dir:
     return result
 
 
-METRICS = ("clip_i", "clip_t", "dino", "cp", "pf", "cp_x_pf", "cp_std", "pf_std", "recon_mse")
+METRICS = ("clip_i", "clip_t", "dino", "dino_v1", "cp", "pf", "cp_x_pf", "cp_std", "pf_std", "recon_mse")
 TABLE_COLUMNS = ("id", "system", "step", "subject", "subject_category", "prompt_id", "prompt_category", "prompt",
                  "sample", "path", "reference", *METRICS, "judge_failures")  # fmt: skip
 

@@ -70,13 +70,16 @@ def test_ab_run_scores_table_and_report(tmp_path, embed_folders, monkeypatch):
 
 def _check_html(report: Path, n_sheets: int) -> None:
     html = (report / "index.html").read_text()
-    sources = re.findall(r"<img src='([^']+)'", html)
+    sources = re.findall(r"<img (?:class='wide' )?src='([^']+)'", html)
     assert {"plots/per_subject.png", "plots/plane.png"} <= set(sources)
-    assert len([s for s in sources if s.startswith("sheets/")]) == n_sheets
-    for src in sources:  # relative, inside the report folder, real non-empty PNGs
-        assert not src.startswith(("/", "..")) and (report / src).stat().st_size > 1000
-        assert Image.open(report / src).format == "PNG"
-    assert "concept preservation" not in html or "cp_x_pf" in html
+    assert len({s for s in sources if s.startswith("sheets/ref__")}) == 2  # one reference per subject
+    assert len([s for s in sources if s.startswith("sheets/") and "ref__" not in s]) == n_sheets * 3
+    for src in sources:  # relative, inside the report folder, real pictures
+        assert not src.startswith(("/", "..")) and (report / src).stat().st_size > 500
+        assert Image.open(report / src).format in ("PNG", "JPEG")
+    assert html.index("Systems ranked") < html.index("plots/plane.png") < html.index("Settings") < html.index("<details>")
+    assert "not significant" in html or "significant" in html
+    assert str(report.parent.parent) not in html  # names, not the machine's paths
 
 
 def test_aggregates_are_means_and_cp_x_pf_is_the_product_of_means():
