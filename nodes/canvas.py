@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..dsd.canvas import CanvasLayout, split_canvas
-from .conditioning import DSDLayout
+from ..dsd.canvas import split_canvas
+from .conditioning import DSDLayout, layout_from_input
+from .errors import require_finite
 
 
 class DSDSplitCanvas(io.ComfyNode):
@@ -30,6 +31,7 @@ class DSDSplitCanvas(io.ComfyNode):
 
     @classmethod
     def execute(cls, canvas, layout=None) -> io.NodeOutput:
-        lay = CanvasLayout.from_dict(layout) if layout else None
+        require_finite("DSD Split Canvas", canvas=canvas)
+        lay = layout_from_input(layout, "DSD Split Canvas") if layout is not None else None
         frame_one, frame_two = split_canvas(canvas, lay, channels_last=True)
         return io.NodeOutput(frame_two.contiguous(), frame_one.contiguous())

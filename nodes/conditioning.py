@@ -17,12 +17,58 @@ import torch
 from comfy_api.latest import io
 
 from ..dsd.canvas import FIT_MODES, CanvasLayout, compose_canvas
-from ..dsd.tokens import FLUX_LATENT_CHANNELS, latent_to_model, pack
-from .errors import DSDBatchError
+from ..dsd.tokens import FLUX_LATENT_CHANNELS, PIXELS_PER_TOKEN, latent_to_model, pack
+from .errors import DSDBatchError, DSDInputError, require_finite
 from .patch import with_condition_tokens
 
 DSDLayout = io.Custom("DSD_LAYOUT")
 MAX_SIZE = 8192
+# A DSD_LAYOUT may arrive as raw JSON where a link belongs (ComfyUI does not check custom types), so its
+# values are bounded before anything is allocated: at most this many pixels a side, each frame at least
+# one FLUX token (the VAE's 8 px block packed 2x2) wide and high.
+MAX_LAYOUT_SIDE = 16384
+_LAYOUT_KEYS = ("height", "width", "fit", "pad_value")
+
+
+def _layout_side(data: dict, key: str, least: int, problems: list[str]) -> int:
+    v = data.get(key)
+    if key not in data:
+        problems.append(f"no {key!r}")
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        problems.append(f"{key}={v!r} is not an integer")  # 512.0 from a JSON writer is fine; NaN is not
+    elif not least <= v <= MAX_LAYOUT_SIDE or v % PIXELS_PER_TOKEN:
+        problems.append(f"{key}={v} (a multiple of {PIXELS_PER_TOKEN} from {least} to {MAX_LAYOUT_SIDE})")
+    else:
+        return int(v)
+    return least
+
+
+def _checked_layout(data: dict) -> tuple[dict, list[str]]:
+    problems = [f"unknown key {k!r}" for k in data if k not in _LAYOUT_KEYS]
+    height = _layout_side(data, "height", PIXELS_PER_TOKEN, problems)
+    width = _layout_side(data, "width", 2 * PIXELS_PER_TOKEN, problems)
+    fit, pad = data.get("fit", "crop"), data.get("pad_value", 1.0)
+    if not isinstance(fit, str) or fit not in FIT_MODES:
+        problems.append(f"fit={fit!r} (one of {', '.join(FIT_MODES)})")
+    if isinstance(pad, bool) or not isinstance(pad, (int, float)) or not 0.0 <= pad <= 1.0:  # NaN fails the range
+        problems.append(f"pad_value={pad!r} (a number from 0 to 1)")
+    return {"height": height, "width": width, "fit": fit, "pad_value": pad}, problems
+
+
+def layout_from_input(layout: object, node: str) -> CanvasLayout:
+    """A ``DSD_LAYOUT`` input (the dict DSD Reference Conditioning outputs, or raw JSON) as a checked layout."""
+    if isinstance(layout, CanvasLayout):
+        return layout
+    if not isinstance(layout, dict):
+        layout, problems = {}, [f"got {type(layout).__name__}, not an object"]
+    else:
+        layout, problems = _checked_layout(layout)
+    if problems:
+        raise DSDInputError(
+            f"{node}: the layout input is not a DSD layout ({'; '.join(problems)}). Connect the layout output of "
+            "DSD Reference Conditioning."
+        )
+    return CanvasLayout(**layout)
 
 
 def canvas_batch(references: int, batch_size: int) -> int:
@@ -42,6 +88,11 @@ def encode_condition_tokens(vae, reference, layout: CanvasLayout) -> torch.Tenso
     if z.ndim != 4 or z.shape[1] != FLUX_LATENT_CHANNELS:
         raise DSDBatchError(
             f"the VAE gave a {tuple(z.shape)} latent; DSD needs FLUX's 16-channel VAE (ae.safetensors). Load the FLUX VAE."
+        )
+    if not torch.isfinite(z).all():
+        raise DSDInputError(
+            "DSD Reference Conditioning: the VAE turned the (finite) reference into NaN/inf latents; the VAE file is "
+            "damaged or overflows in its dtype (try ComfyUI's --fp32-vae or --bf16-vae)."
         )
     return pack(latent_to_model(z))
 
@@ -79,6 +130,7 @@ class DSDReferenceConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, vae, image, width, height, fit, batch_size=1) -> io.NodeOutput:
+        require_finite("DSD Reference Conditioning", image=image)
         layout = CanvasLayout(height=height, width=width, fit=fit)
         batch = canvas_batch(int(image.shape[0]), batch_size)
         progress = comfy.utils.ProgressBar(2)

@@ -10,8 +10,8 @@ import torch
 from comfy_api.latest import io
 
 from ..dsd.canvas import CanvasLayout, fit_reference, to_rgb01
-from .conditioning import DSDLayout
-from .errors import DSDBatchError
+from .conditioning import DSDLayout, layout_from_input
+from .errors import DSDBatchError, require_finite
 
 
 def _fit(image, layout: CanvasLayout) -> torch.Tensor:
@@ -52,4 +52,6 @@ class DSDControlHintToFrame(io.ComfyNode):
 
     @classmethod
     def execute(cls, hint, layout, reference_hint=None) -> io.NodeOutput:
-        return io.NodeOutput(hint_canvas(hint, CanvasLayout.from_dict(layout), reference_hint))
+        node = "DSD Control Hint To Frame"
+        require_finite(node, hint=hint, reference_hint=reference_hint)
+        return io.NodeOutput(hint_canvas(hint, layout_from_input(layout, node), reference_hint))

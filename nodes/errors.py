@@ -64,11 +64,15 @@ def _public_roots() -> list[tuple[str, str]]:
     """``(absolute folder, name shown)`` pairs, longest folder first so the most specific one wins."""
     import folder_paths
 
-    roots = [(folder_paths.base_path, ""), (folder_paths.models_dir, "models")]
+    base = os.path.normpath(os.path.abspath(folder_paths.base_path))
+    roots = {base: ""}
     for kind, (folders, _exts) in folder_paths.folder_names_and_paths.items():
-        roots += [(folder, f"models/{kind}") for folder in folders]
-    cleaned = {os.path.normpath(os.path.abspath(folder)): shown for folder, shown in roots}
-    return sorted(cleaned.items(), key=lambda item: -len(item[0]))
+        for folder in map(os.path.normpath, map(os.path.abspath, folders)):
+            # inside the ComfyUI folder the path itself is what the user knows; elsewhere
+            # (extra_model_paths.yaml) the folder kind is, as the node's file list shows it
+            if not folder.startswith(base + os.sep):
+                roots[folder] = f"models/{kind}"
+    return sorted(roots.items(), key=lambda item: -len(item[0]))
 
 
 def public_path(path: str | os.PathLike[str]) -> str:

@@ -8,12 +8,13 @@ candidate and reference embeddings, the CLIP-I of the DSD paper when the model i
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from comfy_api.latest import io
 
 from ..dsd.eval.embeddings import cosine_scores
-from .errors import DSDNodeError
+from .errors import DSDInputError, DSDNodeError, require_finite
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ def rank(reference_embeds: torch.Tensor, candidate_embeds: torch.Tensor) -> tupl
     """Scores (mean cosine over the reference images) in candidate order and the order best-first."""
     per_ref = torch.stack([cosine_scores(r, candidate_embeds) for r in reference_embeds])
     scores = per_ref.mean(dim=0).tolist()
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:  # a NaN would sort anywhere and be reported as a ranking
+        raise DSDInputError(
+            f"DSD Identity Score: the vision encoder gave non-finite embeddings, so candidate(s) {bad[:8]} have no "
+            "score (NaN/inf). The CLIP_VISION file is damaged or overflows in its dtype; load another encoder."
+        )
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return scores, order
 
@@ -114,6 +121,7 @@ class DSDIdentityScore(io.ComfyNode):
             raise DSDNodeError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
         if candidates.shape[0] == 0 or reference.shape[0] == 0:
             raise DSDNodeError("DSD Identity Score needs at least one reference and one candidate image")
+        require_finite("DSD Identity Score", reference=reference, candidates=candidates)
         ref = _embed(clip_vision, reference, embedding, center_crop)
         cand = _embed(clip_vision, candidates, embedding, center_crop)
         scores, order = rank(ref, cand)

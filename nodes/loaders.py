@@ -20,7 +20,7 @@ from ..dsd.weights.release import (
     load_release_lora,
     scan_release_transformer,
 )
-from .errors import DSDAdapterError
+from .errors import DSDAdapterError, public_path, public_text, require_finite
 from .patch import apply_condition_embedder, flux_params
 
 logger = logging.getLogger(__name__)
@@ -69,13 +69,15 @@ def read_dsd_weights(path: Path) -> tuple[dict, dict]:
             tdir, lora_path = find_release_parts(root)
             info = scan_release_transformer(tdir)  # streams: reads the embedder only
             if lora_path is None:
-                raise DSDAdapterError(f"{root}: the DSD release has no {RELEASE_LORA_NAME}; download it beside transformer/.")
+                raise DSDAdapterError(
+                    f"{public_path(root)}: the DSD release has no {RELEASE_LORA_NAME}; download it beside transformer/."
+                )
             return info.c_embedder, load_release_lora(lora_path)
         adapter = load_adapter(path)
         return adapter.c_embedder, adapter.lora
     except WeightsError as exc:
         raise DSDAdapterError(
-            f"DSD Adapter Loader: {exc} Choose a DSD adapter (.safetensors from `python -m dsd convert`) or the authors' "
+            f"DSD Adapter Loader: {public_text(str(exc))} Choose a DSD adapter (.safetensors from `python -m dsd convert`) or the authors' "
             f"release (primecai/dsd_model: put the folder under models/{DSD_FOLDER}/ and pick its {RELEASE_LORA_NAME})."
         ) from exc
 
@@ -128,6 +130,7 @@ class DSDAdapterLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, adapter, strength) -> io.NodeOutput:
+        require_finite("DSD Adapter Loader", strength=strength)
         flux_params(model)
         progress = comfy.utils.ProgressBar(3)
         path = resolve_adapter(adapter)
@@ -135,7 +138,7 @@ class DSDAdapterLoader(io.ComfyNode):
         progress.update(1)
         patched = apply_condition_embedder(model, c_emb["c_embedder.weight"], c_emb.get("c_embedder.bias"))
         progress.update(1)
-        patched, count = apply_lora(patched, pairs, strength, str(path))
+        patched, count = apply_lora(patched, pairs, strength, public_path(path))
         progress.update(1)
         logger.info("DSD: %s -> embedder + %d LoRA modules (strength %.2f)", path.name, count, strength)
         return io.NodeOutput(patched)

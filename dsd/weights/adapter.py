@@ -19,7 +19,7 @@ import torch
 from ..io import atomic_save_safetensors
 from .errors import WeightsError
 from .lora import LoraPair, lora_rank, lora_to_state_dict, parse_lora
-from .safetensors_io import load_tensors, read_metadata
+from .safetensors_io import check_finite, load_tensors, read_metadata
 
 ADAPTER_FORMAT = "dsd-adapter"
 ADAPTER_FORMAT_VERSION = "1"
@@ -97,5 +97,6 @@ def load_adapter(path: str | os.PathLike[str]) -> DSDAdapter:
     c_emb = {k: tensors.pop(k) for k in C_EMBEDDER_KEYS if k in tensors}
     if "c_embedder.weight" not in c_emb:
         raise WeightsError(f"{path}: DSD adapter lacks c_embedder.weight")
+    check_finite(c_emb, path)
     lora = parse_lora(tensors, source=path) if tensors else {}
     return DSDAdapter(c_embedder=c_emb, lora=lora, metadata=meta)

@@ -8,6 +8,7 @@ loader maps onto FLUX (bare PEFT keys map to nothing in ComfyUI, silently).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsError
+from .safetensors_io import check_finite
 
 _LORA_RE = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight$")
 _ALPHA_RE = re.compile(r"^(?P<module>.+?)\.alpha$")
@@ -85,6 +87,9 @@ def parse_lora(state: Mapping[str, torch.Tensor], source: str | Path = "<memory>
         if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
             raise WeightsError(f"{source}: LoRA shapes for {module} do not fit ({tuple(down.shape)} / {tuple(up.shape)})")
         pairs[module] = LoraPair(down=down, up=up, alpha=alphas.get(module))
+        check_finite({f"{module}.lora_A": down, f"{module}.lora_B": up}, source)
+        if not math.isfinite(alphas.get(module, 1.0)):
+            raise WeightsError(f"{source}: LoRA alpha of {module} is {alphas[module]}; the file is damaged")
     return pairs
 
 

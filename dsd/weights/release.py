@@ -21,7 +21,7 @@ import torch
 from ..tokens import FLUX_PACKED_CHANNELS
 from .errors import WeightsError
 from .lora import LoraPair, parse_lora
-from .safetensors_io import iter_folder_tensors, load_tensors, open_safetensors, shard_files
+from .safetensors_io import check_finite, iter_folder_tensors, load_tensors, open_safetensors, shard_files
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ def scan_release_transformer(folder: str | os.PathLike[str]) -> ReleaseTransform
         )
     if not any(k.startswith("transformer_blocks.") for k in base):
         raise WeightsError(f"{folder}: no transformer_blocks.* tensors: this is not a diffusers FLUX transformer")
+    check_finite(c_emb, folder)
     hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     if tuple(c_emb["c_embedder.weight"].shape) != (hidden, cfg["in_channels"]):
         raise WeightsError(

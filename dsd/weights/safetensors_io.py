@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import torch
 
@@ -34,6 +34,17 @@ def open_safetensors(path: str | os.PathLike[str]) -> Iterator[object]:
         raise WeightsError(f"{path}: cannot be read as safetensors ({exc}); the file may be truncated or corrupt") from exc
 
 
+def check_finite(tensors: Mapping[str, torch.Tensor], source: str | os.PathLike[str]) -> None:
+    """Refuse weights holding NaN/inf: they would run and turn every output black, silently."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise WeightsError(
+                f"{source}: tensor {key!r} holds {bad} NaN or infinite value(s); the weights are damaged "
+                "(re-download the file, or re-export it from a checkpoint whose training did not diverge)."
+            )
+
+
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     with open_safetensors(path) as f:
         return dict(f.metadata() or {})
@@ -52,6 +63,20 @@ def load_tensors(path: str | os.PathLike[str], keys: list[str] | None = None) ->
     return out
 
 
+def _shard_path(index: Path, name: object) -> Path:
+    """A shard named by an index: a file name (or sub-path) inside the index's folder, nothing else.
+
+    Checked on the name itself, not on the resolved file: a symlinked shard (a Hugging Face cache layout)
+    is the folder owner's choice, while ``../`` or an absolute path in the index would read any file."""
+    rel = PurePath(name) if isinstance(name, str) and name else None
+    if rel is None or rel.is_absolute() or rel.anchor or ".." in rel.parts:
+        raise WeightsError(
+            f"{index}: shard {name!r} is not a file inside the model folder; an index may only list shard files "
+            "beside it (re-download the index)."
+        )
+    return index.parent / rel
+
+
 def shard_files(folder: str | os.PathLike[str], stem: str = "diffusion_pytorch_model") -> list[Path]:
     """The safetensors file(s) of a diffusers model folder: single file or index-listed shards."""
     folder = Path(folder)
@@ -60,9 +85,11 @@ def shard_files(folder: str | os.PathLike[str], stem: str = "diffusion_pytorch_m
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:  # bad JSON or text, not an object
             raise WeightsError(f"{index}: not a valid safetensors index ({exc})") from exc
-        files = sorted({folder / name for name in weight_map.values()})
+        if not isinstance(weight_map, dict):
+            raise WeightsError(f"{index}: not a valid safetensors index (weight_map is not an object)")
+        files = sorted({_shard_path(index, name) for name in weight_map.values()})
         missing = [str(p) for p in files if not p.is_file()]
         if missing:
             raise WeightsError(f"{index} lists shard(s) that are missing: {', '.join(missing)}")
