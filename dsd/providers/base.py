@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 from .cache import AnswerCache, request_cache_key
 from .config import ProviderConfig
-from .errors import ProviderError
+from .endpoints import ENDPOINT_KEYS_ENV, OFFICIAL_ENDPOINTS
+from .errors import ProviderAuthError, ProviderError
 from .retry import Malformed, Transient, run_with_retries
 from .schema import SchemaMismatch, parse_json_answer
 from .types import ChatRequest, ChatResult, Usage, UsageCounter
@@ -79,7 +80,8 @@ class Provider(ABC):
     """An LLM/VLM endpoint. Thread-safe; use one instance per config and share it."""
 
     def __init__(self, config: ProviderConfig, api_key: str | None = None) -> None:
-        """``api_key``: a key held in memory (e.g. from ComfyUI's settings); default: the environment."""
+        """``api_key``: a key held in memory for ``config``'s endpoint (e.g. from the ComfyUI key store);
+        default: ``config.resolve_api_key()`` (the environment, by the endpoint rule there)."""
         self.config = config
         self._counter = UsageCounter()
         self._cache = AnswerCache(config.cache_dir) if config.cache_dir else None
@@ -90,6 +92,7 @@ class Provider(ABC):
             weakref.WeakKeyDictionary()
         )
         self._api_key: str | None = api_key
+        self._key_resolved = api_key is not None
 
     # -- what a concrete provider supplies -------------------------------------------------
     @property
@@ -98,8 +101,8 @@ class Provider(ABC):
         """The URL named in error messages."""
 
     @abstractmethod
-    def _make_client(self, api_key: str) -> Any:
-        """A new SDK async client (called once per event loop)."""
+    def _make_client(self, api_key: str | None) -> Any:
+        """A new SDK async client (called once per event loop); ``api_key`` None: send no key."""
 
     @abstractmethod
     async def _send(self, client: Any, request: ChatRequest) -> RawAnswer:
@@ -247,11 +250,26 @@ class Provider(ABC):
                 sem = self._semaphores[loop] = asyncio.Semaphore(self.config.max_concurrency)
             return sem
 
-    def api_key(self) -> str:
-        """The key, resolved lazily: cached answers need no key at all. Never log it."""
-        if self._api_key is None:
+    def api_key(self) -> str | None:
+        """The key, resolved lazily (cached answers need none); None: this endpoint gets no key. Never log it."""
+        if not self._key_resolved:
             self._api_key = self.config.resolve_api_key()
+            self._key_resolved = True
         return self._api_key
+
+    def auth_error(self, status: int | None) -> ProviderAuthError:
+        """The endpoint refused us: a wrong key, or none sent because the endpoint has none registered."""
+        url = self.endpoint_url
+        if self._api_key is None:
+            official = OFFICIAL_ENDPOINTS[self.config.kind]
+            return ProviderAuthError(
+                f"{url} answered HTTP {status} and no API key was sent: the server's {self.config.kind} keys go "
+                f"only to {official}, and no key is registered for the endpoint {self.config.endpoint} "
+                f"(register one with {ENDPOINT_KEYS_ENV}, see the README's API keys section)"
+            )
+        names = " or ".join(self.config.key_env_names())
+        return ProviderAuthError(f"{url} rejected the API key (HTTP {status}); set a valid key in the "
+                                 f"environment variable {names}")
 
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()

@@ -21,7 +21,11 @@ _CACHE_FORMAT = 1
 
 
 def request_cache_key(config: ProviderConfig, request: ChatRequest) -> str:
-    """sha256 over kind, model, prompt, system, image bytes, schema and temperature."""
+    """sha256 over endpoint, kind, model, prompt, system, image bytes, schema and temperature.
+
+    The normalised endpoint is part of it: the same request to two servers is two questions (an
+    answer from one server must never be served as the other's).
+    """
     h = hashlib.sha256()
 
     def put(tag: str, value: bytes) -> None:
@@ -29,6 +33,7 @@ def request_cache_key(config: ProviderConfig, request: ChatRequest) -> str:
         h.update(tag.encode() + b":" + str(len(value)).encode() + b":" + value)
 
     put("v", str(_CACHE_FORMAT).encode())
+    put("endpoint", config.endpoint.encode())
     put("kind", config.kind.encode())
     put("model", config.model.encode())
     put("prompt", request.prompt.encode())

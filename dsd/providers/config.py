@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import path_field
+from .endpoints import EndpointError, endpoint_for, is_official, normalise_endpoint, registered_key_variable
 from .errors import ProviderAuthError
 
 ProviderKind = Literal["openai", "gemini"]
@@ -27,8 +28,10 @@ class ProviderConfig:
     """Which model to call, where, and how hard to try.
 
     ``kind="openai"`` is any OpenAI-compatible server (OpenAI, vLLM, Ollama, LM Studio): set
-    ``base_url`` (e.g. ``http://127.0.0.1:8000/v1``) for a local one. ``api_key_env`` is the
-    NAME of the environment variable that holds the key, never the key itself.
+    ``base_url`` (e.g. ``http://127.0.0.1:8000/v1``) for a local one; it is kept in the normal form
+    of :func:`dsd.providers.endpoints.normalise_endpoint` (http/https only). ``api_key_env`` is the
+    NAME of the environment variable that holds the key, never the key itself; see
+    :meth:`resolve_api_key` for which key goes where.
     """
 
     kind: ProviderKind
@@ -51,6 +54,13 @@ class ProviderConfig:
     def __post_init__(self) -> None:
         if self.kind not in KEY_ENV_VARS:
             raise ValueError(f"ProviderConfig.kind must be 'openai' or 'gemini', got {self.kind!r}")
+        if self.base_url is not None:
+            # A bad URL is an input error now, never a "transient" failure retried later.
+            try:
+                url = normalise_endpoint(self.base_url) if self.base_url.strip() else None
+            except EndpointError as exc:
+                raise ValueError(f"ProviderConfig.base_url: {exc}") from None
+            object.__setattr__(self, "base_url", url)
         if not self.model:
             raise ValueError("ProviderConfig.model is empty: name the model to call (e.g. 'gpt-4o-mini')")
         if self.timeout_s <= 0:
@@ -89,18 +99,39 @@ class ProviderConfig:
     def key_env_names(self) -> tuple[str, ...]:
         return (self.api_key_env,) if self.api_key_env else KEY_ENV_VARS[self.kind]
 
-    def resolve_api_key(self) -> str:
-        """The key from the environment; a local server (``base_url`` set) may run without one."""
-        for name in self.key_env_names():
+    @property
+    def endpoint(self) -> str:
+        """The normalised endpoint this config calls (the official one when ``base_url`` is None)."""
+        return endpoint_for(self.kind, self.base_url)
+
+    @property
+    def is_official(self) -> bool:
+        return is_official(self.kind, self.endpoint)
+
+    def resolve_api_key(self) -> str | None:
+        """The key for this endpoint from the environment, or None: send the request without a key.
+
+        In order: the variable the config names (``api_key_env``: the file names URL and key
+        together); the variable ``DSD_ENDPOINT_KEYS`` registers for this exact endpoint; the
+        provider's own variables, for its official endpoint only. Any other endpoint (a local
+        vLLM / Ollama needs none) gets no key, so a base_url cannot collect ``OPENAI_API_KEY``.
+        """
+        names: tuple[str, ...] = ()
+        if self.api_key_env:
+            names = (self.api_key_env,)
+        elif (registered := registered_key_variable(self.endpoint)) is not None:
+            names = (registered,)
+        elif self.is_official:
+            names = KEY_ENV_VARS[self.kind]
+        else:
+            return None
+        for name in names:
             value = os.environ.get(name)
             if value:
                 return value
-        if self.base_url is not None and self.api_key_env is None:
-            # vLLM / Ollama / LM Studio accept any key; the SDKs refuse an empty one.
-            return "not-needed"
-        names = " or ".join(self.key_env_names())
         raise ProviderAuthError(
-            f"no API key for the {self.kind} provider: set the environment variable {names}"
+            f"no API key for the {self.kind} provider at {self.endpoint}: set the environment variable "
+            f"{' or '.join(names)}"
         )
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> float:

@@ -11,11 +11,12 @@ from google.genai import errors as genai_errors
 from google.genai import types as gt
 
 from .base import Provider, RawAnswer
-from .errors import ProviderAuthError, ProviderError, ProviderRefusal, redact
-from .retry import Malformed, Transient, retry_after_from_headers
+from .endpoints import NO_KEY, OFFICIAL_ENDPOINTS
+from .errors import ProviderError, ProviderRefusal, redact
+from .retry import Malformed, Transient, no_connection, retry_after_from_headers, status_text
 from .types import ChatRequest, image_mime_type
 
-GEMINI_DEFAULT_URL = "https://generativelanguage.googleapis.com"
+GEMINI_DEFAULT_URL = OFFICIAL_ENDPOINTS["gemini"]
 GEMINI_API_VERSION = "v1beta"
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _REFUSAL_REASONS = {
@@ -50,9 +51,10 @@ class GeminiProvider(Provider):
         base = (self.config.base_url or GEMINI_DEFAULT_URL).rstrip("/")
         return f"{base}/{GEMINI_API_VERSION}/models/{self.config.model}:generateContent"
 
-    def _make_client(self, api_key: str) -> genai.Client:
+    def _make_client(self, api_key: str | None) -> genai.Client:
         options = gt.HttpOptions(
-            base_url=self.config.base_url,
+            # Explicit, so no environment variable can redirect the key elsewhere.
+            base_url=self.config.base_url or GEMINI_DEFAULT_URL,
             # Pinned so the URL in error messages is the one called; v1beta carries responseJsonSchema.
             api_version=GEMINI_API_VERSION,
             timeout=int(self.config.timeout_s * 1000),  # milliseconds
@@ -60,7 +62,8 @@ class GeminiProvider(Provider):
             # 1-10 s sleep after a connection error: retries are ours.
             retry_options=gt.HttpRetryOptions(attempts=1),
         )
-        return genai.Client(api_key=api_key, http_options=options)
+        # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI must not switch the client to Google Cloud credentials.
+        return genai.Client(vertexai=False, api_key=api_key or NO_KEY, http_options=options)
 
     async def _close_client(self, client: genai.Client) -> None:
         await client.aio.aclose()
@@ -91,10 +94,9 @@ class GeminiProvider(Provider):
             )
         except genai_errors.APIError as exc:
             raise self._translate_api_error(exc) from None
-        except (asyncio.TimeoutError, TimeoutError):
-            raise Transient(f"timed out after {self.config.timeout_s:g}s") from None
-        except _NETWORK_ERRORS as exc:
-            raise Transient(f"connection failed ({type(exc).__name__}: {redact(str(exc), self._api_key)[:200]})") from None
+        except (asyncio.TimeoutError, TimeoutError, *_NETWORK_ERRORS):
+            # One text for refused, reset, non-HTTP and silent ports: errors must not map a network.
+            raise Transient(no_connection(self.config.timeout_s)) from None
         except ValueError as exc:  # JSON decoding of the body inside the SDK
             raise Malformed(f"unparseable response body ({type(exc).__name__})") from None
         return self._parse(response)
@@ -123,25 +125,30 @@ class GeminiProvider(Provider):
 
     def _translate_api_error(self, exc: genai_errors.APIError) -> BaseException:
         url = self.endpoint_url
-        detail = redact(str(exc.message or exc.status or ""), self._api_key)[:300]
+        error = _google_error(exc.details)
+        detail = redact(str(error.get("message") or error.get("status") or ""), self._api_key)[:300]
         code = exc.code
         # Google answers a bad key with 400 INVALID_ARGUMENT "API key not valid" (API_KEY_INVALID).
-        key_problem = code == 400 and ("API key" in detail or "API_KEY" in str(exc.details))
+        key_problem = code == 400 and ("API key" in detail or "API_KEY" in str(error))
         if code in (401, 403) or key_problem:
-            names = " or ".join(self.config.key_env_names())
-            return ProviderAuthError(
-                f"{url} rejected the API key (HTTP {code}); set a valid key in the environment variable {names}"
-            )
+            return self.auth_error(code)
         if code in _RETRY_STATUS:
             headers = getattr(exc.response, "headers", None)
             retry_after = retry_after_from_headers(dict(headers) if headers is not None else None)
             if retry_after is None:
                 retry_after = _retry_info_delay(exc.details)
-            return Transient(f"HTTP {code}: {detail}", retry_after)
+            return Transient(status_text(code, detail), retry_after)
         return ProviderError(
-            f"{url} rejected the request (HTTP {code}: {detail}); "
+            f"{url} rejected the request ({status_text(code, detail)}); "
             f"check the model name {self.config.model!r} and the request options"
         )
+
+
+def _google_error(details: Any) -> dict:
+    """The ``error`` object of a body in Google's JSON error format, else {}: the SDK wraps a non-JSON
+    body (an HTML page of whatever server base_url named) as a message, which is never echoed."""
+    error = details.get("error") if isinstance(details, dict) else None
+    return error if isinstance(error, dict) else {}
 
 
 def _retry_info_delay(details: Any) -> float | None:

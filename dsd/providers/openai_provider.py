@@ -9,12 +9,13 @@ import openai
 
 from . import batch
 from .base import Provider, RawAnswer
-from .errors import ProviderAuthError, ProviderError, redact
+from .endpoints import NO_KEY, OFFICIAL_ENDPOINTS
+from .errors import ProviderError, redact
 from .openai_wire import build_body, parse_completion
-from .retry import Malformed, Transient, retry_after_from_headers
+from .retry import Malformed, Transient, no_connection, retry_after_from_headers, status_text
 from .types import ChatRequest
 
-OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+OPENAI_DEFAULT_URL = OFFICIAL_ENDPOINTS["openai"]
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
@@ -25,22 +26,20 @@ class OpenAIProvider(Provider):
 
     @property
     def is_official(self) -> bool:
-        return self.config.base_url is None or "api.openai.com" in self.config.base_url
+        return self.config.is_official
 
-    def _make_client(self, api_key: str) -> openai.AsyncOpenAI:
-        # max_retries=0: retries, backoff and retry-after are ours (dsd.providers.retry).
-        return openai.AsyncOpenAI(
-            api_key=api_key, base_url=self.config.base_url, timeout=self.config.timeout_s, max_retries=0
-        )
+    def _client_options(self, api_key: str | None) -> dict[str, Any]:
+        # Everything explicit, so the SDK reads neither OPENAI_BASE_URL (which could redirect a key)
+        # nor OPENAI_API_KEY itself; max_retries=0: retries and backoff are ours.
+        return {"api_key": api_key or NO_KEY, "base_url": self.config.base_url or OPENAI_DEFAULT_URL,
+                "timeout": self.config.timeout_s, "max_retries": 0}
+
+    def _make_client(self, api_key: str | None) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(**self._client_options(api_key))
 
     def make_sync_client(self) -> openai.OpenAI:
         """A blocking client (used by the Batch API helpers)."""
-        return openai.OpenAI(
-            api_key=self.api_key(),
-            base_url=self.config.base_url,
-            timeout=self.config.timeout_s,
-            max_retries=0,
-        )
+        return openai.OpenAI(**self._client_options(self.api_key()))
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         return build_body(self.config.model, request, self.is_official)
@@ -53,7 +52,9 @@ class OpenAIProvider(Provider):
         # about half of the client's CPU per request (profiled at 32 in flight). Same HTTP exchange,
         # same auth, same SDK exceptions.
         try:
-            text = await client.post("/chat/completions", cast_to=str, body=body)
+            # No key for this endpoint: no Authorization header at all (not even the placeholder).
+            options: Any = {} if self._api_key else {"headers": {"Authorization": openai.Omit()}}
+            text = await client.post("/chat/completions", cast_to=str, body=body, options=options)
         except Exception as exc:  # noqa: BLE001 - translated into the provider vocabulary
             raise self.translate_error(exc) from None
         try:
@@ -82,23 +83,17 @@ class OpenAIProvider(Provider):
         """Map an SDK exception to Transient / Malformed / a ProviderError subclass."""
         url = self.endpoint_url
         key = self._api_key
-        if isinstance(exc, openai.APITimeoutError):
-            return Transient(f"timed out after {self.config.timeout_s:g}s")
-        if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__ or exc
-            return Transient(f"connection failed ({type(cause).__name__}: {redact(str(cause), key)[:200]})")
+        if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+            # One text for refused, reset, non-HTTP and silent ports: errors must not map a network.
+            return Transient(no_connection(self.config.timeout_s))
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            names = " or ".join(self.config.key_env_names())
-            return ProviderAuthError(
-                f"{url} rejected the API key (HTTP {exc.status_code}); set a valid key in the "
-                f"environment variable {names}"
-            )
+            return self.auth_error(exc.status_code)
         if isinstance(exc, openai.APIStatusError):
-            detail = redact(_error_detail(exc), key)
+            detail = status_text(exc.status_code, redact(_error_detail(exc), key))
             if exc.status_code in _RETRY_STATUS:
-                return Transient(f"HTTP {exc.status_code}: {detail}", retry_after_from_headers(exc.response.headers))
+                return Transient(detail, retry_after_from_headers(exc.response.headers))
             return ProviderError(
-                f"{url} rejected the request (HTTP {exc.status_code}: {detail}); "
+                f"{url} rejected the request ({detail}); "
                 f"check the model name {self.config.model!r} and the request options"
             )
         if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError, ValueError)):
@@ -107,10 +102,13 @@ class OpenAIProvider(Provider):
 
 
 def _error_detail(exc: openai.APIStatusError) -> str:
-    body = exc.body
+    """The message of an error body in OpenAI's JSON format; "" for anything else (an HTML page of
+    whatever server base_url named is never echoed to the client)."""
+    body = exc.body  # the SDK's parsed JSON ("error" object), or raw text when the body was not JSON
     if isinstance(body, dict):
-        message = body.get("message") or (body.get("error") or {}).get("message")
-        if message:
-            return str(message)[:300]
-    return str(exc.message)[:300]
-
+        message = body.get("message")
+        if not message and isinstance(body.get("error"), dict):
+            message = body["error"].get("message")
+        if isinstance(message, str) and message:
+            return message[:300]
+    return ""

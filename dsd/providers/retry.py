@@ -40,6 +40,16 @@ class Malformed(Exception):
         self.reason = reason
 
 
+def no_connection(timeout_s: float) -> str:
+    """The reason given for every network failure and timeout alike (see the providers' translators)."""
+    return f"could not connect, or no answer within {timeout_s:g}s"
+
+
+def status_text(code: int | None, detail: str) -> str:
+    """``HTTP 503`` or ``HTTP 503: <provider's JSON message>``."""
+    return f"HTTP {code}: {detail}" if detail else f"HTTP {code}"
+
+
 def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds); None when absent/invalid."""
     if not headers:

@@ -30,7 +30,9 @@ included):
   in the provider's format with those headers;
 * ``("timeout", seconds)``: wait that long before answering (longer than the client timeout);
 * ``("malformed",)``: non-JSON text when a schema was asked, otherwise a broken HTTP body;
-* ``("refusal",)``: OpenAI ``message.refusal`` / Gemini ``finishReason: SAFETY``.
+* ``("refusal",)``: OpenAI ``message.refusal`` / Gemini ``finishReason: SAFETY``;
+* ``("html", code, text)``: a ``text/html`` page with that status, as a server that is no LLM
+  API (an internal admin page, a proxy) would answer.
 
 With ``api_key`` set, requests carrying another key get the provider's 401 answer.
 """
@@ -246,7 +248,7 @@ class FakeLLMServer:
         """Append failures, consumed one per model request in arrival order."""
         with self._lock:
             for failure in failures:
-                if not failure or failure[0] not in ("status", "timeout", "malformed", "refusal"):
+                if not failure or failure[0] not in ("status", "timeout", "malformed", "refusal", "html"):
                     raise ValueError(f"unknown failure {failure!r}; see FakeLLMServer docs")
                 self._failures.append(tuple(failure))
 
@@ -288,6 +290,8 @@ class FakeLLMServer:
             if failure and failure[0] == "timeout":
                 await asyncio.sleep(float(failure[1]))
                 failure = None
+            if failure and failure[0] == "html":
+                return web.Response(status=int(failure[1]), text=str(failure[2]), content_type="text/html")
             text = ""
             if not failure:
                 answer = self.responder(recorded)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from dsd.providers import (
     make_provider,
     request_cache_key,
 )
+from dsd.providers.endpoints import NO_KEY, OFFICIAL_ENDPOINTS, endpoint_for, is_official
 from dsd.providers.gemini_provider import _retry_info_delay
 from dsd.providers.schema import SchemaMismatch, parse_json_answer
 from tests.support.llm_server import FakeLLMServer, fake_object_for_schema
@@ -216,14 +220,98 @@ def test_refusal_not_retried(kind: str, server: FakeLLMServer) -> None:
     assert len(server.requests) == 1
 
 
-@pytest.mark.parametrize("kind,env", [("openai", "OPENAI_API_KEY"), ("gemini", "GEMINI_API_KEY")])
-def test_401_names_env_var_and_hides_key(kind: str, env: str) -> None:
+def sent_secrets(srv: FakeLLMServer) -> list[str]:
+    """The header values of every recorded request that carry one of the environment's keys."""
+    return [v for r in srv.requests for v in r.headers.values() if OPENAI_KEY in v or GEMINI_KEY in v]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_environment_keys_never_reach_another_endpoint(kind: str, server: FakeLLMServer) -> None:
+    """OPENAI_API_KEY / GEMINI_API_KEY are set, base_url is a listener on 127.0.0.1: it gets no key."""
+    with make(kind, server) as provider:
+        assert provider.complete(ChatRequest("hi")).text == "Echo: hi"
+    headers = server.requests[0].headers
+    assert sent_secrets(server) == []
+    if kind == "openai":
+        assert "Authorization" not in headers
+    else:  # google-genai cannot run without a key: the placeholder, which is no secret
+        assert headers.get("x-goog-api-key") == NO_KEY
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_401_without_a_key_says_none_was_sent(kind: str) -> None:
     with FakeLLMServer(api_key="the-right-key") as srv, make(kind, srv) as provider:
         with pytest.raises(ProviderAuthError) as info:
             provider.complete(ChatRequest("hi"))
         assert len(srv.requests) == 0  # rejected before reaching the model
-    assert env in str(info.value) and "401" in str(info.value)
-    assert OPENAI_KEY not in str(info.value) and GEMINI_KEY not in str(info.value)
+    message = str(info.value)
+    assert "401" in message and "no API key was sent" in message and "DSD_ENDPOINT_KEYS" in message
+    assert srv.url in message and OFFICIAL_ENDPOINTS[kind] in message
+    assert OPENAI_KEY not in message and GEMINI_KEY not in message
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_registered_endpoint_gets_exactly_its_key(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeLLMServer(api_key="gateway-key-0123") as srv, FakeLLMServer() as other:
+        url = srv.openai_base_url if kind == "openai" else srv.gemini_base_url
+        # Registered in another spelling (scheme in capitals, trailing slash): the normal form matches.
+        spelled = url.replace("http://", "HTTP://") + "/"
+        monkeypatch.setenv("DSD_ENDPOINT_KEYS", f"http://unused.example:1/v1=UNUSED, {spelled}=GATEWAY_KEY")
+        monkeypatch.setenv("GATEWAY_KEY", "gateway-key-0123")
+        with make(kind, srv) as provider:
+            assert provider.complete(ChatRequest("hi")).text == "Echo: hi"
+        with make(kind, other) as provider:  # same host, another port: not registered
+            provider.complete(ChatRequest("hi"))
+    assert len(srv.requests) == 1 and sent_secrets(srv) == []
+    assert "gateway-key-0123" not in json.dumps([r.headers for r in other.requests])
+    monkeypatch.setenv("GATEWAY_KEY", "a-wrong-one")
+    with FakeLLMServer(api_key="gateway-key-0123") as srv:
+        monkeypatch.setenv("DSD_ENDPOINT_KEYS", f"{srv.openai_base_url if kind == 'openai' else srv.url}=GATEWAY_KEY")
+        with make(kind, srv) as provider, pytest.raises(ProviderAuthError, match="rejected the API key"):
+            provider.complete(ChatRequest("hi"))
+
+
+@pytest.mark.parametrize("value", ["http://h:1/v1=sk-the-key-itself-!", "no-equals-sign", "ftp://h/v1=NAME"])
+def test_bad_endpoint_registration_is_a_clear_error(value: str, monkeypatch: pytest.MonkeyPatch,
+                                                    server: FakeLLMServer) -> None:
+    monkeypatch.setenv("DSD_ENDPOINT_KEYS", value)
+    with make("openai", server) as provider, pytest.raises(ValueError, match="DSD_ENDPOINT_KEYS entry 1"):
+        provider.complete(ChatRequest("hi"))
+    assert server.requests == []
+
+
+def test_official_endpoints_are_exact_scheme_and_host() -> None:
+    assert is_official("openai", endpoint_for("openai", None))
+    assert is_official("openai", endpoint_for("openai", "HTTPS://api.openai.com:443/v1/"))
+    assert is_official("gemini", endpoint_for("gemini", "https://generativelanguage.googleapis.com/"))
+    for kind, url in [("openai", "http://api.openai.com/v1"), ("openai", "https://api.openai.com.evil.test/v1"),
+                      ("openai", "https://api.openai.com:8443/v1"), ("openai", "https://generativelanguage.googleapis.com"),
+                      ("gemini", "https://evil.test/generativelanguage.googleapis.com")]:
+        assert not is_official(kind, endpoint_for(kind, url)), url
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/v1", "127.0.0.1:8000/v1", "not a url",
+                                 "http://127.0.0.1:8000/admin/users?x=", "http://user:pw@127.0.0.1/v1",
+                                 "http://127.0.0.1:99999/v1", "gopher://h"])
+def test_bad_base_url_is_an_input_error_before_any_request(url: str) -> None:
+    with pytest.raises(ValueError, match="base_url") as info:
+        ProviderConfig(kind="openai", model="m", base_url=url)
+    assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("code", [404, 500])
+def test_error_pages_of_other_servers_are_not_echoed(kind: str, code: int, server: FakeLLMServer) -> None:
+    page = "<html><body>internal admin: user list alice bob</body></html>"
+    server.queue_failures([("html", code, page)] * (3 if code == 500 else 1))
+    with make(kind, server) as provider, pytest.raises(ProviderError) as info:
+        provider.complete(ChatRequest("hi"))
+    assert f"HTTP {code}" in str(info.value)
+    assert "alice" not in str(info.value) and "internal admin" not in str(info.value)
+    # The provider's own JSON error message still comes through.
+    server.queue_failures([("status", 400)])
+    with make(kind, server) as provider, pytest.raises(ProviderError, match="injected HTTP 400"):
+        provider.complete(ChatRequest("hi"))
 
 
 def test_missing_key_names_env_var(monkeypatch: pytest.MonkeyPatch, server: FakeLLMServer) -> None:
@@ -253,6 +341,35 @@ def test_server_down_fails_fast(kind: str) -> None:
         provider.complete(ChatRequest("hi"))
     assert time.monotonic() - start < 3.0
     assert f"127.0.0.1:{port}" in str(info.value) and "3 tries" in str(info.value)
+    # A closed port, an open port that speaks no HTTP and a silent one read alike.
+    assert "could not connect" in str(info.value) and "Errno" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_port_without_http_reads_like_a_closed_one(kind: str) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}" + ("/v1" if kind == "openai" else "")
+        stop = threading.Event()
+
+        def hang_up() -> None:  # accept and close at once: no HTTP answer
+            listener.settimeout(0.2)
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    listener.accept()[0].close()
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        provider = make_provider(ProviderConfig(kind=kind, model="m", base_url=base, timeout_s=1.0, max_retries=1,
+                                                backoff_base_s=0.01))
+        try:
+            with provider, pytest.raises(ProviderUnavailable) as info:
+                provider.complete(ChatRequest("hi"))
+        finally:
+            stop.set()
+            thread.join(5)
+    assert "could not connect, or no answer within 1s" in str(info.value)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -274,6 +391,19 @@ def test_cache_hit_makes_no_request(kind: str, server: FakeLLMServer, png: bytes
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_cache_is_per_endpoint(kind: str, png: bytes, tmp_path: Path) -> None:
+    """Server A's answer (say, a poisoned caption) is never served for the same request to server B."""
+    request = ChatRequest("caption this", images=(png,))
+    with FakeLLMServer(responder=lambda r: "answer of A") as a, FakeLLMServer(responder=lambda r: "answer of B") as b:
+        with make(kind, a, cache_dir=str(tmp_path)) as provider:
+            assert provider.complete(request).text == "answer of A"
+        with make(kind, b, cache_dir=str(tmp_path)) as provider:
+            result = provider.complete(request)
+        assert (result.text, result.cached) == ("answer of B", False)
+        assert len(a.requests) == 1 and len(b.requests) == 1
+
+
 def test_cache_key_covers_what_changes_the_answer(png: bytes) -> None:
     cfg = ProviderConfig(kind="openai", model="a")
     base = ChatRequest("p", system="s", images=(png,), json_schema=SCHEMA)
@@ -281,6 +411,8 @@ def test_cache_key_covers_what_changes_the_answer(png: bytes) -> None:
     assert key == request_cache_key(cfg, ChatRequest("p", system="s", images=(png,), json_schema=dict(SCHEMA)))
     variants = [
         (ProviderConfig(kind="gemini", model="a"), base),
+        (ProviderConfig(kind="openai", model="a", base_url="http://127.0.0.1:8000/v1"), base),
+        (ProviderConfig(kind="openai", model="a", base_url="http://127.0.0.1:8001/v1"), base),
         (ProviderConfig(kind="openai", model="b"), base),
         (cfg, ChatRequest("q", system="s", images=(png,), json_schema=SCHEMA)),
         (cfg, ChatRequest("p", system=None, images=(png,), json_schema=SCHEMA)),
