@@ -7,13 +7,17 @@ LLM/VLM stages, the provider's token and cost usage, so an operator can judge a 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the providers package is only needed when a stage talks to an LLM
     from dsd.manifest import RecordLog
     from dsd.providers import Usage
+
+logger = logging.getLogger(__name__)
 
 _MAX_REASONS = 8
 
@@ -116,6 +120,69 @@ class StageSummary:
             if len(ordered) > _MAX_REASONS:
                 lines.append(f"    ... and {len(ordered) - _MAX_REASONS} more reasons")
         return "\n".join(lines)
+
+
+def item_failure(stage: str, item_id: object, step: str, exc: Exception) -> tuple[str, str]:
+    """(reason, summary category) for an item whose ``step`` raised ``exc``: ``"<step> failed
+    (<Type>): <first line>"`` and ``"<step> failed (<Type>)"``. Logs a warning naming the item and,
+    at debug level (``-vv``), the traceback."""
+    category = f"{step} failed ({type(exc).__name__})"
+    message = (str(exc).strip().splitlines() or [""])[0]
+    reason = f"{category}: {message}" if message else category
+    logger.warning("%s: item %s rejected: %s", stage, item_id, reason)
+    logger.debug("%s: traceback of item %s", stage, item_id, exc_info=exc)
+    return reason, category
+
+
+class ItemErrors:
+    """The per-item exception boundary of a batch stage: one bad item never stops the stage.
+
+    A stage calls :meth:`failed` from ``except Exception`` around one item's work (decode, cut,
+    view, verdict, ...); the exception becomes that item's reject, reason ``"<step> failed
+    (<Type>): <message>"`` (summary key: the part before the colon), written by the stage's
+    ``write(reason, category)`` into its record log like any other reject, so a rerun does not try
+    it again. A warning names the item; the traceback is logged at debug level (``-vv``).
+
+    Unless the stage itself is broken: while the summary holds no decided item (nothing accepted
+    or rejected, in this run or counted from an earlier one), these rejects are held back, and
+    when the first ``limit`` items all raise, the last exception propagates (a bug surfaces with
+    its traceback) with nothing recorded for them, so the rerun after a fix does them all. Held rejects are written as soon
+    as the stage decides any item, or when the ``with`` block ends normally. KeyboardInterrupt
+    and SystemExit are never caught (``except Exception``), so Ctrl-C stops a stage as always.
+    """
+
+    def __init__(self, summary: StageSummary, limit: int = 8) -> None:
+        self.summary = summary
+        self.limit = limit
+        self._held: list[tuple[Callable[[str, str], None], str, str]] = []
+
+    def __enter__(self) -> ItemErrors:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self._release()
+
+    def failed(self, item_id: object, step: str, exc: Exception, write: Callable[[str, str], None]) -> None:
+        """Reject ``item_id`` because ``step`` raised ``exc``; ``write(reason, category)`` records
+        and counts it (now, or once the stage is known to work). Re-raises ``exc`` when the first
+        ``limit`` items of the run all raised."""
+        reason, category = item_failure(self.summary.stage, item_id, step, exc)
+        self._held.append((write, reason, category))
+        if self.summary.items_out or self.summary.rejected:
+            self._release()
+        elif len(self._held) >= self.limit:
+            self._held.clear()
+            exc.add_note(
+                f"datagen {self.summary.stage}: the first {self.limit} items all raised and none was decided: "
+                "a fault of the stage, not of the items; nothing was recorded for them"
+            )
+            raise exc
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        for write, reason, category in held:
+            write(reason, category)
 
 
 def _usage_dict(usage: Any) -> dict[str, Any]:
