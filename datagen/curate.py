@@ -23,9 +23,11 @@ accepted with verdict "skipped" and captioned from its grid prompt.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from dsd.manifest import RecordLog, iter_jsonl, read_records
 
 from .config import CurateConfig, DatagenInputError
 from .llm import VLM_FAILURES, LLMStageError, classify_error, settle_failure, stage_provider
-from .summary import StageSummary
+from .summary import ItemErrors, StageSummary
 from .vlm_view import UnreadableImage, ViewSpec, encode_view, read_rgb, view_path
 
 logger = logging.getLogger(__name__)
@@ -118,10 +120,13 @@ def verdict_record(pair: dict[str, Any], data: dict[str, Any] | None, cfg: Curat
         rec.update(reason=f"malformed answer: missing {', '.join(missing)}")
         return rec
     try:
-        confidence = min(1.0, max(0.0, float(data["confidence"])))
-    except (TypeError, ValueError):
-        rec.update(reason=f"malformed answer: confidence {data['confidence']!r} is not a number")
+        confidence = float(data["confidence"])
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float range
+        confidence = math.nan
+    if not math.isfinite(confidence):  # NaN or inf is no confidence at all
+        rec.update(reason=f"malformed answer: confidence {data['confidence']!r:.40} is not a finite number")
         return rec
+    confidence = min(1.0, max(0.0, confidence))
     same = data["same_identity"] is True
     rec.update({k: str(data[k]) for k in ("subject", "description_a", "description_b", "reason", "caption")})
     rec.update(same_identity=same, confidence=confidence, verdict="vlm")
@@ -194,8 +199,8 @@ def run_curate(cfg: CurateConfig, workdir: Path, *, vlm=None, progress: bool = T
     out_dir = workdir / "curate"
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = _pairs(workdir, cfg)
-    with RecordLog(out_dir / "verdicts.jsonl", flush_every=64, flush_s=0.5) as log:
-        run = _CurateRun(cfg, out_dir, prompt_index(workdir), workdir / "panels", log, summary)
+    with RecordLog(out_dir / "verdicts.jsonl", flush_every=64, flush_s=0.5) as log, ItemErrors(summary) as errors:
+        run = _CurateRun(cfg, out_dir, prompt_index(workdir), workdir / "panels", log, summary, errors)
         todo = _todo(run, pairs)
         if vlm is None:
             _run_skipped(run, todo, progress)
@@ -222,6 +227,7 @@ class _CurateRun:
     base: Path  # the folder pair paths are relative to
     log: RecordLog
     summary: StageSummary
+    errors: ItemErrors
     provider: Any = None
     bar: Any = None
 
@@ -232,6 +238,16 @@ class _CurateRun:
         """Log a pair's final verdict and count it."""
         self.log.append(rec)
         _count(self.summary, rec)
+
+    def raised(self, pair: dict[str, Any], step: str, exc: Exception) -> None:
+        """A pair whose ``step`` raised: a reject ("error" verdict) through the stage's ItemErrors."""
+
+        def write(reason: str, category: str) -> None:
+            rec = _base_record(pair)
+            rec.update(reason=reason, reject_reason=category)
+            self.record(rec)
+
+        self.errors.failed(pair.get("id"), step, exc, write)
 
     def tick(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -256,7 +272,12 @@ def _run_skipped(run: _CurateRun, todo: list[dict[str, Any]], progress: bool) ->
     from tqdm import tqdm
 
     for pair in tqdm(todo, desc="curate (skipped: no vlm)", unit="pair", disable=not progress):
-        run.record(skipped_record(pair, run.prompt_for(pair)))
+        try:
+            rec = skipped_record(pair, run.prompt_for(pair))
+        except Exception as exc:  # noqa: BLE001 - one pair's failure is its reject, not the stage's end
+            run.raised(pair, "caption", exc)
+            continue
+        run.record(rec)
     run.summary.extra["verdict"] = "skipped (no vlm provider; every pair accepted)"
 
 
@@ -268,30 +289,40 @@ def _count(summary: StageSummary, rec: dict[str, Any]) -> None:
 
 
 def _build_requests(run: _CurateRun, chunk: list[dict[str, Any]]):
-    """(pairs, requests) for the pairs whose images load; unreadable images become rejects."""
+    """(pairs, requests) for the pairs whose images load; the others become rejects."""
     kept, requests, bad = _encode_chunk(run, chunk)
-    for rec in bad:
-        run.record(rec)
+    _record_bad(run, bad)
     return kept, requests
 
 
+def _record_bad(run: _CurateRun, bad: list) -> None:
+    """Log what ``_encode_chunk`` could not encode: reject records, or (pair, exception) for ItemErrors."""
+    for item in bad:
+        if isinstance(item, dict):
+            run.record(item)
+        else:
+            run.raised(item[0], "view", item[1])
+
+
 def _encode_chunk(run: _CurateRun, chunk: list[dict[str, Any]]):
-    """(pairs, requests, reject records): pure work, safe in a producer thread (reads ``run``, logs nothing).
+    """(pairs, requests, bad): pure work, safe in a producer thread (reads ``run``, logs nothing).
+    ``bad`` holds a reject record per pair with an unreadable image and (pair, exception) per pair
+    whose encoding raised anything else (see ``_record_bad``).
 
     Each panel file is read and encoded once per chunk even when it appears in several pairs
     (a reference panel is paired with every other panel of its grid); retries reuse the request."""
     max_side, fmt, quality = panel_encoding(run.cfg)
-    encoded: dict[Path, bytes | UnreadableImage] = {}
+    encoded: dict[Path, bytes | Exception] = {}
 
     def panel(path: str) -> bytes:
         p = resolve_path(path, run.base)
         if p not in encoded:
             try:
                 encoded[p] = encode_panel(p, max_side, fmt, quality)
-            except UnreadableImage as exc:
+            except Exception as exc:  # noqa: BLE001 - remembered, raised for every pair of this panel
                 encoded[p] = exc
         got = encoded[p]
-        if isinstance(got, UnreadableImage):
+        if isinstance(got, Exception):
             raise got
         return got
 
@@ -299,13 +330,17 @@ def _encode_chunk(run: _CurateRun, chunk: list[dict[str, Any]]):
     for pair in chunk:
         try:
             ref, target = panel(pair["ref_path"]), panel(pair["target_path"])
+            request = curate_request(ref, target, run.prompt_for(pair).get("prompt", ""))
         except UnreadableImage as exc:
             rec = _base_record(pair)
             rec["reason"] = rec["reject_reason"] = str(exc)
             bad.append(rec)
             continue
+        except Exception as exc:  # noqa: BLE001 - one pair's failure is its reject, not the stage's end
+            bad.append((pair, exc))
+            continue
         kept.append(pair)
-        requests.append(curate_request(ref, target, run.prompt_for(pair).get("prompt", "")))
+        requests.append(request)
     return kept, requests, bad
 
 
@@ -320,7 +355,11 @@ def _record_result(run: _CurateRun, pair, result, attempts: int = 1) -> None:
         rec["reason"] = rec["reject_reason"] = reason
         rec["verdict"] = "refused" if _is_refusal(result) else "malformed"
     else:
-        rec = verdict_record(pair, result.data, run.cfg, result.usage)
+        try:
+            rec = verdict_record(pair, result.data, run.cfg, result.usage)
+        except Exception as exc:  # noqa: BLE001 - one answer that breaks the parser is its pair's reject
+            run.raised(pair, "verdict", exc)
+            return
         if rec["verdict"] == "error":
             rec["reject_reason"] = rec["reason"]
     rec["attempts"] = attempts
@@ -370,13 +409,16 @@ def _retry_refused(run: _CurateRun, refused: list) -> None:
             return
         requests = [rephrase(request, retry) for _, request in refused]
         again = []
-        for index, result in run.provider.map(requests):
-            pair, original = refused[index]
-            if _is_refusal(result) and retry < run.cfg.refusal_retries:
-                again.append((pair, original))
-                continue
-            _record_result(run, pair, result, attempts=retry + 1)
-            run.tick()
+        # closing: an exception leaving the loop (a stage fault) cancels the requests still pending
+        # now, not when its traceback is collected, after the provider has closed its event loop
+        with closing(run.provider.map(requests)) as answers:
+            for index, result in answers:
+                pair, original = refused[index]
+                if _is_refusal(result) and retry < run.cfg.refusal_retries:
+                    again.append((pair, original))
+                    continue
+                _record_result(run, pair, result, attempts=retry + 1)
+                run.tick()
         refused = again
 
 
@@ -405,10 +447,10 @@ def _run_online(run: _CurateRun, todo: list[dict[str, Any]]) -> None:
             kept, requests, bad = pending.result()
             if i + 1 < len(chunks):
                 pending = producer.submit(_encode_chunk, run, chunks[i + 1])
-            for rec in bad:
-                run.record(rec)
+            _record_bad(run, bad)
             run.tick(len(chunk) - len(kept))
-            _settle(run, ((kept[index], requests[index], result) for index, result in run.provider.map(requests)))
+            with closing(run.provider.map(requests)) as answers:  # see _retry_refused
+                _settle(run, ((kept[index], requests[index], result) for index, result in answers))
 
 
 # ---------------------------------------------------------------- OpenAI Batch API

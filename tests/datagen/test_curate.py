@@ -114,3 +114,77 @@ def test_batch_api_submits_once_and_a_rerun_collects(pairs_workdir: Path, dg) ->
         assert len(read_records(w / "curate" / "batches.jsonl")) == 2
         vs = verdicts(w)
         assert len(vs) == 6 and all(v["accepted"] for v in vs.values())
+
+
+def _vlm_sets(srv) -> list[str]:
+    sets = {"vlm.kind": "openai", "vlm.model": "test-model", "vlm.base_url": srv.openai_base_url,
+            "vlm.max_retries": 0, "vlm.max_concurrency": 1}  # fmt: skip
+    return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+
+
+def test_a_pair_that_raises_is_its_reject_and_the_stage_goes_on(pairs_workdir: Path, dg, monkeypatch) -> None:
+    """Through the CLI: a pair record without its target (the view step raises KeyError), an answer whose
+    parsing raises (the verdict step, made to raise for one pair), NaN and out-of-range confidences."""
+    import json
+
+    from datagen import curate
+    from datagen.cli import main
+
+    w = pairs_workdir
+    pairs = [json.loads(line) for line in (w / "panels" / "pairs.jsonl").read_text().splitlines()]
+    del pairs[1]["target_path"]  # grid000_2_3
+    (w / "panels" / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    real = curate.verdict_record
+
+    def verdict_record(pair, data, cfg, usage):
+        if pair["id"] == "grid001_0_1":
+            raise RuntimeError("parser bug")
+        return real(pair, data, cfg, usage)
+
+    monkeypatch.setattr(curate, "verdict_record", verdict_record)
+    answers = iter([float("nan"), 0.9, 10**400])  # pairs asked in id order, one at a time; then 0.9
+
+    def responder(req):
+        return {**dg.smart_responder()(req), "confidence": next(answers, 0.9)}
+
+    with FakeLLMServer(responder=responder) as srv:
+        args = ["curate", "--workdir", str(w), "--no-progress", *_vlm_sets(srv)]
+        assert main(args) == 0
+        vs = verdicts(w)
+        assert len(vs) == 6 and len(srv.requests) == 5  # the pair without a target was never asked
+        view = vs["grid000_2_3"]
+        assert not view["accepted"] and view["reject_reason"] == "view failed (KeyError)"
+        assert view["reason"] == "view failed (KeyError): 'target_path'"
+        assert vs["grid001_0_1"]["reject_reason"] == "verdict failed (RuntimeError)"
+        malformed = sorted(v["reason"] for v in vs.values() if v["verdict"] == "error" and "finite" in v["reason"])
+        assert len(malformed) == 2 and all(r.startswith("malformed answer: confidence") for r in malformed)
+        summary = json.loads((w / "curate" / "summary.json").read_text())
+        assert summary["items_out"] == 2 and summary["rejected"] == 4
+        assert summary["reject_reasons"]["view failed (KeyError)"] == 1
+        assert summary["reject_reasons"]["verdict failed (RuntimeError)"] == 1
+        # a rerun asks nothing again and counts the same decisions
+        assert main(args) == 0
+        assert len(srv.requests) == 5
+        assert json.loads((w / "curate" / "summary.json").read_text())["reject_reasons"] == summary["reject_reasons"]
+
+
+def test_a_verdict_step_that_always_raises_stops_the_stage_and_records_nothing(tmp_path: Path, dg, monkeypatch) -> None:
+    from datagen import curate
+
+    w = tmp_path / "work"
+    dg.make_pairs_workdir(w, n_grids=5)  # 10 pairs: more than ItemErrors' limit (8)
+    real = curate.verdict_record
+
+    def broken(pair, data, cfg, usage):
+        raise AttributeError("a bug every pair hits")
+
+    with FakeLLMServer(responder=dg.smart_responder()) as srv:
+        vlm = dg.provider_cfg(srv, max_concurrency=1)
+        monkeypatch.setattr(curate, "verdict_record", broken)
+        with pytest.raises(AttributeError, match="a bug every pair hits") as info:
+            run_curate(CurateConfig(), w, vlm=vlm, progress=False)
+        assert any("a fault of the stage" in note for note in info.value.__notes__)
+        assert verdicts(w) == {}  # nothing recorded: the rerun after the fix decides every pair
+        monkeypatch.setattr(curate, "verdict_record", real)
+        s = run_curate(CurateConfig(), w, vlm=vlm, progress=False)
+    assert s.items_out == 10 and len(verdicts(w)) == 10
