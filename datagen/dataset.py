@@ -7,7 +7,9 @@ caption, grid_id, seed, prompt, subject, confidence). Samples are sorted by key 
 carry fixed metadata (mtime 0, uid 0), so the same curated pairs always give byte-identical
 shards: a run killed at any point and rerun ends equal to an uninterrupted run. Each shard is
 written to a temporary file and renamed; ``dataset/shards.jsonl`` remembers which shard content
-(a digest of its samples) is already on disk, so a rerun rewrites only what changed.
+(a digest of its samples) is already on disk, so a rerun rewrites only what changed. A sample
+whose panel is missing or does not decode is left out of its shard, not the dataset: it counts as
+a reject, and ``shards.jsonl`` keeps it with its reason under the shard's ``dropped``.
 
 The authors' layout is one parquet file with ``image`` (target), ``conditioning`` (reference)
 - each a ``{"bytes": png}`` struct (Hugging Face ``Image`` feature) or raw bytes - and
@@ -34,7 +36,7 @@ from dsd.manifest import RecordLog, read_records
 
 from .config import DatagenInputError, DatasetConfig
 from .parquet_io import iter_batches, open_parquet
-from .summary import StageSummary
+from .summary import StageSummary, item_failure
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +62,9 @@ def _index_schema():
 
 def _png_bytes(src: Path | bytes, what: str) -> bytes:
     """The PNG bytes of ``src`` after checking they decode; other formats are converted to PNG."""
-    data = src.read_bytes() if isinstance(src, Path) else src
     name = str(src) if isinstance(src, Path) else what
     try:
+        data = src.read_bytes() if isinstance(src, Path) else src
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
             im.load()
@@ -72,7 +74,7 @@ def _png_bytes(src: Path | bytes, what: str) -> bytes:
             im.save(buf, format="PNG")
             return buf.getvalue()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DatagenInputError(f"corrupt image {name}: {type(exc).__name__}: {exc}") from exc
+        raise DatagenInputError(f"unreadable image {name}: {type(exc).__name__}: {exc}") from exc
 
 
 def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -99,13 +101,30 @@ def shard_spec(samples: list[Sample]) -> str:
     return h.hexdigest()
 
 
-def write_shard(dest: Path, samples: list[Sample]) -> None:
-    """One webdataset tar, atomically (temporary sibling, then rename)."""
+def write_shard(dest: Path, samples: list[Sample]) -> dict[str, str]:
+    """One webdataset tar, atomically (temporary sibling, then rename). A sample whose images do not
+    decode is left out, not the shard: returns {key: reason} of those."""
+    dropped: dict[str, str] = {}
     with atomic_path(dest, suffix=".tar") as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
-            _member(tar, f"{s.key}.ref.png", _png_bytes(s.ref, f"{s.key}.ref.png"))
-            _member(tar, f"{s.key}.target.png", _png_bytes(s.target, f"{s.key}.target.png"))
+            try:
+                ref, target = _png_bytes(s.ref, f"{s.key}.ref.png"), _png_bytes(s.target, f"{s.key}.target.png")
+            except DatagenInputError as exc:
+                logger.warning("dataset: sample %s left out: %s", s.key, exc)
+                dropped[s.key] = str(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one sample's failure leaves it out, not the stage
+                dropped[s.key] = item_failure("dataset", s.key, "decode", exc)[0]
+                continue
+            _member(tar, f"{s.key}.ref.png", ref)
+            _member(tar, f"{s.key}.target.png", target)
             _member(tar, f"{s.key}.json", _meta_bytes(s.meta))
+    return dropped
+
+
+def _drop_category(reason: str) -> str:
+    """The summary key of a left-out sample (its full reason, with the path, stays in shards.jsonl)."""
+    return "unreadable image" if reason.startswith("unreadable image") else reason.split(":", 1)[0]
 
 
 def _index_row(s: Sample, shard: str) -> dict[str, Any]:
@@ -141,13 +160,18 @@ def write_dataset(
             name = SHARD_PATTERN.format(n_shards)
             spec = shard_spec(batch)
             done_id = f"{name}:{spec}"
-            if done_id in written and (out_dir / name).is_file():
-                summary.skipped_done += len(batch)
+            earlier = written.get(done_id)
+            if earlier is not None and (out_dir / name).is_file():
+                dropped = earlier.get("dropped", {})
+                summary.skipped_done += len(batch) - len(dropped)
             else:
-                write_shard(out_dir / name, batch)
-                written.append({"id": done_id, "shard": name, "samples": len(batch)})
-            rows.extend(_index_row(s, name) for s in batch)
-            summary.items_out += len(batch)
+                dropped = write_shard(out_dir / name, batch)
+                written.append({"id": done_id, "shard": name, "samples": len(batch) - len(dropped), "dropped": dropped})
+            for reason in dropped.values():
+                summary.reject(_drop_category(reason))
+            kept = [s for s in batch if s.key not in dropped]
+            rows.extend(_index_row(s, name) for s in kept)
+            summary.items_out += len(kept)
             bar.update(len(batch))
             n_shards += 1
             batch.clear()
@@ -276,7 +300,9 @@ def export_authors(workdir: Path, out: Path, *, row_group: int = 256, progress: 
     return count
 
 
-def _authors_samples(path: Path) -> Iterator[Sample]:
+def _authors_samples(path: Path, summary: StageSummary) -> Iterator[Sample]:
+    """The samples of an authors'-layout parquet; a row whose images are missing or do not decode
+    is a reject (counted, named in a warning), not the end of the import."""
     if not path.is_file():
         raise DatagenInputError(f"{path} does not exist")
     pf = open_parquet(path)
@@ -291,17 +317,32 @@ def _authors_samples(path: Path) -> Iterator[Sample]:
     for batch in iter_batches(pf, path, ["image", "conditioning", "caption"], 64):
         for item in batch.to_pylist():
             row += 1
-            target = _png_bytes(_image_cell(item["image"], path, row, "image"), f"{path} row {row} image")
-            ref = _png_bytes(_image_cell(item["conditioning"], path, row, "conditioning"),
-                             f"{path} row {row} conditioning")
-            caption = item["caption"] or ""
-            key = hashlib.sha1(hashlib.sha1(ref).digest() + hashlib.sha1(target).digest()
-                               + caption.encode()).hexdigest()[:16]
-            meta = {"caption": caption, "verdict": {"verdict": "imported", "accepted": True}, "grid_id": "",
-                    "seed": None, "prompt": "", "subject": "", "confidence": None, "source": f"{path.name}:{row}"}
-            yield Sample(key, meta, ref, target)
+            try:
+                sample = _authors_sample(item, path, row)
+            except DatagenInputError as exc:
+                logger.warning("import-authors: %s", exc)
+                summary.items_in += 1
+                summary.reject("row without a readable image")
+                continue
+            except Exception as exc:  # noqa: BLE001 - one row's failure is its reject, not the import's end
+                summary.items_in += 1
+                summary.reject(item_failure("import-authors", f"{path.name}:{row}", "decode", exc)[1])
+                continue
+            yield sample
+
+
+def _authors_sample(item: dict[str, Any], path: Path, row: int) -> Sample:
+    target = _png_bytes(_image_cell(item["image"], path, row, "image"), f"{path} row {row} image")
+    ref = _png_bytes(_image_cell(item["conditioning"], path, row, "conditioning"), f"{path} row {row} conditioning")
+    caption = item["caption"] or ""
+    key = hashlib.sha1(hashlib.sha1(ref).digest() + hashlib.sha1(target).digest() + caption.encode()).hexdigest()[:16]
+    meta = {"caption": caption, "verdict": {"verdict": "imported", "accepted": True}, "grid_id": "",
+            "seed": None, "prompt": "", "subject": "", "confidence": None, "source": f"{path.name}:{row}"}  # fmt: skip
+    return Sample(key, meta, ref, target)
 
 
 def import_authors(path: Path, workdir: Path, *, shard_size: int = 1000, progress: bool = True) -> StageSummary:
-    """Turn an authors'-layout parquet into ``workdir/dataset`` (shards + index), streaming."""
-    return _write_stage(StageSummary("import-authors"), _authors_samples(path), workdir / "dataset", shard_size, progress)
+    """Turn an authors'-layout parquet into ``workdir/dataset`` (shards + index), streaming; rows that
+    cannot be read are counted as rejects (the import is a conversion: a rerun reads them again)."""
+    summary = StageSummary("import-authors")
+    return _write_stage(summary, _authors_samples(path, summary), workdir / "dataset", shard_size, progress)
