@@ -8,7 +8,15 @@ rejected, and the mis-cuts: grids cut into wrong boxes (or mismatches cut at all
 those would send to curation (6 per grid, the default cap). Speed: grids per second of detection,
 the two detectors interleaved grid by grid so machine load hits both alike.
 
-Run: `.venv/bin/python -m benchmarks.datagen_panels [--per-style 20] [--size 1024]`.
+Real pictures (``--real``): grids assembled at run time from the photographs shipped in the
+scikit-image wheel and matplotlib's sample data (tests/datagen/real_grids.py: every kind of issue 16's
+table, layouts 1x2 .. 3x3, ~768 and ~1024 px, hard panels on purpose), ours against the detector of
+BASELINE (the one before issue 16, read from git), per kind: right (every box within 3 px) /
+rejected / mis-cut, crashes (an exception other than a detection error), the pairs mis-cut grids
+would send to curation, and detection speed.
+
+Run: `.venv/bin/python -m benchmarks.datagen_panels [--per-style 20] [--size 1024]`,
+`nice .venv/bin/python -m benchmarks.datagen_panels --real [--per-kind 48]`.
 """
 
 from __future__ import annotations
@@ -21,12 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from datagen.panels import PanelDetectionError, detect_panels
+from datagen.panels import PanelDetectionError, PanelsConfig, detect_panels
 from tests.datagen.synthetic_grids import STYLES, cut_is_right, grid_set
 
 REPO = Path(__file__).resolve().parents[1]
 
 BEFORE = "d293b4a"  # the last commit with the previous detector
+BASELINE = "3557b46"  # the detector before issue 16 (real pictures): datagen/panel_detect.py
 PAIRS_PER_GRID = 6
 
 
@@ -42,6 +51,70 @@ def previous_detector():
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module.detect_panels, module.PanelDetectionError
+
+
+def baseline_detector():
+    """``analyse_grid`` of datagen/panel_detect.py as of BASELINE, as a module of the datagen package."""
+    source = subprocess.run(["git", "show", f"{BASELINE}:datagen/panel_detect.py"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout  # fmt: skip
+    path = Path(tempfile.mkdtemp()) / "panel_detect_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("datagen._panel_detect_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "datagen"
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return lambda image, rows, cols: module.analyse_grid(image, rows, cols, PanelsConfig()).boxes
+
+
+def _outcome(detect, grid) -> str:
+    try:
+        boxes = detect(grid.image, grid.rows, grid.cols)
+    except PanelDetectionError:
+        return "rejected"
+    except (ValueError, IndexError, ArithmeticError):  # a crash: in the stage before issue 16 it stopped the run
+        return "crash"
+    if grid.mismatch:
+        return "mis-cut"
+    return "right" if cut_is_right(list(boxes), grid) else "mis-cut"
+
+
+def run_real(per_kind: int, seed: int, sizes: tuple[int, ...]) -> None:
+    from tests.datagen.real_grids import KINDS, real_grid_set
+
+    detectors = {"ours": detect_panels, "before": baseline_detector()}
+    grids = real_grid_set(per_kind, sizes=sizes, seed=seed)
+    counts = {name: {k: dict.fromkeys(("right", "rejected", "mis-cut", "crash", "pairs"), 0) for k in KINDS}
+              for name in detectors}  # fmt: skip
+    seconds = dict.fromkeys(detectors, 0.0)
+    for grid in grids:
+        for name, detect in detectors.items():
+            t0 = time.perf_counter()
+            outcome = _outcome(detect, grid)
+            seconds[name] += time.perf_counter() - t0
+            c = counts[name][grid.style]
+            c[outcome] += 1
+            if outcome == "mis-cut":
+                n = grid.rows * grid.cols
+                c["pairs"] += min(PAIRS_PER_GRID, n * (n - 1))
+    print(f"panel detection on real pictures: {len(grids)} grids ({per_kind} per kind, ~{'/'.join(map(str, sizes))} px, "
+          f"seed {seed}), ours vs the detector of {BASELINE}, one run\n")  # fmt: skip
+    print("| kind | ours: right / rejected / mis-cut | before: right / rejected / mis-cut (crashes) | "
+          "pairs to curation: ours | before |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for kind in KINDS:
+        o, b = counts["ours"][kind], counts["before"][kind]
+        print(f"| {kind} | {o['right']} / {o['rejected'] + o['crash']} / {o['mis-cut']} | "
+              f"{b['right']} / {b['rejected']} / {b['mis-cut']} ({b['crash']}) | {o['pairs']} | {b['pairs']} |")  # fmt: skip
+    tot = {name: {key: sum(c[key] for c in counts[name].values()) for key in counts[name][KINDS[0]]} for name in detectors}
+    o, b = tot["ours"], tot["before"]
+    print(f"| all | {o['right']} / {o['rejected'] + o['crash']} / {o['mis-cut']} | {b['right']} / {b['rejected']} / "
+          f"{b['mis-cut']} ({b['crash']}) | {o['pairs']} | {b['pairs']} |")  # fmt: skip
+    if o["crash"]:
+        print(f"\nours raised something other than a detection error on {o['crash']} grids (counted as rejected)")
+    rate = {name: len(grids) / s for name, s in seconds.items()}
+    print(f"\ndetection speed: ours {rate['ours']:.1f} grids/s, before {rate['before']:.1f} grids/s "
+          f"(ours / before = {rate['ours'] / rate['before']:.2f})")  # fmt: skip
 
 
 def run(per_style: int, size: int, seed: int) -> None:
@@ -95,8 +168,14 @@ def main() -> None:
     parser.add_argument("--per-style", type=int, default=20)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real", action="store_true", help="grids assembled from real photographs")
+    parser.add_argument("--per-kind", type=int, default=48, help="--real: grids per kind")
+    parser.add_argument("--sizes", default="768,1024", help="--real: grid sizes, comma-separated")
     args = parser.parse_args()
-    run(args.per_style, args.size, args.seed)
+    if args.real:
+        run_real(args.per_kind, args.seed, tuple(int(s) for s in args.sizes.split(",")))
+    else:
+        run(args.per_style, args.size, args.seed)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .panel_types import Box, Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
+from .panel_verify import edge_profile, verify
 
 _SAMPLES = 256  # pixels sampled along each line to judge it
 _BRIDGE = 2  # non-uniform lines inside a gutter that are still one gutter (JPEG block seams)
@@ -422,24 +423,6 @@ def _staggered(g: _Grid, axis: int, strips: tuple[tuple[int, int], ...]) -> Dete
 
 
 # ---------------------------------------------------------------- touching panels: colour edges
-def _edge_profile(lines: np.ndarray, cfg: PanelsConfig) -> np.ndarray:
-    """f[y]: share of the span where the image steps sharply between lines y-1 and y.
-
-    The step is measured across three lines (a boundary blurred by resampling or JPEG still counts)
-    and must exceed twice the steps two lines before and after it (smooth content, not texture)."""
-    length = len(lines)
-    f = np.zeros(length, np.float32)
-    if length < 8:
-        return f
-    a = lines
-    step = np.abs(a[3:-2] - a[:-5]).max(axis=2)  # boundary y = i + 2: lines y+1 vs y-2
-    before = np.abs(a[1:-4] - a[:-5]).max(axis=2)
-    after = np.abs(a[5:] - a[3:-2]).max(axis=2)
-    strong = (step > cfg.edge_step) & (step > 2 * np.maximum(before, after) + 8)
-    f[2 : length - 3] = strong.mean(axis=1)
-    return f
-
-
 def _pick_edge(
     f: np.ndarray, expected: float, window: float, cfg: PanelsConfig, even_cue: bool = True
 ) -> tuple[int, float, float, str]:
@@ -463,7 +446,9 @@ def _pick_edge(
         return lo + best, strength, confidence, ""
     at = np.arange(lo, hi)
     far = np.abs(at - (lo + best)) > 3
-    rivals = at[far & (seg > strength * (1.0 - cfg.min_edge_confidence))]
+    # Rivals: every edge within min_edge_confidence of the best, and the runner-up itself (at a
+    # confidence a hair under the bar, float rounding can leave the first set empty).
+    rivals = at[far & (seg >= min(second, strength * (1.0 - cfg.min_edge_confidence)))]
     gap = float(np.abs(rivals - expected).min()) - abs(lo + best - expected)
     even = min(1.0, max(0.0, gap / window))
     combined = 1.0 - (1.0 - confidence) * (1.0 - even)
@@ -527,7 +512,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
     for axis, n in ((0, g.rows), (1, g.cols)):
         lo, hi = (y0, y1) if axis == 0 else (x0, x1)
         region = g.a[y0:y1, x0:x1]
-        f = _edge_profile(_lines(region, axis, 2 * _SAMPLES), cfg)
+        f = edge_profile(_lines(region, axis, 2 * _SAMPLES), cfg)
         pitch = (hi - lo) / n
         name = "row" if axis == 0 else "column"
         if pitch < cfg.min_panel_size:
@@ -622,7 +607,11 @@ def analyse_grid(arr: np.ndarray, rows: int, cols: int, cfg: PanelsConfig) -> De
         # background beside a busy one): colour edges may still cut, on their own confidence only
         # (a real gutter's two sides are equally strong edges; evenness must not pick one).
         try:
-            return _by_edges(grid, even_cue=False)
+            found = _by_edges(grid, even_cue=False)
+            verify(grid.a, found, rows, cols, cfg)
+            return found
         except PanelDetectionError:
             raise gutter_error from None
-    return found if found is not None else _by_edges(grid)
+    found = found if found is not None else _by_edges(grid)
+    verify(grid.a, found, rows, cols, cfg)
+    return found

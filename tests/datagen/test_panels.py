@@ -119,8 +119,11 @@ def test_an_ambiguous_edge_off_the_even_split_is_rejected_not_guessed():
     img[120:200, 40:360] = (60, 200, 60)  # its bottom edge at y = 200, the even split
     with pytest.raises(PanelDetectionError, match="ambiguous"):
         detect_panels(img, 2, 1)
-    img[120:200, 40:360] = (200, 60, 60)  # without the object the boundary is clear
-    assert_boxes(detect_panels(img, 2, 1), [Box(0, 0, 400, 224), Box(0, 224, 400, 400)], max_px=1)
+    img[120:200, 40:360] = (200, 60, 60)  # without the object the boundary is clear, but the teacher
+    with pytest.raises(PanelDetectionError):  # draws equal panels: a 56/44 split is no grid of it
+        detect_panels(img, 2, 1)
+    img[:200], img[200:] = (200, 60, 60), (60, 60, 200)  # an even split with a clear edge is cut
+    assert_boxes(detect_panels(img, 2, 1), [Box(0, 0, 400, 200), Box(0, 200, 400, 400)], max_px=1)
 
 
 def test_no_edge_even_splits_only_when_asked():

@@ -1,0 +1,143 @@
+"""Checks every cut of datagen/panel_detect.py must pass before its panels may reach curation.
+
+A mis-cut sends wrong pairs to curation; a reject only costs one grid. So a detection, however it
+was found, is checked afterwards on both axes, and any doubt rejects the grid:
+
+1. *No hidden boundary.* A straight colour edge across the middle of the panels that share a row
+   (or a column) of the layout, at the same line in each of them, is a panel boundary the layout
+   does not have (a 3x3 labelled 1x3: each "panel" holds three photos). A lone panel (touching
+   panels only) needs a stronger, near-complete edge (a photo's own straight lines rarely cross all of it).
+2. *Touching panels (cut at colour edges) only:* the panels are equal (the teacher draws equal
+   panels; a cut at an object's edge, or at one side of a gutter swallowed by a panel of its
+   colour, makes unequal ones), and no panel's side is a uniform line (a gutter or border strip
+   left inside the panel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .panel_types import Box, Detection, PanelDetectionError, PanelsConfig
+
+_INNER = (0.2, 0.8)  # the middle of a panel, where a hidden boundary of a wrong layout falls
+_HIDDEN_GROUP = 0.6  # mean share of the span of an edge shared by the panels of a row (column)
+_HIDDEN_EACH = 0.3  # ... and its share in each of them
+_HIDDEN_SINGLE = 0.85  # a lone panel's edge (touching panels only)
+_BACKGROUND_SHARE = 0.4  # a colour covering this share of a panel is its background
+_MIN_SIDE_BAND = 3  # a uniform band along a panel's side this wide (px) is a gutter or border strip
+
+
+def edge_profile(lines: np.ndarray, cfg: PanelsConfig) -> np.ndarray:
+    """f[y]: share of the span where the image steps sharply between lines y-1 and y.
+
+    The step is measured across three lines (a boundary blurred by resampling or JPEG still counts)
+    and must exceed twice the steps two lines before and after it (smooth content, not texture)."""
+    length = len(lines)
+    f = np.zeros(length, np.float32)
+    if length < 8:
+        return f
+    a = lines
+    step = np.abs(a[3:-2] - a[:-5]).max(axis=2)  # boundary y = i + 2: lines y+1 vs y-2
+    before = np.abs(a[1:-4] - a[:-5]).max(axis=2)
+    after = np.abs(a[5:] - a[3:-2]).max(axis=2)
+    strong = (step > cfg.edge_step) & (step > 2 * np.maximum(before, after) + 8)
+    f[2 : length - 3] = strong.mean(axis=1)
+    return f
+
+
+def _panel_lines(a: np.ndarray, box: Box, axis: int) -> np.ndarray:
+    """The panel's lines along ``axis`` (0: rows, 1: columns), every 2nd pixel along each line."""
+    panel = a[box.y0 : box.y1, box.x0 : box.x1]
+    return np.ascontiguousarray(panel[:, ::2] if axis == 0 else panel[::2].transpose(1, 0, 2))
+
+
+def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: PanelsConfig, single: bool) -> str:
+    """Why the panels sharing a row (axis 0) or column (axis 1) hide a boundary ("" when none do);
+    ``single``: judge lone panels too (touching panels; between gutters a hidden boundary of a
+    wrong layout shows as gutters, and a subject's long straight side must not reject the grid)."""
+    groups: dict[tuple[int, int], list[Box]] = {}
+    for b in boxes:
+        groups.setdefault((b.y0, b.y1) if axis == 0 else (b.x0, b.x1), []).append(b)
+    for (lo, hi), members in groups.items():
+        length = hi - lo
+        i0, i1 = int(_INNER[0] * length), int(_INNER[1] * length)
+        if i1 - i0 < 4 or (len(members) == 1 and not single):
+            continue
+        profiles = np.stack([edge_profile(_panel_lines(a, b, axis), cfg)[i0:i1] for b in members])
+        mean = profiles.mean(axis=0)
+        if len(members) == 1:
+            hit = mean >= _HIDDEN_SINGLE
+        else:
+            hit = (mean >= _HIDDEN_GROUP) & (profiles.min(axis=0) >= _HIDDEN_EACH)
+        if hit.any():
+            at = lo + i0 + int(np.argmax(np.where(hit, mean, -1)))
+            where = f"{'y' if axis == 0 else 'x'}={at} px"
+            return (f"a straight colour edge crosses the middle of the panel(s) at {lo}-{hi} px ({where}, "
+                    f"{float(mean.max()):.0%} of the span): the image may show more panels than the layout")  # fmt: skip
+    return ""
+
+
+def _spread(sizes: list[int]) -> float:
+    return (max(sizes) - min(sizes)) / max(1, max(sizes))
+
+
+def _unequal(boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
+    for name, sizes in (("heights", [b.height for b in boxes]), ("widths", [b.width for b in boxes])):
+        if _spread(sizes) > cfg.max_edge_spread:
+            return (f"touching panels of unequal {name} ({min(sizes)}-{max(sizes)} px, more than "
+                    f"panels.max_edge_spread={cfg.max_edge_spread}): a cut at an object's edge or beside a gutter")  # fmt: skip
+    return ""
+
+
+def _uniform(line: np.ndarray, cfg: PanelsConfig) -> bool:
+    mean = line.mean(axis=0)
+    return float((np.abs(line - mean).max(axis=1) <= cfg.uniform_tolerance).mean()) >= cfg.uniform_fraction
+
+
+def _side_lines(panel: np.ndarray, side: str, offset: int) -> np.ndarray:
+    if side in ("top", "bottom"):
+        return panel[offset if side == "top" else -1 - offset]
+    return panel[:, offset if side == "left" else -1 - offset]
+
+
+def _side_band(panel: np.ndarray, side: str, cfg: PanelsConfig) -> int:
+    """Width of a band along the panel's ``side`` that looks like a gutter or border (0 if none):
+    uniform lines of one colour from the side inwards, gutter-wide at most, whose colour then stops
+    (covers less than continuation_max of the next line). A flat panel's background goes on."""
+    length = panel.shape[0] if side in ("top", "bottom") else panel.shape[1]
+    first = _side_lines(panel, side, 1)
+    if not _uniform(first, cfg):
+        return 0
+    colour = first.mean(axis=0)
+    limit = int(cfg.max_gutter_fraction * length)
+    for i in range(2, limit):
+        line = _side_lines(panel, side, i)
+        near = float((np.abs(line - colour).max(axis=1) <= cfg.uniform_tolerance).mean())
+        if near < cfg.uniform_fraction:
+            if near >= cfg.continuation_max:
+                return 0
+            inside = panel[::4, ::4]  # the panel's background has this colour: its margin, not a strip
+            share = float((np.abs(inside - colour).max(axis=2) <= cfg.uniform_tolerance).mean())
+            return 0 if share >= _BACKGROUND_SHARE else i
+    return 0
+
+
+def _uniform_side(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
+    for k, b in enumerate(boxes):
+        panel = a[b.y0 : b.y1, b.x0 : b.x1]
+        for side in ("top", "bottom", "left", "right"):
+            width = _side_band(panel, side, cfg)
+            if width >= _MIN_SIDE_BAND:
+                return (f"panel {k} ({b.as_list()}) has a uniform band {width} px wide along its {side} side: "
+                        "a gutter or border strip would be left inside it")  # fmt: skip
+    return ""
+
+
+def verify(a: np.ndarray, found: Detection, rows: int, cols: int, cfg: PanelsConfig) -> None:
+    """Raise PanelDetectionError when ``found`` fails a check of the module docstring."""
+    single = found.method == "edges"
+    why = _hidden_boundary(a, found.boxes, 0, cfg, single) or _hidden_boundary(a, found.boxes, 1, cfg, single)
+    if not why and found.method == "edges":
+        why = _unequal(found.boxes, cfg) or _uniform_side(a, found.boxes, cfg)
+    if why:
+        raise PanelDetectionError(f"cannot cut the grid into {rows}x{cols} panels: {why}; rejected rather than guessed")
