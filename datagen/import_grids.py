@@ -7,22 +7,33 @@ was drawn from; curation shows it to the VLM). Each grid becomes a record of
 ``WORKDIR/teacher/grids.jsonl``, the file the panels stage reads, pointing at the image where it
 is (nothing is copied). Grid ids are stable (from the path), so a rerun after a kill appends only
 what is missing; records already there are never rewritten.
+
+A manifest line that cannot be understood (no path, an unknown layout, a duplicate id) stops the
+import before anything is written: the manifest is the user's to fix. A grid whose file is missing,
+is not an image (its header is read; the panels stage decodes the pixels) or raises while checked
+is a reject counted in the summary and not imported; nothing records it, so a rerun after the
+file is fixed brings it in.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+
 from dsd.manifest import RecordLog, iter_jsonl
 
 from .config import DatagenInputError
 from .panels import LayoutError, parse_layout
-from .summary import StageSummary
+from .summary import StageSummary, item_failure
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -84,6 +95,18 @@ def _record(entry: dict[str, Any], where: str) -> dict[str, Any]:
     return rec
 
 
+def _check_image(path: Path) -> str | None:
+    """None when ``path`` is a file with an image header; else the summary's reject reason."""
+    if not path.is_file():
+        return "image file not found"
+    try:
+        with Image.open(path):  # the header only: the panels stage decodes the pixels once
+            return None
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        logger.warning("import-grids: %s is not an image (%s: %s)", path, type(exc).__name__, exc)
+        return "not an image"
+
+
 def import_grids(source: Path, workdir: Path, *, layout: str | None = None, progress: bool = True) -> StageSummary:
     """Append the grids of ``source`` (folder or manifest) to ``workdir/teacher/grids.jsonl``; resumable."""
     from tqdm import tqdm
@@ -106,8 +129,12 @@ def import_grids(source: Path, workdir: Path, *, layout: str | None = None, prog
             if rec["id"] in log:
                 summary.skipped_done += 1
                 continue
-            if not Path(rec["path"]).is_file():
-                summary.reject("image file not found")
+            try:
+                problem = _check_image(Path(rec["path"]))
+            except Exception as exc:  # noqa: BLE001 - one grid's failure is its reject, not the import's end
+                problem = item_failure("import-grids", rec["id"], "check", exc)[1]
+            if problem is not None:
+                summary.reject(problem)
                 continue
             log.append(rec)
             summary.items_out += 1

@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,6 +21,7 @@ from datagen.cli import main
 from dsd.manifest import read_records
 from tests.datagen.synthetic_grids import make_grid
 from tests.support.llm_server import FakeLLMServer
+from tests.support.tree import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,6 +76,30 @@ def test_import_errors_are_clear(tmp_path: Path, capsys) -> None:
     assert "unknown layout" in capsys.readouterr().err
 
 
+def test_a_grid_that_is_no_image_is_a_reject_and_the_run_goes_on(tmp_path: Path, capsys) -> None:
+    """Through the CLI: a text file named .png is rejected at import (its header), a truncated PNG
+    at the panels stage (its pixels); the good grids go through every stage."""
+    src = tmp_path / "grids"
+    write_grids(src, [("a", "flat", (2, 2), (2, 2)), ("b", "textured", (2, 2), (2, 2)), ("c", "photo", (2, 2), (2, 2))])
+    (src / "notes.png").write_text("not a picture")
+    data = (src / "c.png").read_bytes()
+    (src / "c.png").write_bytes(data[: len(data) // 2])
+    w = tmp_path / "w"
+    assert main(["import-grids", str(src), "--layout", "2x2", "--workdir", str(w), "--no-progress"]) == 0
+    summary = json.loads((w / "teacher" / "import_summary.json").read_text())
+    assert (summary["items_out"], summary["reject_reasons"]) == (3, {"not an image": 1})
+    assert "notes.png is not an image" in capsys.readouterr().err
+    assert main(["run", "--from", "panels", "--workdir", str(w), "--no-progress",
+                 "--set", "panels.min_panel_size=48"]) == 0  # fmt: skip
+    panels = json.loads((w / "panels" / "summary.json").read_text())
+    assert panels["items_out"] == 2 and panels["rejected"] == 1
+    assert pq.read_table(w / "dataset" / "index.parquet").num_rows > 0
+    # the rerun of the import checks the rejected file again (nothing recorded it) and adds nothing
+    assert main(["import-grids", str(src), "--layout", "2x2", "--workdir", str(w), "--no-progress"]) == 0
+    again = json.loads((w / "teacher" / "import_summary.json").read_text())
+    assert (again["skipped_done"], again["rejected"]) == (3, 1)
+
+
 # ---------------------------------------------------------------- the real CLI against the local VLM server
 def _digest(req) -> int:
     return int(hashlib.sha1(b"".join(req.images)).hexdigest()[:8], 16)
@@ -111,7 +135,12 @@ def _dataset(w: Path) -> tuple[list[dict], dict[str, bytes]]:
 
 
 def _lines(path: Path) -> int:
-    return sum(1 for _ in open(path, "rb")) if path.exists() else 0
+    """Whole lines in ``path`` now (0 before it exists)."""
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.endswith(b"\n"))
+    except FileNotFoundError:
+        return 0
 
 
 @pytest.mark.slow
@@ -148,8 +177,8 @@ def test_kill_and_resume_with_refusals_equals_uninterrupted_and_logs_stay_quiet(
                 break
             target = rng.randint(have + 1, total - 2)
             proc = _cli([*run, "--workdir", str(w), "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            while proc.poll() is None and _lines(w / "curate" / "verdicts.jsonl") < target:
-                time.sleep(0.01)
+            wait_until(lambda n=target: _lines(w / "curate" / "verdicts.jsonl") >= n, process=proc,
+                       what=f"curation reaching {target} verdicts")
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
