@@ -5,7 +5,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,6 +13,7 @@ import pytest
 from datagen.cli import main
 from datagen.config import DatagenConfig, load_config
 from tests.support.llm_server import FakeLLMServer
+from tests.support.tree import count_files, files_containing, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SENTINEL = "sk-SENTINEL-test-key-0123456789abcdef"
@@ -62,10 +62,6 @@ def test_captions_and_prompts_subcommands(tmp_path: Path, capsys) -> None:
     assert (w / "prompts" / "summary.json").is_file() and (w / "config.resolved.json").is_file()
 
 
-def _file_count(w: Path) -> int:
-    return sum(1 for p in w.rglob("*") if p.is_file() and not p.name.endswith(".tmp")) if w.exists() else 0
-
-
 @pytest.mark.slow
 def test_toy_run_and_kill_resume_equals_uninterrupted(tmp_path: Path) -> None:
     """SIGKILL the real CLI at random points of progress (every stage writes files), then finish:
@@ -77,7 +73,7 @@ def test_toy_run_and_kill_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert "TOY RUN" in done.stdout and "== datagen stage: dataset ==" in done.stdout
     ref_index, ref_shards = dataset_state(ref)
     assert len(ref_index) > 0 and len({r["key"] for r in ref_index}) == len(ref_index)
-    total_files = _file_count(ref)
+    total_files = count_files(ref)
 
     w = tmp_path / "killed"
     rng = random.Random(1234)
@@ -86,14 +82,14 @@ def test_toy_run_and_kill_resume_equals_uninterrupted(tmp_path: Path) -> None:
     for _ in range(4):
         # Kill once the run has produced a random share of its files: the kill lands mid-run
         # whatever the machine's speed, in whichever stage that share falls.
-        have = _file_count(w)
+        have = count_files(w)
         if have >= total_files - 2:
             break
-        target = rng.randint(have + 1, total_files - 2)
+        target = have + rng.randint(1, max(1, (total_files - 2 - have) // 2))  # room is left for the next kill
         proc = subprocess.Popen([sys.executable, "-m", "datagen", "run", "--toy", "--workdir", str(w), "--no-progress",
                                  *extra], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while proc.poll() is None and _file_count(w) < target:
-            time.sleep(0.01)
+        # The child renames .tmp folders while we count: count_files takes vanished entries as gone.
+        wait_until(lambda n=target: count_files(w) >= n, process=proc, what=f"the toy run reaching {target} files")
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -125,5 +121,4 @@ def test_api_key_never_lands_in_files_or_logs(tmp_path: Path, dg) -> None:
     verdicts = (w / "curate" / "verdicts.jsonl").read_text()
     assert '"verdict": "vlm"' in verdicts
     assert SENTINEL not in res.stdout and SENTINEL not in res.stderr
-    leaks = [p for p in w.rglob("*") if p.is_file() and SENTINEL.encode() in p.read_bytes()]
-    assert leaks == []
+    assert files_containing(w, SENTINEL.encode()) == []
