@@ -27,7 +27,7 @@ from dsd.manifest import RecordLog
 from .config import CaptionsConfig, DatagenInputError
 from .llm import settle_failure, stage_provider
 from .parquet_io import iter_batches, open_parquet
-from .summary import StageSummary
+from .summary import ItemErrors, StageSummary
 
 logger = logging.getLogger(__name__)
 
@@ -333,11 +333,12 @@ def run_captions(
         stage_provider(llm if cfg.llm_filter else None, out_dir / "llm_cache", summary) as provider,
         RecordLog(out_dir / "captions.jsonl", flush_every=256) as log,
         RecordLog(out_dir / "rejected.jsonl", flush_every=256) as rejected,
+        ItemErrors(summary) as errors,
     ):
         stream: Any = _candidates(cfg, summary, progress)
         if cfg.sampling == "reservoir":
             stream = iter(_reservoir(stream, cfg.max_captions, cfg.seed))
-        _write_captions(stream, _CaptionSink(log, rejected, summary, cfg.max_captions), provider, cfg)
+        _write_captions(stream, _CaptionSink(log, rejected, summary, errors, cfg.max_captions), provider, cfg)
     return summary.stop()
 
 
@@ -348,6 +349,7 @@ class _CaptionSink:
     log: RecordLog
     rejected: RecordLog
     summary: StageSummary
+    errors: ItemErrors
     limit: int
     kept: int = 0
 
@@ -391,7 +393,7 @@ def _write_captions(stream: Iterator[tuple[str, RawCaption]], sink: _CaptionSink
 
 
 def _decide(pending: list[tuple[str, RawCaption]], sink: _CaptionSink, provider, cfg: CaptionsConfig) -> None:
-    decisions = _llm_decide(provider, pending, cfg, sink.summary) if provider is not None else {}
+    decisions = _llm_decide(provider, pending, cfg, sink) if provider is not None else {}
     for cid, cap in pending:
         if sink.full():
             return
@@ -404,26 +406,39 @@ def _decide(pending: list[tuple[str, RawCaption]], sink: _CaptionSink, provider,
         sink.keep(cid, cap)
 
 
-def _llm_decide(provider, pending: list[tuple[str, RawCaption]], cfg: CaptionsConfig, summary: StageSummary):
-    """{caption id: (keep, reason)}; ids missing from the result failed transiently."""
+def _llm_decide(provider, pending: list[tuple[str, RawCaption]], cfg: CaptionsConfig, sink: _CaptionSink):
+    """{caption id: (keep, reason)}; ids missing from the result failed transiently, or their
+    answer raised (then ``sink.errors`` rejects them)."""
     batches = [pending[i : i + cfg.llm_filter_batch] for i in range(0, len(pending), cfg.llm_filter_batch)]
     requests = [filter_request([cap.text for _, cap in batch]) for batch in batches]
     decisions: dict[str, tuple[bool, str]] = {}
-    for index, result in provider.map(requests):
+    for index, result in list(provider.map(requests)):  # all answered before any is decided (or raises)
         batch = batches[index]
         if isinstance(result, Exception):
-            reason = settle_failure(result, summary, "captions LLM filter", items=len(batch))
+            reason = settle_failure(result, sink.summary, "captions LLM filter", items=len(batch))
             if reason is not None:
                 decisions.update((cid, (False, f"llm filter: {reason}")) for cid, _ in batch)
             continue
-        decisions.update(_batch_decisions(batch, result.data))
+        try:
+            decisions.update(dict(_batch_decisions(batch, result.data)))
+        except Exception as exc:  # noqa: BLE001 - an answer that breaks the parser rejects its batch, not the stage
+            sink.errors.failed(batch[0][0], "llm filter answer", exc, _batch_rejecter(sink, batch))
     return decisions
+
+
+def _batch_rejecter(sink: _CaptionSink, batch: list[tuple[str, RawCaption]]):
+    def write(reason: str, _category: str) -> None:
+        for cid, cap in batch:
+            sink.reject(cid, cap, reason)
+
+    return write
 
 
 def _batch_decisions(batch: list[tuple[str, RawCaption]], data: Any) -> Iterator[tuple[str, tuple[bool, str]]]:
     """(caption id, (keep, reason)) for one answered batch; a caption the answer skips is a reject."""
     answers = {}
-    for item in (data or {}).get("results", []):
+    results = data.get("results") if isinstance(data, dict) else None
+    for item in results if isinstance(results, list) else []:
         if isinstance(item, dict) and isinstance(item.get("index"), int):
             answers[item["index"]] = item
     for i, (cid, _) in enumerate(batch):

@@ -27,7 +27,7 @@ from dsd.manifest import ManifestError, RecordLog, iter_jsonl
 from .config import LAYOUTS, SUBJECT_KINDS, DatagenInputError, PromptsConfig
 from .diversity import NearDuplicateFilter, Reservoir, diversity_report
 from .llm import settle_failure, stage_provider
-from .summary import StageSummary
+from .summary import ItemErrors, StageSummary
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,8 @@ def parse_llm_answer(cap: dict[str, Any], data: dict[str, Any] | None, cfg: Prom
         return f"unknown layout {layout!r}"
     rows, cols = LAYOUTS[layout]
     if not isinstance(panels, list) or len(panels) != rows * cols:
-        return f"panel count mismatch: layout {layout} needs {rows * cols}, got {len(panels or [])}"
+        got = len(panels) if isinstance(panels, list) else f"{type(panels).__name__}, not a list"
+        return f"panel count mismatch: layout {layout} needs {rows * cols}, got {got}"
     lines = []
     for p in panels:
         if not isinstance(p, dict):
@@ -299,13 +300,15 @@ class _PromptSink:
                 self.dedup.add(dedup_text(rec))
         self.rejected = RecordLog(out_dir / "rejected.jsonl", flush_every=256)
         self.summary = summary
+        self.errors = ItemErrors(summary)
         self.limit = cfg.max_prompts
         self.made = len(self.out)
 
     def __enter__(self) -> _PromptSink:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.errors.__exit__(exc_type)  # held rejects are written before the logs close
         self.out.close()
         self.rejected.close()
 
@@ -328,6 +331,15 @@ class _PromptSink:
         self.made += 1
         self.summary.items_out += 1
 
+    def make(self, pid: str, cap: dict[str, Any], step: str, build) -> None:
+        """``accept(build())``; when ``build`` raises, the caption's reject through ``errors``."""
+        try:
+            rec = build()
+        except Exception as exc:  # noqa: BLE001 - one caption's failure is its reject, not the stage's end
+            self.errors.failed(pid, step, exc, lambda reason, _category: self.accept(reason, cap, pid))
+            return
+        self.accept(rec, cap, pid)
+
 
 def _write_prompts(captions: Iterator[dict[str, Any]], sink: _PromptSink, provider, cfg: PromptsConfig, bar) -> None:
     """A prompt per caption until the cap: from the template at once, or from the LLM in chunks."""
@@ -341,7 +353,7 @@ def _write_prompts(captions: Iterator[dict[str, Any]], sink: _PromptSink, provid
         if sink.decided_before(pid):
             continue
         if provider is None:
-            sink.accept(template_prompt(cap, cfg), cap, pid)
+            sink.make(pid, cap, "template", lambda cap=cap: template_prompt(cap, cfg))
             continue
         chunk.append((pid, cap))
         if len(chunk) >= cfg.llm_chunk:
@@ -363,7 +375,7 @@ def _run_llm_chunk(provider, chunk: list[tuple[str, dict[str, Any]]], cfg: Promp
             if reason is not None:
                 sink.accept(reason, cap, pid)
             continue
-        sink.accept(parse_llm_answer(cap, result.data, cfg), cap, pid)
+        sink.make(pid, cap, "llm answer", lambda cap=cap, data=result.data: parse_llm_answer(cap, data, cfg))
 
 
 def _diversity(path: Path, cfg: PromptsConfig) -> dict[str, float]:

@@ -121,3 +121,28 @@ def test_llm_filter_is_batched_structured_and_cached(tmp_path: Path, kind: str, 
         run_captions(cfg, tmp_path / "out", llm=dg.provider_cfg(srv, kind), progress=False)
         assert len(srv.requests) == 3
         assert len(read_records(tmp_path / "out" / "captions.jsonl")) == 6
+
+
+def test_an_answer_that_breaks_the_parser_rejects_its_batch_not_the_stage(tmp_path: Path, dg, monkeypatch) -> None:
+    from datagen import captions
+
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join(f"a clear red object number {i} here" for i in range(8)))
+    real = captions._batch_decisions
+
+    def batch_decisions(batch, data):
+        if any("number 5" in cap.text for _, cap in batch):
+            raise KeyError("results")
+        return real(batch, data)
+
+    monkeypatch.setattr(captions, "_batch_decisions", batch_decisions)
+    with FakeLLMServer(responder=dg.smart_responder()) as srv:
+        cfg = CaptionsConfig(sources=(str(src),), llm_filter=True, llm_filter_batch=4)
+        s = run_captions(cfg, tmp_path / "out", llm=dg.provider_cfg(srv), progress=False)
+        assert len(read_records(tmp_path / "out" / "captions.jsonl")) == 4
+        rejected = read_records(tmp_path / "out" / "rejected.jsonl")
+        assert len(rejected) == 4 and {r["reason"] for r in rejected} == {"llm filter answer failed (KeyError): 'results'"}
+        assert s.items_out == 4 and s.rejected == 4
+        monkeypatch.setattr(captions, "_batch_decisions", real)  # decided: a rerun asks nothing again
+        again = run_captions(cfg, tmp_path / "out", llm=dg.provider_cfg(srv), progress=False)
+        assert (again.skipped_done, again.rejected, len(srv.requests)) == (4, 4, 2)

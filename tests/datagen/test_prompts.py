@@ -83,9 +83,10 @@ def test_llm_prompts_structured_output_with_failures(tmp_path: Path, kind: str, 
     cfg = PromptsConfig(mode="llm", layouts=("2x2",), dedup=False)
     with FakeLLMServer(responder=dg.smart_responder()) as srv:
         # one request each: 429 (retry-after) and 500 are retried; then a refusal and a malformed answer
-        srv.queue_failures([("status", 429, {"retry-after": "0.05"}), ("status", 500), ("timeout", 1.0),
+        srv.queue_failures([("status", 429, {"retry-after": "0.05"}), ("status", 500), ("timeout", 6.0),
                             ("refusal",), ("malformed",)])
-        llm = dg.provider_cfg(srv, kind, timeout_s=0.5, max_concurrency=1)
+        # the client gives up on the slow answer; 2 s, not less: a loaded CI machine answers slowly
+        llm = dg.provider_cfg(srv, kind, timeout_s=2.0, max_concurrency=1)
         s = run_prompts(cfg, caps, tmp_path / "p", llm=llm, progress=False)
         recs = read_records(tmp_path / "p" / "prompts.jsonl")
         rejected = read_records(tmp_path / "p" / "rejected.jsonl")
@@ -128,3 +129,40 @@ def test_missing_captions_file_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(DatagenInputError, match=r"captions\.jsonl does not exist"):
         run_prompts(PromptsConfig(), tmp_path / "captions.jsonl", tmp_path / "p", progress=False)
+
+
+def test_a_caption_whose_prompt_raises_is_its_reject(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Through the CLI: the template step raises for one caption; the others become prompts, the
+    summary counts it, a rerun decides nothing again."""
+    from datagen import prompts
+    from datagen.cli import main
+
+    w = tmp_path / "w"
+    write_captions(w / "captions" / "captions.jsonl", CAPTIONS)
+    real = prompts.template_prompt
+
+    def template_prompt(cap, cfg):
+        if "bicycle" in cap["caption"]:
+            raise IndexError("list index out of range")
+        return real(cap, cfg)
+
+    monkeypatch.setattr(prompts, "template_prompt", template_prompt)
+    assert main(["prompts", "--workdir", str(w), "--no-progress"]) == 0
+    summary = json.loads((w / "prompts" / "summary.json").read_text())
+    assert (summary["items_out"], summary["rejected"]) == (4, 1)
+    assert summary["reject_reasons"] == {"template failed (IndexError): list index out of range": 1}
+    (rejected,) = read_records(w / "prompts" / "rejected.jsonl")
+    assert rejected["caption_id"] == "c0001" and rejected["reason"].startswith("template failed (IndexError)")
+    assert "rejected: template failed" in capsys.readouterr().err
+    monkeypatch.setattr(prompts, "template_prompt", real)  # a rerun does not try it again
+    assert main(["prompts", "--workdir", str(w), "--no-progress"]) == 0
+    again = json.loads((w / "prompts" / "summary.json").read_text())
+    assert (again["skipped_done"], again["rejected"]) == (4, 1)
+
+
+def test_a_panels_field_that_is_no_list_is_a_reject_reason() -> None:
+    from datagen.prompts import parse_llm_answer
+
+    cap = {"id": "c0", "caption": "a red ball"}
+    answer = {"subject": "a red ball", "subject_kind": "object", "layout": "2x2", "panels": 5}
+    assert parse_llm_answer(cap, answer, PromptsConfig()) == "panel count mismatch: layout 2x2 needs 4, got int, not a list"
