@@ -3,6 +3,7 @@
 - ``write_tiny_clip(folder)``: a transformers CLIPModel (32 px, 8 px patches) + image processor + a
   character-level CLIP tokenizer, in ``save_pretrained`` layout (``EmbeddingModels.load(clip=folder)``).
 - ``write_tiny_dino(folder)``: a transformers Dinov2Model + its image processor.
+- ``write_tiny_dino_v1(folder)``: a transformers ViTModel in facebook/dino-vits8's layout (DINOv1).
 - ``write_tiny_clip_vision_comfy(path)``: a CLIP vision safetensors file that ComfyUI's stock
   ``CLIPVisionLoader`` accepts. ComfyUI picks the architecture from fixed key/shape checks
   (``comfy/clip_vision.py``: layer 22 present -> ViT-L/14), so the file is FULL WIDTH (ViT-L, 303 M
@@ -73,6 +74,21 @@ def write_tiny_dino(folder: str | Path, seed: int = 0) -> Path:
     Dinov2Model(config).eval().save_pretrained(folder)
     BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_convert_rgb=True,
                       image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+def write_tiny_dino_v1(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny random DINOv1 in facebook/dino-vits8's layout (transformers ViTModel without pooler, 224 px input,
+    32 px patches here instead of 8 to stay small) with a ViTImageProcessor, saved for local loading."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder = Path(folder)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=224,
+                       patch_size=32)  # fmt: skip
+    torch.manual_seed(seed)
+    ViTModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.485, 0.456, 0.406],
+                      image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)  # fmt: skip
     return folder
 
 

@@ -2,7 +2,10 @@
 
 CLIP-I is the cosine between the CLIP image embeddings of the reference and an output, CLIP-T the
 cosine between an output's CLIP image embedding and its prompt's CLIP text embedding, DINO the
-cosine between DINOv2 embeddings (the CLS token after the final layer norm) of reference and output.
+cosine between DINOv2 embeddings (the CLS token after the final layer norm) of reference and output,
+DINOv1 (``dino_v1``, DreamBench++'s default DINO column: a transformers ``ViTModel`` folder such as
+``facebook/dino-vits8``) the same with DreamBench++'s own preprocessing (Resize(256, bicubic) on the
+short side, CenterCrop(224), ImageNet normalisation; what torchvision does to a PIL image, in PIL).
 The user points at folders holding transformers checkpoints (``save_pretrained`` layout); nothing is
 downloaded (``local_files_only``). Images go through the model's own processor in batches, so memory
 stays flat in the number of images.
@@ -26,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 CLIP_TYPES = frozenset({"clip"})
 DINO_TYPES = frozenset({"dinov2", "dinov2_with_registers"})
+DINO_V1_TYPES = frozenset({"vit"})
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class EmbeddingModelError(ValueError):
@@ -54,6 +60,31 @@ def _model_type(folder: Path, role: str, accepted: frozenset[str]) -> str:
             f"{' or '.join(sorted(accepted))}; check which folder was given for {role}"
         )
     return kind
+
+
+def dino_v1_pixels(images: Sequence[Image.Image], resize: int = 256, crop: int = 224) -> torch.Tensor:
+    """DreamBench++'s DINOv1 transform: torchvision Resize(resize, BICUBIC) + CenterCrop(crop) + ToTensor +
+    Normalize(ImageNet) on PIL images, written with PIL (torchvision resizes a PIL image with PIL's resize)."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for im in images:
+        w, h = im.size
+        short, long = (w, h) if w <= h else (h, w)
+        size = (resize, int(resize * long / short)) if w <= h else (int(resize * long / short), resize)
+        im = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        top, left = int(round((im.height - crop) / 2.0)), int(round((im.width - crop) / 2.0))
+        arr = np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.float32) / 255.0
+        out.append(torch.from_numpy((arr - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)))
+    return torch.stack(out).permute(0, 3, 1, 2).contiguous()
+
+
+def _peek_type(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", ""))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return ""
 
 
 def _load(loader: Any, folder: Path, role: str, **kwargs: Any) -> Any:
@@ -100,9 +131,10 @@ class EmbeddingModels:
     """CLIP and/or DINOv2 loaded from local folders; embeddings are L2-normalised float32 on the CPU."""
 
     def __init__(self, clip: _Clip | None, dino: _Dino | None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, batch_size: int = 16) -> None:  # fmt: skip
-        if clip is None and dino is None:
-            raise EmbeddingModelError("no embedding model given: pass a CLIP folder, a DINOv2 folder or both")
+                 dtype: torch.dtype = torch.float32, batch_size: int = 16, dino_v1: Any = None) -> None:  # fmt: skip
+        if clip is None and dino is None and dino_v1 is None:
+            raise EmbeddingModelError("no embedding model given: pass a CLIP, a DINOv2 or a DINOv1 folder")
+        self.dino_v1 = dino_v1
         if batch_size < 1:
             raise EmbeddingModelError(f"batch_size must be at least 1, got {batch_size}")
         self.clip = clip
@@ -113,8 +145,8 @@ class EmbeddingModels:
 
     @classmethod
     def load(cls, clip: str | Path | None = None, dino: str | Path | None = None, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32, batch_size: int = 16) -> EmbeddingModels:  # fmt: skip
-        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPModel
+             dtype: torch.dtype = torch.float32, batch_size: int = 16, dino_v1: str | Path | None = None) -> EmbeddingModels:  # fmt: skip
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPModel, ViTModel
 
         clip_parts = dino_parts = None
         if clip is not None:
@@ -124,17 +156,26 @@ class EmbeddingModels:
             clip_parts = _Clip(model, _load(AutoImageProcessor, folder, "CLIP image processor"),
                                _load(AutoTokenizer, folder, "CLIP tokenizer"))  # fmt: skip
             logger.info("CLIP from %s (%d parameters)", folder, sum(p.numel() for p in model.parameters()))
+        v1 = None
+        if dino_v1 is not None:
+            folder = Path(dino_v1)
+            _model_type(folder, "DINOv1", DINO_V1_TYPES)
+            v1 = _load(ViTModel, folder, "DINOv1", dtype=dtype, add_pooling_layer=False).to(device).eval()
+            logger.info("DINOv1 from %s (%d parameters)", folder, sum(p.numel() for p in v1.parameters()))
         if dino is not None:
             folder = Path(dino)
+            if _peek_type(folder) in DINO_V1_TYPES:
+                raise EmbeddingModelError(f"{folder} holds a ViT (DINOv1) model; give it as --dino-v1 (--dino is DINOv2)")
             _model_type(folder, "DINO", DINO_TYPES)
             model = _load(AutoModel, folder, "DINO", dtype=dtype).to(device).eval()
             dino_parts = _Dino(model, _load(AutoImageProcessor, folder, "DINO image processor"))
             logger.info("DINO from %s (%d parameters)", folder, sum(p.numel() for p in model.parameters()))
-        return cls(clip_parts, dino_parts, device=device, dtype=dtype, batch_size=batch_size)
+        return cls(clip_parts, dino_parts, device=device, dtype=dtype, batch_size=batch_size, dino_v1=v1)
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(k for k, part in (("clip", self.clip), ("dino", self.dino)) if part is not None)
+        parts = (("clip", self.clip), ("dino", self.dino), ("dino_v1", self.dino_v1))
+        return tuple(k for k, part in parts if part is not None)
 
     def _pixels(self, processor: Any, images: list[Image.Image]) -> torch.Tensor:
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
@@ -150,6 +191,9 @@ class EmbeddingModels:
         if self.dino is not None:
             pixels = self._pixels(self.dino.image_processor, images)
             out["dino"] = _normalise(self.dino.model(pixel_values=pixels).pooler_output).cpu()
+        if self.dino_v1 is not None:
+            pixels = dino_v1_pixels(images).to(self.device, self.dtype)
+            out["dino_v1"] = _normalise(self.dino_v1(pixel_values=pixels).last_hidden_state[:, 0]).cpu()  # CLS
         return out
 
     def iter_image_embeddings(self, images: Iterable[Image.Image]) -> Iterator[dict[str, torch.Tensor]]:
@@ -197,8 +241,9 @@ class EmbeddingModels:
             if prompts:
                 text = self.text_embeddings(list(prompts))
                 _fill(scores, "clip_t", (out["clip"] * text).sum(-1))
-        if self.dino is not None:
-            _fill(scores, "dino", out["dino"] @ ref["dino"][0])
+        for key in ("dino", "dino_v1"):
+            if key in out:
+                _fill(scores, key, out[key] @ ref[key][0])
         return scores
 
 

@@ -59,6 +59,7 @@ class EvalConfig:
     sampling: SampleSettings = field(default_factory=SampleSettings)
     clip: Path | None = None
     dino: Path | None = None
+    dino_v1: Path | None = None
     embed_batch: int = 16
     judge: JudgeSettings | None = None
     pairwise: bool = False
@@ -102,10 +103,10 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
     rows += [r for source in cfg.sources for r in collect_folder(source, bench)]
     summary.images = len(rows)
     scores_dir = cfg.out / "scores"
-    if cfg.clip is not None or cfg.dino is not None:
+    if cfg.clip is not None or cfg.dino is not None or cfg.dino_v1 is not None:
         from .embeddings import EmbeddingModels
 
-        models = EmbeddingModels.load(clip=cfg.clip, dino=cfg.dino, batch_size=cfg.embed_batch)
+        models = EmbeddingModels.load(clip=cfg.clip, dino=cfg.dino, dino_v1=cfg.dino_v1, batch_size=cfg.embed_batch)
         summary.embedded = embed_stage(rows, bench, models, scores_dir, progress=cfg.progress)
     if cfg.judge is not None:
         _judge(cfg, rows, bench, scores_dir, summary)
@@ -170,6 +171,7 @@ def _meta(cfg: EvalConfig, bench: Benchmark) -> dict[str, Any]:
         "systems": [m.name for m in cfg.models] + [s.name for s in cfg.sources],
         "sampling": to_dict(cfg.sampling) if cfg.models else None, "judge": judge,
         "clip": str(cfg.clip) if cfg.clip else None, "dino": str(cfg.dino) if cfg.dino else None,
+        "dino_v1": str(cfg.dino_v1) if cfg.dino_v1 else None,
     }  # fmt: skip
 
 
@@ -198,6 +200,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--clip", type=Path, help="local CLIP folder (transformers layout): CLIP-I and CLIP-T")
     p.add_argument("--dino", type=Path, help="local DINOv2 folder (transformers layout): DINO")
+    p.add_argument("--dino-v1", type=Path, help="local DINOv1 folder (transformers ViTModel, e.g. facebook/dino-vits8): "
+                   "DreamBench++'s default DINO column, with its Resize(256) + CenterCrop(224)")
     p.add_argument("--embed-batch", type=int, default=16)
     p.add_argument("--judge", choices=["gemini", "openai"], help="VLM judge (keys from GEMINI_API_KEY / OPENAI_API_KEY)")
     p.add_argument("--judge-model", help="default gemini-2.5-flash / gpt-4o")
@@ -245,7 +249,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
                               tuple(args.judge_price))  # fmt: skip
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     return EvalConfig(bench=args.bench, out=args.out, layout=args.layout, subjects=subjects, max_prompts=args.max_prompts,
-                      models=models, sources=sources, sampling=sampling, clip=args.clip, dino=args.dino,
+                      models=models, sources=sources, sampling=sampling, clip=args.clip, dino=args.dino, dino_v1=args.dino_v1,
                       embed_batch=args.embed_batch, judge=judge, pairwise=args.pairwise, title=args.title, progress=cli.progress_enabled(args))  # fmt: skip
 
 

@@ -106,3 +106,52 @@ def test_missing_or_wrong_folders_say_what_to_fix(folders, tmp_path):
     (broken / "config.json").write_text(json.dumps({"model_type": "clip"}))
     with pytest.raises(EmbeddingModelError, match="cannot load the CLIP model"):
         EmbeddingModels.load(clip=broken)
+
+
+# -- DINOv1 (DreamBench++'s default DINO column) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def dino_v1_folder(tmp_path_factory):
+    from tests.eval_fixtures import write_tiny_dino_v1
+
+    return write_tiny_dino_v1(tmp_path_factory.mktemp("dino_v1") / "dino-vits8")
+
+
+@pytest.mark.parametrize("size", [(300, 170), (170, 300), (224, 224), (700, 433)])
+def test_dino_v1_preprocessing_is_dreambench_plus_torchvision_transform(size):
+    from torchvision import transforms
+
+    from dsd.eval.embeddings import dino_v1_pixels
+
+    theirs = transforms.Compose([  # dreambench_plus/metrics/dino_score.py, DinoScore.processor
+        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(224),
+        transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])  # fmt: skip
+    image = smooth_image(3, size=max(size)).resize(size)
+    torch.testing.assert_close(dino_v1_pixels([image]), theirs(image)[None], atol=1e-6, rtol=0)
+
+
+def test_dino_v1_is_the_cls_cosine_and_a_separate_column(folders, dino_v1_folder):
+    from transformers import ViTModel
+
+    from dsd.eval.embeddings import dino_v1_pixels
+
+    models = EmbeddingModels.load(dino=folders[1], dino_v1=dino_v1_folder)
+    assert models.kinds == ("dino", "dino_v1")
+    ref = smooth_image(0)
+    outputs = [degrade(ref, a, seed=0) for a in (0.0, 0.3, 0.9)]
+    scores = models.score(ref, outputs)
+    assert scores[0]["dino_v1"] == pytest.approx(1.0, abs=1e-5)
+    assert scores[0]["dino_v1"] > scores[1]["dino_v1"] > scores[2]["dino_v1"]
+    assert scores[1]["dino_v1"] != pytest.approx(scores[1]["dino"], abs=1e-4)  # two models, two columns
+    vit = ViTModel.from_pretrained(dino_v1_folder, add_pooling_layer=False).eval()
+    with torch.no_grad():  # DreamBench++'s definition: cosine of the CLS features (x100 in their tables)
+        feats = vit(pixel_values=dino_v1_pixels([ref, outputs[2]])).last_hidden_state[:, 0]
+    want = torch.nn.functional.cosine_similarity(feats[0:1], feats[1:2]).item()
+    assert scores[2]["dino_v1"] == pytest.approx(want, abs=1e-5)
+
+
+def test_a_dino_v1_folder_given_as_dinov2_says_which_flag(dino_v1_folder, folders):
+    with pytest.raises(EmbeddingModelError, match="--dino-v1"):
+        EmbeddingModels.load(dino=dino_v1_folder)
+    with pytest.raises(EmbeddingModelError, match="DINOv1 needs model_type vit"):
+        EmbeddingModels.load(dino_v1=folders[1])
