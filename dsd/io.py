@@ -4,7 +4,9 @@ Every file the project writes goes through here: a temporary sibling is written,
 fsync'ed and renamed over the destination, so a reader (or a rerun after ``kill -9``) sees
 either the old complete file or the new complete file, never half of one. Temporaries are
 created with ``open(..., 0o666)`` / ``mkdir(..., 0o777)`` so the results get the user's normal
-umask-derived mode (``tempfile.mkstemp``/``mkdtemp`` would leave them 0600/0700).
+umask-derived mode (``tempfile.mkstemp``/``mkdtemp`` would leave them 0600/0700). A secret
+(``atomic_path(..., secret=True)``) is the exception: its temporary is created 0600 before a byte is
+written, and no umask-derived mode is ever applied to it.
 """
 
 from __future__ import annotations
@@ -48,27 +50,36 @@ def _temp_sibling(dest: Path, suffix: str, make: Callable[[Path], None]) -> Path
     raise FileExistsError(f"{dest.parent}: no free temporary name for {dest.name} after {_TEMP_ATTEMPTS} tries")
 
 
-def _create_file(path: Path) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+_SECRET_MODE = 0o600
+
+
+def _create_file(path: Path, mode: int = 0o666) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike[str], suffix: str = "", *, secret: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success it replaces ``dest`` atomically.
 
     On any exception the temporary file is removed and ``dest`` is left untouched. The result has
     the mode a plain ``open(dest, "w")`` would give it, even when the writer replaced the temporary
-    (safetensors' ``save_file`` writes its own 0600 file).
+    (safetensors' ``save_file`` writes its own 0600 file). ``secret=True``: the temporary is created
+    0600 (by the kernel, whatever the umask; never wider) and the result stays 0600.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(dest, suffix, _create_file)
-    mode = tmp.stat().st_mode & 0o777  # 0o666 minus the umask, applied by the kernel
+    if secret:
+        tmp = _temp_sibling(dest, suffix, lambda p: _create_file(p, _SECRET_MODE))
+        mode = _SECRET_MODE
+    else:
+        tmp = _temp_sibling(dest, suffix, _create_file)
+        mode = tmp.stat().st_mode & 0o777  # 0o666 minus the umask, applied by the kernel
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
             if os.fstat(fh.fileno()).st_mode & 0o777 != mode:
+                # A secret's temporary can only be narrower than 0600 here (a stricter umask).
                 os.fchmod(fh.fileno(), mode)
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
