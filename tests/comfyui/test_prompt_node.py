@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.support.llm_server import FakeLLMServer, RecordedRequest
+from tests.support.tree import files_containing
 
 OPENAI_KEY = "sk-dsd-test-SECRET-0123456789abcdef"
 GEMINI_KEY = "AIza-dsd-test-SECRET-0123456789abcdef"
@@ -130,8 +131,7 @@ def test_key_from_store_never_leaks(comfy_host, run_prompt, host_env, llm, keys_
     assert kind_key not in json.dumps([m for m in run.messages], default=str)
     assert kind_key not in caplog.text
     # Nothing under ComfyUI's user folder holds it (settings, disk cache of answers).
-    for entry in host_env.rglob("*"):
-        assert not entry.is_file() or kind_key.encode() not in entry.read_bytes(), entry
+    assert files_containing(host_env, kind_key.encode()) == []
 
 
 def test_environment_wins_over_store(comfy_host, host_env, llm, keys_module, monkeypatch):

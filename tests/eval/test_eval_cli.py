@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from dsd.tiny import make_tiny
 from tests.eval.eval_bench import judge_responder, make_bench, write_adapter
 from tests.eval_fixtures import write_tiny_clip
 from tests.support.llm_server import FakeLLMServer
+from tests.support.tree import count_files, files_containing, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SENTINEL = "sk-SENTINEL-eval-key-0123456789abcdef"
@@ -88,10 +88,6 @@ def test_two_processes_share_the_sampling_and_draw_what_one_draws(world, tmp_pat
     pd.testing.assert_frame_equal(_table(tmp_path / "two"), _table(tmp_path / "one"), rtol=1e-3)
 
 
-def _file_count(out: Path) -> int:
-    return sum(1 for p in out.rglob("*") if p.is_file() and not p.name.endswith(".tmp")) if out.exists() else 0
-
-
 @pytest.mark.slow
 def test_kill_9_and_rerun_give_the_same_table_and_the_key_is_nowhere(world, tmp_path):
     tiny = world["tiny"]
@@ -103,17 +99,17 @@ def test_kill_9_and_rerun_give_the_same_table_and_the_key_is_nowhere(world, tmp_
         ref = subprocess.run([sys.executable, "-m", "dsd", *args, "--out", str(tmp_path / "ref")], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
         assert ref.returncode == 0, ref.stderr[-3000:]
-        total = _file_count(tmp_path / "ref")
+        total = count_files(tmp_path / "ref")
         out, rng, kills = tmp_path / "killed", random.Random(7), 0
         for _ in range(3):
-            have = _file_count(out)
+            have = count_files(out)
             if have >= total - 3:
                 break
             target = have + rng.randint(1, max(1, (total - 3 - have) // 2))  # room is left for the next kill
             proc = subprocess.Popen([sys.executable, "-m", "dsd", *args, "--out", str(out)], cwd=REPO, env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-            while proc.poll() is None and _file_count(out) < target:
-                time.sleep(0.01)
+            # the run renames .tmp folders while it is counted: count_files takes vanished entries as gone
+            wait_until(lambda n=target: count_files(out) >= n, process=proc, what=f"the eval reaching {target} files")
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
@@ -127,5 +123,4 @@ def test_kill_9_and_rerun_give_the_same_table_and_the_key_is_nowhere(world, tmp_
     assert _table(out)[["clip_i", "cp", "pf", "recon_mse"]].notna().all().all()
     for run in (ref, final):
         assert SENTINEL not in run.stdout + run.stderr
-    leaks = [p for d in (out, tmp_path / "ref") for p in d.rglob("*") if p.is_file() and SENTINEL.encode() in p.read_bytes()]
-    assert leaks == []
+    assert files_containing([out, tmp_path / "ref"], SENTINEL.encode()) == []
