@@ -19,6 +19,9 @@ from PIL import Image
 from .providers import ChatRequest, Provider, ProviderResponseError, Usage, image_to_png_bytes
 
 MAX_PROMPT_TOKENS = 77
+# The user's prompt is sent to the LLM inside the rewrite instruction; a cap keeps a pasted essay
+# (or a client of a shared ComfyUI server) from sending unbounded text and paying for it.
+MAX_USER_PROMPT_CHARS = 8000
 # Models used when none is named (the authors used Gemini 1.5 Flash, since retired).
 DEFAULT_MODELS = {"gemini": "gemini-2.5-flash", "openai": "gpt-4o-mini"}
 # The reference is downscaled before upload: identity details survive, tokens and bytes drop.
@@ -144,6 +147,9 @@ async def aenhance_prompt(
 def _check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise ValueError("enhance_prompt needs a non-empty prompt to enhance")
+    if len(prompt) > MAX_USER_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(prompt):,} characters long; prompt enhancement takes at most "
+                         f"{MAX_USER_PROMPT_CHARS:,}")
 
 
 def _caption(text: str, vlm: Provider) -> str:

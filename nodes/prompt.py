@@ -2,12 +2,17 @@
 
 A VLM captions the reference, an LLM rewrites the user's prompt with the subject's details
 (``dsd.enhance``, docs/method.md §2). API keys are read at execution time from the environment
-or from the user's ComfyUI settings file, never from a widget: a widget value would be saved
-into the workflow JSON and into every PNG the graph writes.
+or from the pack's key store (``nodes/keys.py``), never from a widget: a widget value would be
+saved into the workflow JSON and into every PNG the graph writes.
+
+Any client of the server can queue a graph, so base_url is client input: the server's keys go
+only to the provider's official endpoint, another endpoint gets the key its owner registered
+for it or none (``dsd.providers.endpoints``), and ``DSD_ALLOWED_BASE_URLS`` can limit where
+requests go at all. Both are checked before any request.
 
 Re-running a graph costs nothing: ComfyUI's own output cache keys on the widget values
 (``fingerprint_inputs``) and the upstream image; behind it an in-memory LRU keyed by
-(image hash, prompt, provider, model, base_url) and the providers' on-disk answer cache
+(image hash, prompt, provider, model, endpoint) and the providers' on-disk answer cache
 survive cache eviction and restarts.
 """
 
@@ -23,7 +28,8 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..dsd.enhance import DEFAULT_MODELS
+from ..dsd.enhance import DEFAULT_MODELS, MAX_USER_PROMPT_CHARS
+from ..dsd.providers import endpoints
 from . import keys
 
 logger = logging.getLogger(__name__)
@@ -97,19 +103,36 @@ def cache_directory() -> Path:
 
 
 # -- API keys -----------------------------------------------------------------------------------
-def api_key(kind: str) -> str | None:
-    """The environment's key, else the key store's; read at every execution, never cached."""
+def api_key(kind: str, base_url: str | None = None) -> str | None:
+    """The key that may go to ``base_url`` (see ``keys.resolve_key``); read at every execution, never cached."""
     try:
-        return keys.resolve_key(kind)
-    except keys.KeyStoreError as exc:
+        return keys.resolve_key(kind, base_url)
+    except (keys.KeyStoreError, endpoints.EndpointError) as exc:
         raise PromptEnhanceError(f"DSDPromptEnhance: {exc}") from None
 
 
-def _key_hint(kind: str) -> str:
+def _key_hint(kind: str, endpoint: str, sent: bool) -> str:
+    if sent and not endpoints.is_official(kind, endpoint):
+        return (f"the key the server's owner registered for {endpoint} was refused there; the owner replaces it "
+                f"({endpoints.ENDPOINT_KEYS_ENV} or POST /dsd/keys/set {{\"endpoint\": ..., \"key\": ...}})")
+    if not endpoints.is_official(kind, endpoint):
+        return (f"the server's {kind} key goes only to {endpoints.OFFICIAL_ENDPOINTS[kind]}; if {endpoint} needs "
+                f"a key, the server's owner registers one for exactly that endpoint ({endpoints.ENDPOINT_KEYS_ENV} "
+                f'or POST /dsd/keys/set {{"endpoint": ..., "key": ...}}, see the README)')
     names = " or ".join(keys.KEY_ENV_VARS[kind])
     return (f"set the environment variable {names} before starting ComfyUI, or enter the key in "
             f"{keys.UI_HINT} (kept on the server outside every folder ComfyUI serves, never in settings "
             "or workflows)")
+
+
+def check_endpoint(kind: str, base_url: str | None) -> str:
+    """The normalised endpoint for ``base_url``; an input error for a malformed or not allowed one."""
+    try:
+        endpoint = endpoints.endpoint_for(kind, base_url)
+        endpoints.check_allowed(kind, endpoint)
+    except endpoints.EndpointError as exc:
+        raise PromptEnhanceError(f"DSDPromptEnhance: {exc}") from None
+    return endpoint
 
 
 # -- providers ----------------------------------------------------------------------------------
@@ -119,8 +142,8 @@ def _import_providers() -> Any:
     return providers
 
 
-def make_provider(kind: str, model: str, base_url: str | None) -> Any:
-    """A provider for one execution; the SDK is imported on first use."""
+def make_provider(kind: str, model: str, base_url: str | None, key: str | None) -> Any:
+    """A provider for one execution, with the key ``api_key`` picked for its endpoint (None: none)."""
     providers = _import_providers()
     config = providers.ProviderConfig(
         kind=kind, model=model, base_url=base_url, timeout_s=TIMEOUT_S, max_retries=MAX_RETRIES,
@@ -128,8 +151,9 @@ def make_provider(kind: str, model: str, base_url: str | None) -> Any:
         backoff_max_s=BACKOFF_MAX_S,
     )
     try:
-        # None: the provider falls back to the environment, or to no key for a local base_url.
-        return providers.make_provider(config, api_key=api_key(kind))
+        # None: no key for this endpoint (the provider's own lookup, by the same rule, finds none
+        # either, or names the variable to set for the official endpoint).
+        return providers.make_provider(config, api_key=key)
     except ImportError as exc:
         package, module = _SDK_HINT[kind]
         raise PromptEnhanceError(
@@ -189,20 +213,27 @@ async def enhance(image: Any, prompt: str, provider: str, model: str, base_url: 
         raise PromptEnhanceError(
             "DSDPromptEnhance: the prompt is empty; write what the subject should do, or set enabled to false"
         )
+    if len(prompt) > MAX_USER_PROMPT_CHARS:
+        raise PromptEnhanceError(
+            f"DSDPromptEnhance: the prompt is {len(prompt):,} characters long; the limit is "
+            f"{MAX_USER_PROMPT_CHARS:,} (the enhanced prompt is one line of at most 77 tokens): shorten it"
+        )
     kind, model, base_url = _normalise(provider, model, base_url)
+    endpoint = check_endpoint(kind, base_url)
     pil = reference_to_pil(image)
-    key = (image_digest(pil), prompt, kind, model, base_url)
+    key = (image_digest(pil), prompt, kind, model, endpoint)
     progress = comfy.utils.ProgressBar(2, node_id=node_id)
     hit = RESULTS.get(key)
     if hit is not None:
         progress.update_absolute(2)
         return hit
-    llm = make_provider(kind, model, base_url)
+    sent_key = api_key(kind, base_url)
+    llm = make_provider(kind, model, base_url, sent_key)
     providers = _import_providers()
     try:
         result = await aenhance_prompt(_ProgressProvider(llm, progress), pil, prompt)
     except providers.ProviderAuthError as exc:
-        raise PromptEnhanceError(f"DSDPromptEnhance ({kind}, {model}): {exc}; {_key_hint(kind)}") from None
+        raise PromptEnhanceError(f"DSDPromptEnhance ({kind}, {model}): {exc}; {_key_hint(kind, endpoint, sent_key is not None)}") from None
     except providers.ProviderError as exc:
         raise PromptEnhanceError(
             f"DSDPromptEnhance ({kind}, {model}): {exc}. To generate without enhancement set enabled to false."
@@ -227,7 +258,8 @@ class DSDPromptEnhance(io.ComfyNode):
                 "DSD prompt enhancement: a VLM captions the reference, then an LLM rewrites your prompt with "
                 "the subject's details (one line, <= 77 tokens). API keys come from the environment "
                 "(OPENAI_API_KEY, GEMINI_API_KEY / GOOGLE_API_KEY) or from Settings > DSD, which keeps "
-                "them on the server and never in settings files or the workflow. Answers are cached."
+                "them on the server and never in settings files or the workflow; they go only to the "
+                "provider's official API. Answers are cached."
             ),
             # base_url is last: optional inputs follow the required ones in ComfyUI's widget order.
             inputs=[
@@ -235,7 +267,8 @@ class DSDPromptEnhance(io.ComfyNode):
                                "(the first image of a batch is captioned)."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="Your prompt: what the subject should do and where. Everything you "
-                                "write is kept; the subject's appearance is filled in from the reference."),
+                                "write is kept; the subject's appearance is filled in from the reference. "
+                                f"At most {MAX_USER_PROMPT_CHARS:,} characters."),
                 io.Combo.Input("provider", options=PROVIDER_CHOICES, default=PROVIDER_GEMINI,
                                tooltip="gemini: Google's Gemini API (google-genai SDK, key in GEMINI_API_KEY). "
                                "openai-compatible: OpenAI or any OpenAI-compatible server such as vLLM, "
@@ -247,9 +280,11 @@ class DSDPromptEnhance(io.ComfyNode):
                 io.Boolean.Input("enabled", default=True,
                                  tooltip="Off: the prompt passes through unchanged and no request is made."),
                 io.String.Input("base_url", default="", optional=True,
-                                tooltip="Optional server URL. Empty: the provider's public API. For a local "
-                                "OpenAI-compatible server e.g. http://127.0.0.1:11434/v1 (Ollama), "
-                                "http://127.0.0.1:8000/v1 (vLLM), http://127.0.0.1:1234/v1 (LM Studio)."),
+                                tooltip="Optional http(s) server URL. Empty: the provider's public API, the only "
+                                "place the server's keys go. For a local OpenAI-compatible server e.g. "
+                                "http://127.0.0.1:11434/v1 (Ollama), http://127.0.0.1:8000/v1 (vLLM), "
+                                "http://127.0.0.1:1234/v1 (LM Studio); it is called without a key unless the "
+                                "server's owner registered one for exactly this URL."),
             ],
             outputs=[
                 io.String.Output("enhanced_prompt", display_name="prompt",

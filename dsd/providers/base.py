@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from .cache import AnswerCache, request_cache_key
 from .config import ProviderConfig
-from .endpoints import ENDPOINT_KEYS_ENV, OFFICIAL_ENDPOINTS
+from .endpoints import ENDPOINT_KEYS_ENV, OFFICIAL_ENDPOINTS, registered_key_variable
 from .errors import ProviderAuthError, ProviderError
 from .retry import Malformed, Transient, run_with_retries
 from .schema import SchemaMismatch, parse_json_answer
@@ -267,9 +267,15 @@ class Provider(ABC):
                 f"only to {official}, and no key is registered for the endpoint {self.config.endpoint} "
                 f"(register one with {ENDPOINT_KEYS_ENV}, see the README's API keys section)"
             )
-        names = " or ".join(self.config.key_env_names())
-        return ProviderAuthError(f"{url} rejected the API key (HTTP {status}); set a valid key in the "
-                                 f"environment variable {names}")
+        return ProviderAuthError(f"{url} rejected the API key (HTTP {status}); {self._key_source_hint()}")
+
+    def _key_source_hint(self) -> str:
+        """Where the key sent came from, as far as the config tells (a key passed in memory: its caller says)."""
+        config = self.config
+        variable = config.api_key_env or registered_key_variable(config.endpoint)
+        if variable is None and config.is_official:
+            variable = " or ".join(config.key_env_names())
+        return f"set a valid key in the environment variable {variable}" if variable else "set a valid key"
 
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()

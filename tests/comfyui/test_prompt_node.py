@@ -98,11 +98,27 @@ def test_schema_has_tooltips_and_no_key_input(comfy_host):
     assert list(cls.RETURN_TYPES) == ["STRING", "STRING"]
 
 
+def kind_of(provider: str) -> str:
+    return "gemini" if provider == "gemini" else "openai"
+
+
+def register_env(monkeypatch, url: str, key: str, variable: str = "DSD_TEST_ENDPOINT_KEY") -> str:
+    """The owner's registration of ``url`` through the environment (DSD_ENDPOINT_KEYS names the variable)."""
+    monkeypatch.setenv("DSD_ENDPOINT_KEYS", f"{url}={variable}")
+    monkeypatch.setenv(variable, key)
+    return key
+
+
+def carried(srv: FakeLLMServer, *secrets: str) -> list[str]:
+    """Header values of every request ``srv`` received that hold one of ``secrets``."""
+    return [v for r in srv.requests for v in r.headers.values() for s in secrets if s in v]
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_end_to_end_through_executor(comfy_host, run_prompt, host_env, llm, monkeypatch, provider):
-    key = set_env_key(monkeypatch, provider)
-    llm.api_key = key  # the fake server answers 401 to any other key
-    run = run_prompt(graph(provider, base_url(provider, llm)))
+    url = base_url(provider, llm)
+    llm.api_key = register_env(monkeypatch, url, "gateway-key-0123456789")  # 401 to any other key
+    run = run_prompt(graph(provider, url))
     assert run.ok, run.error or run.exec_error
     assert run.captured == {"prompt": ENHANCED, "caption": CAPTION}
     reqs = llm.requests
@@ -116,7 +132,7 @@ def test_end_to_end_through_executor(comfy_host, run_prompt, host_env, llm, monk
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_key_from_store_never_leaks(comfy_host, run_prompt, host_env, llm, keys_module, caplog, provider):
     kind_key = GEMINI_KEY if provider == "gemini" else OPENAI_KEY
-    keys_module.STORE.set("gemini" if provider == "gemini" else "openai", kind_key)
+    keys_module.STORE.set_endpoint(base_url(provider, llm), kind_key)  # the owner registered this endpoint
     llm.api_key = kind_key  # success proves the key travelled from the store to the server
     prompt = graph(provider, base_url(provider, llm))
     with caplog.at_level(logging.DEBUG):
@@ -134,9 +150,68 @@ def test_key_from_store_never_leaks(comfy_host, run_prompt, host_env, llm, keys_
     assert files_containing(host_env, kind_key.encode()) == []
 
 
+@pytest.mark.parametrize("source", ["store", "environment"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_server_keys_never_reach_another_endpoint(comfy_host, run_prompt, host_env, llm, keys_module, monkeypatch,
+                                                  caplog, provider, source):
+    """A client queues the graph with base_url on a listener of its own: it gets no key of the server."""
+    kind = kind_of(provider)
+    for k, key in (("openai", OPENAI_KEY), ("gemini", GEMINI_KEY)):
+        if source == "store":
+            keys_module.STORE.set(k, key)
+        else:
+            set_env_key(monkeypatch, "gemini" if k == "gemini" else "openai-compatible")
+    with caplog.at_level(logging.DEBUG):
+        run = run_prompt(graph(provider, base_url(provider, llm)))
+    assert run.ok, run.error or run.exec_error  # the listener needs no key, like a local vLLM
+    assert len(llm.requests) == 2 and carried(llm, OPENAI_KEY, GEMINI_KEY) == []
+    for request in llm.requests:
+        if kind == "openai":
+            assert "Authorization" not in request.headers
+        else:  # google-genai cannot run without a key: a placeholder, no secret
+            assert request.headers.get("x-goog-api-key") == "no-key"
+    assert OPENAI_KEY not in caplog.text and GEMINI_KEY not in caplog.text
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_unregistered_endpoint_answering_401_says_no_key_was_sent(comfy_host, run_prompt, host_env, llm,
+                                                                  keys_module, provider):
+    keys_module.STORE.set(kind_of(provider), OPENAI_KEY)
+    llm.api_key = "sk-what-the-endpoint-wants-0000"
+    run = run_prompt(graph(provider, base_url(provider, llm)))
+    assert not run.ok and llm.requests == []
+    message = run.exec_error["exception_message"]
+    assert "no API key was sent" in message and "registers one for exactly that endpoint" in message
+    assert OPENAI_KEY not in json.dumps(run.exec_error, default=str)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_registered_endpoints_receive_exactly_their_own_keys(comfy_host, run_prompt, host_env, keys_module,
+                                                             monkeypatch, provider):
+    """The owner registered A in the store and B in the environment; the provider key stays home."""
+    key_a, key_b = "sk-key-of-A-0123456789", "sk-key-of-B-0123456789"
+    keys_module.STORE.set(kind_of(provider), OPENAI_KEY)
+    with FakeLLMServer(responder=responder, api_key=key_a) as a, FakeLLMServer(responder=responder,
+                                                                               api_key=key_b) as b:
+        keys_module.STORE.set_endpoint(base_url(provider, a), key_a)
+        register_env(monkeypatch, base_url(provider, b), key_b)
+        for srv, seed in ((a, 3), (b, 4)):
+            run = run_prompt(graph(provider, base_url(provider, srv), seed=seed))
+            assert run.ok, run.error or run.exec_error
+        assert len(a.requests) == 2 and len(b.requests) == 2
+        assert carried(a, key_b, OPENAI_KEY) == [] and carried(b, key_a, OPENAI_KEY) == []
+        assert len(carried(a, key_a)) == 2 and len(carried(b, key_b)) == 2
+
+
 def test_environment_wins_over_store(comfy_host, host_env, llm, keys_module, monkeypatch):
     keys_module.STORE.set("openai", "sk-stale-key-in-the-store-0000")
-    llm.api_key = set_env_key(monkeypatch, "openai-compatible")
+    assert keys_module.resolve_key("openai", None) == "sk-stale-key-in-the-store-0000"
+    assert keys_module.resolve_key("openai", None) == keys_module.resolve_key("openai", "https://api.openai.com/v1")
+    assert keys_module.resolve_key("openai", None) != set_env_key(monkeypatch, "openai-compatible")
+    assert keys_module.resolve_key("openai", None) == OPENAI_KEY
+    # The same order for an endpoint key: DSD_ENDPOINT_KEYS before the store's entry.
+    keys_module.STORE.set_endpoint(llm.openai_base_url, "sk-stale-endpoint-key-0000")
+    llm.api_key = register_env(monkeypatch, llm.openai_base_url, "sk-endpoint-key-from-env-0000")
     out = comfy_host.call("DSDPromptEnhance", image=image(), prompt="the figurine surfing",
                           provider="openai-compatible", model="vision-model", base_url=llm.openai_base_url,
                           enabled=True)
@@ -145,12 +220,12 @@ def test_environment_wins_over_store(comfy_host, host_env, llm, keys_module, mon
 
 def test_key_change_in_store_takes_effect_at_next_execution(comfy_host, host_env, llm, keys_module, prompt_module):
     llm.api_key = OPENAI_KEY
-    keys_module.STORE.set("openai", "sk-the-old-key-0123456789")
+    keys_module.STORE.set_endpoint(llm.openai_base_url, "sk-the-old-key-0123456789")
     kwargs = {"image": image(), "prompt": "the figurine surfing", "provider": "openai-compatible",
               "model": "vision-model", "base_url": llm.openai_base_url, "enabled": True}
     with pytest.raises(prompt_module.PromptEnhanceError, match="rejected the API key"):
         comfy_host.call("DSDPromptEnhance", **kwargs)
-    keys_module.STORE.set("openai", OPENAI_KEY)
+    keys_module.STORE.set_endpoint(llm.openai_base_url, OPENAI_KEY)
     assert comfy_host.call("DSDPromptEnhance", **kwargs) == (ENHANCED, CAPTION)
 
 
@@ -158,7 +233,7 @@ def test_execute_runs_on_the_hosts_loop_without_threads_of_its_own(comfy_host, r
                                                                     monkeypatch):
     cls = comfy_host.node_class("DSDPromptEnhance")
     assert inspect.iscoroutinefunction(cls.execute)
-    llm.api_key = set_env_key(monkeypatch, "gemini")
+    llm.api_key = register_env(monkeypatch, llm.gemini_base_url, GEMINI_KEY)
     before = {t.ident for t in threading.enumerate()}
     for seed in (3, 4):
         run = run_prompt(graph("gemini", llm.gemini_base_url, prompt=f"the figurine surfing, take {seed}", seed=seed))
@@ -169,14 +244,68 @@ def test_execute_runs_on_the_hosts_loop_without_threads_of_its_own(comfy_host, r
 
 
 def test_wrong_key_is_a_clear_error_without_the_key(comfy_host, run_prompt, host_env, llm, monkeypatch, caplog):
-    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    register_env(monkeypatch, llm.openai_base_url, OPENAI_KEY, variable="MY_GATEWAY_KEY")
     llm.api_key = "sk-the-right-one-0123456789"
     with caplog.at_level(logging.DEBUG):
         run = run_prompt(graph("openai-compatible", llm.openai_base_url))
     assert not run.ok and run.exec_error is not None
     message = run.exec_error["exception_message"]
-    assert "OPENAI_API_KEY" in message and "settings > DSD > Prompt enhancer" in message
+    assert "rejected the API key" in message and "MY_GATEWAY_KEY" in message and "DSD_ENDPOINT_KEYS" in message
     assert OPENAI_KEY not in message + json.dumps(run.exec_error, default=str) + caplog.text
+
+
+def test_allow_list_refuses_other_endpoints_before_any_request(comfy_host, run_prompt, host_env, llm, monkeypatch):
+    with FakeLLMServer(responder=responder) as allowed:
+        monkeypatch.setenv("DSD_ALLOWED_BASE_URLS", f"http://10.0.0.5:8000/v1, {allowed.openai_base_url}/")
+        run = run_prompt(graph("openai-compatible", llm.openai_base_url))
+        assert not run.ok and llm.requests == []
+        message = run.exec_error["exception_message"]
+        assert "DSD_ALLOWED_BASE_URLS" in message and llm.openai_base_url in message
+        run = run_prompt(graph("openai-compatible", allowed.openai_base_url))
+        assert run.ok, run.error or run.exec_error
+        assert len(allowed.requests) == 2
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/v1", "127.0.0.1:8000/v1",
+                                 "http://127.0.0.1:8000/admin/users?x=", "javascript:alert(1)"])
+def test_a_base_url_that_is_no_http_url_is_an_input_error(comfy_host, run_prompt, host_env, url, caplog):
+    with caplog.at_level(logging.INFO):
+        run = run_prompt(graph("openai-compatible", url))
+    assert not run.ok
+    message = run.exec_error["exception_message"]
+    assert "base_url" in message and ("http://" in message or "query" in message)
+    assert "retrying" not in caplog.text and "failed after" not in message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_error_pages_of_internal_servers_are_not_echoed(comfy_host, run_prompt, host_env, llm, provider):
+    page = "<html><title>Admin</title><body>users: alice (admin), bob</body></html>"
+    llm.queue_failures([("html", 404, page)])
+    run = run_prompt(graph(provider, base_url(provider, llm)))
+    assert not run.ok
+    text = json.dumps(run.exec_error, default=str)
+    assert "HTTP 404" in run.exec_error["exception_message"]
+    assert "alice" not in text and "Admin" not in text
+
+
+def test_the_same_request_to_two_endpoints_asks_both(comfy_host, run_prompt, host_env, prompt_module):
+    """Server A's answer (a poisoned caption) must not be served for server B: the caches key on the endpoint."""
+    with FakeLLMServer(responder=lambda r: "POISONED caption from A" if r.images else "merged by A") as a, \
+            FakeLLMServer(responder=responder) as b:
+        assert run_prompt(graph("openai-compatible", a.openai_base_url)).ok
+        prompt_module.clear_caches()  # also without ComfyUI's own cache: only the disk cache could answer
+        run = run_prompt(graph("openai-compatible", b.openai_base_url))
+        assert run.ok, run.error or run.exec_error
+        assert run.captured == {"prompt": ENHANCED, "caption": CAPTION}
+        assert len(a.requests) == 2 and len(b.requests) == 2
+
+
+def test_prompt_over_the_cap_is_refused(comfy_host, run_prompt, host_env, llm, prompt_module):
+    run = run_prompt(graph("openai-compatible", llm.openai_base_url, prompt="a fox " * 1400))  # 8,400 characters
+    assert not run.ok and llm.requests == []
+    message = run.exec_error["exception_message"]
+    assert "8,400 characters" in message and "8,000" in message
+    assert run_prompt(graph("openai-compatible", llm.openai_base_url, prompt="x" * 8000)).ok
 
 
 def test_missing_key_names_env_and_setting(comfy_host, host_env, prompt_module):
