@@ -31,6 +31,7 @@ from comfy_api.latest import io
 from ..dsd.enhance import DEFAULT_MODELS, MAX_USER_PROMPT_CHARS
 from ..dsd.providers import endpoints
 from . import keys
+from .errors import require_finite
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ def reference_to_pil(image: Any) -> Any:
 
     if image.ndim == 4 and image.shape[0] > 1:
         logger.info("DSDPromptEnhance: captioning the first of %d reference images", image.shape[0])
+    require_finite("DSDPromptEnhance", image=image[:1])
     return tensor_to_pil(to_rgb01(image[:1], channels_last=True))
 
 

@@ -163,6 +163,15 @@ def test_split_canvas_checks_its_layout_too(run_prompt, test_nodes):
     assert run_prompt(graph).ok
 
 
+def test_prompt_node_refuses_a_nan_reference_before_any_request(run_prompt, test_nodes, private_user_and_keys):
+    """Refused before a provider is asked: the base_url is a closed port, so any request would fail differently."""
+    graph = as_json({**_nan_image("ref"), "enhance": {"class_type": "DSDPromptEnhance", "inputs": {
+        "image": ["ref", 0], "prompt": "the dog on a beach", "provider": "openai-compatible", "model": "m",
+        "enabled": True, "base_url": "http://127.0.0.1:9/v1"}}, **_capture(["enhance", 0])})  # fmt: skip
+    refused(run_prompt(graph), "DSDPromptEnhance", "DSDPromptEnhance: image holds", "NaN")
+    still_serving(run_prompt)
+
+
 @pytest.fixture(scope="module")
 def nan_adapters(models_dir, tiny_weights):
     """Adapter files whose embedder or LoRA holds a NaN, in the models/dsd folder the loader lists."""
