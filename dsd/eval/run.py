@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import cli
 from ..cli_output import emit
-from ..io import atomic_write_json
+from ..io import atomic_write_json, atomic_write_text
 from .layout import Benchmark, BenchmarkError, load_benchmark
 from .sampling import ModelSpec, SampleSettings, checkpoint_step, process_state, sample_system
 from .stages import ImageSource, build_table, collect_folder, collect_samples, embed_stage, judge_stage
@@ -63,6 +63,9 @@ class EvalConfig:
     embed_batch: int = 16
     judge: JudgeSettings | None = None
     pairwise: bool = False
+    protocol: str | None = None
+    protocol_dir: Path | None = None
+    protocol_strict: bool = False
     title: str = "DSD evaluation"
     progress: bool = True
 
@@ -80,6 +83,10 @@ class EvalSummary:
     pair_unavailable: int = 0
     pair_usage: dict[str, Any] = field(default_factory=dict)
     pairwise: dict[str, Any] | None = None
+    protocol: str | None = None  # the label: the protocol's name, or "... NON-PROTOCOL: why"
+    protocol_reasons: list[str] = field(default_factory=list)
+    protocol_prompts: Any = None
+    protocol_table: str | None = None
     report: Path | None = None
     table: Any = None
     main_process: bool = True
@@ -102,7 +109,42 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
     rows = [r for spec in cfg.models for r in collect_samples(cfg.out, spec.name, spec.step)]
     rows += [r for source in cfg.sources for r in collect_folder(source, bench)]
     summary.images = len(rows)
-    scores_dir = cfg.out / "scores"
+    scores_dir, report_dir = cfg.out / "scores", cfg.out / "report"
+    if cfg.protocol:
+        rows, bench = _protocol(cfg, rows, bench, summary)
+        scores_dir, report_dir = cfg.out / "scores_dreambench_plus", cfg.out / "report_dreambench_plus"
+    _score(cfg, rows, bench, scores_dir, summary)
+    from .report import write_report
+
+    meta = {**_meta(cfg, bench), **({"judge usage (this run)": summary.usage} if summary.usage else {}),
+            **({"pairwise judge usage (this run)": summary.pair_usage} if summary.pair_usage else {})}  # fmt: skip
+    title = f"{cfg.title} ({summary.protocol})" if summary.protocol else cfg.title
+    summary.report = write_report(summary.table, report_dir, title=title, meta=meta, pairwise=summary.pairwise)
+    if cfg.protocol:
+        from .protocol import their_table, write_their_json
+
+        write_their_json(summary.table, bench, cfg.out / "dreambench_plus_outputs")
+        summary.protocol_table = their_table(summary.table, summary.protocol_reasons)
+        atomic_write_text(report_dir / "dreambench_plus_table.md", summary.protocol_table + "\n")
+    return summary
+
+
+def _protocol(cfg: EvalConfig, rows, bench: Benchmark, summary: EvalSummary):
+    """DreamBench++'s protocol: their models or a "non-protocol" label, their JPEG re-saves of every picture."""
+    from .protocol import NAME, ProtocolError, check_models, load_prompts, protocol_inputs
+
+    if cfg.protocol_dir is None:
+        raise ProtocolError(f"--protocol {NAME} reads its judge prompts from a DreamBench++ checkout: give --protocol-dir")
+    summary.protocol_prompts = load_prompts(cfg.protocol_dir)
+    folders = {"clip": cfg.clip, "dino": cfg.dino, "dino_v1": cfg.dino_v1}
+    summary.protocol_reasons = check_models(folders, cfg.judge.model if cfg.judge else None)
+    if summary.protocol_reasons and cfg.protocol_strict:
+        raise ProtocolError(f"not the {NAME} protocol: " + "; ".join(summary.protocol_reasons))
+    summary.protocol = NAME if not summary.protocol_reasons else f"{NAME}, NON-PROTOCOL: " + "; ".join(summary.protocol_reasons)
+    return protocol_inputs(rows, bench, cfg.out / "protocol_jpeg")
+
+
+def _score(cfg: EvalConfig, rows, bench: Benchmark, scores_dir: Path, summary: EvalSummary) -> None:
     if cfg.clip is not None or cfg.dino is not None or cfg.dino_v1 is not None:
         from .embeddings import EmbeddingModels
 
@@ -116,12 +158,6 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
 
         systems = sorted({r["system"] for r in rows})
         summary.pairwise = summarise(read_pairwise(scores_dir, systems), systems, summary.table)
-    from .report import write_report
-
-    meta = {**_meta(cfg, bench), **({"judge usage (this run)": summary.usage} if summary.usage else {}),
-            **({"pairwise judge usage (this run)": summary.pair_usage} if summary.pair_usage else {})}  # fmt: skip
-    summary.report = write_report(summary.table, cfg.out / "report", title=cfg.title, meta=meta, pairwise=summary.pairwise)
-    return summary
 
 
 def _check_systems(cfg: EvalConfig) -> None:
@@ -148,6 +184,11 @@ def _judge(cfg: EvalConfig, rows, bench: Benchmark, scores_dir: Path, summary: E
     )  # type: ignore[arg-type]  # fmt: skip
     with make_provider(provider_cfg) as provider:
         judge = Judge(provider, repeats=js.repeats, temperature=js.temperature, debiased=js.debiased)
+        if summary.protocol_prompts is not None:
+            from .protocol import ProtocolJudge
+
+            styles = [str(s.reference) for s in bench.subjects.values() if s.category == "style"]
+            judge = ProtocolJudge(provider, summary.protocol_prompts, styles)
         result = judge_stage(rows, bench, judge, scores_dir, progress=cfg.progress)
         pointwise = provider.usage
         summary.usage = pointwise.to_dict()
@@ -171,7 +212,7 @@ def _meta(cfg: EvalConfig, bench: Benchmark) -> dict[str, Any]:
         "systems": [m.name for m in cfg.models] + [s.name for s in cfg.sources],
         "sampling": to_dict(cfg.sampling) if cfg.models else None, "judge": judge,
         "clip": str(cfg.clip) if cfg.clip else None, "dino": str(cfg.dino) if cfg.dino else None,
-        "dino_v1": str(cfg.dino_v1) if cfg.dino_v1 else None,
+        "dino_v1": str(cfg.dino_v1) if cfg.dino_v1 else None, "protocol": cfg.protocol,
     }  # fmt: skip
 
 
@@ -214,6 +255,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="USD per million input / output tokens, for the cost figure")
     p.add_argument("--pairwise", action="store_true",
                    help="also judge A/B pairs: both outputs of an item side by side, in both orders (Bradley-Terry ranking)")
+    p.add_argument("--protocol", choices=["ours", "dreambench++"], default="ours",
+                   help="dreambench++: their judge prompts (from --protocol-dir), JPEG q75 re-saves, 512x512 judge "
+                        "views, 100 x cosine, their table and JSON files; labelled non-protocol unless their models")
+    p.add_argument("--protocol-dir", type=Path, help="a local checkout of github.com/yuangpeng/dreambench_plus")
+    p.add_argument("--protocol-strict", action="store_true", help="refuse (exit 2) instead of labelling non-protocol")
     p.add_argument("--title", default="DSD evaluation")
 
 
@@ -250,7 +296,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     return EvalConfig(bench=args.bench, out=args.out, layout=args.layout, subjects=subjects, max_prompts=args.max_prompts,
                       models=models, sources=sources, sampling=sampling, clip=args.clip, dino=args.dino, dino_v1=args.dino_v1,
-                      embed_batch=args.embed_batch, judge=judge, pairwise=args.pairwise, title=args.title, progress=cli.progress_enabled(args))  # fmt: skip
+                      embed_batch=args.embed_batch, judge=judge, pairwise=args.pairwise,
+                      protocol=None if args.protocol == "ours" else args.protocol, protocol_dir=args.protocol_dir,
+                      protocol_strict=args.protocol_strict, title=args.title, progress=cli.progress_enabled(args))  # fmt: skip
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -282,6 +330,8 @@ def _print_summary(summary: EvalSummary, seconds: float) -> None:
         from .report import overall_text
 
         emit(overall_text(table, summary.pairwise))
+    if summary.protocol_table:
+        emit(summary.protocol_table)
     if summary.usage:
         u = summary.usage
         emit(f"judge: {u['requests']} requests, {u['cached']} cached, {u['retries']} retries, "

@@ -43,6 +43,8 @@ def request_cache_key(config: ProviderConfig, request: ChatRequest) -> str:
     schema = json.dumps(request.json_schema, sort_keys=True) if request.json_schema is not None else "\0none"
     put("schema", schema.encode())
     put("temperature", repr(float(request.temperature)).encode())
+    for role, text in request.history:  # none: the same key as before history existed
+        put("turn", f"{role}\0{text}".encode())
     return h.hexdigest()
 
 

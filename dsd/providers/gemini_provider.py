@@ -71,7 +71,9 @@ class GeminiProvider(Provider):
     def _contents(self, request: ChatRequest) -> list[gt.Content]:
         parts = [gt.Part.from_text(text=request.prompt)]
         parts += [gt.Part.from_bytes(data=img, mime_type=image_mime_type(img)) for img in request.images]
-        return [gt.Content(role="user", parts=parts)]
+        earlier = [gt.Content(role="model" if role == "assistant" else "user", parts=[gt.Part.from_text(text=text)])
+                   for role, text in request.history]  # fmt: skip
+        return [*earlier, gt.Content(role="user", parts=parts)]
 
     def _generation_config(self, request: ChatRequest) -> gt.GenerateContentConfig:
         kwargs: dict[str, Any] = {

@@ -16,8 +16,9 @@ def build_messages(request: ChatRequest) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
+    messages += [{"role": role, "content": text} for role, text in request.history]
     if request.images:
-        content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
+        content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}] if request.prompt else []
         for image in request.images:
             uri = f"data:{image_mime_type(image)};base64,{base64.b64encode(image).decode('ascii')}"
             content.append({"type": "image_url", "image_url": {"url": uri}})

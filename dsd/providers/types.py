@@ -71,6 +71,9 @@ class ChatRequest:
     schema_name: str = "answer"
     temperature: float = 0.0
     max_output_tokens: int = 1024
+    # earlier turns, oldest first, as (role, text) with role "user" or "assistant" (e.g. a protocol that
+    # primes the judge with a fixed exchange before the question)
+    history: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
