@@ -4,7 +4,10 @@
 // GET /settings and GET /userdata hand to every client of the server. Each entry is a custom
 // setting type (a function returning an element) whose setter is never called; it sends the key
 // to the pack's /dsd/keys routes, which keep it server-side and only answer "set" / "not set".
-// Environment variables (GEMINI_API_KEY / GOOGLE_API_KEY, OPENAI_API_KEY) win when set.
+// Environment variables (GEMINI_API_KEY / GOOGLE_API_KEY, OPENAI_API_KEY) win when set. A key set
+// here goes only to the provider's official API; a key for another base_url is registered by the
+// server's owner for exactly that URL (README, "API keys in ComfyUI"). The routes accept changes
+// only from this page (same Origin, JSON body) on the machine running ComfyUI.
 //
 // This file is served at /extensions/<pack>/js/, so the frontend's modules are three levels up.
 import { app } from "../../../scripts/app.js";
@@ -103,6 +106,7 @@ app.registerExtension({
     type: keyEditor(provider),
     defaultValue: "",
     tooltip: "Kept on the ComfyUI server outside every folder it serves; never saved in settings, "
-      + "workflows or images. This page can only see whether a key is set.",
+      + "workflows or images, and sent only to the provider's official API (never to a base_url a graph "
+      + "names). This page can only see whether a key is set.",
   })),
 });
