@@ -95,7 +95,8 @@ def test_kill_9_and_rerun_give_the_same_table_and_the_key_is_nowhere(world, tmp_
         args = ["eval", "--bench", str(world["bench"]), "--flux", str(tiny.flux_dir), "--release", f"dsd={tiny.release_dir}",
                 "--clip", str(world["clip"]), "--judge", "openai", "--judge-model", "judge-model", "--judge-base-url",
                 srv.openai_base_url, "--judge-repeats", "2", "--judge-concurrency", "2", *SAMPLING]  # fmt: skip
-        env = {**ENV, "OPENAI_API_KEY": SENTINEL}
+        # the judge's base_url is not api.openai.com: OPENAI_API_KEY goes there only when registered
+        env = {**ENV, "OPENAI_API_KEY": SENTINEL, "DSD_ENDPOINT_KEYS": f"{srv.openai_base_url}=OPENAI_API_KEY"}
         ref = subprocess.run([sys.executable, "-m", "dsd", *args, "--out", str(tmp_path / "ref")], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
         assert ref.returncode == 0, ref.stderr[-3000:]
