@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .io import atomic_save_safetensors, atomic_write_json
+from .io import atomic_directory, atomic_save_safetensors, atomic_write_json
 from .model import DSDTransformer
 from .weights.layout import diffusers_to_bfl
 from .weights.lora import LoraPair, lora_to_state_dict
@@ -272,7 +272,8 @@ def make_tiny_pipeline(out_dir: str | Path, seed: int = 0, release: bool = False
         tokenizer_2=t5_tok,
         transformer=dsd.transformer,
     )
-    pipe.save_pretrained(out, safe_serialization=True)
+    with atomic_directory(out) as tmp:  # save_pretrained writes 0600 files; this gives them the umask's mode
+        pipe.save_pretrained(tmp, safe_serialization=True)
     if release:
         write_release(out, seed=seed)
     atomic_write_json(out / "dsd_tiny.json", {"seed": seed, "kind": "tiny-flux-pipeline"})

@@ -10,9 +10,9 @@ The combination goes through ``comfy.samplers.cfg_function`` the way ComfyUI's o
 ``sampler_cfg_function`` / ``sampler_post_cfg_function`` patches (RescaleCFG, other packs) apply, and
 ``sampler_pre_cfg_function`` patches (APG, TCFG, FreSca) on the image-guidance pair as
 ``comfy.samplers.sampling_function`` calls them (core's DualCFGGuider skips them); with no patch it is
-the formula above, operation for operation (``dsd.sampler.combine_cfg``). One-pass steps are
-``sampling_function`` at cfg 1, i.e. ComfyUI's CFGGuider at cfg 1 (no uncond). The combination is linear with
-weights summing to one, so applying it to ComfyUI's denoised predictions equals applying it to FLUX's
+the formula above, operation for operation (``dsd.sampler.combine_cfg``). One-pass steps go through
+``cfg_function`` as ComfyUI's CFGGuider does at cfg 1 (no uncond), without pre-CFG patches (nothing to
+guide). The combination is linear with weights summing to one, so applying it to ComfyUI's denoised predictions equals applying it to FLUX's
 velocities.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 
+import comfy.patcher_extension
 import comfy.samplers
 import node_helpers
 import torch
@@ -40,6 +41,11 @@ def step_index(timestep: torch.Tensor, model_options: dict) -> int | None:
     return int(torch.argmin((sigmas.to(torch.float64).cpu() - t).abs()))
 
 
+def has_easycache(model) -> bool:
+    """EasyCache (core) registers its per-branch cache as the DIFFUSION_MODEL wrapper keyed "easycache"."""
+    return bool(model.wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {}).get("easycache"))
+
+
 class GuiderDSD(comfy.samplers.CFGGuider):
     def set_guidance(self, config: GuidanceConfig) -> None:
         self.config = config
@@ -53,8 +59,12 @@ class GuiderDSD(comfy.samplers.CFGGuider):
         positive = self.conds.get("positive")
         step = step_index(timestep, model_options)
         if not self.config.true_cfg or (step is not None and step < self.config.cfg_start_step):
-            # ComfyUI's CFGGuider at cfg 1: one pass (a None uncond costs no model call), its hooks included
-            return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, positive, 1.0, model_options, seed)
+            # one pass, as ComfyUI's CFGGuider at cfg 1 (a None cond costs no model call) but without pre-CFG patches:
+            # they would take calc_cond_batch's zeros for an uncond (APG then doubles the prediction)
+            e_full, none = comfy.samplers.calc_cond_batch(self.inner_model, [positive, None], x, timestep, model_options)
+            return comfy.samplers.cfg_function(
+                self.inner_model, e_full, none, 1.0, x, timestep, model_options=model_options, cond=positive, uncond=None
+            )
         middle, negative = self.conds.get("middle"), self.conds.get("negative")
         e_full, e_t0, e_00 = self.calc_conds([positive, middle, negative], x, timestep, model_options)
         # pre-CFG patches (APG, TCFG, FreSca) act on the pair that goes through cfg_function, the image guidance,
@@ -68,11 +78,16 @@ class GuiderDSD(comfy.samplers.CFGGuider):
         return image_cfg + (e_full - e_t0) * self.config.text_guidance
 
     def calc_conds(self, conds, x, timestep, model_options):
-        """All branches in one batched call, or through a ``sampler_calc_cond_batch_function`` as sampling_function."""
-        if "sampler_calc_cond_batch_function" in model_options:
-            args = {"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options}
-            return model_options["sampler_calc_cond_batch_function"](args)
-        return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        """All branches in one batched call; a ``sampler_calc_cond_batch_function`` (SkipLayerGuidanceDiTSimple) gets
+        the image-guidance pair as its [cond, uncond], the only shape it knows, and the positive runs on its own."""
+        if "sampler_calc_cond_batch_function" not in model_options:
+            return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        positive, middle, negative = conds
+        args = {"conds": [middle, negative], "input": x, "sigma": timestep, "model": self.inner_model,
+                "model_options": model_options}  # fmt: skip
+        e_t0, e_00 = model_options["sampler_calc_cond_batch_function"](args)
+        (e_full,) = comfy.samplers.calc_cond_batch(self.inner_model, [positive], x, timestep, model_options)
+        return e_full, e_t0, e_00
 
     def pre_cfg(self, conds, out, x, timestep, model_options):
         """``sampler_pre_cfg_function`` patches, called as comfy.samplers.sampling_function calls them."""
@@ -114,6 +129,12 @@ class DSDGuider(io.ComfyNode):
         if not has_dsd(model):
             raise DSDNodeError("DSD Guider: the model has no DSD adapter; pass it through DSD Adapter Loader first.")
         config = GuidanceConfig(image_guidance=image_guidance, text_guidance=text_guidance, cfg_start_step=cfg_start_step)
+        if config.true_cfg and cfg_start_step > 0 and has_easycache(model):
+            raise DSDNodeError(
+                "DSD Guider: EasyCache cannot serve the step where DSD's true CFG starts (its two new branches have no "
+                "cached output yet; ComfyUI stops with a KeyError). Set cfg_start_step to 0, or use LazyCache, which "
+                "caches the guider's combined prediction."
+            )
         if text_guidance != 1.0 and not config.true_cfg:
             logger.warning("DSD Guider: text_guidance=%s has no effect with image_guidance <= 1: DSD's true CFG runs "
                            "only when image_guidance > 1 (as in the authors' code)", text_guidance)  # fmt: skip
