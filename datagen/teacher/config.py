@@ -22,7 +22,7 @@ class TeacherConfig:
     ``comfyui_*`` model file names (``comfyui_checkpoint`` switches to CheckpointLoaderSimple).
     """
 
-    backend: Literal["diffusers", "comfyui"] = "diffusers"
+    backend: Literal["diffusers", "comfyui", "toy"] = "diffusers"  # toy: procedural grids (datagen/teacher/toy.py)
     model_dir: str | None = path_field(None)
     comfyui_url: str = "http://127.0.0.1:8188"
     comfyui_workflow: str | None = path_field(None)

@@ -89,6 +89,10 @@ def build_work_list(prompts_path: Path, cfg: TeacherConfig) -> list[WorkItem]:
 
 
 def make_backend(cfg: TeacherConfig, local_rank_: int = 0) -> Backend:
+    if cfg.backend == "toy":
+        from .toy import ToyTeacher
+
+        return ToyTeacher(cfg, local_rank_)
     if cfg.backend == "diffusers":
         from .diffusers_backend import DiffusersTeacher
 

@@ -1,0 +1,116 @@
+"""Teacher backend ``toy`` (issue 19): draws grid prompts procedurally instead of with FLUX.
+
+It reads the grid prompt the prompts stage wrote (template mode): the subject names an identity of
+the toy domain ("a red circle with blue stripes", see ``toy_domain``) and each "position: line" panel
+line a context (the pose words pick position and size, the setting words the background). Each panel
+is drawn at the grid's layout with a white gutter and a little placement jitter, so the real panels
+stage has real cutting to do. Like FLUX, the teacher is not always consistent: a seeded share of the
+grids (``INCONSISTENT_SHARE``) shows another identity in one panel, which curation should reject.
+Everything depends on (prompt, seed) only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from PIL import Image
+
+from . import toy_domain as dom
+from .config import TeacherConfig
+
+logger = logging.getLogger(__name__)
+
+INCONSISTENT_SHARE = 0.2
+GUTTER = 8  # pixels of white between panels
+_POSITION_WORDS = {"left", "right", "middle", "top", "bottom", "top-left", "top-right", "bottom-left", "bottom-right"}
+
+
+class ToyPromptError(ValueError):
+    """A grid prompt that does not name a toy identity."""
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """What one toy grid shows: the identity of each panel (row-major) and its context."""
+
+    rows: int
+    cols: int
+    identities: tuple[dom.Identity, ...]
+    contexts: tuple[dom.Context, ...]
+    odd_panel: int | None  # the panel showing another identity, if this grid is inconsistent
+
+
+def panel_lines(prompt: str) -> list[str]:
+    """The per-panel lines of a template-mode grid prompt ("top-left: ...; top-right: ...")."""
+    body = prompt.split(". ", 1)[1] if ". " in prompt else prompt
+    lines = []
+    for part in body.rstrip(". ").split("; "):
+        head, _, rest = part.partition(": ")
+        if rest and (head in _POSITION_WORDS or head.startswith("row ")):
+            lines.append(rest)
+    return lines
+
+
+def _layout(prompt: str, n: int) -> tuple[int, int]:
+    if n == 4:
+        return 2, 2
+    if n == 2 and "top: " in prompt:
+        return 2, 1
+    if n == 9:
+        return 3, 3
+    return 1, max(n, 2)
+
+
+def grid_plan(prompt: str, seed: int) -> GridPlan:
+    """Parse ``prompt`` and draw the seeded choices (which grids are inconsistent, and how)."""
+    identity = dom.parse_identity(prompt)
+    if identity is None:
+        raise ToyPromptError(f"the toy teacher draws toy subjects only ('a red circle with blue stripes'): {prompt[:80]!r}")
+    lines = panel_lines(prompt)
+    rows, cols = _layout(prompt, len(lines))
+    n = rows * cols
+    lines = (lines + [""] * n)[:n]
+    rng = random.Random(f"toy-teacher|{seed}")
+    identities = [identity] * n
+    odd = None
+    if rng.random() < INCONSISTENT_SHARE:
+        odd = rng.randrange(n)
+        others = [i for i in dom.all_identities() if i != identity]
+        identities[odd] = rng.choice(others)
+    return GridPlan(rows, cols, tuple(identities), tuple(dom.parse_context(line) for line in lines), odd)
+
+
+def draw_grid(plan: GridPlan, width: int, height: int, seed: int) -> Image.Image:
+    """The grid picture: panels of equal size separated by ``GUTTER`` white pixels."""
+    rng = random.Random(f"toy-jitter|{seed}")
+    pw = (width - (plan.cols - 1) * GUTTER) // plan.cols
+    ph = (height - (plan.rows - 1) * GUTTER) // plan.rows
+    side = min(pw, ph)
+    grid = Image.new("RGB", (width, height), (255, 255, 255))
+    for k, (identity, ctx) in enumerate(zip(plan.identities, plan.contexts, strict=True)):
+        r, c = divmod(k, plan.cols)
+        jitter = (rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04))
+        panel = dom.draw_panel(identity, ctx, side, jitter)
+        x0 = c * (pw + GUTTER) + (pw - side) // 2
+        y0 = r * (ph + GUTTER) + (ph - side) // 2
+        if (pw, ph) != (side, side):  # a non-square cell: fill it with the panel's background first
+            grid.paste(Image.new("RGB", (pw, ph), dom.BACKGROUNDS[ctx.background]), (c * (pw + GUTTER), r * (ph + GUTTER)))
+        grid.paste(panel, (x0, y0))
+    return grid
+
+
+class ToyTeacher:
+    """The ``Backend`` protocol of the teacher stage, drawing instead of sampling."""
+
+    name = "toy"
+
+    def __init__(self, cfg: TeacherConfig, local_rank: int = 0) -> None:
+        self.cfg = cfg
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        return [draw_grid(grid_plan(p, s), self.cfg.width, self.cfg.height, s) for p, s in zip(prompts, seeds, strict=True)]
+
+    def close(self) -> None:
+        pass

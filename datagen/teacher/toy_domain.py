@@ -1,0 +1,169 @@
+"""The toy domain of issue 19: flat shapes whose *identity* must survive a change of *context*.
+
+Identity = shape x body colour x accent colour x pattern (6 x 8 x 7 x 4 = 1344 identities).
+Context = where and how large the object is and the background, chosen by the words of a panel line
+that the prompts stage writes in template mode (its pose list picks position/size, its setting list the
+background). Everything is drawn procedurally, so the toy teacher, the toy judge and the held-out
+benchmark agree on what a picture should show. Captions name an identity as
+"a <body> <shape> with <accent> <pattern>", which the prompts stage keeps as the grid's subject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (240, 220, 30), "green": (30, 170, 50),
+    "cyan": (30, 200, 220), "blue": (30, 60, 220), "purple": (140, 40, 200), "pink": (250, 120, 190),
+}  # fmt: skip
+PATTERNS = ("stripes", "dot", "outline", "half")
+# Backgrounds are far from every object colour (greys and pale/dark tints), so the judge can segment.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (245, 245, 245), "grey": (128, 128, 128), "black": (15, 15, 15), "sand": (200, 185, 150),
+    "navy": (20, 25, 60), "mint": (190, 230, 205),
+}  # fmt: skip
+# Template-mode panel words -> context. Settings pick the background; poses pick position and size.
+SETTING_BACKGROUND = {
+    "city street": "grey", "beach": "sand", "forest": "mint", "living room": "sand", "snowy": "white",
+    "photo studio": "white", "market": "grey", "library": "navy", "mountain": "black", "kitchen": "white",
+    "garden": "mint", "rooftop": "navy",
+}  # fmt: skip
+POSE_PLACEMENT = {
+    "front view": ("center", "large"), "three-quarter view": ("left", "small"), "top-down view": ("top", "small"),
+    "close-up": ("center", "large"), "side view": ("right", "small"), "low angle": ("bottom", "small"),
+    "held in a hand": ("left", "large"), "on a shelf": ("right", "large"),
+}  # fmt: skip
+POSITIONS = {"center": (0.5, 0.5), "left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7)}
+SIZES = {"small": 0.38, "large": 0.62}  # object diameter as a share of the panel side
+_SUBJECT = re.compile(
+    rf"\b(?P<body>{'|'.join(COLOURS)}) (?P<shape>{'|'.join(SHAPES)}) with (?:an? )?"
+    rf"(?P<accent>{'|'.join(COLOURS)}) (?P<pattern>{'|'.join(PATTERNS)})\b"
+)
+
+
+@dataclass(frozen=True)
+class Identity:
+    shape: str
+    body: str
+    accent: str
+    pattern: str
+
+    @property
+    def text(self) -> str:
+        article = "a " if self.pattern in ("dot", "outline", "half") else ""
+        return f"a {self.body} {self.shape} with {article}{self.accent} {self.pattern}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.shape}-{self.body}-{self.accent}-{self.pattern}"
+
+
+@dataclass(frozen=True)
+class Context:
+    position: str = "center"
+    size: str = "large"
+    background: str = "white"
+
+
+def all_identities() -> list[Identity]:
+    return [Identity(s, b, a, p) for s in SHAPES for b in COLOURS for a in COLOURS if a != b for p in PATTERNS]
+
+
+def identity_split(identity: Identity, held_out_share: float = 0.2) -> str:
+    """``train`` or ``heldout``: a fixed hash split, so held-out identities never reach training."""
+    h = int(hashlib.sha1(identity.key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "heldout" if h < held_out_share else "train"
+
+
+def parse_identity(text: str) -> Identity | None:
+    m = _SUBJECT.search(text.casefold())
+    if not m or m["body"] == m["accent"]:
+        return None
+    return Identity(m["shape"], m["body"], m["accent"], m["pattern"])
+
+
+def parse_context(line: str) -> Context:
+    """The context a panel line asks for (defaults where it names none)."""
+    text = line.casefold()
+    position, size = next((v for k, v in POSE_PLACEMENT.items() if k in text), ("center", "large"))
+    background = next((v for k, v in SETTING_BACKGROUND.items() if k in text), "white")
+    return Context(position, size, background)
+
+
+def context_line(ctx: Context) -> str:
+    """A panel line (template-mode vocabulary) that asks for ``ctx``."""
+    pose = next(k for k, v in POSE_PLACEMENT.items() if v == (ctx.position, ctx.size) and k != "close-up")
+    setting = next(k for k, v in SETTING_BACKGROUND.items() if v == ctx.background)
+    return f"{pose}, in a {setting}"
+
+
+def all_contexts() -> list[Context]:
+    placements = sorted(set(POSE_PLACEMENT.values()))
+    return [Context(p, s, b) for p, s in placements for b in BACKGROUNDS]
+
+
+def shape_mask(shape: str, side: int) -> np.ndarray:
+    """Boolean mask of ``shape`` filling a ``side`` x ``side`` box."""
+    im = Image.new("L", (side, side), 0)
+    d = ImageDraw.Draw(im)
+    s = side - 1
+    if shape == "circle":
+        d.ellipse([0, 0, s, s], fill=255)
+    elif shape == "square":
+        d.rectangle([s * 0.1, s * 0.1, s * 0.9, s * 0.9], fill=255)
+    elif shape == "triangle":
+        d.polygon([(s / 2, 0), (s, s), (0, s)], fill=255)
+    elif shape == "diamond":
+        d.polygon([(s / 2, 0), (s, s / 2), (s / 2, s), (0, s / 2)], fill=255)
+    elif shape == "cross":
+        d.rectangle([s / 3, 0, 2 * s / 3, s], fill=255)
+        d.rectangle([0, s / 3, s, 2 * s / 3], fill=255)
+    elif shape == "ring":
+        d.ellipse([0, 0, s, s], fill=255)
+        d.ellipse([s * 0.3, s * 0.3, s * 0.7, s * 0.7], fill=0)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return np.asarray(im) > 127
+
+
+def pattern_mask(pattern: str, mask: np.ndarray) -> np.ndarray:
+    """Where the accent colour goes inside ``mask`` (its coordinates are the object's box)."""
+    side = mask.shape[0]
+    yy, xx = np.mgrid[0:side, 0:side]
+    if pattern == "stripes":
+        band = max(side // 5, 4)
+        return mask & ((yy // band) % 2 == 1)
+    if pattern == "dot":
+        c = (side - 1) / 2
+        cy = c if mask[int(c), int(c)] else side * 0.15  # a ring's centre is its hole: the dot sits on the band
+        return mask & ((yy - cy) ** 2 + (xx - c) ** 2 <= (side * 0.2) ** 2)
+    if pattern == "half":
+        return mask & (xx >= side // 2)
+    if pattern == "outline":
+        from scipy.ndimage import binary_erosion
+
+        return mask & ~binary_erosion(mask, iterations=max(side // 8, 2))
+    raise ValueError(f"unknown pattern {pattern!r}")
+
+
+def draw_panel(identity: Identity, ctx: Context, side: int = 128, jitter: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
+    """One panel: ``identity`` in ``ctx`` on a ``side`` x ``side`` square (jitter in panel shares)."""
+    img = np.empty((side, side, 3), np.uint8)
+    img[:] = BACKGROUNDS[ctx.background]
+    obj = max(int(round(SIZES[ctx.size] * side)), 8)
+    cx, cy = POSITIONS[ctx.position]
+    x0 = int(round((cx + jitter[0]) * side - obj / 2))
+    y0 = int(round((cy + jitter[1]) * side - obj / 2))
+    x0, y0 = min(max(x0, 0), side - obj), min(max(y0, 0), side - obj)
+    mask = shape_mask(identity.shape, obj)
+    accent = pattern_mask(identity.pattern, mask)
+    region = img[y0 : y0 + obj, x0 : x0 + obj]
+    region[mask] = COLOURS[identity.body]
+    region[accent] = COLOURS[identity.accent]
+    return Image.fromarray(img)

@@ -1,0 +1,104 @@
+"""The toy judge (issue 19): answers curation's and ``dsd eval``'s VLM questions from the pictures.
+
+A responder for :class:`tests.support.llm_server.FakeLLMServer` (the OpenAI/Gemini protocol server), so
+curation and eval reach it through their real provider code. It recognises the question by the JSON
+schema it asks for and reads the pictures with :mod:`tests.support.toy_vision`:
+
+* curation (``same_identity``): A and B show the same identity when shape, both colours and pattern
+  agree; the caption names B's context in the template vocabulary ("an object, side view, in a forest");
+* CP (``reference_features``): the 0-4 score is 4 x the share of identity attributes kept;
+* PF (``prompt_elements``): 4 x the share of the asked context (position, size, background) shown.
+
+Deterministic: the same pictures always get the same answer.
+
+    python -m tests.support.toy_judge        # serve on a free port, print its OpenAI base URL
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+from PIL import Image
+
+from datagen.teacher import toy_domain as dom
+
+from .toy_vision import Reading, context_score, identity_score, read_picture
+
+CAPTION_PREFIX = "an object, "
+_PF_PROMPT = re.compile(r"generated from this prompt:\n(?P<prompt>.*?)\n", re.S)
+
+
+def _picture(data: bytes) -> Reading:
+    with Image.open(io.BytesIO(data)) as im:
+        return read_picture(im)
+
+
+def describe(r: Reading) -> str:
+    if not r.found:
+        return f"no object on a {r.background} background"
+    return f"{dom.Identity(r.shape, r.body, r.accent, r.pattern).text}, {r.size}, at the {r.position}, on {r.background}"
+
+
+def caption_for(r: Reading) -> str:
+    """The training caption of a panel: its context only, so identity has to come from the reference."""
+    return CAPTION_PREFIX + dom.context_line(dom.Context(r.position or "center", r.size or "large", r.background or "white"))
+
+
+def curate_answer(a: Reading, b: Reading) -> dict:
+    same = a.found and b.found and identity_score(a, b) == 1.0
+    differences = [k for k in ("shape", "body", "accent", "pattern") if getattr(a, k) != getattr(b, k)]
+    return {
+        "subject": "a flat shape" if a.found else "nothing",
+        "description_a": describe(a),
+        "description_b": describe(b),
+        "same_identity": bool(same),
+        "confidence": 0.95,
+        "reason": "every identity feature agrees" if same else f"they differ in {', '.join(differences) or 'presence'}",
+        "caption": caption_for(b),
+    }
+
+
+def cp_answer(ref: Reading, out: Reading) -> dict:
+    score = identity_score(ref, out)
+    return {
+        "subject": describe(ref), "reference_features": describe(ref), "generated_features": describe(out),
+        "differences": "none" if score == 1.0 else "identity attributes differ", "score": int(round(4 * score)),
+    }  # fmt: skip
+
+
+def pf_answer(out: Reading, prompt: str) -> dict:
+    asked = dom.parse_context(prompt)
+    score = context_score(out, asked)
+    return {
+        "prompt_elements": f"{asked.size} object at the {asked.position} on {asked.background}",
+        "image_content": describe(out), "missing_or_wrong": "none" if score == 1.0 else "some", "score": int(round(4 * score)),
+    }  # fmt: skip
+
+
+def toy_responder(request) -> dict | str:
+    """The FakeLLMServer responder: curation verdicts, CP and PF scores from the pictures."""
+    props = (request.json_schema or {}).get("properties", {})
+    pictures = [_picture(b) for b in request.images]
+    if "same_identity" in props and len(pictures) == 2:
+        return curate_answer(*pictures)
+    if "reference_features" in props and len(pictures) == 2:
+        return cp_answer(*pictures)
+    if "prompt_elements" in props and len(pictures) == 1:
+        m = _PF_PROMPT.search(request.prompt)
+        return pf_answer(pictures[0], m["prompt"] if m else request.prompt)
+    return ("refusal",)  # a question the toy judge cannot answer
+
+
+def main() -> None:
+    import threading
+
+    from .llm_server import FakeLLMServer
+
+    server = FakeLLMServer(responder=toy_responder).start()
+    print(server.openai_base_url, flush=True)  # noqa: T201 - the one line a caller reads
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""What the toy judge sees in a toy picture (issue 19): segment the object on its flat background, then
+name its shape, colours, pattern, position, size and background by comparing with the toy domain's own
+drawings. Deterministic; works on the blurred pictures the toy VAE decodes (it compares at 24 px).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from datagen.teacher import toy_domain as dom
+
+GRID = 24  # the object's box is compared at GRID x GRID
+MIN_AREA = 0.01  # an object covers at least this share of the panel
+_PALETTE = np.array(list(dom.COLOURS.values()), np.float32)
+_PALETTE_NAMES = list(dom.COLOURS)
+_BG = np.array(list(dom.BACKGROUNDS.values()), np.float32)
+_BG_NAMES = list(dom.BACKGROUNDS)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one picture shows; ``shape`` is "" when no object was found."""
+
+    shape: str = ""
+    body: str = ""
+    accent: str = ""
+    pattern: str = ""
+    position: str = ""
+    size: str = ""
+    background: str = ""
+
+    @property
+    def found(self) -> bool:
+        return bool(self.shape)
+
+
+def _templates() -> dict[str, np.ndarray]:
+    return {s: dom.shape_mask(s, GRID).astype(np.float32) for s in dom.SHAPES}
+
+
+_SHAPE_T = _templates()
+_PATTERN_T = {
+    s: {p: dom.pattern_mask(p, _SHAPE_T[s] > 0.5).astype(np.float32) for p in dom.PATTERNS} for s in dom.SHAPES
+}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = float(np.minimum(a, b).sum())
+    union = float(np.maximum(a, b).sum())
+    return inter / union if union else 0.0
+
+
+def _nearest(colours: np.ndarray, table: np.ndarray) -> np.ndarray:
+    return np.argmin(((colours[:, None, :] - table[None]) ** 2).sum(-1), axis=1)
+
+
+def _box_resize(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    crop = Image.fromarray((mask[y0:y1, x0:x1] * 255).astype(np.uint8))
+    return np.asarray(crop.resize((GRID, GRID), Image.BILINEAR), np.float32) / 255.0
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """The object's square box (the drawings put each shape in a square)."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    side = max(y1 - y0, x1 - x0)
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    h, w = mask.shape
+    y0 = int(round(min(max(cy - side / 2, 0), max(h - side, 0))))
+    x0 = int(round(min(max(cx - side / 2, 0), max(w - side, 0))))
+    return y0, min(y0 + side, h), x0, min(x0 + side, w)
+
+
+def read_picture(image: Image.Image) -> Reading:
+    """Segment and describe the object of one toy panel."""
+    rgb = np.asarray(image.convert("RGB"), np.float32)
+    h, w, _ = rgb.shape
+    i = max(min(h, w) // 32, 1)  # a few pixels in: a decoded picture's outermost line is off
+    border = np.concatenate([rgb[i], rgb[-1 - i], rgb[:, i], rgb[:, -1 - i]])
+    bg = np.median(border, axis=0)
+    background = _BG_NAMES[int(_nearest(bg[None], _BG)[0])]
+    mask = np.sqrt(((rgb - bg) ** 2).sum(-1)) > 60.0
+    if mask.mean() < MIN_AREA:
+        return Reading(background=background)
+    pix = rgb[mask]
+    labels = _nearest(pix, _PALETTE)
+    close = ((pix - _PALETTE[labels]) ** 2).sum(-1) < 70.0**2  # blurred edges match no colour well
+    counts = np.bincount(labels[close], minlength=len(_PALETTE)) if close.any() else np.zeros(len(_PALETTE), int)
+    top = [int(i) for i in np.argsort(-counts, kind="stable")[:2]]
+    box = _box(mask)
+    shape_grid = _box_resize(mask, box)
+    shape = max(dom.SHAPES, key=lambda s: _iou(shape_grid, _SHAPE_T[s]))
+    ys, xs = np.nonzero(mask)
+    best = (-1.0, "", "", "")
+    for body_i, accent_i in (top, top[::-1]):  # which colour is the body: the one whose rest fits a pattern
+        accent_full = np.zeros(mask.shape, np.float32)
+        accent_full[ys[close], xs[close]] = labels[close] == accent_i
+        accent_grid = _box_resize(accent_full, box)
+        for p in dom.PATTERNS:
+            score = _iou(accent_grid, _PATTERN_T[shape][p])
+            if score > best[0]:
+                best = (score, _PALETTE_NAMES[body_i], _PALETTE_NAMES[accent_i], p)
+    _, body, accent, pattern = best
+    # Where and how large: the box against the domain's positions and sizes.
+    side = max(box[1] - box[0], box[3] - box[2]) / max(h, w)
+    cy, cx = (box[0] + box[1]) / 2 / h, (box[2] + box[3]) / 2 / w
+    position = min(dom.POSITIONS, key=lambda k: (dom.POSITIONS[k][0] - cx) ** 2 + (dom.POSITIONS[k][1] - cy) ** 2)
+    size = min(dom.SIZES, key=lambda k: abs(dom.SIZES[k] - side))
+    return Reading(shape, body, accent, pattern, position, size, background)
+
+
+def identity_score(ref: Reading, out: Reading) -> float:
+    """Share of the four identity attributes the two pictures agree on (0 when either has no object)."""
+    if not (ref.found and out.found):
+        return 0.0
+    return sum(getattr(ref, k) == getattr(out, k) for k in ("shape", "body", "accent", "pattern")) / 4
+
+
+def context_score(out: Reading, asked: dom.Context) -> float:
+    """Share of the asked context (position, size, background) the picture shows (0 without an object)."""
+    if not out.found:
+        return 0.0
+    return sum(getattr(out, k) == getattr(asked, k) for k in ("position", "size", "background")) / 3
+
+
+def reading_of(identity: dom.Identity, ctx: dom.Context) -> Reading:
+    return Reading(identity.shape, identity.body, identity.accent, identity.pattern, ctx.position, ctx.size, ctx.background)

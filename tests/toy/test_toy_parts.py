@@ -1,0 +1,91 @@
+"""Issue 19's toy parts on their own: the toy VAE reconstructs, the teacher draws what the template
+prompt asks (and its inconsistent share), the toy judge knows its answers through the real provider code."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datagen.config import PromptsConfig
+from datagen.prompts import template_prompt
+from datagen.teacher import toy_domain as dom
+from datagen.teacher.toy import INCONSISTENT_SHARE, draw_grid, grid_plan
+from tests.support.toy_judge import toy_responder
+from tests.support.toy_vision import context_score, identity_score, read_picture, reading_of
+
+RED_STRIPES = dom.Identity("circle", "red", "blue", "stripes")
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_vision_reads_the_drawings() -> None:
+    rng = np.random.default_rng(0)
+    ids, ctxs = dom.all_identities(), dom.all_contexts()
+    cp, pf = [], []
+    for _ in range(40):
+        identity, ctx = ids[rng.integers(len(ids))], ctxs[rng.integers(len(ctxs))]
+        reading = read_picture(dom.draw_panel(identity, ctx))
+        cp.append(identity_score(reading_of(identity, ctx), reading))
+        pf.append(context_score(reading, ctx))
+    assert np.mean(cp) >= 0.9 and np.mean(pf) >= 0.9
+
+
+def test_template_prompt_drives_the_teacher() -> None:
+    cfg = PromptsConfig(mode="template", layouts=("2x2",), seed=0)
+    rec = template_prompt({"id": "c0", "caption": RED_STRIPES.text}, cfg)
+    plan = grid_plan(rec["prompt"], seed=3)
+    assert (plan.rows, plan.cols) == (2, 2)
+    assert plan.contexts == tuple(dom.parse_context(line) for line in rec["panels"])
+    grid = draw_grid(plan, 264, 264, seed=3)
+    for k, (identity, ctx) in enumerate(zip(plan.identities, plan.contexts, strict=True)):
+        r, c = divmod(k, 2)
+        panel = grid.crop((c * 136, r * 136, c * 136 + 128, r * 136 + 128))
+        assert identity_score(reading_of(identity, ctx), read_picture(panel)) >= 0.75
+
+
+def test_teacher_inconsistent_share() -> None:
+    prompt = f"a grid of 4 images representing the same object: {RED_STRIPES.text}. top-left: front view; " \
+             "top-right: side view; bottom-left: top-down view; bottom-right: held in a hand."  # fmt: skip
+    odd = [grid_plan(prompt, seed).odd_panel is not None for seed in range(400)]
+    assert abs(np.mean(odd) - INCONSISTENT_SHARE) < 0.06
+
+
+def test_teacher_refuses_a_non_toy_prompt() -> None:
+    with pytest.raises(ValueError, match="toy subjects"):
+        grid_plan("a grid of 4 images representing the same character: an old fisherman. top-left: smiling", 0)
+
+
+def test_judge_known_answers_through_the_openai_client() -> None:
+    from datagen.curate import curate_request
+    from dsd.eval.judge import CP_PROMPT, CP_SCHEMA, CP_SYSTEM
+    from dsd.providers import ChatRequest, ProviderConfig, make_provider
+    from tests.support.llm_server import FakeLLMServer
+
+    ref = dom.draw_panel(RED_STRIPES, dom.Context("center", "large", "white"))
+    same = dom.draw_panel(RED_STRIPES, dom.Context("left", "small", "mint"))
+    other = dom.draw_panel(dom.Identity("triangle", "green", "yellow", "dot"), dom.Context("left", "small", "mint"))
+    blank = Image.new("RGB", (128, 128), dom.BACKGROUNDS["grey"])
+    with FakeLLMServer(responder=toy_responder) as srv:
+        provider = make_provider(ProviderConfig(kind="openai", model="toy", base_url=srv.openai_base_url), api_key="toy")
+
+        def ask(request):
+            return provider.complete(request).data
+
+        verdict = ask(curate_request(_png(ref), _png(same), "a prompt"))
+        assert verdict["same_identity"] is True and verdict["caption"] == "an object, three-quarter view, in a forest"
+        assert ask(curate_request(_png(ref), _png(other), "a prompt"))["same_identity"] is False
+        assert ask(curate_request(_png(ref), _png(blank), "a prompt"))["same_identity"] is False
+
+        def cp(out: Image.Image) -> int:
+            req = ChatRequest(prompt=CP_PROMPT.format(debias="", run=""), system=CP_SYSTEM, images=(_png(ref), _png(out)),
+                              json_schema=CP_SCHEMA, schema_name="cp", temperature=0.0)  # fmt: skip
+            return ask(req)["score"]
+
+        assert (cp(same), cp(other), cp(blank)) == (4, 0, 0)
