@@ -255,6 +255,9 @@ class _Grid:
         self.seps = tuple(self._gutter_sized(self.seps[i], i) for i in (0, 1))
         self.trim = tuple((t[0], t[1], self._gutter_sized(t[2], i)) for i, t in enumerate(self.trim))
 
+    def n_px(self, axis: int) -> int:
+        return self.h if axis == 0 else self.w
+
     def _gutter_sized(self, bands: list[_Band], axis: int) -> list[_Band]:
         (lo, hi, _), n = self.trim[axis], self.n[axis]
         limit = self.cfg.max_gutter_fraction * (hi - lo) / n
@@ -358,7 +361,7 @@ def _by_gutters(g: _Grid) -> Detection | None:
         return None
     if not ax[0].fit.error and not ax[1].fit.error:
         segs = (ax[0].fit.segments, ax[1].fit.segments)
-        margin = _margin_as_gutter(g, 0, ax[0]) or _margin_as_gutter(g, 1, ax[1])
+        margin = _margin_as_gutter(g, 0, ax[0]) or _margin_as_gutter(g, 1, ax[1]) or _gutter_doubt(g, segs)
         if margin:
             raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: {margin}")
         return Detection(_boxes(segs[0], [segs[1]] * g.rows), "gutters", 1.0, "gutters: " + _describe(ax))
@@ -395,6 +398,73 @@ def _margin_as_gutter(g: _Grid, axis: int, found: _AxisGutters) -> str:
                 return (f"the band at {a1}-{b0} px has the colour of the panel beside it ({share:.0%} of it): "
                         "a flat panel's margin, not a gutter")  # fmt: skip
     return ""
+
+
+def _gutter_doubt(g: _Grid, segs) -> str:
+    """Why the fitted gutters may be misplaced ("" when they are sure). A gutter whose colour goes on
+    into a panel beside it (a white wall next to a white gutter) may have swallowed that panel's
+    side: its width must then match the clean gutters' (colour stopping sharply on both sides). A
+    lone gutter whose colour shows nowhere else (no other gutter or border) may be a flat strip of
+    a photo: unless it cuts equal panels (the teacher draws equal panels), it must be neutral (white,
+    grey, black) with no seam of touching photos running beside it."""
+    cfg, gaps = g.cfg, []
+    (y0, y1, _), (x0, x1, _) = g.trim
+    f = [np.zeros(0)] * 2
+    for axis in (0, 1):
+        if len(segs[axis]) > 1:
+            region = g.a[:, x0:x1] if axis == 0 else g.a[y0:y1]
+            f[axis] = edge_profile(_lines(region, axis, 2 * _SAMPLES), cfg)
+    for axis in (0, 1):
+        across = slice(g.trim[1 - axis][0], g.trim[1 - axis][1], 2)
+        for (_, a1), (b0, _) in zip(segs[axis], segs[axis][1:], strict=False):
+            band = g.a[a1:b0, across] if axis == 0 else g.a[across, a1:b0].transpose(1, 0, 2)
+            colour = band.reshape(-1, 3).mean(axis=0)
+            clean = all(_clean_side(g, axis, across, colour, x, f[axis], step) for x, step in ((a1, -1), (b0, 1)))
+            gaps.append((axis, a1, b0, colour, clean))
+    ref = [b0 - a1 for _, a1, b0, _, clean in gaps if clean]
+    for _axis, a1, b0, _, clean in gaps:
+        if not clean and (not ref or abs(b0 - a1 - float(np.median(ref))) > 3):
+            return (f"the gutter at {a1}-{b0} px has the colour of a panel's side beside it, and no clean gutter "
+                    "confirms its width: it may hold part of that panel")  # fmt: skip
+    borders = [b.colour for ax_ in g.seps for b in ax_ if b.touches_start or b.touches_end]
+    if len(gaps) == 1 and not any(_same_colour(tuple(gaps[0][3]), c, cfg) for c in borders):
+        axis = gaps[0][0]
+        neutral = float(np.ptp(gaps[0][3])) <= cfg.colour_tolerance  # white, grey, black: a gutter's colours
+        if _spread(segs[axis]) > cfg.max_edge_spread and (not neutral or _seam_beside(g, axis, gaps[0][1], gaps[0][2])):
+            sizes = ", ".join(str(b - a) for a, b in segs[axis])
+            return (f"a lone band at {gaps[0][1]}-{gaps[0][2]} px, its colour nowhere else in the grid, cuts unequal "
+                    f"panels ({sizes} px): a flat strip of a photo, not a gutter")  # fmt: skip
+    return ""
+
+
+def _clean_side(g: _Grid, axis: int, across: slice, colour: np.ndarray, x: int, f: np.ndarray, step: int) -> bool:
+    """Whether the gutter's colour stops at its side ``x`` (``step``: outwards) across the span: a few
+    lines out it is gone (blur of resampling or JPEG allowed), and it stops sharply, not like a wall
+    fading into the gutter's colour: a sharp edge in the profile ``f``, or a jump of more than twice
+    the uniform tolerance within three lines."""
+    def line(i: int) -> np.ndarray:
+        i = min(max(0, i), g.n_px(axis) - 1)
+        return g.a[i, across] if axis == 0 else g.a[across, i]
+
+    outside = x - 1 if step < 0 else x  # the first line beside the gutter
+    if _near(line(outside + 3 * step), colour, g.cfg) > 0.2:
+        return False
+    if float(f[max(0, x - 2) : x + 3].max(initial=0)) >= g.cfg.min_edge_fraction:
+        return True
+    inside = x if step < 0 else x - 1  # the gutter's line at that side
+    far = np.abs(line(outside + 2 * step) - line(inside)).max(axis=1) > 2 * g.cfg.uniform_tolerance
+    return float(far.mean()) >= 0.5
+
+
+def _seam_beside(g: _Grid, axis: int, a1: int, b0: int, reach: int = 40) -> bool:
+    """Whether a straight colour edge across the span runs parallel to the band [a1, b0) within
+    ``reach`` px of it (the real seam of touching photos next to a flat strip of one of them)."""
+    lo, hi = max(0, a1 - reach), min(g.n_px(axis), b0 + reach)
+    region = g.a[lo:hi, g.trim[1][0] : g.trim[1][1]] if axis == 0 else g.a[g.trim[0][0] : g.trim[0][1], lo:hi]
+    f = edge_profile(_lines(region, axis, 2 * _SAMPLES), g.cfg)
+    keep = np.ones(len(f), bool)
+    keep[max(0, a1 - lo - 3) : b0 - lo + 4] = False  # the band's own two edges
+    return bool((f[keep] >= g.cfg.min_edge_fraction).any())
 
 
 def _plausible(g: _Grid, shown: tuple[int, int]) -> bool:
