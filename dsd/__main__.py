@@ -88,6 +88,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=512, help="canvas height")
     p.add_argument("--fit", choices=["crop", "pad", "stretch"], default="crop", help="how the reference fills frame one")
     p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--max-sequence-length", type=int, default=None,
+                   help="T5 tokens (default: the adapter's training length, else 512; a mismatch warns)")
     p.add_argument("--keep-canvas", action="store_true", help="also save the full canvas and frame one (reconstruction)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -116,7 +118,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = _pick_device(args.device)
     dtype = _pick_dtype(args.dtype, device)
     t0 = time.perf_counter()
-    pipe = DSDPipeline.from_local(args.flux, release=args.release, adapter=args.adapter, lora_scale=args.lora_scale, dtype=dtype, device=device)
+    pipe = DSDPipeline.from_local(args.flux, release=args.release, adapter=args.adapter, lora_scale=args.lora_scale, dtype=dtype, device=device,
+                                  max_sequence_length=args.max_sequence_length)  # fmt: skip
     t_load = time.perf_counter() - t0
     guidance = GuidanceConfig(guidance=args.guidance, image_guidance=args.image_guidance, text_guidance=args.text_guidance)
     result = pipe.generate(ref, prompt, args.negative_prompt, layout=layout, steps=args.steps, guidance=guidance, seed=args.seed)

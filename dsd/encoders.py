@@ -8,6 +8,8 @@ sample, which differs negligibly) and shifted/scaled into diffusion-model space.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,34 @@ import torch
 
 from .tokens import latent_to_model, model_to_latent
 from .weights.errors import WeightsError
+
+logger = logging.getLogger(__name__)
+DEFAULT_SEQUENCE_LENGTH = 512  # FLUX.1-dev's T5 length, what the authors sample with
+
+
+def trained_sequence_length(adapter: str | os.PathLike[str] | None) -> int | None:
+    """The T5 length a DSD adapter was trained with (``model.max_sequence_length`` in the
+    ``dsd_train_config`` metadata training writes), or None when the file does not say."""
+    if adapter is None:
+        return None
+    from .weights.safetensors_io import read_metadata
+
+    try:
+        config = json.loads(read_metadata(adapter).get("dsd_train_config", "{}"))
+        return int(config["model"]["max_sequence_length"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def sampling_sequence_length(requested: int | None, adapter: str | os.PathLike[str] | None = None) -> int:
+    """The T5 length to sample with: ``requested``, else the adapter's training length, else 512.
+    Sampling with another length than training changes the text tokens the model sees: warn."""
+    trained = trained_sequence_length(adapter)
+    length = requested or trained or DEFAULT_SEQUENCE_LENGTH
+    if trained is not None and length != trained:
+        logger.warning("%s was trained with max_sequence_length %d; sampling with %d does not match training",
+                       adapter, trained, length)  # fmt: skip
+    return length
 
 
 class FluxEncoders:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .canvas import CanvasLayout, canvas_to_image01, compose_canvas, split_canvas
-from .encoders import FluxEncoders
+from .encoders import FluxEncoders, sampling_sequence_length
 from .model import DSDTransformer
 from .sampler import GuidanceConfig, SamplerStats, TextConditioning, make_noise, sample_tokens
 from .tokens import image_ids, pack, text_ids, unpack
@@ -49,20 +49,31 @@ class DSDPipeline:
         lora_scale: float = 1.0,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        max_sequence_length: int | None = None,
+        plain_base: bool = False,
     ) -> DSDPipeline:
         """``flux_dir``: a diffusers FLUX pipeline folder (FLUX.1-dev: vae, text encoders, tokenizers).
 
         The DSD transformer comes from ``release`` (the authors' published folder) or from
-        ``flux_dir/transformer`` + ``adapter`` (a DSD adapter file from ``dsd convert`` or training).
+        ``flux_dir/transformer`` + ``adapter`` (a DSD adapter file from ``dsd convert`` or training), or with
+        ``plain_base`` is ``flux_dir/transformer`` alone (zero embedder: the no-reference baseline).
+        ``max_sequence_length``: T5 tokens; None takes the adapter's training length (else 512).
         """
         from .weights.adapter import load_adapter
         from .weights.lora import merge_lora
         from .weights.release import find_release_parts, load_release_lora, load_release_transformer
 
-        if (release is None) == (adapter is None):
+        if plain_base and (release is not None or adapter is not None):
+            raise WeightsError("the plain base (no reference) takes neither a DSD release nor an adapter")
+        if not plain_base and (release is None) == (adapter is None):
             raise WeightsError("give exactly one of: the DSD release folder, or a DSD adapter file")
-        encoders = FluxEncoders.from_local(flux_dir, device=device, dtype=dtype, with_transformer=adapter is not None)
-        if release is not None:
+        length = sampling_sequence_length(max_sequence_length, adapter)
+        encoders = FluxEncoders.from_local(flux_dir, device=device, dtype=dtype, with_transformer=release is None,
+                                           max_sequence_length=length)  # fmt: skip
+        if plain_base:  # ``flux_dir``'s own transformer with a zero embedder: text only, no reference
+            model = DSDTransformer(encoders.pipe.transformer)
+            encoders.pipe.transformer = None
+        elif release is not None:
             tdir, lora_path = find_release_parts(release)
             if lora_path is None:
                 raise WeightsError(f"{release}: no pytorch_lora_weights.safetensors beside the transformer folder")

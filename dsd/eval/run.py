@@ -118,6 +118,7 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
 
     meta = {**_meta(cfg, bench), **({"judge usage (this run)": summary.usage} if summary.usage else {}),
             **({"pairwise judge usage (this run)": summary.pair_usage} if summary.pair_usage else {})}  # fmt: skip
+    meta["protocol"] = summary.protocol or "ours"  # the label, NON-PROTOCOL reasons included
     title = f"{cfg.title} ({summary.protocol})" if summary.protocol else cfg.title
     summary.report = write_report(summary.table, report_dir, title=title, meta=meta, pairwise=summary.pairwise)
     if cfg.protocol:
@@ -231,6 +232,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]FILE",
                    help="a DSD adapter or training checkpoint (repeatable: per-checkpoint curves from the step in its name)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one image per prompt and seed")
+    p.add_argument("--base", action="append", default=[], metavar="NAME",
+                   help="also sample --flux's own transformer with a zero embedder under NAME: the no-reference baseline")
+    p.add_argument("--max-sequence-length", type=int, default=None,
+                   help="T5 tokens when sampling (default: the adapter's training length, else 512; a mismatch warns)")
     for flag, kind, default in (("--steps", int, 28), ("--guidance", float, 3.5), ("--image-guidance", float, 1.0),
                                 ("--text-guidance", float, 1.0), ("--width", int, 1024), ("--height", int, 512),
                                 ("--lora-scale", float, 1.0)):  # fmt: skip
@@ -282,11 +287,15 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         models.append(ModelSpec(name, args.flux, release=path))
     for name, path in _named(args.adapter, "--adapter"):
         models.append(ModelSpec(name, args.flux, adapter=path, step=checkpoint_step(path)))
+    if args.base and args.flux is None:
+        raise BenchmarkError("--base needs --flux (its transformer is the plain base)")
+    models += [ModelSpec(name, args.flux, plain_base=True) for name in args.base]
     sources = [ImageSource(name, path) for name, path in _named(args.images, "--images")]
     sampling = SampleSettings(
         seeds=tuple(args.seeds), steps=args.steps, guidance=args.guidance, image_guidance=args.image_guidance,
         text_guidance=args.text_guidance, negative_prompt=args.negative_prompt, width=args.width, height=args.height,
         fit=args.fit, lora_scale=args.lora_scale, device=args.device, dtype=args.dtype,
+        max_sequence_length=args.max_sequence_length,
     )  # fmt: skip
     judge = None
     if args.judge:

@@ -40,6 +40,7 @@ class ModelSpec:
     release: Path | None = None
     adapter: Path | None = None
     step: int | None = None  # training step, for per-checkpoint curves
+    plain_base: bool = False  # flux's transformer alone, zero embedder: the no-reference baseline
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class SampleSettings:
     lora_scale: float = 1.0
     device: str = "auto"
     dtype: str = "auto"
+    max_sequence_length: int | None = None  # T5 tokens; None: the adapter's training length, else 512
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -148,7 +150,8 @@ def _load(spec: ModelSpec, settings: SampleSettings):
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     dtype = dtypes.get(settings.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     pipe = DSDPipeline.from_local(spec.flux, release=spec.release, adapter=spec.adapter, lora_scale=settings.lora_scale,
-                                  dtype=dtype, device=device)  # fmt: skip
+                                  dtype=dtype, device=device, max_sequence_length=settings.max_sequence_length,
+                                  plain_base=spec.plain_base)  # fmt: skip
     layout = CanvasLayout(height=settings.height, width=settings.width, fit=settings.fit)  # type: ignore[arg-type]
     guidance = GuidanceConfig(guidance=settings.guidance, image_guidance=settings.image_guidance,
                               text_guidance=settings.text_guidance)  # fmt: skip
