@@ -426,9 +426,12 @@ def _may_manage(request: Any) -> bool:
     if remote:
         return True
     try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
-    except ValueError:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:  # a unix socket or no peer at all: not known to be this machine
         return False
+    # A dual-stack listener ("::") sees IPv4 clients as ::ffff:a.b.c.d.
+    mapped = getattr(peer, "ipv4_mapped", None)
+    return (mapped or peer).is_loopback
 
 
 def check_change_allowed(request: Any, *, json_body: bool) -> None:

@@ -91,8 +91,8 @@ class Provider(ABC):
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
-        self._api_key: str | None = api_key
-        self._key_resolved = api_key is not None
+        self._api_key: str | None = api_key or None
+        self._key_resolved = self._api_key is not None
 
     # -- what a concrete provider supplies -------------------------------------------------
     @property
