@@ -27,7 +27,15 @@ from dsd.providers import (
     make_provider,
     request_cache_key,
 )
-from dsd.providers.endpoints import NO_KEY, OFFICIAL_ENDPOINTS, endpoint_for, is_official
+from dsd.providers.endpoints import (
+    NO_KEY,
+    OFFICIAL_ENDPOINTS,
+    EndpointError,
+    EndpointNotAllowed,
+    check_allowed,
+    endpoint_for,
+    is_official,
+)
 from dsd.providers.gemini_provider import _retry_info_delay
 from dsd.providers.schema import SchemaMismatch, parse_json_answer
 from tests.support.llm_server import FakeLLMServer, fake_object_for_schema
@@ -288,6 +296,20 @@ def test_official_endpoints_are_exact_scheme_and_host() -> None:
                       ("openai", "https://api.openai.com:8443/v1"), ("openai", "https://generativelanguage.googleapis.com"),
                       ("gemini", "https://evil.test/generativelanguage.googleapis.com")]:
         assert not is_official(kind, endpoint_for(kind, url)), url
+
+
+def test_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    local = endpoint_for("openai", "http://127.0.0.1:8000/v1")
+    check_allowed("openai", local)  # unset: any http(s) endpoint (it gets no key of the server's)
+    monkeypatch.setenv("DSD_ALLOWED_BASE_URLS", "HTTP://127.0.0.1:8000/v1/,\nhttp://10.0.0.5/v1")
+    check_allowed("openai", local)
+    check_allowed("openai", endpoint_for("openai", None))  # the official endpoints stay allowed
+    for url in ("http://127.0.0.1:8001/v1", "http://127.0.0.1:8000/v2", "https://127.0.0.1:8000/v1"):
+        with pytest.raises(EndpointNotAllowed, match="DSD_ALLOWED_BASE_URLS"):
+            check_allowed("openai", endpoint_for("openai", url))
+    monkeypatch.setenv("DSD_ALLOWED_BASE_URLS", "127.0.0.1:8000")
+    with pytest.raises(EndpointError, match="DSD_ALLOWED_BASE_URLS: base_url '127.0.0.1:8000'"):
+        check_allowed("openai", local)
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/v1", "127.0.0.1:8000/v1", "not a url",
