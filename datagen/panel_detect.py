@@ -421,6 +421,9 @@ def _gutter_doubt(g: _Grid, segs) -> str:
             colour = band.reshape(-1, 3).mean(axis=0)
             clean = all(_clean_side(g, axis, across, colour, x, f[axis], step) for x, step in ((a1, -1), (b0, 1)))
             gaps.append((axis, a1, b0, colour, clean))
+    why = _border_doubt(g, f)
+    if why:
+        return why
     ref = [b0 - a1 for _, a1, b0, _, clean in gaps if clean]
     for _axis, a1, b0, _, clean in gaps:
         if not clean and (not ref or abs(b0 - a1 - float(np.median(ref))) > 3):
@@ -434,6 +437,32 @@ def _gutter_doubt(g: _Grid, segs) -> str:
             sizes = ", ".join(str(b - a) for a, b in segs[axis])
             return (f"a lone band at {gaps[0][1]}-{gaps[0][2]} px, its colour nowhere else in the grid, cuts unequal "
                     f"panels ({sizes} px): a flat strip of a photo, not a gutter")  # fmt: skip
+    return ""
+
+
+def _border_doubt(g: _Grid, f: list[np.ndarray]) -> str:
+    """Why a trimmed border may hold part of a panel ("" when none may): a border whose colour does
+    not stop cleanly at the panel (a white wall beside a white border) must be as wide as a clean
+    border on another side (within 3 px); the teacher frames a grid evenly."""
+    (y0, y1, _), (x0, x1, _) = g.trim
+    sides = []  # (axis, inner edge, outwards step, width, band slice)
+    for axis, lo, hi in ((0, y0, y1), (1, x0, x1)):
+        across = slice(g.trim[1 - axis][0], g.trim[1 - axis][1], 2)
+        if not len(f[axis]):
+            region = g.a[:, x0:x1] if axis == 0 else g.a[y0:y1]
+            f[axis] = edge_profile(_lines(region, axis, 2 * _SAMPLES), g.cfg)
+        for edge, step, width in ((lo, 1, lo), (hi, -1, g.n_px(axis) - hi)):
+            if width >= g.cfg.min_gutter_px:
+                band = slice(0, lo) if step > 0 else slice(hi, None)
+                strip = g.a[band, across] if axis == 0 else g.a[across, band]
+                colour = strip.reshape(-1, 3).mean(axis=0)
+                # _clean_side looks outwards from a gutter: here from the border into the panel
+                sides.append((width, _clean_side(g, axis, across, colour, edge, f[axis], step)))
+    clean = [w for w, ok in sides if ok]
+    for width, ok in sides:
+        if not ok and not any(abs(width - w) <= 3 for w in clean):
+            return (f"a border {width} px wide has the colour of the panel beside it and no clean border of its "
+                    "width confirms it: it may hold part of that panel")  # fmt: skip
     return ""
 
 
