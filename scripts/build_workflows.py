@@ -77,6 +77,13 @@ NODE_SPECS: dict[str, tuple[list[tuple[str, str]], list[str], list[tuple[str, st
     "DSDPromptEnhance": ([("image", "IMAGE")], ["prompt", "provider", "model", "enabled", "base_url"],
                          [("prompt", "STRING"), ("caption", "STRING")]),
     "CLIPVisionLoader": ([], ["clip_name"], [("CLIP_VISION", "CLIP_VISION")]),
+    "LoraLoaderModelOnly": ([("model", "MODEL")], ["lora_name", "strength_model"], [("MODEL", "MODEL")]),
+    "ImageScaleBy": ([("image", "IMAGE")], ["upscale_method", "scale_by"], [("IMAGE", "IMAGE")]),
+    "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [], [("LATENT", "LATENT")]),
+    "KSampler": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"], [("LATENT", "LATENT")],
+    ),
     "DSDIdentityScore": (
         [("clip_vision", "CLIP_VISION"), ("reference", "IMAGE"), ("candidates", "IMAGE")],
         ["embedding", "center_crop"],
@@ -85,7 +92,7 @@ NODE_SPECS: dict[str, tuple[list[tuple[str, str]], list[str], list[tuple[str, st
 }
 # The frontend stores one extra value after these widgets: the seed's "control after generate"
 # mode and LoadImage's upload button.
-EXTRA_WIDGET_VALUES = {("RandomNoise", "noise_seed"): "fixed", ("LoadImage", "image"): "image"}
+EXTRA_WIDGET_VALUES = {("RandomNoise", "noise_seed"): "fixed", ("KSampler", "seed"): "fixed", ("LoadImage", "image"): "image"}
 # Frontend-only nodes: kept in the UI file, never sent to the server.
 VIRTUAL_NODES = {"Note", "MarkdownNote"}
 
@@ -96,6 +103,7 @@ T5XXL = "t5xxl_fp16.safetensors"
 FLUX_VAE = "ae.safetensors"
 DSD_ADAPTER = "dsd_adapter.safetensors"
 CONTROLNET = "flux_depth_controlnet.safetensors"
+STYLE_LORA = "flux_style_lora.safetensors"  # any FLUX.1-dev LoRA (models/loras)
 CLIP_VISION = "sigclip_vision_patch14_384.safetensors"  # the SigLIP file FLUX Redux users already have
 REFERENCE_IMAGE = "dsd_reference.png"
 HINT_IMAGE = "dsd_depth_hint.png"
@@ -294,7 +302,42 @@ def dsd_best_of_n() -> Graph:
     return g
 
 
-WORKFLOWS = [dsd_basic, dsd_prompt_enhance, dsd_true_cfg, dsd_controlnet, dsd_batch, dsd_best_of_n]
+def dsd_hires() -> Graph:
+    g = Graph("dsd_hires", "DSD, then a hi-res pass: frame two upscaled 2x and refined by plain FLUX at denoise 0.4 "
+              "(1024 x 1024 result).")
+    n = _base(g)
+    split = _sample(g, n, 1260, 60, out(n["ref"], 0), out(n["ref"], 1), save=False)
+    up = g.add("ImageScaleBy", (1260, 640), image=out(split), upscale_method="lanczos", scale_by=2.0)
+    encoded = g.add("VAEEncode", (1620, 640), pixels=out(up), vae=out(n["vae"]))
+    plain = g.add("ModelSamplingFlux", (1260, 800), model=out(n["unet"]), max_shift=1.15, base_shift=0.5,
+                  width=2 * CANVAS_H, height=2 * CANVAS_H)
+    refine = g.add("KSampler", (1620, 800), size=(320, 300), model=out(plain), positive=out(n["guided"]),
+                   negative=out(n["neg"]), latent_image=out(encoded), seed=SEED, steps=20, cfg=1.0,
+                   sampler_name="euler", scheduler="simple", denoise=0.4)
+    decoded = g.add("VAEDecode", (1980, 800), samples=out(refine), vae=out(n["vae"]))
+    g.add("SaveImage", (2340, 640), size=(420, 460), title="Hi-res result", images=out(decoded),
+          filename_prefix="DSD/hires")
+    g.note(MODELS_NOTE + "\n\nHi-res pass: plain FLUX (no adapter) refines the upscaled frame two at denoise 0.4 "
+           "(0.3 keeps more of DSD's identity, 0.5 adds more detail). The sampler's ModelSamplingFlux is set to "
+           "the 1024 x 1024 result.", (40, 880))
+    return g
+
+
+def dsd_style_lora() -> Graph:
+    g = Graph("dsd_style_lora", "DSD + a style LoRA: any FLUX LoRA stacked on the DSD model (both are weight "
+              "patches, so the order does not matter).")
+    n = _base(g)
+    lora = g.add("LoraLoaderModelOnly", (420, 600), title="Style LoRA", model=out(n["dsd"]), lora_name=STYLE_LORA,
+                 strength_model=0.8)
+    n["model"].inputs["model"] = out(lora)
+    _sample(g, n, 1260, 60, out(n["ref"], 0), out(n["ref"], 1), prefix="DSD/style_lora")
+    g.note(MODELS_NOTE + f"\n- models/loras/{STYLE_LORA}: any FLUX.1-dev style LoRA. Lower its strength when "
+           "the identity drifts; DSD's adapter strength stays 1.", (40, 880))
+    return g
+
+
+WORKFLOWS = [dsd_basic, dsd_prompt_enhance, dsd_true_cfg, dsd_controlnet, dsd_batch, dsd_best_of_n, dsd_hires,
+             dsd_style_lora]
 
 
 # ---------------------------------------------------------------------------------- the formats

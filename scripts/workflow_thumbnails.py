@@ -17,7 +17,7 @@ import io
 import textwrap
 from collections.abc import Callable
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 SIZE = 512
 MAX_BYTES = 60_000  # the templates browser loads every card at once
@@ -215,6 +215,8 @@ RESULTS: dict[str, Callable[[], Image.Image]] = {
     "dsd_controlnet": park_scene,
     "dsd_batch": batch_frame,
     "dsd_best_of_n": best_of_n_frame,
+    "dsd_hires": park_scene,
+    "dsd_style_lora": lambda: ImageOps.posterize(castle_scene(), 2),  # a flat "style"
 }
 EXTRAS: dict[str, Callable[[Image.Image, ImageDraw.ImageDraw], None]] = {
     "dsd_basic": band_text(["1 model pass per step, 28 Euler steps,", "FLUX guidance 3.5, 1024 x 512 canvas"]),
@@ -223,11 +225,13 @@ EXTRAS: dict[str, Callable[[Image.Image, ImageDraw.ImageDraw], None]] = {
     "dsd_controlnet": control_band,
     "dsd_batch": band_text(["one reference x 3 prompts x 2 seeds", "(a sampler per prompt, batch_size 2)"]),
     "dsd_best_of_n": best_of_n_band,
+    "dsd_hires": band_text(["frame two upscaled 2x, then a plain FLUX", "pass at denoise 0.4: 1024 x 1024 result"]),
+    "dsd_style_lora": band_text(["DSD adapter + a style LoRA (strength 0.8)", "on the same FLUX model"]),
 }
 
 
 # ---------------------------------------------------------------------------------- the card
-SPELLING = {"dsd": "DSD", "cfg": "CFG", "controlnet": "ControlNet", "n": "N"}
+SPELLING = {"dsd": "DSD", "cfg": "CFG", "controlnet": "ControlNet", "n": "N", "hires": "hi-res", "lora": "LoRA"}
 
 
 def title_of(name: str) -> str:

@@ -34,7 +34,8 @@ from tests.support.workflow_files import load, script
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-NAMES = ["dsd_basic", "dsd_prompt_enhance", "dsd_true_cfg", "dsd_controlnet", "dsd_batch", "dsd_best_of_n"]
+NAMES = ["dsd_basic", "dsd_prompt_enhance", "dsd_true_cfg", "dsd_controlnet", "dsd_batch", "dsd_best_of_n", "dsd_hires",
+         "dsd_style_lora"]
 VIRTUAL_NODES = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CANVAS_W, CANVAS_H = 256, 128
@@ -226,13 +227,14 @@ def workflow_files(comfy_host, tmp_path_factory):
         write_plain_flux,
     )
     from dsd.weights.adapter import DSDAdapter, save_adapter
+    from dsd.weights.lora import lora_to_state_dict
 
     build = script("build")
     fp = comfy_host.folder_paths
     t0 = time.perf_counter()
     root = tmp_path_factory.mktemp("workflow_models")
     dirs = {}
-    for sub in ("diffusion_models", "text_encoders", "vae", "dsd", "controlnet"):
+    for sub in ("diffusion_models", "text_encoders", "vae", "dsd", "controlnet", "loras"):
         dirs[sub] = root / sub
         dirs[sub].mkdir()
         fp.add_model_folder_path(sub, str(dirs[sub]), is_default=True)
@@ -244,6 +246,10 @@ def workflow_files(comfy_host, tmp_path_factory):
         pair.up.mul_(0.01)
     save_adapter(DSDAdapter(c_embedder={k: v.clone() for k, v in model.c_embedder_state_dict().items()}, lora=lora),
                  dirs["dsd"] / build.DSD_ADAPTER)
+    style = make_tiny_lora(model.transformer, rank=2, seed=3)
+    for pair in style.values():
+        pair.up.mul_(0.01)
+    _save(lora_to_state_dict(style), dirs["loras"] / build.STYLE_LORA)
     del model
     _xlabs_controlnet(load_file(str(flux_path)), dirs["controlnet"] / build.CONTROLNET)
     vae = make_tiny_vae(seed=0, config=FULL_VAE_CONFIG)
@@ -299,7 +305,7 @@ def for_test(prompt: dict, steps: int = 2) -> dict:
             node["inputs"] = {"clip_name": inputs["clip_name1"], "type": "stable_diffusion"}
         elif kind in ("DSDReferenceConditioning", "ModelSamplingFlux"):
             inputs["width"], inputs["height"] = CANVAS_W, CANVAS_H
-        elif kind == "BasicScheduler":
+        elif kind in ("BasicScheduler", "KSampler"):
             inputs["steps"] = steps
     return prompt
 
@@ -360,8 +366,8 @@ def test_workflow_runs(comfy_host, run_prompt, workflow_files, monkeypatch, name
         assert result.shape[1:] == (CANVAS_H, CANVAS_W // 2, 3) and torch.isfinite(result).all()
     images = saved_images(run, workflow_files)
     assert len(images) == expected, run.outputs
-    for image in images:
-        assert image.size == (CANVAS_W // 2, CANVAS_H)  # frame two only
+    for image in images:  # frame two only (the hi-res pass: twice its size)
+        assert image.size == ((CANVAS_W, 2 * CANVAS_H) if name == "dsd_hires" else (CANVAS_W // 2, CANVAS_H))
 
 
 def test_report_workflow_timings(request):
