@@ -331,7 +331,8 @@ def test_offline_server_fails_fast_with_clear_error(comfy_host, run_prompt, host
     message = run.exec_error["exception_message"]
     assert f"127.0.0.1:{port}" in message and "failed after" in message
     assert "enabled to false" in message
-    assert elapsed < 15, f"offline error took {elapsed:.1f}s"
+    # 3.5 s of back-off, not the minutes of full timeouts; the margin is for a loaded 2-core machine
+    assert elapsed < 60, f"offline error took {elapsed:.1f}s"
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
