@@ -194,8 +194,8 @@ class FakeLLMServer:
 
         self._thread = threading.Thread(target=run, name="fake-llm-server", daemon=True)
         self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("FakeLLMServer did not start within 10 s")
+        if not ready.wait(120):  # a deadline against a hang only: a loaded 2-core machine starts threads late
+            raise RuntimeError("FakeLLMServer did not start within 120 s")
         return self
 
     def stop(self) -> None:
@@ -203,9 +203,9 @@ class FakeLLMServer:
             return
         loop = self._loop
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(timeout=10)
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(timeout=120)
         loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=120)
         loop.close()
         self._loop = self._thread = self._runner = None
 
