@@ -235,7 +235,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, module):
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         # deadlines against a hang only: a cold start (torch, diffusers) on a loaded 2-core machine is slow
-        assert server.connected.wait(240), proc.poll()
+        assert server.connected.wait(240), proc.communicate(timeout=5)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=240)
     finally:
