@@ -5,7 +5,9 @@ and one rule for what a failed answer means.
   rerun does not ask again); a refused one too, once the stage's retry policy is spent (curation
   asks again, rephrased, ``curate.refusal_retries`` times first);
 - an unreachable server after all retries is transient: the item stays undone, a rerun asks again;
-- a missing or rejected API key would fail every item: the stage stops with the provider's message.
+- a missing or rejected API key would fail every item: the stage stops with the provider's message;
+- an answer whose parsing raises (a bug, or a shape nobody foresaw) is its item's reject too, through
+  the stage's ``summary.ItemErrors`` (reason ``"<step> failed (<Type>): ..."``), never the stage's end.
 """
 
 from __future__ import annotations
