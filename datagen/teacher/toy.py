@@ -23,7 +23,7 @@ from .config import TeacherConfig
 logger = logging.getLogger(__name__)
 
 INCONSISTENT_SHARE = 0.2
-GUTTER = 8  # pixels of white between panels
+GUTTER = 16  # pixels of white between panels, half of it around the grid (288 px grids: 2 x 128 px panels)
 _POSITION_WORDS = {"left", "right", "middle", "top", "bottom", "top-left", "top-right", "bottom-left", "bottom-right"}
 
 
@@ -85,19 +85,19 @@ def grid_plan(prompt: str, seed: int) -> GridPlan:
 def draw_grid(plan: GridPlan, width: int, height: int, seed: int) -> Image.Image:
     """The grid picture: panels of equal size separated by ``GUTTER`` white pixels."""
     rng = random.Random(f"toy-jitter|{seed}")
-    pw = (width - (plan.cols - 1) * GUTTER) // plan.cols
-    ph = (height - (plan.rows - 1) * GUTTER) // plan.rows
+    m = GUTTER // 2  # a white frame around the grid too: flat panels reach the picture's edge otherwise
+    pw = (width - 2 * m - (plan.cols - 1) * GUTTER) // plan.cols
+    ph = (height - 2 * m - (plan.rows - 1) * GUTTER) // plan.rows
     side = min(pw, ph)
     grid = Image.new("RGB", (width, height), (255, 255, 255))
     for k, (identity, ctx) in enumerate(zip(plan.identities, plan.contexts, strict=True)):
         r, c = divmod(k, plan.cols)
-        jitter = (rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04))
+        jitter = (rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))
         panel = dom.draw_panel(identity, ctx, side, jitter)
-        x0 = c * (pw + GUTTER) + (pw - side) // 2
-        y0 = r * (ph + GUTTER) + (ph - side) // 2
+        cx, cy = m + c * (pw + GUTTER), m + r * (ph + GUTTER)
         if (pw, ph) != (side, side):  # a non-square cell: fill it with the panel's background first
-            grid.paste(Image.new("RGB", (pw, ph), dom.BACKGROUNDS[ctx.background]), (c * (pw + GUTTER), r * (ph + GUTTER)))
-        grid.paste(panel, (x0, y0))
+            grid.paste(Image.new("RGB", (pw, ph), dom.BACKGROUNDS[ctx.background]), (cx, cy))
+        grid.paste(panel, (cx + (pw - side) // 2, cy + (ph - side) // 2))
     return grid
 
 

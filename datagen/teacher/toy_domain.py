@@ -23,15 +23,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (30, 200, 220), "blue": (30, 60, 220), "purple": (140, 40, 200), "pink": (250, 120, 190),
 }  # fmt: skip
 PATTERNS = ("stripes", "dot", "outline", "half")
-# Backgrounds are far from every object colour (greys and pale/dark tints), so the judge can segment.
+# Backgrounds are far from every object colour (so the judge can segment) and from the teacher's white
+# gutters (so the panels stage can cut).
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "white": (245, 245, 245), "grey": (128, 128, 128), "black": (15, 15, 15), "sand": (200, 185, 150),
-    "navy": (20, 25, 60), "mint": (190, 230, 205),
+    "grey": (128, 128, 128), "black": (15, 15, 15), "sand": (190, 170, 120), "navy": (20, 25, 70),
+    "mint": (140, 200, 160), "plum": (100, 60, 100),
 }  # fmt: skip
 # Template-mode panel words -> context. Settings pick the background; poses pick position and size.
 SETTING_BACKGROUND = {
-    "city street": "grey", "beach": "sand", "forest": "mint", "living room": "sand", "snowy": "white",
-    "photo studio": "white", "market": "grey", "library": "navy", "mountain": "black", "kitchen": "white",
+    "city street": "grey", "beach": "sand", "forest": "mint", "living room": "plum", "snowy": "grey",
+    "photo studio": "grey", "market": "plum", "library": "navy", "mountain": "black", "kitchen": "sand",
     "garden": "mint", "rooftop": "navy",
 }  # fmt: skip
 POSE_PLACEMENT = {
@@ -39,8 +40,8 @@ POSE_PLACEMENT = {
     "close-up": ("center", "large"), "side view": ("right", "small"), "low angle": ("bottom", "small"),
     "held in a hand": ("left", "large"), "on a shelf": ("right", "large"),
 }  # fmt: skip
-POSITIONS = {"center": (0.5, 0.5), "left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7)}
-SIZES = {"small": 0.38, "large": 0.62}  # object diameter as a share of the panel side
+POSITIONS = {"center": (0.5, 0.5), "left": (0.32, 0.5), "right": (0.68, 0.5), "top": (0.5, 0.32), "bottom": (0.5, 0.68)}
+SIZES = {"small": 0.36, "large": 0.56}  # object diameter as a share of the panel side
 _SUBJECT = re.compile(
     rf"\b(?P<body>{'|'.join(COLOURS)}) (?P<shape>{'|'.join(SHAPES)}) with (?:an? )?"
     rf"(?P<accent>{'|'.join(COLOURS)}) (?P<pattern>{'|'.join(PATTERNS)})\b"
@@ -68,7 +69,7 @@ class Identity:
 class Context:
     position: str = "center"
     size: str = "large"
-    background: str = "white"
+    background: str = "grey"
 
 
 def all_identities() -> list[Identity]:
@@ -92,14 +93,17 @@ def parse_context(line: str) -> Context:
     """The context a panel line asks for (defaults where it names none)."""
     text = line.casefold()
     position, size = next((v for k, v in POSE_PLACEMENT.items() if k in text), ("center", "large"))
-    background = next((v for k, v in SETTING_BACKGROUND.items() if k in text), "white")
+    background = next((v for k, v in SETTING_BACKGROUND.items() if k in text), "grey")
     return Context(position, size, background)
 
 
 def context_line(ctx: Context) -> str:
     """A panel line (template-mode vocabulary) that asks for ``ctx``."""
-    pose = next(k for k, v in POSE_PLACEMENT.items() if v == (ctx.position, ctx.size) and k != "close-up")
-    setting = next(k for k, v in SETTING_BACKGROUND.items() if v == ctx.background)
+    poses = [k for k in POSE_PLACEMENT if k != "close-up"]
+    # The closest pose the vocabulary has (a picture can show a placement no pose asks for).
+    pose = max(poses, key=lambda k: (POSE_PLACEMENT[k] == (ctx.position, ctx.size), POSE_PLACEMENT[k][0] == ctx.position,
+                                     POSE_PLACEMENT[k][1] == ctx.size))  # fmt: skip
+    setting = next((k for k, v in SETTING_BACKGROUND.items() if v == ctx.background), "city street")
     return f"{pose}, in a {setting}"
 
 
@@ -160,7 +164,8 @@ def draw_panel(identity: Identity, ctx: Context, side: int = 128, jitter: tuple[
     cx, cy = POSITIONS[ctx.position]
     x0 = int(round((cx + jitter[0]) * side - obj / 2))
     y0 = int(round((cy + jitter[1]) * side - obj / 2))
-    x0, y0 = min(max(x0, 0), side - obj), min(max(y0, 0), side - obj)
+    margin = side // 32  # objects never touch the panel's edge (a gutter must stay a clean band)
+    x0, y0 = min(max(x0, margin), side - obj - margin), min(max(y0, margin), side - obj - margin)
     mask = shape_mask(identity.shape, obj)
     accent = pattern_mask(identity.pattern, mask)
     region = img[y0 : y0 + obj, x0 : x0 + obj]

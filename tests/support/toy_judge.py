@@ -42,7 +42,7 @@ def describe(r: Reading) -> str:
 
 def caption_for(r: Reading) -> str:
     """The training caption of a panel: its context only, so identity has to come from the reference."""
-    return CAPTION_PREFIX + dom.context_line(dom.Context(r.position or "center", r.size or "large", r.background or "white"))
+    return CAPTION_PREFIX + dom.context_line(dom.Context(r.position or "center", r.size or "large", r.background or "grey"))
 
 
 def curate_answer(a: Reading, b: Reading) -> dict:

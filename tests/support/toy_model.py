@@ -27,23 +27,24 @@ from datagen.teacher import toy_domain as dom
 
 K_CONST = 1000.0  # the constants beside the data in the final GroupNorms (keep the spread fixed)
 BETA = 20.0  # SiLU(x + 20) == x + 20 to 4e-8 for |x| <= 1
-WIDTH = 32  # channels of every VAE block
+# Channels per VAE level: 8 at the two finest (3 colours, and at the decoder's end [x, -x, K, -K]), 32 at the
+# coarse ones (12 sub-block channels, their negations, 2 constants): full-resolution convs stay cheap.
 TOY_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [WIDTH] * 4,
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [8, 8, 32, 32],
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
     "layers_per_block": 1, "norm_num_groups": 1, "sample_size": 128, "scaling_factor": 1.0, "shift_factor": 0.0,
     "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
 }  # fmt: skip
 TOY_TRANSFORMER_CONFIG: dict[str, Any] = {
     "patch_size": 1, "in_channels": 64, "num_layers": 2, "num_single_layers": 2, "attention_head_dim": 32,
-    "num_attention_heads": 4, "joint_attention_dim": 64, "pooled_projection_dim": 32, "guidance_embeds": True,
+    "num_attention_heads": 2, "joint_attention_dim": 64, "pooled_projection_dim": 32, "guidance_embeds": True,
     "axes_dims_rope": [8, 12, 12],
 }  # fmt: skip
 T5_DIM = 64
 
 
 def _zero_residual_branches(module: torch.nn.Module) -> None:
-    """Every resnet and attention of the VAE returns its input."""
+    """Every resnet and attention of the VAE returns its input (a channel-changing shortcut keeps the first ones)."""
     from diffusers.models.attention_processor import Attention
     from diffusers.models.resnet import ResnetBlock2D
 
@@ -51,14 +52,19 @@ def _zero_residual_branches(module: torch.nn.Module) -> None:
         if isinstance(m, ResnetBlock2D):
             m.conv2.weight.zero_()
             m.conv2.bias.zero_()
+            if m.conv_shortcut is not None:
+                m.conv_shortcut.weight.zero_()
+                m.conv_shortcut.bias.zero_()
+                n = min(m.conv_shortcut.weight.shape[:2])
+                m.conv_shortcut.weight[:n, :n, 0, 0] = torch.eye(n)
         elif isinstance(m, Attention):
             m.to_out[0].weight.zero_()
             m.to_out[0].bias.zero_()
 
 
 def _set_norm_out(norm: torch.nn.GroupNorm) -> None:
-    """With channels [x, -x, K, -K, 0...] the group's mean is 0 and its std K/4 (to 1e-6): y = x + BETA."""
-    norm.weight.fill_(K_CONST * (2.0 / WIDTH) ** 0.5)
+    """With channels [x, -x, K, -K, 0...] the group's mean is 0 and its std K sqrt(2/C) (to 1e-5): y = x + BETA."""
+    norm.weight.fill_(K_CONST * (2.0 / norm.num_channels) ** 0.5)
     norm.bias.fill_(BETA)
 
 

@@ -43,10 +43,10 @@ def test_template_prompt_drives_the_teacher() -> None:
     plan = grid_plan(rec["prompt"], seed=3)
     assert (plan.rows, plan.cols) == (2, 2)
     assert plan.contexts == tuple(dom.parse_context(line) for line in rec["panels"])
-    grid = draw_grid(plan, 264, 264, seed=3)
+    grid = draw_grid(plan, 288, 288, seed=3)
     for k, (identity, ctx) in enumerate(zip(plan.identities, plan.contexts, strict=True)):
         r, c = divmod(k, 2)
-        panel = grid.crop((c * 136, r * 136, c * 136 + 128, r * 136 + 128))
+        panel = grid.crop((8 + c * 144, 8 + r * 144, 8 + c * 144 + 128, 8 + r * 144 + 128))
         assert identity_score(reading_of(identity, ctx), read_picture(panel)) >= 0.75
 
 
@@ -68,7 +68,7 @@ def test_judge_known_answers_through_the_openai_client() -> None:
     from dsd.providers import ChatRequest, ProviderConfig, make_provider
     from tests.support.llm_server import FakeLLMServer
 
-    ref = dom.draw_panel(RED_STRIPES, dom.Context("center", "large", "white"))
+    ref = dom.draw_panel(RED_STRIPES, dom.Context("center", "large", "grey"))
     same = dom.draw_panel(RED_STRIPES, dom.Context("left", "small", "mint"))
     other = dom.draw_panel(dom.Identity("triangle", "green", "yellow", "dot"), dom.Context("left", "small", "mint"))
     blank = Image.new("RGB", (128, 128), dom.BACKGROUNDS["grey"])
