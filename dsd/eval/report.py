@@ -110,7 +110,7 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:1.5em;color:#222;line-height:1.4}
 h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:2px solid #eee;padding-bottom:.2em}
 .lead{color:#555}table{border-collapse:collapse;font-size:13px;margin:.5em 0}
-td,th{border-bottom:1px solid #e3e3e3;padding:4px 8px;text-align:right}th{background:#f6f6f6;position:sticky;top:0}
+td,th{border-bottom:1px solid #e3e3e3;padding:4px 8px;text-align:right}th{background:#f6f6f6}
 td:first-child,th:first-child{text-align:left}.ci{color:#888;font-size:11px}
 table.sortable th{cursor:pointer}table.sortable th:hover{background:#e8eefc}
 .ns{color:#a66;font-weight:bold}.sig{color:#2a7;font-weight:bold}
@@ -247,8 +247,7 @@ def _settings(meta: dict[str, Any]) -> list[str]:
             ("systems", ", ".join(map(str, meta.get("systems") or []))),
             ("embeddings", f"CLIP {_name(meta.get('clip'))}, DINOv2 {_name(meta.get('dino'))}, "
                            f"DINOv1 {_name(meta.get('dino_v1'))}")]  # fmt: skip
-    if meta.get("protocol"):
-        rows.append(("protocol", str(meta["protocol"])))
+    rows.append(("protocol", str(meta.get("protocol") or "ours")))
     judge = meta.get("judge")
     if judge:
         endpoint = "custom endpoint" if judge.get("base_url") else "provider default"

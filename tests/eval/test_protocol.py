@@ -150,3 +150,21 @@ def test_a_checkout_without_their_prompts_or_another_layout_is_refused(world, tm
                       protocol="dreambench++", protocol_dir=world["repo"], clip=world["clip"], progress=False)  # fmt: skip
     with pytest.raises(ProtocolError, match="scores the DreamBench\\+\\+ benchmark; .* is the dsd layout"):
         run_eval(ours)
+
+
+def test_their_exchange_reaches_gemini_as_user_model_user(world):
+    from dsd.eval.protocol import ProtocolJudge
+    from dsd.providers import ProviderConfig, make_provider
+
+    prompts = load_prompts(world["repo"])
+    ref = next(world["bench"].glob("images/style/0.jpg"))
+    with FakeLLMServer(responder=lambda req: "Looks alike.\nScore: 4") as srv:
+        config = ProviderConfig(kind="gemini", model="gemini-x", base_url=srv.gemini_base_url, max_retries=0)
+        with make_provider(config, api_key="k") as provider:
+            score = ProtocolJudge(provider, prompts, [str(ref)]).score_sync(str(ref), str(ref), "it on the moon")
+        bodies = [r.body for r in srv.requests]
+    assert score.cp == 1.0 and score.pf == 1.0
+    roles = [[c["role"] for c in b["contents"]] for b in bodies]
+    assert roles == [["user", "model", "user"]] * 2
+    texts = sorted(b["contents"][0]["parts"][0]["text"] for b in bodies)
+    assert texts == sorted([PROMPTS["user_prompt_style_full"], PROMPTS["user_prompt_text_full"]])
