@@ -31,6 +31,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from dsd.images import to_rgb
 from dsd.io import atomic_path, clean_stale_temporaries
 from dsd.manifest import RecordLog, read_records
 
@@ -71,7 +72,7 @@ def _png_bytes(src: Path | bytes, what: str) -> bytes:
             if fmt == "PNG":
                 return data
             buf = io.BytesIO()
-            im.save(buf, format="PNG")
+            to_rgb(im).save(buf, format="PNG")  # a JPEG's EXIF orientation would be lost in the PNG: apply it
             return buf.getvalue()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise DatagenInputError(f"unreadable image {name}: {type(exc).__name__}: {exc}") from exc

@@ -117,6 +117,10 @@ def test_every_reader_of_the_project_follows_the_rule(tmp_path):
 
     ref = scan_tar(shard)[0]
     assert isinstance(ref, PairRef) and target_size(ref) == (48, 96)  # the bucket is picked for the upright picture
+    from datagen.dataset import _png_bytes
+
+    with Image.open(io.BytesIO(_png_bytes(path, "panel"))) as stored:  # the dataset stage's JPEG -> PNG
+        assert stored.format == "PNG" and np.array_equal(np.asarray(stored.convert("RGB")), want)
 
 
 @pytest.mark.slow
