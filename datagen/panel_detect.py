@@ -625,7 +625,10 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
             continue
         cuts, strengths = [lo], []
         for i in range(1, n):
-            cut, strength, conf, how = _pick_edge(f, i * pitch, cfg.gutter_tolerance * pitch, cfg, even_cue)
+            # Touching panels must come out equal (max_edge_spread, checked after the cut): only edges
+            # that near the even split can be the boundary, so farther ones are no rivals.
+            window = min(cfg.gutter_tolerance, 1.5 * cfg.max_edge_spread) * pitch
+            cut, strength, conf, how = _pick_edge(f, i * pitch, max(4.0, window), cfg, even_cue)
             cut = _refine(_lines(region, axis), cut)
             where = f"{name} boundary near {lo + round(i * pitch)} px"
             if cfg.no_edge == "even" and (strength < cfg.min_edge_fraction or conf < cfg.min_edge_confidence):

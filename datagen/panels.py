@@ -144,9 +144,15 @@ def _save_png(image: Image.Image, dest: Path) -> None:
         image.save(tmp, format="PNG")
 
 
+ANALYSIS_FAILED = "analysis failed"
+# What a bug in the detector raises on one odd grid (numpy's errors are ValueError, IndexError,
+# FloatingPointError, ...): that grid is rejected with the error as its reason, and the run goes on.
+_ANALYSIS_BUGS = (ValueError, ArithmeticError, IndexError, TypeError, KeyError)
+
+
 def _reason_category(reason: str) -> str:
     # The summary groups rejects by kind; the full reason (with paths and counts) stays in the log.
-    for kind in ("unreadable image", "panel count mismatch", "cannot cut the grid"):
+    for kind in ("unreadable image", "panel count mismatch", "cannot cut the grid", ANALYSIS_FAILED):
         if reason.startswith(kind):
             return kind
     return reason
@@ -169,6 +175,10 @@ def _process_grid(
         found = analyse_panels(image, rows, cols, cfg)
     except PanelDetectionError as exc:
         result["reason"] = str(exc)
+        return result
+    except _ANALYSIS_BUGS as exc:  # a detector bug on one grid rejects that grid, never the whole run
+        logger.warning("panels: analysing grid %s failed", grid_id, exc_info=True)
+        result["reason"] = f"{ANALYSIS_FAILED}: {type(exc).__name__}: {exc}"
         return result
     boxes = list(found.boxes)
     panel_paths = []

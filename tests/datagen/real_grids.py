@@ -67,7 +67,7 @@ def photo_panel(name: str, h: int, w: int, rng: np.random.Generator) -> np.ndarr
     y0 = int(rng.uniform(0, sh - ch + 1e-6))
     x0 = int(rng.uniform(0, sw - cw + 1e-6))
     crop = Image.fromarray(src[y0 : y0 + max(2, int(ch)), x0 : x0 + max(2, int(cw))])
-    return np.asarray(crop.resize((w, h), Image.LANCZOS))
+    return np.array(crop.resize((w, h), Image.LANCZOS))
 
 
 def _ramp(n: int, width: int, fade: int) -> np.ndarray:

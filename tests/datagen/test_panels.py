@@ -117,7 +117,7 @@ def test_an_ambiguous_edge_off_the_even_split_is_rejected_not_guessed():
     img = np.empty((400, 400, 3), np.uint8)
     img[:224], img[224:] = (200, 60, 60), (60, 60, 200)
     img[120:200, 40:360] = (60, 200, 60)  # its bottom edge at y = 200, the even split
-    with pytest.raises(PanelDetectionError, match="ambiguous"):
+    with pytest.raises(PanelDetectionError, match="rejected rather than guessed"):
         detect_panels(img, 2, 1)
     img[120:200, 40:360] = (200, 60, 60)  # without the object the boundary is clear, but the teacher
     with pytest.raises(PanelDetectionError):  # draws equal panels: a 56/44 split is no grid of it
