@@ -22,9 +22,11 @@ if ComfyExtension is not None:
             return node_list()
 
     async def comfy_entrypoint() -> DSDExtension:
+        from .nodes.example_inputs import install as install_example_inputs
         from .nodes.keys import install as install_key_store
         from .nodes.loaders import register_model_folder
 
         register_model_folder()
         install_key_store()  # /dsd/keys routes; moves keys out of comfy.settings.json
+        install_example_inputs()  # the images the shipped workflows name, into input/ when absent
         return DSDExtension()

@@ -1,7 +1,8 @@
 """Writes the DSD example workflows in both formats from one description.
 
-    python scripts/build_workflows.py    # rewrites workflows/*.json (UI), workflows/api/*.json (API)
-                                         # and the template thumbnails workflows/*.jpg
+    python scripts/build_workflows.py    # rewrites workflows/*.json (UI), workflows/api/*.json (API),
+                                         # the template thumbnails workflows/*.jpg and the example
+                                         # inputs the graphs name (example_inputs/*.png)
 
 It lives outside ``workflows/`` because ComfyUI serves every file there as a template asset.
 
@@ -29,6 +30,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 WORKFLOWS_DIR = HERE.parent / "workflows"
+EXAMPLE_INPUTS_DIR = HERE.parent / "example_inputs"  # copied into ComfyUI's input/ at load (nodes/example_inputs.py)
 FRONTEND_VERSION = "1.35.9"
 
 # type -> (input sockets [(name, type)], widgets [names] in frontend order, outputs [(name, type)])
@@ -482,5 +484,20 @@ def write_all(root: Path = WORKFLOWS_DIR) -> list[Path]:
     return written
 
 
+def write_example_inputs(thumbnails, root: Path = EXAMPLE_INPUTS_DIR) -> list[Path]:
+    """The LoadImage files the graphs name: the thumbnails' reference robot and depth hint at 512 px."""
+    import io
+
+    root.mkdir(exist_ok=True)
+    written = []
+    for name, image in ((REFERENCE_IMAGE, thumbnails.reference_frame()), (HINT_IMAGE, thumbnails.depth_hint())):
+        buffer = io.BytesIO()
+        image.resize((512, 512), resample=3).save(buffer, "PNG", optimize=True)  # 3: bicubic
+        _write_atomic(root / name, buffer.getvalue())
+        written.append(root / name)
+    return written
+
+
 if __name__ == "__main__":
     write_all()
+    write_example_inputs(_thumbnails())

@@ -131,11 +131,14 @@ def open_templates(page) -> None:
 
 
 def template_cards(page) -> list[dict]:
-    """Title, description and thumbnail state of each card shown in the open templates dialog."""
+    """Title, description and thumbnail state of each card in the open templates dialog. The dialog draws the
+    pictures of the cards in view only: a card out of view has ``src`` None."""
     return page.evaluate(
         """() => Array.from(document.querySelectorAll('.workflow-template-selector-dialog h3.line-clamp-1')).map(h => {
+            const titles = (el) => el.querySelectorAll('h3.line-clamp-1').length;
             let card = h.parentElement;
-            while (card && !card.querySelector('img')) card = card.parentElement;
+            while (card.parentElement && !card.querySelector('img') && titles(card.parentElement) === 1)
+                card = card.parentElement;
             const img = card.querySelector('img');
             return {title: h.innerText.trim(), description: (card.querySelector('p') || {}).innerText || '',
                     src: img ? img.getAttribute('src') : null,
@@ -158,13 +161,18 @@ def test_templates_browser_lists_the_workflows_with_thumbnails(page, comfy_serve
     page.open()
     open_templates(page)
     page.get_by_text(category_label(), exact=True).first.click()
-    page.wait_for_function(
-        """(n) => Array.from(document.querySelectorAll('.workflow-template-selector-dialog img'))
-            .filter(i => i.complete && i.naturalWidth > 0).length >= n""",
-        arg=len(NAMES), timeout=30_000,
-    )
+    titles = page.locator(".workflow-template-selector-dialog h3.line-clamp-1")
+    page.wait_for_function("(n) => document.querySelectorAll('.workflow-template-selector-dialog h3.line-clamp-1')"
+                           ".length >= n", arg=len(NAMES), timeout=30_000)  # fmt: skip
+    cards: dict[str, dict] = {}
+    for end in (titles.last, titles.first):  # the dialog draws the pictures of the cards in view only
+        end.scroll_into_view_if_needed()
+        title, deadline, shown = end.inner_text().strip(), time.monotonic() + 30, {}
+        while title not in shown and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+            shown = {card["title"]: card for card in template_cards(page) if card["complete"] and card["width"]}
+        cards.update(shown)
     page.shot("templates-ours")
-    cards = {card["title"]: card for card in template_cards(page)}
     assert sorted(cards) == NAMES, f"cards in the pack's category: {sorted(cards)}"
     for name, card in cards.items():
         assert card["description"] == name.replace("_", " ")
@@ -303,6 +311,28 @@ def test_tiny_dsd_basic_runs_from_the_run_button(page, tiny_inputs: ComfyServer)
     assert (tiny_inputs.base_dir / "output" / "DSD" / saved[-1]["filename"]).is_file()
     assert open_dialogs(page) == []
     print(f"tiny dsd_basic: Run -> result in the page in {elapsed:.1f} s")
+
+
+def test_shipped_reference_name_runs_unchanged(page, tiny_inputs: ComfyServer):
+    """dsd_basic's Load Image keeps its shipped file name: the pack copied example_inputs/ into input/ at load."""
+    build = script("build")
+    shipped = tiny_inputs.base_dir / "input" / build.REFERENCE_IMAGE
+    assert shipped.read_bytes() == (REPO / "example_inputs" / build.REFERENCE_IMAGE).read_bytes()
+    before = set(tiny_inputs.get_json("/history"))
+    page.open()
+    load_workflow(page, tiny_basic(build.REFERENCE_IMAGE), "dsd_basic_shipped_input")
+    assert missing_node_types(page) == [] and open_dialogs(page) == []
+    click_run(page)
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+    done: list = []
+    while not done and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        history = tiny_inputs.get_json("/history")
+        done = [entry for key, entry in history.items() if key not in before and entry.get("status", {}).get("completed")]
+    page.shot("shipped-input-done")
+    assert done, "the run with the shipped reference did not complete"
+    saved = [img for out in done[0]["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
+    assert saved and (tiny_inputs.base_dir / "output" / saved[0]["subfolder"] / saved[0]["filename"]).is_file()
 
 
 def test_tiny_reference_shows_our_error_and_the_server_keeps_serving(page, tiny_inputs: ComfyServer):

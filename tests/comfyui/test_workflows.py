@@ -160,6 +160,16 @@ def test_build_table_matches_host_and_files_are_current(comfy_host, tmp_path):
         )
 
 
+def test_workflows_folder_holds_only_templates_and_inputs_ship_beside_it():
+    """ComfyUI serves every file in workflows/: graphs and thumbnails only. Every image a graph's LoadImage
+    names ships in example_inputs/ (the pack copies it into ComfyUI's input folder at load)."""
+    served = {p.relative_to(WORKFLOWS).as_posix() for p in WORKFLOWS.rglob("*") if p.is_file()}
+    assert all(re.fullmatch(r"(api/)?dsd_\w+\.json|dsd_\w+\.jpg", name) for name in served), sorted(served)
+    named = {node["inputs"]["image"] for name in NAMES for node in load(name, api=True).values()
+             if node["class_type"] == "LoadImage"}  # fmt: skip
+    assert named and all((REPO / "example_inputs" / image).is_file() for image in named), named
+
+
 SECRET_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_\-]{16,}"),  # OpenAI
     re.compile(r"AIza[0-9A-Za-z_\-]{20,}"),  # Google
