@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +108,10 @@ def test_release_layout_export_loads(tiny_flux, wds_dataset, tiny_cache, tmp_pat
     train(cfg, resume="none", progress=False)
     out = export_checkpoint(cfg, latest_checkpoint(cfg.saving.output_dir), tmp_path / "x.safetensors",
                             release_dir=tmp_path / "release")  # fmt: skip
+    umask = os.umask(0o022)
+    os.umask(umask)
+    files = [Path(out["adapter"]), *(p for p in Path(out["release"]).rglob("*") if p.is_file())]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
     tdir, lora_path = find_release_parts(out["release"])
     model = load_release_transformer(tdir)
     from dsd.weights.adapter import load_adapter
