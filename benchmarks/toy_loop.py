@@ -217,7 +217,8 @@ def run_loop(out: Path, identities: int, heldout: int, steps: int | None) -> str
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO), KEY_ENV: "toy", "TOKENIZERS_PARALLELISM": "false"}
+    # One thread: on a shared 2-core machine two threads per process run ~3x slower than one (spinning).
+    env = {**os.environ, "PYTHONPATH": str(REPO), KEY_ENV: "toy", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     timings: dict[str, float] = {}
     t = time.perf_counter()
     info_path = out / "flux" / "dsd_toy.json"

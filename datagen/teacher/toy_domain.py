@@ -140,9 +140,8 @@ def pattern_mask(pattern: str, mask: np.ndarray) -> np.ndarray:
     """Where the accent colour goes inside ``mask`` (its coordinates are the object's box)."""
     side = mask.shape[0]
     yy, xx = np.mgrid[0:side, 0:side]
-    if pattern == "stripes":
-        band = max(side // 5, 4)
-        return mask & ((yy // band) % 2 == 1)
+    if pattern == "stripes":  # five bands at any size: body, accent, body, accent, body
+        return mask & ((yy * 5 // side) % 2 == 1)
     if pattern == "dot":
         c = (side - 1) / 2
         cy = c if mask[int(c), int(c)] else side * 0.15  # a ring's centre is its hole: the dot sits on the band

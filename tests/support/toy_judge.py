@@ -102,3 +102,24 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def curation_scores(workdir) -> dict[str, float]:
+    """How curation did on a toy datagen workdir, against the teacher's own plan of every grid: precision
+    and recall of the accepted pairs (a pair is consistent when neither panel is the grid's odd one)."""
+    from pathlib import Path
+
+    from datagen.teacher.toy import grid_plan
+    from dsd.manifest import read_records
+
+    root = Path(workdir)
+    odd = {str(g["id"]): grid_plan(g["prompt"], int(g["seed"])).odd_panel for g in read_records(root / "teacher" / "grids.jsonl")}
+    tp = fp = fn = tn = 0
+    for v in read_records(root / "curate" / "verdicts.jsonl"):
+        consistent = odd[str(v["grid_id"])] not in (v["ref_index"], v["target_index"])
+        accepted = bool(v.get("accepted"))
+        tp, fp = tp + (accepted and consistent), fp + (accepted and not consistent)
+        fn, tn = fn + (not accepted and consistent), tn + (not accepted and not consistent)
+    return {"pairs": tp + fp + fn + tn, "inconsistent_pairs": fp + tn, "rejected_inconsistent": tn,
+            "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1),
+            "inconsistent_grids": sum(o is not None for o in odd.values()), "grids": len(odd)}  # fmt: skip

@@ -37,14 +37,23 @@ class Reading:
         return bool(self.shape)
 
 
-def _templates() -> dict[str, np.ndarray]:
-    return {s: dom.shape_mask(s, GRID).astype(np.float32) for s in dom.SHAPES}
+def _box_resize(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    crop = Image.fromarray((mask[y0:y1, x0:x1] * 255).astype(np.uint8))
+    return np.asarray(crop.resize((GRID, GRID), Image.BILINEAR), np.float32) / 255.0
 
 
-_SHAPE_T = _templates()
-_PATTERN_T = {
-    s: {p: dom.pattern_mask(p, _SHAPE_T[s] > 0.5).astype(np.float32) for p in dom.PATTERNS} for s in dom.SHAPES
-}
+def _tight(mask: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
+    """``inside`` (default ``mask``) cropped to ``mask``'s box and resized to GRID x GRID, as a picture is read."""
+    ys, xs = np.nonzero(mask)
+    box = (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
+    return _box_resize(mask if inside is None else inside, box)
+
+
+_DRAWN = {s: dom.shape_mask(s, 120) for s in dom.SHAPES}
+_SHAPE_T = {s: _tight(m) for s, m in _DRAWN.items()}
+_FILL = {s: float(np.ptp(np.nonzero(m)[0]) + 1) / m.shape[0] for s, m in _DRAWN.items()}  # object side / drawn box side
+_PATTERN_T = {s: {p: _tight(m, dom.pattern_mask(p, m)) for p in dom.PATTERNS} for s, m in _DRAWN.items()}
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,12 +64,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def _nearest(colours: np.ndarray, table: np.ndarray) -> np.ndarray:
     return np.argmin(((colours[:, None, :] - table[None]) ** 2).sum(-1), axis=1)
-
-
-def _box_resize(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    y0, y1, x0, x1 = box
-    crop = Image.fromarray((mask[y0:y1, x0:x1] * 255).astype(np.uint8))
-    return np.asarray(crop.resize((GRID, GRID), Image.BILINEAR), np.float32) / 255.0
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -106,7 +109,7 @@ def read_picture(image: Image.Image) -> Reading:
                 best = (score, _PALETTE_NAMES[body_i], _PALETTE_NAMES[accent_i], p)
     _, body, accent, pattern = best
     # Where and how large: the box against the domain's positions and sizes.
-    side = max(box[1] - box[0], box[3] - box[2]) / max(h, w)
+    side = max(box[1] - box[0], box[3] - box[2]) / max(h, w) / _FILL[shape]
     cy, cx = (box[0] + box[1]) / 2 / h, (box[2] + box[3]) / 2 / w
     position = min(dom.POSITIONS, key=lambda k: (dom.POSITIONS[k][0] - cx) ** 2 + (dom.POSITIONS[k][1] - cy) ** 2)
     size = min(dom.SIZES, key=lambda k: abs(dom.SIZES[k] - side))

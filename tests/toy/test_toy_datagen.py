@@ -1,0 +1,23 @@
+"""The toy teacher through the real datagen stages (issue 19): template prompts -> toy grids -> the panels
+stage cuts them -> curation asks the toy judge over the OpenAI protocol -> the inconsistent grids' pairs
+are the rejects, and the dataset holds the rest."""
+
+from __future__ import annotations
+
+from datagen.cli import main as datagen_main
+from tests.support.llm_server import FakeLLMServer
+from tests.support.toy_judge import curation_scores, toy_responder
+
+
+def test_inconsistent_grids_reach_curation_as_rejects(tmp_path, monkeypatch):
+    from benchmarks.toy_loop import KEY_ENV, write_datagen_config
+
+    monkeypatch.setenv(KEY_ENV, "toy")
+    with FakeLLMServer(responder=toy_responder) as srv:
+        cfg = write_datagen_config(tmp_path, 24, srv.openai_base_url)
+        assert datagen_main(["run", "--config", str(cfg), "--workdir", str(tmp_path / "w"), "--no-progress", "-q"]) == 0
+    scores = curation_scores(tmp_path / "w")
+    assert scores["grids"] == 24 and scores["pairs"] == 24 * 12  # every grid cut into its 4 panels
+    assert scores["inconsistent_grids"] >= 2  # the teacher's seeded ~20% share
+    assert scores["rejected_inconsistent"] == scores["inconsistent_pairs"] > 0
+    assert scores["precision"] == 1.0 and scores["recall"] >= 0.95
