@@ -27,32 +27,36 @@ class Row:
 ROWS: dict[str, Row] = {
     "EasyCache": Row("`EasyCache`", "yes, with true CFG from step 0", "s_i 1 and 2 (3 batched branches): threshold 0 equals "
                      "DSD alone; a high threshold skips steps and changes the result; the three branches stay distinct "
-                     "on skipped steps", "caches per branch; with `cfg_start_step` > 0 the first true-CFG step has no "
+                     "on skipped steps; stock KSampler (cfg 1) likewise", "caches per branch; with `cfg_start_step` > 0 the first true-CFG step has no "
                      "cache for the new branches: DSD Guider refuses and says why"),
     "LazyCache": Row("`LazyCache`", "yes", "s_i 1 and 2: threshold 0 equals DSD alone; a high threshold skips steps and "
-                     "changes the result",
+                     "changes the result; stock KSampler (cfg 1) likewise",
                      "caches the guider's combined prediction, so branches cannot mix"),
     "TorchCompileModel": Row("`TorchCompileModel`", "not run here", "the compiled DSD model keeps DSD's patch and wrappers "
                              "(compile is one more APPLY_MODEL wrapper) and DSD Guider accepts it",
                              "compiling is not run in the tests (minutes on this CPU)"),
-    "CFGZeroStar": Row("`CFGZeroStar`", "yes", "s_i 2 changes the result; s_i 1 (one pass) runs"),
-    "CFGNorm": Row("`CFGNorm`", "yes", NEUTRAL_EQ),
-    "APG": Row("`APG`", "yes", NEUTRAL_EQ, "pre-CFG patch: acts on the image guidance pair"),
-    "TCFG": Row("`TCFG`", "yes", "s_i 2 changes the result; s_i 1 equals DSD alone", "pre-CFG patch: acts on the image guidance pair"),
-    "Mahiro": Row("`Mahiro`", "yes", "s_i 2 changes the result; s_i 1 (one pass) runs"),
-    "FreSca": Row("`FreSca`", "yes", NEUTRAL_EQ, "pre-CFG patch: acts on the image guidance pair"),
+    "CFGZeroStar": Row("`CFGZeroStar`", "yes", "s_i 2 changes the result; s_i 1 (one pass) equals DSD alone; stock KSampler "
+                       "(cfg 2) changes"),
+    "CFGNorm": Row("`CFGNorm`", "yes", "strength 1: s_i 2 changes the result; s_i 1 (one pass) equals DSD alone",
+                   "no neutral strength: 0 zeroes the prediction"),
+    "APG": Row("`APG`", "yes", "eta 1 at s_i 2 equals DSD at s_i 3 (core's formula); other settings change the result; "
+               "stock KSampler (cfg 2) changes", "pre-CFG patch: acts on the image guidance pair"),
+    "TCFG": Row("`TCFG`", "yes", "s_i 2 changes the result; s_i 1 equals DSD alone; stock KSampler (cfg 2) changes", "pre-CFG patch: acts on the image guidance pair"),
+    "Mahiro": Row("`Mahiro`", "yes", "s_i 2 changes the result; s_i 1 (one pass) equals DSD alone"),
+    "FreSca": Row("`FreSca`", "yes", NEUTRAL_EQ + "; stock KSampler (cfg 2) changes", "pre-CFG patch: acts on the image guidance pair"),
     "SkipLayerGuidanceDiT": Row("`SkipLayerGuidanceDiT`", "yes", NEUTRAL_EQ, "its extra pass uses the image guidance's cond"),
     "SkipLayerGuidanceDiTSimple": Row("`SkipLayerGuidanceDiTSimple`", "yes", NEUTRAL_EQ,
                                       "skips layers in the zero-token branch; costs a second model call per step"),
     "PerpNegGuider": Row("`PerpNegGuider`", "yes (instead of DSD Guider)", "DSD model + DSD conditioning: cfg 1 / neg_scale 0 "
                          "equals DSD alone, active settings change the result",
                          "a guider of its own: DSD's two-scale CFG is not applied"),
-    "RescaleCFG": Row("`RescaleCFG`", "yes", "multiplier 0 equals DSD alone, 0.7 changes the result"),
+    "RescaleCFG": Row("`RescaleCFG`", "yes", "multiplier 0 equals DSD alone, 0.7 changes the result; stock KSampler "
+                      "(cfg 2) changes"),
     "LoraLoaderModelOnly": Row("`LoraLoaderModelOnly`", "yes", "a style LoRA before or after DSD Adapter Loader: strength 0 "
                                "equals DSD alone, strength 1 changes it", "order does not matter (both are weight patches)"),
     "ModelMergeSimple": Row("`ModelMergeSimple`", "yes (DSD as model1)", "DSD model1 + plain model2 at ratio 1 equals DSD "
-                            "alone, 0.5 changes it; plain model1 + DSD model2: DSD Guider raises",
-                            "the DSD patch comes from model1 only"),
+                            "alone, 0.5 changes it; two DSD models (adapter strength 1 and 0.5) merge; plain model1 + DSD "
+                            "model2: DSD Guider raises", "the embedder patch comes from model1 only; LoRA weights merge"),
     "CreateHookLora": Row("`CreateHookLora` + `ConditioningSetProperties`", "yes", "hook LoRA on the positive: strength 0 "
                           "equals DSD alone, strength 1 changes the result"),
     "ModelSamplingFlux": Row("`ModelSamplingFlux`", "yes", "another shift changes the result", "in every DSD graph"),

@@ -45,6 +45,7 @@ class Graph:
         self.msf = {"max_shift": 1.15, "base_shift": 0.5}
         self.s_i, self.cfg_start_step, self.denoise = s_i, cfg_start_step, 1.0
         self.guider: list | None = None
+        self.ksampler_cfg: float | None = None  # stock KSampler (cfg) instead of DSD Guider + SamplerCustomAdvanced
 
     def add(self, class_type: str, node_id: str | None = None, **inputs) -> list:
         node_id = node_id or f"n{next(self.ids)}"
@@ -60,6 +61,12 @@ class Graph:
         g = Graph.__new__(Graph)
         g.nodes, g.ids = nodes, itertools.count(1000)
         model = g.add("ModelSamplingFlux", "msf", model=self.model, width=128, height=64, **self.msf)
+        if self.ksampler_cfg is not None:
+            g.add("KSampler", "sample", model=model, seed=7, steps=STEPS, cfg=self.ksampler_cfg, sampler_name="euler",
+                  scheduler="simple", positive=self.positive, negative=self.negative, latent_image=self.latent,
+                  denoise=self.denoise)  # fmt: skip
+            g.add("DSDTest_Capture", "capture", label=label, value=["sample", 0])
+            return nodes
         sigmas = g.add("BasicScheduler", "sched", model=model, scheduler="simple", steps=STEPS, denoise=self.denoise)
         guider = self.guider or g.add("DSDGuider", "guider", model=model, positive=self.positive, negative=self.negative,
                                       image_guidance=self.s_i, text_guidance=1.5, cfg_start_step=self.cfg_start_step)  # fmt: skip
@@ -156,6 +163,27 @@ def test_setting_free_guidance_patch(sample, alone, node):
         assert (d < EQ) if same else (d > CHANGED), f"{node} s_i={s_i}: change {d:.3e}"
 
 
+KSAMPLER_PATCHES = {"APG": {"eta": 0.0, "norm_threshold": 5.0, "momentum": -0.5}, "TCFG": {}, "CFGZeroStar": {},
+                    "RescaleCFG": {"multiplier": 0.7}, "FreSca": {"scale_low": 1.0, "scale_high": 1.5, "freq_cutoff": 1}}
+
+
+@pytest.mark.slow
+@covers(*KSAMPLER_PATCHES)
+def test_guidance_patches_with_stock_ksampler(sample):
+    """KSampler at cfg 2 on the DSD model and conditioning: ComfyUI's own CFG (prompt vs negative, both with the
+    reference), the patches apply as they do without DSD."""
+    g = Graph()
+    g.ksampler_cfg = 2.0
+    plain = sample(g)
+    for node, settings in KSAMPLER_PATCHES.items():
+        g = Graph()
+        g.ksampler_cfg = 2.0
+        g.patch(node, **settings)
+        d = diff(sample(g), plain)
+        print(f"{node} KSampler cfg 2: max abs change {d:.3e}")
+        assert d > 1e-4, node  # the tiny model's prompt-vs-negative guidance is weak: smaller changes, still 100x rounding
+
+
 @pytest.mark.slow
 @covers("APG")
 def test_apg_applies_as_in_core(sample, alone):
@@ -209,6 +237,25 @@ def test_easycache_with_late_true_cfg_is_refused(run_prompt, sample):
     g.patch("EasyCache", reuse_threshold=3.0, start_percent=0.0, end_percent=1.0, verbose=False)
     result = run_prompt(g.prompt("easycache-late-cfg"))
     assert not result.ok and "cfg_start_step to 0" in result.exec_error["exception_message"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("node", ["EasyCache", "LazyCache"])
+@covers("EasyCache", "LazyCache")
+def test_speed_cache_with_stock_ksampler(sample, caplog, node):
+    """KSampler at cfg 1 on the DSD model and conditioning (one pass per step)."""
+    caplog.set_level(logging.INFO)
+    g = Graph()
+    g.ksampler_cfg = 1.0
+    alone_ks = sample(g)
+    for threshold, same in ((0.0, True), (3.0, False)):
+        g = Graph()
+        g.ksampler_cfg = 1.0
+        g.patch(node, reuse_threshold=threshold, start_percent=0.0, end_percent=1.0, verbose=False)
+        d = diff(sample(g), alone_ks)
+        skipped = skipped_steps(caplog, node)
+        print(f"{node} KSampler threshold {threshold}: skipped {skipped}/{STEPS}, max abs change {d:.3e}")
+        assert (skipped == 0 and d < EQ) if same else (skipped > 0 and d > CHANGED)
 
 
 @covers("TorchCompileModel")
@@ -277,6 +324,11 @@ def test_model_merge(sample, alone, run_prompt):
 
     assert diff(sample(merged(True, 1.0)), alone[2.0]) < EQ
     assert diff(sample(merged(True, 0.5)), alone[2.0]) > CHANGED
+    # two DSD models (adapter at strength 1 and 0.5): the LoRA weights merge, the embedder is model1's
+    g = Graph()
+    half = g.add("DSDAdapterLoader", model=["flux", 0], adapter="tiny_adapter.safetensors", strength=0.5)
+    g.model = g.add("ModelMergeSimple", model1=g.model, model2=half, ratio=0.5)
+    assert diff(sample(g), alone[2.0]) > CHANGED
     result = run_prompt(merged(False, 0.5).prompt("merge-plain-first"))
     assert not result.ok and "no DSD adapter" in result.exec_error["exception_message"]
 
