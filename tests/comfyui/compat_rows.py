@@ -68,7 +68,7 @@ ROWS: dict[str, Row] = {
     "InpaintModelConditioning": Row("`InpaintModelConditioning`", "yes", "as above, mask on frame two with noise_mask",
                                     "the concat image is ignored by FLUX dev (not a Fill model)"),
     "HiResPass": Row("hi-res pass (`LatentCrop` + `LatentUpscaleBy` + `KSampler`)", "yes", "frame two upscaled 2x, a plain "
-                     "FLUX pass at denoise 0.4 changes it and keeps its size", "workflow `dsd_hires`"),
+                     "FLUX pass at denoise 0.4 refines it at that size", "workflow `dsd_hires` does the same in pixels"),
     "StyleModelApply": Row("`StyleModelApply` (Redux)", "yes", "on DSD's positive: multiply 1 and attn_bias 0.5 change "
                            "the result", "attn_bias at strength 0 gives NaN with plain FLUX too (core)"),
 }
