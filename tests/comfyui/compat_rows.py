@@ -32,9 +32,10 @@ ROWS: dict[str, Row] = {
     "LazyCache": Row("`LazyCache`", "yes", "s_i 1 and 2: threshold 0 equals DSD alone; a high threshold skips steps and "
                      "changes the result; stock KSampler (cfg 1) likewise",
                      "caches the guider's combined prediction, so branches cannot mix"),
-    "TorchCompileModel": Row("`TorchCompileModel`", "not run here", "the compiled DSD model keeps DSD's patch and wrappers "
+    "TorchCompileModel": Row("`TorchCompileModel`", "yes", "the compiled DSD model keeps DSD's patch and wrappers "
                              "(compile is one more APPLY_MODEL wrapper) and DSD Guider accepts it",
-                             "compiling is not run in the tests (minutes on this CPU)"),
+                             "a compiled run (inductor, CPU) is not in the tests: by hand it matched DSD alone "
+                             "(max abs diff 1.9e-6) after 221 s of compiling on this 2-core machine"),
     "CFGZeroStar": Row("`CFGZeroStar`", "yes", "s_i 2 changes the result; s_i 1 (one pass) equals DSD alone; stock KSampler "
                        "(cfg 2) changes"),
     "CFGNorm": Row("`CFGNorm`", "yes", "strength 1: s_i 2 changes the result; s_i 1 (one pass) equals DSD alone",
