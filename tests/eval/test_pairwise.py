@@ -157,3 +157,22 @@ def test_differences_say_when_they_are_not_significant():
     diffs = differences(pd.DataFrame(rows)).set_index(["a", "b"])
     assert diffs.loc[("a", "b")].significant and diffs.loc[("a", "b")]["diff"] == pytest.approx(0.099)
     assert not diffs.loc[("b", "c")].significant  # 0.001 apart plus noise: the interval holds 0
+
+
+def test_cli_pairwise_needs_a_judge_and_two_systems_and_prints_the_verdicts(tmp_path, monkeypatch, capsys):
+    from dsd.__main__ import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    bench = make_bench(tmp_path / "bench")
+    write_systems(tmp_path, bench, ("close", "far"))
+    base = ["eval", "--bench", str(bench), "--out", str(tmp_path / "out"), "--images", f"close={tmp_path / 'close'}",
+            "--no-progress"]  # fmt: skip
+    assert main([*base, "--pairwise"]) == 2
+    assert "--pairwise compares systems with the judge" in capsys.readouterr().err
+    with FakeLLMServer(responder=seeing_judge) as srv:
+        code = main([*base, "--images", f"far={tmp_path / 'far'}", "--judge", "openai", "--judge-model", "m",
+                     "--judge-base-url", srv.openai_base_url, "--pairwise"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "systems ranked by cp_x_pf" in out and "A/B cp: close ahead of far" in out
+    assert "pairwise identity: close +" in out and "pairwise judge: 6 pair(s) judged, 12 requests" in out
