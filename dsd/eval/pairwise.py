@@ -216,6 +216,7 @@ class CriterionSummary:
     pointwise_metric: str | None
     agreement: float | None  # share of decisive items where pairwise and pointwise pick the same system
     agreement_items: int = 0
+    rank_agreement: float | None = None  # Kendall's tau between the Bradley-Terry and the pointwise-mean orders
 
     @property
     def ranking(self) -> list[str]:
@@ -269,14 +270,24 @@ def _criterion(records, systems: list[str], table, criterion: str) -> CriterionS
             compared += 1
             agree += (net > 0) == (sign > 0)
     strength, lo, hi = stats.bt_interval(wins) if records else (np.zeros(len(systems)),) * 3
+    means = [np.nanmean([r[metric] for r in table.values() if r["system"] == s] or [np.nan]) for s in systems] if metric else []
     total = wins.sum(0)
     rate = [[None if i == j or total[i, j] + total[j, i] == 0 else float(total[i, j] / (total[i, j] + total[j, i]))
              for j in range(len(systems))] for i in range(len(systems))]  # fmt: skip
     return CriterionSummary(
         criterion, systems, [float(x) for x in strength], [float(x) for x in lo], [float(x) for x in hi], rate, games, ties,
         biased / both if both else None, first_wins / decisive if decisive else None, metric,
-        agree / compared if compared else None, compared,
+        agree / compared if compared else None, compared, _kendall(list(strength), means),
     )  # fmt: skip
+
+
+def _kendall(a: list[float], b: list[float]) -> float | None:
+    """Kendall's tau-a of two scorings of the same systems (None when fewer than two are scored)."""
+    keep = [(x, y) for x, y in zip(a, b, strict=False) if np.isfinite(x) and np.isfinite(y)]
+    pairs = list(itertools.combinations(keep, 2))
+    if not pairs:
+        return None
+    return float(sum(np.sign(x1 - x2) * np.sign(y1 - y2) for (x1, y1), (x2, y2) in pairs) / len(pairs))
 
 
 __all__ = ["PAIR_LOG", "CriterionSummary", "PairJudge", "PairResult", "pair_items", "pairwise_stage", "read_pairwise",

@@ -228,6 +228,8 @@ def _pairwise_section(pairwise: dict[str, Any]) -> list[str]:
         bias = "n/a" if c.position_bias is None else f"{c.position_bias:.1%}"
         first = "n/a" if c.first_shown_wins is None else f"{c.first_shown_wins:.1%}"
         agree = "n/a" if c.agreement is None else f"{c.agreement:.1%} of {c.agreement_items} items ({c.pointwise_metric})"
+        if c.rank_agreement is not None:
+            agree += f"; ranking vs mean {c.pointwise_metric}: Kendall tau {c.rank_agreement:+.2f}"
         out += [f"<h3>{esc(c.criterion)}</h3><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>",
                 f"<p>{c.games} answers, {c.ties} ties. Position bias (the same position won in both orders): {bias}; "
                 f"first-shown image picked in {first} of decisive answers. Agreement with the pointwise scores: "

@@ -85,6 +85,7 @@ def test_pairwise_ranks_known_answers_in_both_orders_and_resumes(tmp_path, monke
     assert identity.lo[0] > identity.hi[2]  # close vs far: intervals apart
     assert identity.position_bias == 0.0 and identity.first_shown_wins == pytest.approx(0.5)
     assert identity.agreement == 1.0 and identity.pointwise_metric == "cp" and identity.agreement_items > 0
+    assert identity.rank_agreement == 1.0  # the same order as mean CP
     win = identity.win_rate
     assert win[0][2] == 1.0 and win[2][0] == 0.0  # close always beat far
     prompt = summary.pairwise["criteria"]["prompt"]
