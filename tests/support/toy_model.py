@@ -37,7 +37,7 @@ TOY_VAE_CONFIG: dict[str, Any] = {
 }  # fmt: skip
 TOY_TRANSFORMER_CONFIG: dict[str, Any] = {
     "patch_size": 1, "in_channels": 64, "num_layers": 2, "num_single_layers": 2, "attention_head_dim": 32,
-    "num_attention_heads": 2, "joint_attention_dim": 64, "pooled_projection_dim": 32, "guidance_embeds": True,
+    "num_attention_heads": 2, "joint_attention_dim": 64, "pooled_projection_dim": 32, "guidance_embeds": False,
     "axes_dims_rope": [8, 12, 12],
 }  # fmt: skip
 T5_DIM = 64
