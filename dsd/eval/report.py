@@ -111,7 +111,7 @@ body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:1.5
 h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:2px solid #eee;padding-bottom:.2em}
 .lead{color:#555}table{border-collapse:collapse;font-size:13px;margin:.5em 0}
 td,th{border-bottom:1px solid #e3e3e3;padding:4px 8px;text-align:right}th{background:#f6f6f6}
-td:first-child,th:first-child{text-align:left}.ci{color:#888;font-size:11px}
+td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}.ci{color:#888;font-size:11px}
 table.sortable th{cursor:pointer}table.sortable th:hover{background:#e8eefc}
 .ns{color:#a66;font-weight:bold}.sig{color:#2a7;font-weight:bold}
 .figs{display:flex;flex-wrap:wrap;gap:1em}.figs figure{margin:0}.figs img{max-width:560px}
