@@ -697,6 +697,22 @@ def cfg_strong(cfg: PanelsConfig) -> float:
     return max(cfg.min_edge_fraction, 0.85)
 
 
+def _by_colour(g: _Grid) -> Detection | None:
+    """Gutters found by their colour (datagen/panel_colour.py), verified; None when none are sure."""
+    from .panel_colour import by_gutter_colour  # it builds on this module's line statistics
+
+    found = by_gutter_colour(g)
+    if found is None:
+        return None
+    if any(t[0] > 0 or t[1] < g.n_px(i) for i, t in enumerate(g.trim)) and _border_doubt(g, [np.zeros(0)] * 2):
+        return None
+    try:
+        verify(g.a, found, g.rows, g.cols, g.cfg)
+    except PanelDetectionError:
+        return None
+    return found
+
+
 def analyse_grid(arr: np.ndarray, rows: int, cols: int, cfg: PanelsConfig) -> Detection:
     """Panel boxes of an RGB uint8 array (see the module docstring); raises PanelDetectionError."""
     grid = _Grid(arr, rows, cols, cfg)
@@ -705,15 +721,23 @@ def analyse_grid(arr: np.ndarray, rows: int, cols: int, cfg: PanelsConfig) -> De
     except PanelCountMismatch:
         raise
     except PanelDetectionError as gutter_error:
-        # Bands that fit no gutter layout may be touching panels' flat margins (a flat panel's
-        # background beside a busy one): colour edges may still cut, on their own confidence only
-        # (a real gutter's two sides are equally strong edges; evenness must not pick one).
+        # Gutters the separator analysis lost may show by their colour; bands that fit no gutter
+        # layout may be touching panels' flat margins (a flat panel's background beside a busy
+        # one): colour edges may still cut, on their own confidence only (a real gutter's two
+        # sides are equally strong edges; evenness must not pick one).
+        by_colour = _by_colour(grid)
+        if by_colour is not None:
+            return by_colour
         try:
             found = _by_edges(grid, even_cue=False)
             verify(grid.a, found, rows, cols, cfg)
             return found
         except PanelDetectionError:
             raise gutter_error from None
-    found = found if found is not None else _by_edges(grid)
+    if found is None:
+        found = _by_colour(grid)
+        if found is not None:
+            return found
+        found = _by_edges(grid)
     verify(grid.a, found, rows, cols, cfg)
     return found

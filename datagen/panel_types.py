@@ -24,7 +24,8 @@ class PanelsConfig:
     max_border_fraction: float = 0.2
     max_gutter_fraction: float = 0.35  # of the pitch; a wider uniform band is a flat margin, not a gutter
     max_panel_spread: float = 0.2  # panels cut along an axis differ in size by at most this share
-    max_edge_spread: float = 0.02  # ... touching panels cut at colour edges (the teacher draws equal panels)
+    max_edge_spread: float = 0.012  # ... touching panels cut at colour edges (the teacher draws equal panels;
+    # a gutter hidden by a panel of its colour, cut into that panel, makes it 8+ px taller)
     # Touching panels: a cut needs a colour edge across this share of the span (the step across 3
     # lines above edge_step and twice the steps beside it) ...
     min_edge_fraction: float = 0.5
