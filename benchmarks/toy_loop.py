@@ -156,6 +156,8 @@ def evaluate(out: Path, name: str, systems: list[str], judge_url: str, env: dict
 def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], psnr: float) -> str:
     import pandas as pd
 
+    from tests.support.toy_judge import curation_scores
+
     rows = []
     for run, path in tables.items():
         frame = pd.read_parquet(path)
@@ -165,7 +167,11 @@ def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], psn
     table = pd.DataFrame(rows)
     lines = ["| run | system | CP | PF | images |", "|---|---|---|---|---|"]
     lines += [f"| {r.run} | {r.system} | {r.CP:.3f} | {r.PF:.3f} | {r.images} |" for r in table.itertuples()]
+    cur = curation_scores(out / "datagen")
     lines += ["", f"toy VAE reconstruction PSNR: {psnr:.2f} dB", "",
+              f"curation (toy judge) against the teacher's plan: {cur['grids']} grids cut, {cur['inconsistent_grids']} of "
+              f"them inconsistent; {cur['rejected_inconsistent']} of {cur['inconsistent_pairs']} inconsistent pairs "
+              f"rejected; precision {cur['precision']:.3f}, recall {cur['recall']:.3f} over {cur['pairs']} pairs", "",
               "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]  # fmt: skip
     _plot_curve(table, out / "learning_curve.png")
     text = "\n".join(lines) + "\n"
