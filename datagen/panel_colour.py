@@ -8,7 +8,8 @@ the grid. Runs of such lines are the borders (at the ends) and gutters (inside).
 *clean* when the colour stops there, sharply, across most of the span. A gutter or border with a
 side that is not clean may have swallowed the side of a panel of its colour: its width is then
 taken from the clean ones (all clean gutters of the grid must agree on one width, and all clean
-borders on one, else nothing is inferred) and placed at its clean side. Anything else unsure
+borders on one) and placed at its clean side; with no clean gutter to go by, the run itself stands
+(it cannot be narrower than the gutter) if the panels come out equal to 2 px. Anything else unsure
 (no clean side, a run narrower than the width it should have, too many or too few runs) finds
 nothing, and the grid goes on to colour edges.
 """
@@ -19,10 +20,10 @@ import numpy as np
 
 from .panel_detect import _SAMPLES, _boxes, _Grid, _lines, _same_colour, _uniform_runs
 from .panel_types import Detection
-from .panel_verify import edge_profile
 
 _CLEAN_NEAR = 0.5  # the colour covers at most this share of the line beside a clean side
 _AGREE_PX = 3
+_EXACT_PX = 2  # panels beside a gutter placed by equal sizes alone differ by at most this (rounding)
 _BORDER_SHARE = 0.6  # lines at the image's ends this much of the colour are border (a subject may cross it)  # clean gutters (borders) of one grid agree on their width within this
 
 
@@ -48,7 +49,7 @@ class _Axis:
     def __init__(self, g: _Grid, axis: int, colour: np.ndarray) -> None:
         lines = _lines(g.a, axis, _SAMPLES)
         self.share = _near_share(lines, colour, g.cfg.uniform_tolerance)
-        self.f = edge_profile(_lines(g.a, axis, 2 * _SAMPLES), g.cfg)
+        self.f = g.profile(axis)
         self.length = len(lines)
         mask = self.share >= g.cfg.uniform_fraction
         # A border may be crossed by a subject running into it: at the ends, lines mostly of the colour
@@ -125,7 +126,7 @@ def _place(run, width: int | None) -> tuple[int, int] | None:
 
 
 def _segments(ax: _Axis, n: int, borders, gutters, gw: int | None, bw: int | None):
-    lo, hi = 0, ax.length
+    lo, hi, exact = 0, ax.length, False
     for b in borders:
         placed = _place(b, bw)
         if placed is None:
@@ -137,11 +138,19 @@ def _segments(ax: _Axis, n: int, borders, gutters, gw: int | None, bw: int | Non
     edges = [lo]
     for run in sorted(gutters):
         placed = _place(run, gw)
+        if placed is None and gw is None and (run[2] or run[3]):
+            # No clean gutter to go by: lines mostly of the colour, so the run is no narrower than
+            # the gutter, and a panel it swallowed part of comes out smaller: it stands only if
+            # the panels are equal to the pixel (the teacher draws equal panels).
+            placed, exact = run[:2], True
         if placed is None:
             return None
         edges += list(placed)
     edges.append(hi)
-    return tuple((edges[2 * i], edges[2 * i + 1]) for i in range(n))
+    segs = tuple((edges[2 * i], edges[2 * i + 1]) for i in range(n))
+    if exact and max(b - a for a, b in segs) - min(b - a for a, b in segs) > _EXACT_PX:
+        return None
+    return segs
 
 
 def by_gutter_colour(g: _Grid) -> Detection | None:

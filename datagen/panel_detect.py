@@ -39,6 +39,15 @@ gutter's neighbours are panel content or other panels' margins.
 6. Panels along an axis must be near-equal (``max_panel_spread``): the teacher draws equal panels,
    so bands that would cut very unequal ones are in the wrong places.
 
+7. *Doubts about gutters* (issue 16, real photographs): a gutter whose colour fades into a panel
+   (a white studio wall) may hold part of it, so its width must match the clean gutters'; a
+   border likewise must match a clean border; a lone coloured band cutting unequal panels is a
+   photo's flat strip. When the separator analysis lost the gutters (their colour taken for
+   background), they are looked for by colour (datagen/panel_colour.py) before colour edges.
+8. Every cut, however found, is verified (datagen/panel_verify.py): no straight edge hidden across
+   the middle of the panels of a row or column (a wrong layout), and touching panels equal with no
+   gutter or border strip left along a side. Any doubt rejects: a mis-cut is worse than a reject.
+
 Known limits (they reject, never mis-cut): gutters of the same colour as the panels' background
 are invisible; gutters that are neither aligned across the grid nor within strips; touching panels
 whose content is noise at the pixel level (no edge stands out).
@@ -255,6 +264,13 @@ class _Grid:
         self.seps = tuple(self._gutter_sized(self.seps[i], i) for i in (0, 1))
         self.trim = tuple((t[0], t[1], self._gutter_sized(t[2], i)) for i, t in enumerate(self.trim))
 
+    def profile(self, axis: int) -> np.ndarray:
+        """The edge profile of the whole image along ``axis`` (panel_verify.edge_profile), computed once."""
+        cache = self.__dict__.setdefault("_profiles", {})
+        if axis not in cache:
+            cache[axis] = edge_profile(_lines(self.a, axis, _SAMPLES), self.cfg)
+        return cache[axis]
+
     def n_px(self, axis: int) -> int:
         return self.h if axis == 0 else self.w
 
@@ -408,12 +424,7 @@ def _gutter_doubt(g: _Grid, segs) -> str:
     a photo: unless it cuts equal panels (the teacher draws equal panels), it must be neutral (white,
     grey, black) with no seam of touching photos running beside it."""
     cfg, gaps = g.cfg, []
-    (y0, y1, _), (x0, x1, _) = g.trim
-    f = [np.zeros(0)] * 2
-    for axis in (0, 1):
-        if len(segs[axis]) > 1:
-            region = g.a[:, x0:x1] if axis == 0 else g.a[y0:y1]
-            f[axis] = edge_profile(_lines(region, axis, 2 * _SAMPLES), cfg)
+    f = [g.profile(0), g.profile(1)]
     for axis in (0, 1):
         across = slice(g.trim[1 - axis][0], g.trim[1 - axis][1], 2)
         for (_, a1), (b0, _) in zip(segs[axis], segs[axis][1:], strict=False):
@@ -448,9 +459,6 @@ def _border_doubt(g: _Grid, f: list[np.ndarray]) -> str:
     sides = []  # (axis, inner edge, outwards step, width, band slice)
     for axis, lo, hi in ((0, y0, y1), (1, x0, x1)):
         across = slice(g.trim[1 - axis][0], g.trim[1 - axis][1], 2)
-        if not len(f[axis]):
-            region = g.a[:, x0:x1] if axis == 0 else g.a[y0:y1]
-            f[axis] = edge_profile(_lines(region, axis, 2 * _SAMPLES), g.cfg)
         for edge, step, width in ((lo, 1, lo), (hi, -1, g.n_px(axis) - hi)):
             if width >= g.cfg.min_gutter_px:
                 band = slice(0, lo) if step > 0 else slice(hi, None)
@@ -704,7 +712,7 @@ def _by_colour(g: _Grid) -> Detection | None:
     found = by_gutter_colour(g)
     if found is None:
         return None
-    if any(t[0] > 0 or t[1] < g.n_px(i) for i, t in enumerate(g.trim)) and _border_doubt(g, [np.zeros(0)] * 2):
+    if any(t[0] > 0 or t[1] < g.n_px(i) for i, t in enumerate(g.trim)) and _border_doubt(g, [g.profile(0), g.profile(1)]):
         return None
     try:
         verify(g.a, found, g.rows, g.cols, g.cfg)

@@ -45,10 +45,12 @@ def edge_profile(lines: np.ndarray, cfg: PanelsConfig) -> np.ndarray:
     return f
 
 
-def _panel_lines(a: np.ndarray, box: Box, axis: int) -> np.ndarray:
-    """The panel's lines along ``axis`` (0: rows, 1: columns), every 2nd pixel along each line."""
+def _panel_lines(a: np.ndarray, box: Box, axis: int, i0: int, i1: int) -> np.ndarray:
+    """Lines ``i0 - 2`` .. ``i1 + 3`` of the panel along ``axis`` (0: rows, 1: columns), every 6th
+    pixel along each line (a share of the span needs no more)."""
     panel = a[box.y0 : box.y1, box.x0 : box.x1]
-    return np.ascontiguousarray(panel[:, ::2] if axis == 0 else panel[::2].transpose(1, 0, 2))
+    lines = panel[:, ::6] if axis == 0 else panel[::6].transpose(1, 0, 2)
+    return np.ascontiguousarray(lines[i0 - 2 : i1 + 3])
 
 
 def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: PanelsConfig, single: bool) -> str:
@@ -63,7 +65,7 @@ def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: Pane
         i0, i1 = int(_INNER[0] * length), int(_INNER[1] * length)
         if i1 - i0 < 4 or (len(members) == 1 and not single):
             continue
-        profiles = np.stack([edge_profile(_panel_lines(a, b, axis), cfg)[i0:i1] for b in members])
+        profiles = np.stack([edge_profile(_panel_lines(a, b, axis, i0, i1), cfg)[2:-3] for b in members])
         mean = profiles.mean(axis=0)
         if len(members) == 1:
             hit = mean >= _HIDDEN_SINGLE
