@@ -20,8 +20,9 @@ import numpy as np
 from .panel_types import Box, Detection, PanelDetectionError, PanelsConfig
 
 _INNER = (0.2, 0.8)  # the middle of a panel, where a hidden boundary of a wrong layout falls
-_HIDDEN_GROUP = 0.6  # mean share of the span of an edge shared by the panels of a row (column)
-_HIDDEN_EACH = 0.3  # ... and its share in each of them
+_HIDDEN_GROUP = 0.35  # mean share of the span of an edge shared by the panels of a row (column)
+_HIDDEN_EACH = 0.3  # ... and its share in at least two thirds of them (touching panels)
+_HIDDEN_GAPPED = 0.6  # ... panels cut at gutters: mean share, the edge in every one of them
 _HIDDEN_SINGLE = 0.85  # a lone panel's edge (touching panels only)
 _BACKGROUND_SHARE = 0.4  # a colour covering this share of a panel is its background
 _MIN_SIDE_BAND = 3  # a uniform band along a panel's side this wide (px) is a gutter or border strip
@@ -66,11 +67,17 @@ def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: Pane
         if i1 - i0 < 4 or (len(members) == 1 and not single):
             continue
         profiles = np.stack([edge_profile(_panel_lines(a, b, axis, i0, i1), cfg)[2:-3] for b in members])
-        mean = profiles.mean(axis=0)
         if len(members) == 1:
+            mean = profiles[0]
             hit = mean >= _HIDDEN_SINGLE
-        else:
-            hit = (mean >= _HIDDEN_GROUP) & (profiles.min(axis=0) >= _HIDDEN_EACH)
+        else:  # resampled seams may sit a line or two apart from panel to panel
+            pooled = np.max([np.roll(profiles, k, axis=1) for k in range(-2, 3)], axis=0)
+            mean = pooled.mean(axis=0)
+            if single:  # touching panels: a hidden seam may fade where photos meet in like colours
+                hit = (mean >= _HIDDEN_GROUP) & ((pooled >= _HIDDEN_EACH).sum(axis=0) >= max(2, -(-2 * len(members) // 3)))
+            else:  # between gutters a wrong layout shows as gutters: only a strong shared edge counts
+                mean = profiles.mean(axis=0)
+                hit = (mean >= _HIDDEN_GAPPED) & (profiles.min(axis=0) >= _HIDDEN_EACH)
         if hit.any():
             at = lo + i0 + int(np.argmax(np.where(hit, mean, -1)))
             where = f"{'y' if axis == 0 else 'x'}={at} px"
