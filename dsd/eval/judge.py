@@ -285,14 +285,14 @@ class Judge:
 
 
 def _slices(total: int, first: int, largest: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` ranges growing from ``first`` items (two rounds of requests at full concurrency,
-    each item being two requests or more) to ``largest``: the first requests go out after a few images
-    are encoded rather than a whole chunk, later slices are large so the drain at each end is rare."""
-    out, start, size = [], 0, min(first, largest)
-    while start < total:
-        out.append((start, min(total, start + size)))
-        start += size
-        size = min(largest, size * 2)
+    """``(start, stop)`` ranges: ``first`` items (two rounds of requests at full concurrency, each item
+    being two requests or more), then ``largest`` at a time. The first requests go out after a few
+    images are encoded; every later slice is as large as memory allows, because each slice boundary
+    drains the requests in flight (a doubling schedule drained four times in 480 items and cost 8
+    points of efficiency at 32 in flight in benchmarks.eval_judge_throughput)."""
+    head = min(first, largest, total)
+    out = [(0, head)] if head else []
+    out += [(start, min(total, start + largest)) for start in range(head, total, largest)]
     return out
 
 
