@@ -82,13 +82,13 @@ class Host:
 
 
 @torch.no_grad()
-def build_flux(seed: int = 0, dtype=torch.float32):
-    """ComfyUI's own Flux at full width (random weights, std 0.02), in a ModelPatcher."""
+def build_flux(seed: int = 0, dtype=torch.float32, unet_config: dict | None = None):
+    """ComfyUI's own Flux at ``unet_config`` (default: full width), random weights (std 0.02), in a ModelPatcher."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
-    cfg = comfy.supported_models.Flux(dict(FULL_UNET_CONFIG))
+    cfg = comfy.supported_models.Flux(dict(unet_config or FULL_UNET_CONFIG))
     cfg.set_inference_dtype(dtype, None)
     model = cfg.get_model({}, "", device=torch.device("cpu"))
     gen = torch.Generator("cpu").manual_seed(seed)

@@ -20,26 +20,16 @@ import time
 import torch
 
 from benchmarks.comfy_bench_host import FULL_UNET_CONFIG, Host, add_host_args, make_pairs, text, write_adapter
+from benchmarks.comfy_bench_host import build_flux as bench_build_flux
 
 HIDDEN = 512
 UNET_CONFIG = {**FULL_UNET_CONFIG, "hidden_size": HIDDEN, "num_heads": 8, "axes_dim": [16, 24, 24], "depth": 2,
                "depth_single_blocks": 2}  # fmt: skip
 
 
-@torch.no_grad()
 def build_flux(seed: int = 0):
-    """ComfyUI's own Flux at UNET_CONFIG (random weights as comfy_bench_host.build_flux), in a ModelPatcher."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    cfg = comfy.supported_models.Flux(dict(UNET_CONFIG))
-    cfg.set_inference_dtype(torch.float32, None)
-    model = cfg.get_model({}, "", device=torch.device("cpu"))
-    gen = torch.Generator("cpu").manual_seed(seed)
-    for name, p in sorted(model.diffusion_model.named_parameters()):
-        p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if p.ndim > 1 else 0.01) + (1.0 if "scale" in name else 0.0))
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    """ComfyUI's own Flux at UNET_CONFIG (the bench host's random weights), in a ModelPatcher."""
+    return bench_build_flux(seed, unet_config=UNET_CONFIG)
 
 
 def run(host: Host, model, guider, latent, steps: int) -> tuple[float, torch.Tensor]:
