@@ -1,4 +1,7 @@
-"""The two-frame canvas: the reference in frame one (left), black in frame two (right).
+"""The DSD canvas: the reference in frame one (left), black in frame two (right).
+
+With ``k`` references (multi-reference DSD, docs/method.md) the canvas is a ROW of ``k + 1`` frames
+``[ref_1 | ... | ref_k | target]``; ``k = 1`` is exactly the two-frame canvas of the authors.
 
 Images move through here as float tensors ``[B, 3, H, W]`` in ``[0, 1]`` (``to_rgb01``
 accepts PIL images, numpy arrays of any common dtype and ComfyUI ``IMAGE`` tensors). The
@@ -20,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tokens import PIXELS_PER_TOKEN, check_pixel_size
+from .tokens import PIXELS_PER_TOKEN, CanvasSizeError, check_pixel_size
 
 FitMode = Literal["crop", "pad", "stretch"]
 FIT_MODES: tuple[str, ...] = ("crop", "pad", "stretch")
 MIN_REFERENCE_SIDE = 32
+MAX_REFERENCES = 8  # a guard against absurd canvases; training and the docs go to k = 3
 
 
 class ReferenceImageError(ValueError):
@@ -33,21 +37,40 @@ class ReferenceImageError(ValueError):
 
 @dataclass(frozen=True)
 class CanvasLayout:
-    """Pixel geometry of a DSD canvas: ``height x width``, two frames side by side."""
+    """Pixel geometry of a DSD canvas: ``height x width`` in all, ``references + 1`` frames side by side."""
 
     height: int = 512
     width: int = 1024
     fit: FitMode = "crop"
     pad_value: float = 1.0  # letterbox colour in [0, 1] for fit="pad" (white)
+    references: int = 1  # k: frames 1..k hold references, frame k + 1 the target
 
     def __post_init__(self) -> None:
         check_pixel_size(self.height, self.width)
         if self.fit not in FIT_MODES:
             raise ValueError(f"fit must be one of {', '.join(FIT_MODES)}, got {self.fit!r}")
+        k = self.references
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_REFERENCES:
+            raise ValueError(f"references must be an integer from 1 to {MAX_REFERENCES}, got {k!r}")
+        if k > 1 and self.width % (self.frames * PIXELS_PER_TOKEN):
+            # every frame must be whole tokens, or frames would share token columns
+            raise CanvasSizeError(
+                f"a canvas of {self.frames} frames needs a width that is a multiple of {self.frames * PIXELS_PER_TOKEN} "
+                f"(frames of whole 16 px tokens), got {self.width}; try {self.frames * max(16, self.width // self.frames // 16 * 16)}"
+            )
+
+    @classmethod
+    def from_frame(cls, height: int, frame_width: int, references: int = 1, **kw: Any) -> CanvasLayout:
+        """The layout of ``references + 1`` frames of ``height x frame_width`` each."""
+        return cls(height=height, width=(references + 1) * frame_width, references=references, **kw)
+
+    @property
+    def frames(self) -> int:
+        return self.references + 1
 
     @property
     def frame_width(self) -> int:
-        return self.width // 2
+        return self.width // self.frames
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -62,6 +85,7 @@ class CanvasLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CanvasLayout:
+        """A layout dict; one written before multi-reference DSD (no ``references``) is one reference."""
         return cls(**data)
 
 
@@ -193,17 +217,48 @@ def fit_reference(image01: torch.Tensor, height: int, width: int, fit: FitMode =
     raise ValueError(f"fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
 
 
+def _reference_list(reference: Any, k: int) -> list[torch.Tensor]:
+    """``k`` references -> ``k`` tensors ``[B, 3, h, w]`` of one batch size (a batch of 1 is broadcast)."""
+    refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+    if len(refs) != k:
+        raise ReferenceImageError(f"the layout has {k} reference frame(s) but {len(refs)} reference image(s) were given")
+    images = [to_rgb01(r) for r in refs]
+    b = max(x.shape[0] for x in images)
+    if any(x.shape[0] not in (1, b) for x in images):
+        sizes = ", ".join(str(x.shape[0]) for x in images)
+        raise ReferenceImageError(f"reference batches of sizes {sizes}: each reference must be a batch of 1 or of {b}")
+    return [x.expand(b, -1, -1, -1) if x.shape[0] != b else x for x in images]
+
+
 def compose_canvas(reference: Any, layout: CanvasLayout) -> torch.Tensor:
-    """Reference(s) -> canvas ``[B, 3, H, W]`` in ``[-1, 1]``: frame one the reference, frame two black (-1)."""
-    ref01 = to_rgb01(reference)
-    frame = fit_reference(ref01, layout.height, layout.frame_width, layout.fit, layout.pad_value)
-    canvas = torch.full((ref01.shape[0], 3, layout.height, layout.width), -1.0, dtype=torch.float32)
-    canvas[..., : layout.frame_width] = frame * 2.0 - 1.0
+    """Reference(s) -> canvas ``[B, 3, H, W]`` in ``[-1, 1]``: the references in frames 1..k, the target black (-1).
+
+    One reference (``layout.references == 1``): any image ``to_rgb01`` accepts, a batch making B canvases.
+    ``k`` references: a sequence of ``k`` images of one subject (each a batch of B or 1), in frame order.
+    """
+    images = _reference_list(reference, layout.references)
+    fw = layout.frame_width
+    canvas = torch.full((images[0].shape[0], 3, layout.height, layout.width), -1.0, dtype=torch.float32)
+    for i, ref01 in enumerate(images):
+        frame = fit_reference(ref01, layout.height, fw, layout.fit, layout.pad_value)
+        canvas[..., i * fw : (i + 1) * fw] = frame * 2.0 - 1.0
     return canvas
 
 
+def split_frames(canvas: torch.Tensor, frames: int, channels_last: bool = False) -> list[torch.Tensor]:
+    """Canvas -> its ``frames`` frames, left to right. Pixel canvases and latents alike (width split evenly)."""
+    dim = -2 if channels_last else -1
+    width = canvas.shape[dim]
+    if frames < 1 or width % frames:
+        raise CanvasSizeError(f"a canvas {width} wide does not split into {frames} equal frames")
+    return list(canvas.split(width // frames, dim=dim))
+
+
 def split_canvas(canvas: torch.Tensor, layout: CanvasLayout | None = None, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canvas -> (frame one, frame two). Works on pixel canvases and on latents alike."""
+    """Canvas -> (frame one, target). Two frames: (frame one, frame two); more: (frame one, the LAST frame)."""
+    if layout is not None and layout.references > 1:
+        frames = split_frames(canvas, layout.frames, channels_last)
+        return frames[0], frames[-1]
     width = canvas.shape[-2] if channels_last else canvas.shape[-1]
     if layout is not None and not channels_last and canvas.shape[-1] == layout.width:
         half = layout.frame_width

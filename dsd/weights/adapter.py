@@ -5,11 +5,14 @@ Keys: ``c_embedder.weight`` ``[hidden, 64]``, ``c_embedder.bias`` ``[hidden]``, 
 the layout ComfyUI's LoRA loader maps onto FLUX. Metadata (strings only, never a secret):
 ``dsd_format`` = "dsd-adapter", ``dsd_format_version``, ``dsd_rank``, ``dsd_hidden_size``,
 ``dsd_source`` and free-form ``dsd_*`` entries (training step, config, dataset hash).
+``dsd_train_references`` (JSON list, e.g. "[1, 2, 3]") says which reference counts k the adapter
+was trained with (multi-reference DSD); absent means [1], as every adapter before it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,9 @@ ADAPTER_FORMAT = "dsd-adapter"
 ADAPTER_FORMAT_VERSION = "1"
 C_EMBEDDER_KEYS = ("c_embedder.weight", "c_embedder.bias")
 _SECRET_HINTS = ("key", "token", "secret", "password", "auth")
+TRAIN_REFERENCES_KEY = "dsd_train_references"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,3 +106,47 @@ def load_adapter(path: str | os.PathLike[str]) -> DSDAdapter:
     check_finite(c_emb, path)
     lora = parse_lora(tensors, source=path) if tensors else {}
     return DSDAdapter(c_embedder=c_emb, lora=lora, metadata=meta)
+
+
+def _parse_references(raw: str | None, source: object) -> list[int]:
+    if raw is None:
+        return [1]
+    try:
+        values = json.loads(raw)
+        if isinstance(values, list) and values and all(type(v) is int and v >= 1 for v in values):
+            return sorted(set(values))
+    except ValueError:
+        pass
+    logger.warning("%s: metadata %s=%r is not a list of reference counts; taking [1]", source, TRAIN_REFERENCES_KEY, raw)
+    return [1]
+
+
+def references_metadata(references: list[int] | tuple[int, ...]) -> dict[str, str]:
+    """The metadata entry that records the reference counts an adapter was trained with."""
+    return {TRAIN_REFERENCES_KEY: json.dumps(sorted({int(k) for k in references}))}
+
+
+def trained_references(adapter: DSDAdapter | dict[str, str] | str | os.PathLike[str]) -> list[int]:
+    """The reference counts k an adapter was trained with (its ``dsd_train_references``; absent = [1]).
+
+    Takes an adapter, its metadata dict or the path of its file (only the header is read).
+    """
+    if isinstance(adapter, DSDAdapter):
+        meta, source = adapter.metadata, "adapter"
+    elif isinstance(adapter, dict):
+        meta, source = adapter, "adapter metadata"
+    else:
+        meta, source = read_metadata(Path(adapter)), adapter
+    return _parse_references(meta.get(TRAIN_REFERENCES_KEY), source)
+
+
+def check_reference_count(count: int, trained: list[int], source: object = "the adapter") -> str | None:
+    """Warn (never fail) when ``count`` references exceed what the adapter was trained with; returns the warning."""
+    if count <= max(trained):
+        return None
+    message = (
+        f"{count} references given but {source} was trained with at most {max(trained)} (k = {trained}): "
+        f"frames beyond what it learned may be ignored or blend identities; results can be worse than with {max(trained)}"
+    )
+    logger.warning(message)
+    return message
