@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .panel_detect import _SAMPLES, _boxes, _Grid, _lines, _same_colour, _uniform_runs
+from .panel_detect import _boxes, _Grid, _same_colour, _uniform_runs
 from .panel_types import Detection
+from .panel_verify import channel_max
 
 _CLEAN_NEAR = 0.5  # the colour covers at most this share of the line beside a clean side
 _AGREE_PX = 3
@@ -31,7 +32,7 @@ def _candidates(g: _Grid) -> list[np.ndarray]:
     colours = [np.array((255.0, 255.0, 255.0)), np.array((0.0, 0.0, 0.0))]
     for axis in (0, 1):
         n, length = g.n[axis], g.n_px(axis)
-        lines = _lines(g.a, axis, _SAMPLES)
+        lines = g.lines(axis)
         for s, e, colour in _uniform_runs(lines, g.cfg):
             near_slot = any(abs((s + e) / 2 - i * length / n) <= g.cfg.gutter_tolerance * length / n for i in range(1, n))
             if (near_slot or s == 0 or e == length) and not any(_same_colour(tuple(colour), tuple(c), g.cfg) for c in colours):
@@ -40,14 +41,14 @@ def _candidates(g: _Grid) -> list[np.ndarray]:
 
 
 def _near_share(lines: np.ndarray, colour: np.ndarray, tol: int) -> np.ndarray:
-    return (np.abs(lines - colour.astype(np.int16)).max(axis=2) <= tol).mean(axis=1)
+    return (channel_max(np.abs(lines - colour.astype(np.int16))) <= tol).mean(axis=1)
 
 
 class _Axis:
     """One axis read for one colour: runs of lines of that colour, and which of their sides are clean."""
 
     def __init__(self, g: _Grid, axis: int, colour: np.ndarray) -> None:
-        lines = _lines(g.a, axis, _SAMPLES)
+        lines = g.lines(axis)
         self.share = _near_share(lines, colour, g.cfg.uniform_tolerance)
         self.f = g.profile(axis)
         self.length = len(lines)
@@ -103,7 +104,7 @@ def _unexplained_edge(g: _Grid, axis: int, borders) -> bool:
     for at, touches in ((0, any(b[0] == 0 for b in borders)), (length - 1, any(b[1] == length for b in borders))):
         line = g.a[at, ::2] if axis == 0 else g.a[::2, at]
         mean = line.mean(axis=0)
-        uniform = float((np.abs(line - mean).max(axis=1) <= g.cfg.uniform_tolerance).mean()) >= g.cfg.uniform_fraction
+        uniform = float((channel_max(np.abs(line - mean)) <= g.cfg.uniform_tolerance).mean()) >= g.cfg.uniform_fraction
         if uniform and not touches:
             return True
     return False

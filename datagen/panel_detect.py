@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .panel_types import Box, Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
-from .panel_verify import edge_profile, verify
+from .panel_verify import channel_max, edge_profile, verify
 
 _SAMPLES = 256  # pixels sampled along each line to judge it
 _BRIDGE = 2  # non-uniform lines inside a gutter that are still one gutter (JPEG block seams)
@@ -93,7 +93,7 @@ def _lines(a: np.ndarray, axis: int, samples: int = 0) -> np.ndarray:
 def _uniform_runs(lines: np.ndarray, cfg: PanelsConfig) -> list[tuple[int, int, np.ndarray]]:
     """(start, end, colour) of runs of uniform lines of one colour."""
     mean = lines.mean(axis=1, dtype=np.float32)
-    dev = np.abs(lines - mean.round().astype(np.int16)[:, None, :]).max(axis=2)
+    dev = channel_max(np.abs(lines - mean.round().astype(np.int16)[:, None, :]))
     uniform = (dev <= cfg.uniform_tolerance).mean(axis=1) >= cfg.uniform_fraction
     jump = np.zeros(len(lines), bool)
     jump[1:] = np.abs(np.diff(mean, axis=0)).max(axis=1) > cfg.colour_tolerance / 2
@@ -140,7 +140,7 @@ def _absorb_blurred_edges(runs: list[tuple[int, int, np.ndarray]], cfg: PanelsCo
 
 
 def _near(line: np.ndarray, colour: np.ndarray, cfg: PanelsConfig) -> float:
-    return float((np.abs(line - colour.astype(np.int16)).max(axis=1) <= cfg.uniform_tolerance).mean())
+    return float((channel_max(np.abs(line - colour.astype(np.int16))) <= cfg.uniform_tolerance).mean())
 
 
 def _continues(lines: np.ndarray, edge: int, step: int, colour: np.ndarray, cfg: PanelsConfig) -> bool:
@@ -264,11 +264,18 @@ class _Grid:
         self.seps = tuple(self._gutter_sized(self.seps[i], i) for i in (0, 1))
         self.trim = tuple((t[0], t[1], self._gutter_sized(t[2], i)) for i, t in enumerate(self.trim))
 
+    def lines(self, axis: int) -> np.ndarray:
+        """The whole image's sampled lines along ``axis`` (``_lines(a, axis, _SAMPLES)``), built once."""
+        cache = self.__dict__.setdefault("_lines", {})
+        if axis not in cache:
+            cache[axis] = _lines(self.a, axis, _SAMPLES)
+        return cache[axis]
+
     def profile(self, axis: int) -> np.ndarray:
         """The edge profile of the whole image along ``axis`` (panel_verify.edge_profile), computed once."""
         cache = self.__dict__.setdefault("_profiles", {})
         if axis not in cache:
-            cache[axis] = edge_profile(_lines(self.a, axis, _SAMPLES), self.cfg)
+            cache[axis] = edge_profile(self.lines(axis), self.cfg)
         return cache[axis]
 
     def n_px(self, axis: int) -> int:
@@ -286,7 +293,9 @@ class _Grid:
 
     def _analyse(self, y0: int, y1: int, x0: int, x1: int):
         """Separators of rows measured between columns x0:x1, of columns between rows y0:y1."""
-        rows, cols = _lines(self.a[:, x0:x1], 0, _SAMPLES), _lines(self.a[y0:y1], 1, _SAMPLES)
+        full_x, full_y = (x0, x1) == (0, self.w), (y0, y1) == (0, self.h)
+        rows = self.lines(0) if full_x else _lines(self.a[:, x0:x1], 0, _SAMPLES)
+        cols = self.lines(1) if full_y else _lines(self.a[y0:y1], 1, _SAMPLES)
         row_runs, col_runs = _uniform_runs(rows, self.cfg), _uniform_runs(cols, self.cfg)
         found = (_separators(rows, row_runs, self.cfg), _separators(cols, col_runs, self.cfg))
         background = found[0][1] + found[1][1]
@@ -409,7 +418,7 @@ def _margin_as_gutter(g: _Grid, axis: int, found: _AxisGutters) -> str:
     for (a0, a1), (b0, b1) in zip(segs, segs[1:], strict=False):
         for p0, p1 in ((a0, a1), (b0, b1)):
             panel = g.a[p0:p1:4, across] if axis == 0 else g.a[across, p0:p1:4]
-            share = float((np.abs(panel - colour).max(axis=2) <= g.cfg.uniform_tolerance).mean())
+            share = float((channel_max(np.abs(panel - colour)) <= g.cfg.uniform_tolerance).mean())
             if share >= 0.3:
                 return (f"the band at {a1}-{b0} px has the colour of the panel beside it ({share:.0%} of it): "
                         "a flat panel's margin, not a gutter")  # fmt: skip
@@ -489,7 +498,7 @@ def _clean_side(g: _Grid, axis: int, across: slice, colour: np.ndarray, x: int, 
     if float(f[max(0, x - 2) : x + 3].max(initial=0)) >= g.cfg.min_edge_fraction:
         return True
     inside = x if step < 0 else x - 1  # the gutter's line at that side
-    far = np.abs(line(outside + 2 * step) - line(inside)).max(axis=1) > 2 * g.cfg.uniform_tolerance
+    far = channel_max(np.abs(line(outside + 2 * step) - line(inside))) > 2 * g.cfg.uniform_tolerance
     return float(far.mean()) >= 0.5
 
 
