@@ -13,9 +13,11 @@ def node_list() -> list:
     from .eval import DSDIdentityScore
     from .guidance import DSDGuider
     from .loaders import DSDAdapterLoader
+    from .multiref import DSDMultiReferenceConditioning
     from .prompt import DSDPromptEnhance
 
     nodes = [DSDAdapterLoader, DSDReferenceConditioning, DSDGuider, DSDSplitCanvas, DSDControlHintToFrame,
              DSDIdentityScore]
     nodes.append(DSDPromptEnhance)
+    nodes.append(DSDMultiReferenceConditioning)
     return nodes

@@ -1,4 +1,4 @@
-"""DSD Control Hint To Frame: a ControlNet hint sized to the two-frame canvas, hint in frame two.
+"""DSD Control Hint To Frame: a ControlNet hint sized to the DSD canvas, hint in the last (result) frame.
 
 ComfyUI's stock Apply ControlNet then works on the DSD canvas: frame one gets black (no control)
 or the reference's own hint, frame two the hint for the result.
@@ -19,7 +19,8 @@ def _fit(image, layout: CanvasLayout) -> torch.Tensor:
 
 
 def hint_canvas(hint, layout: CanvasLayout, reference_hint=None) -> torch.Tensor:
-    """``[B, H, W, 3]`` in 0..1: frame one black or ``reference_hint``, frame two ``hint``."""
+    """``[B, H, W, 3]`` in 0..1: frame one black or ``reference_hint``, the last frame ``hint``; further reference
+    frames of a multi-reference canvas black (no control)."""
     right = _fit(hint, layout)
     left = _fit(reference_hint, layout) if reference_hint is not None else torch.zeros_like(right[:1])
     b = max(right.shape[0], left.shape[0])
@@ -28,7 +29,8 @@ def hint_canvas(hint, layout: CanvasLayout, reference_hint=None) -> torch.Tensor
             f"DSD Control Hint To Frame: hint batch {right.shape[0]} and reference hint batch {left.shape[0]} do not "
             "match; give the same number of images or a single one."
         )
-    canvas = torch.cat([left.expand(b, -1, -1, -1), right.expand(b, -1, -1, -1)], dim=-1)
+    black = [torch.zeros_like(right[:1]).expand(b, -1, -1, -1)] * (layout.references - 1)
+    canvas = torch.cat([left.expand(b, -1, -1, -1), *black, right.expand(b, -1, -1, -1)], dim=-1)
     return canvas.permute(0, 2, 3, 1).contiguous()
 
 

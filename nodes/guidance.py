@@ -24,11 +24,12 @@ import comfy.patcher_extension
 import comfy.samplers
 import node_helpers
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..dsd.sampler import GuidanceConfig
+from ..dsd.weights.adapter import check_reference_count
 from .errors import DSDNodeError, require_finite
-from .patch import has_dsd, with_zero_tokens
+from .patch import has_dsd, reference_count, trained_references, with_zero_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ def step_index(timestep: torch.Tensor, model_options: dict) -> int | None:
         return None
     t = float(timestep.reshape(-1)[0])
     return int(torch.argmin((sigmas.to(torch.float64).cpu() - t).abs()))
+
+
+def reference_warning(model, positive) -> str | None:
+    """A warning (logged, and shown as the node's text) when the conditioning carries more references than the
+    model's DSD adapter was trained with; None when it fits. Never an error: an adapter trained with one
+    reference still sees every frame, it only has not learned to combine them."""
+    message = check_reference_count(reference_count(positive), list(trained_references(model)), "the DSD adapter")
+    return f"DSD Guider: {message}" if message else None
 
 
 def has_easycache(model) -> bool:
@@ -138,8 +147,9 @@ class DSDGuider(io.ComfyNode):
         if text_guidance != 1.0 and not config.true_cfg:
             logger.warning("DSD Guider: text_guidance=%s has no effect with image_guidance <= 1: DSD's true CFG runs "
                            "only when image_guidance > 1 (as in the authors' code)", text_guidance)  # fmt: skip
+        warning = reference_warning(model, positive)
         guider = GuiderDSD(model)
         guider.set_guidance(config)
         guider.set_conds(positive, negative)
         guider.set_cfg(1.0)
-        return io.NodeOutput(guider)
+        return io.NodeOutput(guider, ui=ui.PreviewText(warning) if warning else None)

@@ -11,7 +11,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..dsd.weights.adapter import load_adapter
+from ..dsd.weights.adapter import load_adapter, trained_references
 from ..dsd.weights.errors import WeightsError
 from ..dsd.weights.lora import lora_to_state_dict
 from ..dsd.weights.release import (
@@ -61,8 +61,9 @@ def _release_root(path: Path) -> Path | None:
     return None
 
 
-def read_dsd_weights(path: Path) -> tuple[dict, dict]:
-    """``(c_embedder tensors, LoRA pairs)`` from a DSD adapter file or the authors' release."""
+def read_dsd_weights(path: Path) -> tuple[dict, dict, tuple[int, ...]]:
+    """``(c_embedder tensors, LoRA pairs, trained reference counts)`` from a DSD adapter file or the authors'
+    release (trained with one reference)."""
     root = _release_root(path)
     try:
         if root is not None:
@@ -72,9 +73,9 @@ def read_dsd_weights(path: Path) -> tuple[dict, dict]:
                 raise DSDAdapterError(
                     f"{public_path(root)}: the DSD release has no {RELEASE_LORA_NAME}; download it beside transformer/."
                 )
-            return info.c_embedder, load_release_lora(lora_path)
+            return info.c_embedder, load_release_lora(lora_path), (1,)
         adapter = load_adapter(path)
-        return adapter.c_embedder, adapter.lora
+        return adapter.c_embedder, adapter.lora, tuple(trained_references(adapter))
     except WeightsError as exc:
         raise DSDAdapterError(
             f"DSD Adapter Loader: {public_text(str(exc))} Choose a DSD adapter (.safetensors from `python -m dsd convert`) or the authors' "
@@ -134,11 +135,12 @@ class DSDAdapterLoader(io.ComfyNode):
         flux_params(model)
         progress = comfy.utils.ProgressBar(3)
         path = resolve_adapter(adapter)
-        c_emb, pairs = read_dsd_weights(path)
+        c_emb, pairs, trained = read_dsd_weights(path)
         progress.update(1)
-        patched = apply_condition_embedder(model, c_emb["c_embedder.weight"], c_emb.get("c_embedder.bias"))
+        patched = apply_condition_embedder(model, c_emb["c_embedder.weight"], c_emb.get("c_embedder.bias"), trained)
         progress.update(1)
         patched, count = apply_lora(patched, pairs, strength, public_path(path))
         progress.update(1)
-        logger.info("DSD: %s -> embedder + %d LoRA modules (strength %.2f)", path.name, count, strength)
+        logger.info("DSD: %s -> embedder + %d LoRA modules (strength %.2f), trained for k = %s reference(s)",
+                    path.name, count, strength, list(trained))  # fmt: skip
         return io.NodeOutput(patched)

@@ -32,7 +32,15 @@ WRAPPER_KEY = "dsd"
 
 class DSDTokens(comfy.conds.CONDRegular):
     """Packed condition tokens ``[B, N, 64]``: batch 1 broadcasts, any other mismatch is an error
-    (ComfyUI's CONDRegular would silently repeat or truncate)."""
+    (ComfyUI's CONDRegular would silently repeat or truncate). ``references`` is the canvas's k (reference
+    frames), carried so DSD Guider can compare it with what the adapter was trained for."""
+
+    def __init__(self, cond: torch.Tensor, references: int = 1) -> None:
+        super().__init__(cond)
+        self.references = references
+
+    def _copy_with(self, cond):
+        return self.__class__(cond, self.references)
 
     def process_cond(self, batch_size, **kwargs):
         b = self.cond.shape[0]
@@ -90,14 +98,17 @@ class ConditionEmbedder(torch.nn.Module):
 
 
 class DSDPostInput:
-    """The ``post_input`` patch; :meth:`bind` gives a per-call copy carrying that batch's tokens."""
+    """The ``post_input`` patch; :meth:`bind` gives a per-call copy carrying that batch's tokens.
+    ``trained_references``: the reference counts k the adapter was trained with (its metadata)."""
 
-    def __init__(self, embedder: ConditionEmbedder, tokens: torch.Tensor | None = None) -> None:
+    def __init__(self, embedder: ConditionEmbedder, tokens: torch.Tensor | None = None,
+                 trained_references: tuple[int, ...] = (1,)) -> None:  # fmt: skip
         self.embedder = embedder
         self.tokens = tokens
+        self.trained_references = tuple(trained_references)
 
     def bind(self, tokens: torch.Tensor | None) -> DSDPostInput:
-        return DSDPostInput(self.embedder, tokens)
+        return DSDPostInput(self.embedder, tokens, self.trained_references)
 
     def to(self, device):  # ModelPatcher may move patches with the model
         return self
@@ -152,7 +163,8 @@ def _warn_no_tokens() -> None:
         )
 
 
-def apply_condition_embedder(model_patcher, weight: torch.Tensor, bias: torch.Tensor | None):
+def apply_condition_embedder(model_patcher, weight: torch.Tensor, bias: torch.Tensor | None,
+                             trained_references: tuple[int, ...] = (1,)):  # fmt: skip
     """Clone ``model_patcher`` with the DSD embedder patch and wrapper; the base weights are not touched."""
     params = flux_params(model_patcher)
     if tuple(weight.shape) != (params.hidden_size, FLUX_PACKED_CHANNELS):
@@ -162,30 +174,47 @@ def apply_condition_embedder(model_patcher, weight: torch.Tensor, bias: torch.Te
             "(DSD's release is for FLUX.1-dev, hidden size 3072)."
         )
     m = model_patcher.clone()
-    m.set_model_post_input_patch(DSDPostInput(ConditionEmbedder(weight, bias)))
+    m.set_model_post_input_patch(DSDPostInput(ConditionEmbedder(weight, bias), trained_references=trained_references))
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, dsd_diffusion_wrapper)
     return m
 
 
-def has_dsd(model_patcher) -> bool:
+def _dsd_patches(model_patcher) -> list[DSDPostInput]:
     post = model_patcher.model_options.get("transformer_options", {}).get("patches", {}).get("post_input", [])
-    return any(isinstance(p, DSDPostInput) for p in post)
+    return [p for p in post if isinstance(p, DSDPostInput)]
 
 
-def with_condition_tokens(conditioning: list, tokens: torch.Tensor) -> list:
-    """Conditioning with DSD tokens in ``model_conds`` (other model_conds kept)."""
+def has_dsd(model_patcher) -> bool:
+    return bool(_dsd_patches(model_patcher))
+
+
+def trained_references(model_patcher) -> tuple[int, ...]:
+    """The reference counts k the model's DSD adapter was trained with ((1,) for today's adapters)."""
+    patches = _dsd_patches(model_patcher)
+    return patches[-1].trained_references if patches else (1,)
+
+
+def reference_count(conditioning: list) -> int:
+    """The most reference frames any entry of ``conditioning`` carries (0: no DSD tokens)."""
+    counts = [d.get("model_conds", {}).get(MODEL_COND_KEY) for _, d in conditioning]
+    return max((getattr(c, "references", 1) for c in counts if c is not None), default=0)
+
+
+def with_condition_tokens(conditioning: list, tokens: torch.Tensor, references: int = 1) -> list:
+    """Conditioning with DSD tokens (from a canvas of ``references`` reference frames) in ``model_conds``."""
     out = []
     for t, d in conditioning:
         d = d.copy()
         mc = dict(d.get("model_conds", {}))
-        mc[MODEL_COND_KEY] = DSDTokens(tokens)
+        mc[MODEL_COND_KEY] = DSDTokens(tokens, references)
         d["model_conds"] = mc
         out.append([t, d])
     return out
 
 
 def with_zero_tokens(conditioning: list) -> list:
-    """The image-unconditional branch: the same tokens' shape, exactly zero."""
+    """The image-unconditional branch: the same tokens' shape, exactly zero; with k references every reference
+    frame is dropped together (true CFG guides by all references at once)."""
     out = []
     for t, d in conditioning:
         mc = d.get("model_conds", {})
@@ -195,7 +224,8 @@ def with_zero_tokens(conditioning: list) -> list:
             )
         d = d.copy()
         mc = dict(mc)
-        mc[MODEL_COND_KEY] = DSDTokens(torch.zeros_like(mc[MODEL_COND_KEY].cond))
+        tokens = mc[MODEL_COND_KEY]
+        mc[MODEL_COND_KEY] = DSDTokens(torch.zeros_like(tokens.cond), getattr(tokens, "references", 1))
         d["model_conds"] = mc
         out.append([t, d])
     return out

@@ -68,8 +68,9 @@ def test_guider_batches_branches_in_one_call(comfy_host, tiny_flux, tiny_vae, te
 def test_split_canvas_and_hint_frame(comfy_host):
     layout = CanvasLayout(HEIGHT, WIDTH, "crop").to_dict()
     canvas = torch.rand(2, HEIGHT, WIDTH, 3)
-    result, recon = comfy_host.call("DSDSplitCanvas", canvas=canvas, layout=layout)
+    result, recon, recons = comfy_host.call("DSDSplitCanvas", canvas=canvas, layout=layout)
     assert torch.equal(result, canvas[:, :, WIDTH // 2 :]) and torch.equal(recon, canvas[:, :, : WIDTH // 2])
+    assert torch.equal(recons, recon)  # one reference: every reconstruction is frame one
     hint = torch.rand(1, 96, 96, 3)
     (out,) = comfy_host.call("DSDControlHintToFrame", hint=hint, layout=layout)
     assert out.shape == (1, HEIGHT, WIDTH, 3)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 DSD_NODES = ("DSDAdapterLoader", "DSDReferenceConditioning", "DSDGuider", "DSDSplitCanvas", "DSDControlHintToFrame",
-             "DSDIdentityScore")
+             "DSDIdentityScore", "DSDMultiReferenceConditioning")
 
 
 def test_pack_loads_and_nodes_in_object_info(comfy_host):
@@ -16,6 +16,8 @@ def test_pack_loads_and_nodes_in_object_info(comfy_host):
             for name, spec in entry["input"].get(section, {}).items():
                 assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert info["DSDReferenceConditioning"]["output"] == ["CONDITIONING", "CONDITIONING", "LATENT", "DSD_LAYOUT"]
+    assert info["DSDMultiReferenceConditioning"]["output"] == info["DSDReferenceConditioning"]["output"]
     assert info["DSDGuider"]["output"] == ["GUIDER"]
+    assert info["DSDSplitCanvas"]["output"] == ["IMAGE", "IMAGE", "IMAGE"]  # new outputs only ever appended
     # our nodes/ package did not shadow ComfyUI's top-level nodes module
     assert comfy_host.nodes.__file__.endswith("nodes.py")
