@@ -71,7 +71,9 @@ def _pick_dtype(name: str, device):
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ref", required=True, type=Path, help="reference image (any format PIL reads)")
+    p.add_argument("--ref", required=True, type=Path, action="append",
+                   help="reference image (any format PIL reads); repeat it for several pictures of ONE subject "
+                        "(multi-reference DSD: a canvas of k + 1 frames)")
     p.add_argument("--prompt", required=True, help="what to draw with the reference's subject")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--flux", required=True, type=Path, help="diffusers FLUX.1-dev folder (vae, text encoders, tokenizers)")
@@ -84,7 +86,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-guidance", type=float, default=1.0, help="s_i; true CFG runs when > 1")
     p.add_argument("--text-guidance", type=float, default=1.0, help="s_t (used when --image-guidance > 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=1024, help="canvas width (two frames)")
+    p.add_argument("--width", type=int, default=1024,
+                   help="canvas width with one reference (two frames); k references make k + 1 frames of width/2 each")
     p.add_argument("--height", type=int, default=512, help="canvas height")
     p.add_argument("--fit", choices=["crop", "pad", "stretch"], default="crop", help="how the reference fills frame one")
     p.add_argument("--lora-scale", type=float, default=1.0)
@@ -102,19 +105,17 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .canvas import CanvasLayout, tensor_to_pil
-    from .images import UnreadableImage, read_image
     from .io import atomic_path, atomic_write_json
     from .pipeline import DSDPipeline
     from .sampler import GuidanceConfig
 
     layout = CanvasLayout(height=args.height, width=args.width, fit=args.fit)
-    try:  # upright (EXIF), alpha over white: the reference ComfyUI's LoadImage would give
-        ref = read_image(args.ref)
-    except (UnreadableImage, OSError) as exc:
-        raise FileNotFoundError(f"{args.ref}: cannot read the reference image ({exc})") from exc
+    paths = args.ref if isinstance(args.ref, list) else [args.ref]
+    refs = [_read_reference(path) for path in paths]
+    ref = refs[0] if len(refs) == 1 else refs
     prompt = args.prompt
     if getattr(args, "enhance", None):
-        prompt = _enhance(args, ref)
+        prompt = _enhance(args, refs[0])
     device = _pick_device(args.device)
     dtype = _pick_dtype(args.dtype, device)
     t0 = time.perf_counter()
@@ -126,12 +127,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, tensor in [("frame_two", result.frame_two)] + ([("canvas", result.canvas), ("frame_one", result.frame_one)] if args.keep_canvas else []):
+    for name, tensor in _outputs(result, args.keep_canvas):
         path = out / f"{name}_seed{args.seed}.png"
         with atomic_path(path, suffix=".png") as tmp:
             tensor_to_pil(tensor[0]).save(tmp, format="PNG")
         written.append(path)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    settings["ref"] = str(paths[0]) if len(paths) == 1 else [str(path) for path in paths]
     atomic_write_json(
         out / f"settings_seed{args.seed}.json",
         {**settings, "prompt_used": prompt, "vae_encoding": "posterior mean", "predictions": result.stats.predictions},
@@ -140,6 +142,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for path in written:
         emit(f"  {path}")
     return 0
+
+
+def _read_reference(path: Path):
+    from .images import UnreadableImage, read_image
+
+    try:  # upright (EXIF), alpha over white: the reference ComfyUI's LoadImage would give
+        return read_image(path)
+    except (UnreadableImage, OSError) as exc:
+        raise FileNotFoundError(f"{path}: cannot read the reference image ({exc})") from exc
+
+
+def _outputs(result, keep_canvas: bool) -> list[tuple[str, object]]:
+    """The result, and with ``keep_canvas`` the canvas and the reconstruction of every reference frame."""
+    if not keep_canvas:
+        return [("frame_two", result.frame_two)]
+    more = [(f"frame_ref{i}", frame) for i, frame in enumerate(result.frames[1:-1], start=2)]
+    return [("frame_two", result.frame_two), ("canvas", result.canvas), ("frame_one", result.frame_one), *more]
 
 
 def _enhance(args: argparse.Namespace, reference) -> str:

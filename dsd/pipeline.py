@@ -4,18 +4,22 @@ Text encoding reuses diffusers' ``FluxPipeline.encode_prompt`` (CLIP pooled + T5
 exactly as the authors' pipeline). The canvas is VAE-encoded with the posterior MEAN (the
 deterministic choice; the authors sample, which differs negligibly), shifted and scaled
 the FLUX way and packed into condition tokens.
+
+Several references of one subject (multi-reference DSD) make a row canvas of k + 1 frames: the
+same model, position ids over the whole canvas, condition tokens for frames 1..k, and the
+image-unconditioned branch of true CFG zeroes all of them together (docs/method.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .canvas import CanvasLayout, canvas_to_image01, compose_canvas, split_canvas
+from .canvas import CanvasLayout, canvas_to_image01, compose_canvas, split_canvas, split_frames
 from .encoders import FluxEncoders, sampling_sequence_length
 from .model import DSDTransformer
 from .sampler import GuidanceConfig, SamplerStats, TextConditioning, make_noise, sample_tokens
@@ -32,12 +36,30 @@ class GenerateResult:
     frame_two: torch.Tensor  # the result
     tokens: torch.Tensor  # packed final latent tokens (model space)
     stats: SamplerStats
+    frames: list[torch.Tensor] = field(default_factory=list)  # every frame: k reconstructions, then the result
+
+
+def reference_count(reference: Any) -> int:
+    """How many references of one subject ``reference`` holds: a list/tuple of k images is k, anything else 1."""
+    return len(reference) if isinstance(reference, (list, tuple)) else 1
+
+
+def layout_for(reference: Any, layout: CanvasLayout) -> CanvasLayout:
+    """The layout for ``reference``: a list of k images widens a one-reference layout to k + 1 frames of its frame size."""
+    k = reference_count(reference)
+    if k == layout.references or layout.references != 1:
+        return layout  # a layout that already names k is kept (compose_canvas checks the count)
+    return CanvasLayout.from_frame(layout.height, layout.frame_width, references=k, fit=layout.fit, pad_value=layout.pad_value)
 
 
 class DSDPipeline:
-    def __init__(self, model: DSDTransformer, encoders: FluxEncoders) -> None:
+    def __init__(self, model: DSDTransformer, encoders: FluxEncoders, trained_references: list[int] | None = None,
+                 source: str = "the DSD weights") -> None:  # fmt: skip
+        """``trained_references``: the k the weights were trained with ([1]: the authors' release), None: unknown."""
         self.model = model
         self.encoders = encoders
+        self.trained_references = trained_references
+        self.source = source
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -59,7 +81,7 @@ class DSDPipeline:
         ``plain_base`` is ``flux_dir/transformer`` alone (zero embedder: the no-reference baseline).
         ``max_sequence_length``: T5 tokens; None takes the adapter's training length (else 512).
         """
-        from .weights.adapter import load_adapter
+        from .weights.adapter import load_adapter, trained_references
         from .weights.lora import merge_lora
         from .weights.release import find_release_parts, load_release_lora, load_release_transformer
 
@@ -70,9 +92,11 @@ class DSDPipeline:
         length = sampling_sequence_length(max_sequence_length, adapter)
         encoders = FluxEncoders.from_local(flux_dir, device=device, dtype=dtype, with_transformer=release is None,
                                            max_sequence_length=length)  # fmt: skip
+        trained: list[int] | None = [1]  # the authors' release: one reference
         if plain_base:  # ``flux_dir``'s own transformer with a zero embedder: text only, no reference
             model = DSDTransformer(encoders.pipe.transformer)
             encoders.pipe.transformer = None
+            trained = None
         elif release is not None:
             tdir, lora_path = find_release_parts(release)
             if lora_path is None:
@@ -83,11 +107,12 @@ class DSDPipeline:
             model = DSDTransformer(encoders.pipe.transformer)
             encoders.pipe.transformer = None  # the pipeline only serves text encoding from here on
             ad = load_adapter(adapter)
+            trained = trained_references(ad)
             model.load_c_embedder(ad.c_embedder)
             if ad.lora:
                 merge_lora(model.transformer, ad.lora, strength=lora_scale, source=adapter)
         model.to(device)
-        return cls(model=model.eval(), encoders=encoders)
+        return cls(model=model.eval(), encoders=encoders, trained_references=trained, source=str(adapter or release or flux_dir))
 
     # -- pieces ----------------------------------------------------------------------------
     @property
@@ -118,6 +143,15 @@ class DSDPipeline:
         sigmas: torch.Tensor | None = None,
         progress: bool = True,
     ) -> GenerateResult:
+        """``reference``: one image (a batch makes one canvas each), or a list of k images of ONE subject.
+
+        With k references a one-reference ``layout`` is widened to k + 1 frames of its frame size.
+        """
+        layout = layout_for(reference, layout)
+        if layout.references > 1 and self.trained_references is not None:
+            from .weights.adapter import check_reference_count
+
+            check_reference_count(layout.references, self.trained_references, self.source)
         canvas = compose_canvas(reference, layout)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         b = max(canvas.shape[0], len(prompts))
@@ -136,4 +170,5 @@ class DSDPipeline:
         )  # fmt: skip
         image = canvas_to_image01(self.decode_latent(unpack(tokens, h, w)))
         one, two = split_canvas(image, layout)
-        return GenerateResult(canvas=image, frame_one=one, frame_two=two, tokens=tokens, stats=stats)
+        frames = split_frames(image, layout.frames) if layout.references > 1 else [one, two]
+        return GenerateResult(canvas=image, frame_one=one, frame_two=two, tokens=tokens, stats=stats, frames=frames)
