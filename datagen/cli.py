@@ -71,13 +71,14 @@ def _panels(cfg: DatagenConfig, w: Path, progress: bool) -> StageSummary:
 def _curate(cfg: DatagenConfig, w: Path, progress: bool) -> StageSummary:
     from .curate import run_curate
 
-    return run_curate(cfg.curate, w, vlm=cfg.vlm, progress=progress)
+    return run_curate(cfg.curate, w, vlm=cfg.vlm, progress=progress, max_references=cfg.dataset.max_references)
 
 
 def _dataset(cfg: DatagenConfig, w: Path, progress: bool) -> StageSummary:
     from .dataset import run_dataset
+    from .tuples import effective_mode
 
-    return run_dataset(cfg.dataset, w, progress=progress)
+    return run_dataset(cfg.dataset, w, progress=progress, tuple_verdicts=effective_mode(cfg.curate, cfg.vlm))
 
 
 RUNNERS: dict[str, Callable[[DatagenConfig, Path, bool], StageSummary]] = {

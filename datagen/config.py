@@ -25,6 +25,7 @@ TOY_CONFIG = CONFIG_DIR / "toy.toml"
 # "RxC" = rows x columns; 1x2 is two panels side by side.
 LAYOUTS: dict[str, tuple[int, int]] = {"2x2": (2, 2), "1x2": (1, 2), "2x1": (2, 1), "1x3": (1, 3), "3x3": (3, 3)}
 SUBJECT_KINDS = ("object", "character", "scene", "style")
+MAX_REFERENCES = 3  # references per dataset example (issue 20: k <= 3 to start)
 
 
 class DatagenInputError(ValueError):
@@ -110,6 +111,10 @@ class CurateConfig:
     batch_poll_s: float = 30.0
     # A refusal is asked again this many times, each with a rephrased request, before it is final.
     refusal_retries: int = 1
+    # Tuples (k references -> 1 target, with dataset.max_references > 1; datagen/tuples.py): decided from
+    # the pair verdicts ("derived", no request) or by one VLM request per tuple ("vlm").
+    tuple_verdicts: Literal["derived", "vlm"] = "derived"
+    max_tuples_per_grid: int = 6  # per grid and k (a 2x2 grid has 12 tuples with k = 2, 4 with k = 3)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -120,6 +125,8 @@ class CurateConfig:
             raise ConfigError(f"curate.max_image_side must be >= 64, got {self.max_image_side}")
         if not 0 <= self.refusal_retries <= 5:
             raise ConfigError(f"curate.refusal_retries must be in [0, 5], got {self.refusal_retries}")
+        if self.max_tuples_per_grid < 1:
+            raise ConfigError(f"curate.max_tuples_per_grid must be >= 1, got {self.max_tuples_per_grid}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +135,18 @@ class DatasetConfig:
 
     shard_size: int = 1000
     include_rejected: bool = False  # never for training; useful to inspect the VLM's decisions
+    # 1: pairs only (the dataset as before issue 20). 2 or 3: also tuples of k = 2 .. max_references
+    # references from grids of three or more panels (<key>.ref_2.png ..., json "k", index column "k").
+    max_references: int = 1
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise ConfigError("dataset.shard_size must be >= 1")
+        if not 1 <= self.max_references <= MAX_REFERENCES:
+            raise ConfigError(
+                f"dataset.max_references must be an integer from 1 (pairs only) to {MAX_REFERENCES}, "
+                f"got {self.max_references!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

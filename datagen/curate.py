@@ -119,14 +119,10 @@ def verdict_record(pair: dict[str, Any], data: dict[str, Any] | None, cfg: Curat
         missing = [k for k in VERDICT_FIELDS if not isinstance(data, dict) or k not in data]
         rec.update(reason=f"malformed answer: missing {', '.join(missing)}")
         return rec
-    try:
-        confidence = float(data["confidence"])
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float range
-        confidence = math.nan
-    if not math.isfinite(confidence):  # NaN or inf is no confidence at all
+    confidence = parse_confidence(data["confidence"])
+    if confidence is None:
         rec.update(reason=f"malformed answer: confidence {data['confidence']!r:.40} is not a finite number")
         return rec
-    confidence = min(1.0, max(0.0, confidence))
     same = data["same_identity"] is True
     rec.update({k: str(data[k]) for k in ("subject", "description_a", "description_b", "reason", "caption")})
     rec.update(same_identity=same, confidence=confidence, verdict="vlm")
@@ -137,6 +133,15 @@ def verdict_record(pair: dict[str, Any], data: dict[str, Any] | None, cfg: Curat
             "different identity" if not same else "low confidence" if confidence < cfg.min_confidence else "empty caption"
         )
     return rec
+
+
+def parse_confidence(value: Any) -> float | None:
+    """A VLM's confidence clamped to [0, 1]; None when it is no finite number (NaN, inf, text)."""
+    try:
+        confidence = float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float range
+        return None
+    return min(1.0, max(0.0, confidence)) if math.isfinite(confidence) else None
 
 
 def _base_record(pair: dict[str, Any]) -> dict[str, Any]:
@@ -191,8 +196,9 @@ def _pairs(workdir: Path, cfg: CurateConfig) -> list[dict[str, Any]]:
     return pairs[: cfg.max_pairs] if cfg.max_pairs else pairs
 
 
-def run_curate(cfg: CurateConfig, workdir: Path, *, vlm=None, progress: bool = True) -> StageSummary:
-    """Write ``workdir/curate/verdicts.jsonl`` for every pair of ``workdir/panels/pairs.jsonl``; resumable."""
+def run_curate(cfg: CurateConfig, workdir: Path, *, vlm=None, progress: bool = True, max_references: int = 1) -> StageSummary:
+    """Write ``workdir/curate/verdicts.jsonl`` for every pair of ``workdir/panels/pairs.jsonl``; resumable.
+    With ``max_references`` > 1, then the tuples' verdicts (datagen/tuples.py)."""
     from tqdm import tqdm
 
     summary = StageSummary("curate")
@@ -213,6 +219,10 @@ def run_curate(cfg: CurateConfig, workdir: Path, *, vlm=None, progress: bool = T
                     with tqdm(total=len(todo), desc="curate", unit="pair", disable=not progress,
                               mininterval=0.5) as run.bar:
                         _run_online(run, todo)
+    if max_references > 1:
+        from .tuples import run_tuples
+
+        run_tuples(cfg, workdir, vlm, max_references, summary)
     return summary.stop()
 
 
@@ -230,6 +240,11 @@ class _CurateRun:
     errors: ItemErrors
     provider: Any = None
     bar: Any = None
+    kind: Any = None  # how an item becomes a request and a record: _PairKind, or datagen.tuples' TupleKind
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = _PairKind()
 
     def prompt_for(self, pair: dict[str, Any]) -> dict[str, Any]:
         return self.prompts.get(str(pair.get("grid_id")), {})
@@ -243,7 +258,7 @@ class _CurateRun:
         """A pair whose ``step`` raised: a reject ("error" verdict) through the stage's ItemErrors."""
 
         def write(reason: str, category: str) -> None:
-            rec = _base_record(pair)
+            rec = self.kind.base(pair)
             rec.update(reason=reason, reject_reason=category)
             self.record(rec)
 
@@ -252,6 +267,21 @@ class _CurateRun:
     def tick(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
+
+
+class _PairKind:
+    """A (reference, target) pair: one request with two panels. The module's functions are looked up
+    at call time (tests replace ``verdict_record``)."""
+
+    def base(self, pair: dict[str, Any]) -> dict[str, Any]:
+        return _base_record(pair)
+
+    def request(self, run: _CurateRun, pair: dict[str, Any], panel):
+        ref, target = panel(pair["ref_path"]), panel(pair["target_path"])
+        return curate_request(ref, target, run.prompt_for(pair).get("prompt", ""))
+
+    def verdict(self, pair: dict[str, Any], data: Any, cfg: CurateConfig, usage: Any) -> dict[str, Any]:
+        return verdict_record(pair, data, cfg, usage)
 
 
 def _todo(run: _CurateRun, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -329,10 +359,9 @@ def _encode_chunk(run: _CurateRun, chunk: list[dict[str, Any]]):
     kept, requests, bad = [], [], []
     for pair in chunk:
         try:
-            ref, target = panel(pair["ref_path"]), panel(pair["target_path"])
-            request = curate_request(ref, target, run.prompt_for(pair).get("prompt", ""))
+            request = run.kind.request(run, pair, panel)
         except UnreadableImage as exc:
-            rec = _base_record(pair)
+            rec = run.kind.base(pair)
             rec["reason"] = rec["reject_reason"] = str(exc)
             bad.append(rec)
             continue
@@ -349,14 +378,14 @@ def _record_result(run: _CurateRun, pair, result, attempts: int = 1) -> None:
         reason = settle_failure(result, run.summary, "curate stage", counter=VLM_FAILURES)
         if reason is None:
             return
-        rec = _base_record(pair)
+        rec = run.kind.base(pair)
         if _is_refusal(result):
             reason = f"refused {attempts} time(s) (curate.refusal_retries = {run.cfg.refusal_retries}): {reason}"
         rec["reason"] = rec["reject_reason"] = reason
         rec["verdict"] = "refused" if _is_refusal(result) else "malformed"
     else:
         try:
-            rec = verdict_record(pair, result.data, run.cfg, result.usage)
+            rec = run.kind.verdict(pair, result.data, run.cfg, result.usage)
         except Exception as exc:  # noqa: BLE001 - one answer that breaks the parser is its pair's reject
             run.raised(pair, "verdict", exc)
             return

@@ -11,6 +11,12 @@ written to a temporary file and renamed; ``dataset/shards.jsonl`` remembers whic
 whose panel is missing or does not decode is left out of its shard, not the dataset: it counts as
 a reject, and ``shards.jsonl`` keeps it with its reason under the shard's ``dropped``.
 
+Tuples (issue 20, ``dataset.max_references`` > 1): a sample with k references holds
+``<key>.ref.png``, ``<key>.ref_2.png`` ... ``<key>.ref_<k>.png``, ``<key>.target.png`` and
+``<key>.json`` with ``"k": k`` (absent = 1; caption = the target's); the index then has a
+nullable int column ``k``. With ``max_references = 1`` (the default) the output is exactly the
+pairs-only dataset, shard bytes and index columns alike.
+
 The authors' layout is one parquet file with ``image`` (target), ``conditioning`` (reference)
 - each a ``{"bytes": png}`` struct (Hugging Face ``Image`` feature) or raw bytes - and
 ``caption``. ``export_authors`` writes it from our shards; ``import_authors`` turns one into our
@@ -50,15 +56,27 @@ class Sample:
     meta: dict[str, Any]  # the <key>.json payload
     ref: Path | bytes
     target: Path | bytes
+    more_refs: tuple[Path | bytes, ...] = ()  # a tuple's references 2..k (<key>.ref_2.png ...); () for a pair
+
+    @property
+    def refs(self) -> tuple[Path | bytes, ...]:
+        return (self.ref, *self.more_refs)
+
+    def members(self) -> list[tuple[str, Path | bytes]]:
+        """(member suffix, source) in tar order: ref.png[, ref_2.png ...], target.png (pairs as before issue 20)."""
+        extra = [(f"ref_{i}.png", src) for i, src in enumerate(self.more_refs, start=2)]
+        return [("ref.png", self.ref), *extra, ("target.png", self.target)]
 
 
-def _index_schema():
+def _index_schema(with_k: bool = False):
+    """The index columns; ``with_k`` (a dataset with tuples) adds the nullable "k" (references per sample)."""
     import pyarrow as pa
 
-    return pa.schema([
+    fields = [
         ("key", pa.string()), ("shard", pa.string()), ("caption", pa.string()), ("grid_id", pa.string()),
         ("seed", pa.int64()), ("prompt", pa.string()), ("subject", pa.string()), ("confidence", pa.float64()),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    return pa.schema(fields + [("k", pa.int64())] if with_k else fields)
 
 
 def _png_bytes(src: Path | bytes, what: str) -> bytes:
@@ -97,7 +115,7 @@ def shard_spec(samples: list[Sample]) -> str:
     h = hashlib.sha1()
     for s in samples:
         h.update(s.key.encode() + b"\0" + _meta_bytes(s.meta))
-        for src in (s.ref, s.target):
+        for _, src in s.members():
             h.update(str(src).encode() if isinstance(src, Path) else hashlib.sha1(src).digest())
     return h.hexdigest()
 
@@ -109,7 +127,7 @@ def write_shard(dest: Path, samples: list[Sample]) -> dict[str, str]:
     with atomic_path(dest, suffix=".tar") as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
             try:
-                ref, target = _png_bytes(s.ref, f"{s.key}.ref.png"), _png_bytes(s.target, f"{s.key}.target.png")
+                members = [(name, _png_bytes(src, f"{s.key}.{name}")) for name, src in s.members()]
             except DatagenInputError as exc:
                 logger.warning("dataset: sample %s left out: %s", s.key, exc)
                 dropped[s.key] = str(exc)
@@ -117,8 +135,8 @@ def write_shard(dest: Path, samples: list[Sample]) -> dict[str, str]:
             except Exception as exc:  # noqa: BLE001 - one sample's failure leaves it out, not the stage
                 dropped[s.key] = item_failure("dataset", s.key, "decode", exc)[0]
                 continue
-            _member(tar, f"{s.key}.ref.png", ref)
-            _member(tar, f"{s.key}.target.png", target)
+            for name, data in members:
+                _member(tar, f"{s.key}.{name}", data)
             _member(tar, f"{s.key}.json", _meta_bytes(s.meta))
     return dropped
 
@@ -128,22 +146,26 @@ def _drop_category(reason: str) -> str:
     return "unreadable image" if reason.startswith("unreadable image") else reason.split(":", 1)[0]
 
 
-def _index_row(s: Sample, shard: str) -> dict[str, Any]:
+def _index_row(s: Sample, shard: str, with_k: bool = False) -> dict[str, Any]:
     m = s.meta
     seed = m.get("seed")
     conf = m.get("confidence")
-    return {
+    row = {
         "key": s.key, "shard": shard, "caption": m.get("caption", ""), "grid_id": m.get("grid_id") or "",
         "seed": int(seed) if isinstance(seed, int) else None, "prompt": m.get("prompt") or "",
         "subject": m.get("subject") or "", "confidence": float(conf) if isinstance(conf, int | float) else None,
     }  # fmt: skip
+    if with_k:
+        row["k"] = len(s.refs)
+    return row
 
 
 def write_dataset(
     samples: Iterable[Sample], out_dir: Path, shard_size: int, summary: StageSummary, progress: bool = True,
-    total: int | None = None,
+    total: int | None = None, with_k: bool = False,
 ) -> int:
-    """Shards of ``shard_size`` samples (in the given order) + index.parquet; returns the shard count."""
+    """Shards of ``shard_size`` samples (in the given order) + index.parquet; returns the shard count.
+    ``with_k``: the index gets the "k" column (a dataset made with ``dataset.max_references`` > 1)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -155,23 +177,27 @@ def write_dataset(
     bar = tqdm(total=total, desc="dataset", unit="sample", disable=not progress, mininterval=0.5)
     with RecordLog(out_dir / "shards.jsonl") as written:
         batch: list[Sample] = []
+        last = {str(r["shard"]): r for r in written.records()}  # each shard's latest write
 
         def flush() -> None:
             nonlocal n_shards
             name = SHARD_PATTERN.format(n_shards)
             spec = shard_spec(batch)
             done_id = f"{name}:{spec}"
-            earlier = written.get(done_id)
-            if earlier is not None and (out_dir / name).is_file():
+            earlier = last.get(name)
+            if earlier is not None and str(earlier["id"]).split("#")[0] == done_id and (out_dir / name).is_file():
                 dropped = earlier.get("dropped", {})
                 summary.skipped_done += len(batch) - len(dropped)
             else:
                 dropped = write_shard(out_dir / name, batch)
-                written.append({"id": done_id, "shard": name, "samples": len(batch) - len(dropped), "dropped": dropped})
+                # a content written before (then replaced by another) gets a fresh id: the log keeps first records
+                record_id = done_id if done_id not in written else f"{done_id}#{len(written)}"
+                last[name] = {"id": record_id, "shard": name, "samples": len(batch) - len(dropped), "dropped": dropped}
+                written.append(last[name])
             for reason in dropped.values():
                 summary.reject(_drop_category(reason))
             kept = [s for s in batch if s.key not in dropped]
-            rows.extend(_index_row(s, name) for s in kept)
+            rows.extend(_index_row(s, name, with_k) for s in kept)
             summary.items_out += len(kept)
             bar.update(len(batch))
             n_shards += 1
@@ -189,7 +215,7 @@ def write_dataset(
     for stale in sorted(out_dir.glob("shard-*.tar")):
         if int(stale.stem.split("-")[1]) >= n_shards:
             stale.unlink()
-    table = pa.Table.from_pylist(rows, schema=_index_schema())
+    table = pa.Table.from_pylist(rows, schema=_index_schema(with_k))
     with atomic_path(out_dir / "index.parquet", suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
     return n_shards
@@ -226,11 +252,47 @@ def _curated_samples(workdir: Path, include_rejected: bool) -> list[Sample]:
     return out
 
 
-def run_dataset(cfg: DatasetConfig, workdir: Path, *, progress: bool = True) -> StageSummary:
-    """Write ``workdir/dataset`` (shards + index.parquet) from the curated pairs."""
+def _tuple_samples(workdir: Path, cfg: DatasetConfig, mode: str) -> list[Sample]:
+    """The curated tuples (k = 2 .. ``cfg.max_references``) of ``curate/tuples.<mode>.jsonl`` as samples."""
+    from .curate import prompt_index, resolve_path
+    from .tuples import candidate_tuples, read_tuple_verdicts
+
+    items = {t["id"]: t for t in candidate_tuples(workdir, cfg.max_references, 1 << 30)}
+    prompts = prompt_index(workdir)
+    base = workdir / "panels"
+    out = []
+    for v in sorted(read_tuple_verdicts(workdir, mode), key=lambda r: str(r["id"])):
+        item = items.get(str(v["id"]))
+        if item is None or not (v.get("accepted") or cfg.include_rejected):
+            continue  # a tuple of a larger max_references than this dataset's
+        prompt = prompts.get(str(item["grid_id"]), {})
+        verdict = {k: v.get(k) for k in ("accepted", "verdict", "subject", "descriptions", "same_identity",
+                                         "confidence", "reason")}  # fmt: skip
+        meta = {
+            "caption": v.get("caption", ""), "verdict": verdict, "grid_id": item["grid_id"], "seed": prompt.get("seed"),
+            "prompt": prompt.get("prompt", ""), "prompt_id": prompt.get("id"),
+            "subject": v.get("subject") or prompt.get("subject", ""), "confidence": v.get("confidence"),
+            "tuple_id": v["id"], "k": item["k"], "ref_index": item["ref_indices"][0], "ref_indices": item["ref_indices"],
+            "target_index": item["target_index"],
+        }  # fmt: skip
+        refs = [resolve_path(p, base) for p in item["ref_paths"]]
+        out.append(Sample(str(v["id"]).replace(".", "_"), meta, refs[0], resolve_path(item["target_path"], base),
+                          tuple(refs[1:])))
+    return out
+
+
+def run_dataset(cfg: DatasetConfig, workdir: Path, *, progress: bool = True, tuple_verdicts: str = "derived") -> StageSummary:
+    """Write ``workdir/dataset`` (shards + index.parquet) from the curated pairs, and with
+    ``cfg.max_references`` > 1 the curated tuples of ``curate/tuples.<tuple_verdicts>.jsonl``."""
     summary = StageSummary("dataset")
     samples = _curated_samples(workdir, cfg.include_rejected)
-    return _write_stage(summary, samples, workdir / "dataset", cfg.shard_size, progress, total=len(samples))
+    with_k = cfg.max_references > 1
+    if with_k:
+        samples = sorted(samples + _tuple_samples(workdir, cfg, tuple_verdicts), key=lambda s: s.key)
+        summary.extra["tuples (k > 1)"] = sum(1 for s in samples if s.more_refs)
+    summary.extra["shards"] = write_dataset(samples, workdir / "dataset", cfg.shard_size, summary, progress,
+                                            total=len(samples), with_k=with_k)  # fmt: skip
+    return summary.stop()
 
 
 def _write_stage(summary: StageSummary, samples: Iterable[Sample], out_dir: Path, shard_size: int, progress: bool,
@@ -240,8 +302,8 @@ def _write_stage(summary: StageSummary, samples: Iterable[Sample], out_dir: Path
 
 
 # ---------------------------------------------------------------- reading back
-def iter_dataset(dataset_dir: Path) -> Iterator[tuple[str, bytes, bytes, dict[str, Any]]]:
-    """(key, ref_png, target_png, meta) for every sample, in index order."""
+def iter_samples(dataset_dir: Path) -> Iterator[tuple[str, list[bytes], bytes, dict[str, Any]]]:
+    """(key, [ref_png, ref_2_png, ...], target_png, meta) for every sample, in index order (k = len(refs))."""
     import pyarrow.parquet as pq
 
     index_path = dataset_dir / "index.parquet"
@@ -263,7 +325,15 @@ def iter_dataset(dataset_dir: Path) -> Iterator[tuple[str, bytes, bytes, dict[st
                 members[key][ext] = fh.read()
         for key in order:
             m = members[key]
-            yield key, m["ref.png"], m["target.png"], json.loads(m["json"])
+            meta = json.loads(m["json"])
+            refs = [m["ref.png"], *(m[f"ref_{i}.png"] for i in range(2, int(meta.get("k") or 1) + 1))]
+            yield key, refs, m["target.png"], meta
+
+
+def iter_dataset(dataset_dir: Path) -> Iterator[tuple[str, bytes, bytes, dict[str, Any]]]:
+    """(key, ref_png, target_png, meta) for every sample, in index order (a tuple's first reference)."""
+    for key, refs, target, meta in iter_samples(dataset_dir):
+        yield key, refs[0], target, meta
 
 
 # ---------------------------------------------------------------- the authors' layout
@@ -278,7 +348,8 @@ def _image_cell(value: Any, path: Path, row: int, column: str) -> bytes:
 
 
 def export_authors(workdir: Path, out: Path, *, row_group: int = 256, progress: bool = True) -> int:
-    """Write our dataset as the authors' parquet (image = target, conditioning = reference, caption)."""
+    """Write our dataset as the authors' parquet (image = target, conditioning = reference, caption); pairs
+    only (a tuple with k > 1 references has no place in that layout)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -289,6 +360,8 @@ def export_authors(workdir: Path, out: Path, *, row_group: int = 256, progress: 
     with atomic_path(out, suffix=".parquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
         rows: list[dict[str, Any]] = []
         for _key, ref, target, meta in tqdm(iter_dataset(workdir / "dataset"), desc="export", disable=not progress):
+            if int(meta.get("k") or 1) != 1:
+                continue  # the authors' layout holds pairs only: one conditioning image per row
             rows.append({"image": {"bytes": target, "path": None}, "conditioning": {"bytes": ref, "path": None},
                          "caption": meta.get("caption", "")})
             if len(rows) >= row_group:
