@@ -59,6 +59,15 @@ def curate_answer(a: Reading, b: Reading) -> dict:
     }
 
 
+def tuple_answer(pictures: list[Reading]) -> dict:
+    """Issue 20's tuple question: do all k + 1 pictures show one identity? The caption is the last one's."""
+    same = all(p.found for p in pictures) and all(identity_score(pictures[0], p) == 1.0 for p in pictures[1:])
+    odd = [i + 1 for i, p in enumerate(pictures) if not p.found or identity_score(pictures[0], p) < 1.0]
+    return {"subject": "a flat shape", "descriptions": [describe(p) for p in pictures], "same_identity": bool(same),
+            "confidence": 0.95, "reason": "every identity feature agrees" if same else f"image(s) {odd} differ from image 1",
+            "caption": caption_for(pictures[-1])}  # fmt: skip
+
+
 def cp_answer(ref: Reading, out: Reading) -> dict:
     score = identity_score(ref, out)
     return {
@@ -82,6 +91,8 @@ def toy_responder(request) -> dict | str:
     pictures = [_picture(b) for b in request.images]
     if "same_identity" in props and len(pictures) == 2:
         return curate_answer(*pictures)
+    if "same_identity" in props and len(pictures) > 2:  # a tuple (issue 20)
+        return tuple_answer(pictures)
     if "reference_features" in props and len(pictures) == 2:
         return cp_answer(*pictures)
     if "prompt_elements" in props and len(pictures) == 1:
