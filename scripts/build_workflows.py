@@ -72,8 +72,14 @@ NODE_SPECS: dict[str, tuple[list[tuple[str, str]], list[str], list[tuple[str, st
         ["image_guidance", "text_guidance", "cfg_start_step"],
         [("GUIDER", "GUIDER")],
     ),
+    "DSDMultiReferenceConditioning": (
+        [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"), ("image_1", "IMAGE"),
+         ("image_2", "IMAGE"), ("image_3", "IMAGE")],
+        ["frame_width", "height", "fit", "batch_size"],
+        [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT"), ("layout", "DSD_LAYOUT")],
+    ),
     "DSDSplitCanvas": ([("canvas", "IMAGE"), ("layout", "DSD_LAYOUT")], [],
-                       [("result", "IMAGE"), ("reconstruction", "IMAGE")]),
+                       [("result", "IMAGE"), ("reconstruction", "IMAGE"), ("reconstructions", "IMAGE")]),
     "DSDControlHintToFrame": ([("hint", "IMAGE"), ("layout", "DSD_LAYOUT"), ("reference_hint", "IMAGE")], [],
                               [("hint", "IMAGE")]),
     "DSDPromptEnhance": ([("image", "IMAGE")], ["prompt", "provider", "model", "enabled", "base_url"],
@@ -108,6 +114,9 @@ CONTROLNET = "flux_depth_controlnet.safetensors"
 STYLE_LORA = "flux_style_lora.safetensors"  # any FLUX.1-dev LoRA (models/loras)
 CLIP_VISION = "sigclip_vision_patch14_384.safetensors"  # the SigLIP file FLUX Redux users already have
 REFERENCE_IMAGE = "dsd_reference.png"
+# More pictures of the same subject for the multi-reference workflow (the robot from behind and in profile).
+VIEW_IMAGES = {"back": "dsd_reference_back.png", "side": "dsd_reference_side.png"}
+FRAME = 512  # each frame of the multi-reference canvas
 HINT_IMAGE = "dsd_depth_hint.png"
 CANVAS_W, CANVAS_H = 1024, 512
 STEPS = 28
@@ -158,8 +167,8 @@ MODELS_NOTE = (
 )
 
 
-def _base(g: Graph, prompt_text: str | None = PROMPT, batch_size: int = 1) -> dict[str, Node]:
-    """Loaders, text, DSD model and reference conditioning shared by every workflow."""
+def _loaders(g: Graph, prompt_text: str | None = PROMPT) -> dict[str, Node]:
+    """Loaders, reference image, text and the DSD model: what every workflow shares."""
     unet = g.add("UNETLoader", (40, 60), unet_name=FLUX_UNET, weight_dtype="default")
     clip = g.add("DualCLIPLoader", (40, 200), clip_name1=CLIP_L, clip_name2=T5XXL, type="flux", device="default")
     vae = g.add("VAELoader", (40, 380), vae_name=FLUX_VAE)
@@ -171,15 +180,22 @@ def _base(g: Graph, prompt_text: str | None = PROMPT, batch_size: int = 1) -> di
     dsd = g.add("DSDAdapterLoader", (420, 430), model=out(unet), adapter=DSD_ADAPTER, strength=1.0)
     sampling = g.add("ModelSamplingFlux", (860, 430), model=out(dsd), max_shift=1.15, base_shift=0.5,
                      width=CANVAS_W, height=CANVAS_H)
-    ref = g.add("DSDReferenceConditioning", (860, 180), size=(340, 220), positive=out(guided), negative=out(neg),
-                vae=out(vae), image=out(image), width=CANVAS_W, height=CANVAS_H, fit="crop", batch_size=batch_size)
     return {"unet": unet, "clip": clip, "vae": vae, "image": image, "pos": pos, "neg": neg, "guided": guided,
-            "dsd": dsd, "model": sampling, "ref": ref}
+            "dsd": dsd, "model": sampling}
+
+
+def _base(g: Graph, prompt_text: str | None = PROMPT, batch_size: int = 1) -> dict[str, Node]:
+    """The shared loaders plus DSD Reference Conditioning (one reference)."""
+    n = _loaders(g, prompt_text)
+    n["ref"] = g.add("DSDReferenceConditioning", (860, 180), size=(340, 220), positive=out(n["guided"]),
+                     negative=out(n["neg"]), vae=out(n["vae"]), image=out(n["image"]), width=CANVAS_W, height=CANVAS_H,
+                     fit="crop", batch_size=batch_size)
+    return n
 
 
 def _sample(g: Graph, n: dict[str, Node], x: int, y: int, positive, negative, image_guidance: float = 1.0,
             text_guidance: float = 1.0, seed: int = SEED, prefix: str = "DSD/result", latent=None,
-            preview_reconstruction: bool = True, save: bool = True) -> Node:
+            preview_reconstruction: bool = True, save: bool = True, references: int = 1) -> Node:
     guider = g.add("DSDGuider", (x, y), positive=positive, negative=negative, model=out(n["model"]),
                    image_guidance=image_guidance, text_guidance=text_guidance, cfg_start_step=2)
     noise = g.add("RandomNoise", (x, y + 240), noise_seed=seed)
@@ -192,7 +208,10 @@ def _sample(g: Graph, n: dict[str, Node], x: int, y: int, positive, negative, im
     if save:
         g.add("SaveImage", (x + 720, y), size=(400, 420), title="Result (frame two)", images=out(split),
               filename_prefix=prefix)
-    if preview_reconstruction:
+    if preview_reconstruction and references > 1:
+        g.add("PreviewImage", (x + 720, y + 460), size=(400, 260), title="Reconstructions of the references",
+              images=out(split, 2))
+    elif preview_reconstruction:
         g.add("PreviewImage", (x + 720, y + 460), size=(400, 260), title="Reconstruction of the reference (frame one)",
               images=out(split, 1))
     return split
@@ -338,8 +357,33 @@ def dsd_style_lora() -> Graph:
     return g
 
 
+def dsd_multi_reference() -> Graph:
+    g = Graph("dsd_multi_reference", "DSD with several pictures of ONE subject (front, back, side): every view in "
+              "its own frame of one canvas, so details one picture cannot show (the back) carry into the result.")
+    n = _loaders(g, prompt_text="this robot walking away along a beach at noon, seen from behind")
+    front = n["image"]
+    front.title = "Reference 1 (front)"
+    back = g.add("LoadImage", (40, 900), title="Reference 2 (back)", size=(320, 360), image=VIEW_IMAGES["back"])
+    side = g.add("LoadImage", (40, 1300), title="Reference 3 (side, optional)", size=(320, 360),
+                 image=VIEW_IMAGES["side"])
+    width = 4 * FRAME  # three references + the result
+    ref = g.add("DSDMultiReferenceConditioning", (860, 180), size=(360, 260), positive=out(n["guided"]),
+                negative=out(n["neg"]), vae=out(n["vae"]), image_1=out(front), image_2=out(back), image_3=out(side),
+                frame_width=FRAME, height=FRAME, fit="crop", batch_size=1)
+    n["model"].inputs.update(width=width, height=FRAME)
+    _sample(g, {**n, "ref": ref}, 1260, 60, out(ref, 0), out(ref, 1), prefix="DSD/multi_reference", references=3)
+    g.note(MODELS_NOTE.replace("RIGHT half", "RIGHTMOST frame").replace("the left half is the model's redraw of the "
+           "reference", "the frames before it are the model's redraws of the references") +
+           "\n\nThree pictures of the SAME subject, one frame each: a canvas of four 512 x 512 frames (2048 x 512; "
+           "about twice the tokens of dsd_basic, four times the attention). Use an adapter trained with several "
+           "references (metadata dsd_train_references): with one trained for a single reference (the authors' "
+           "release), DSD Guider shows a warning and the extra views may be ignored. For two pictures, disconnect "
+           "Reference 3 and set ModelSamplingFlux's width to 1536.", (40, 1700))
+    return g
+
+
 WORKFLOWS = [dsd_basic, dsd_prompt_enhance, dsd_true_cfg, dsd_controlnet, dsd_batch, dsd_best_of_n, dsd_hires,
-             dsd_style_lora]
+             dsd_style_lora, dsd_multi_reference]
 
 
 # ---------------------------------------------------------------------------------- the formats
@@ -490,7 +534,8 @@ def write_example_inputs(thumbnails, root: Path = EXAMPLE_INPUTS_DIR) -> list[Pa
 
     root.mkdir(exist_ok=True)
     written = []
-    for name, image in ((REFERENCE_IMAGE, thumbnails.reference_frame()), (HINT_IMAGE, thumbnails.depth_hint())):
+    views = [(name, thumbnails.reference_frame(view)) for view, name in VIEW_IMAGES.items()]
+    for name, image in ((REFERENCE_IMAGE, thumbnails.reference_frame()), (HINT_IMAGE, thumbnails.depth_hint()), *views):
         buffer = io.BytesIO()
         image.resize((512, 512), resample=3).save(buffer, "PNG", optimize=True)  # 3: bicubic
         _write_atomic(root / name, buffer.getvalue())

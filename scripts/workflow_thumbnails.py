@@ -32,11 +32,15 @@ def font(size: int) -> ImageFont.ImageFont:
 
 
 # ---------------------------------------------------------------------------------- the subject
-def robot(d: ImageDraw.ImageDraw, cx: int, cy: int, s: float = 1.0, prop: str | None = None) -> None:
-    """The subject whose identity the workflows preserve: a teal robot with a red heart and a gold antenna."""
+def robot(d: ImageDraw.ImageDraw, cx: int, cy: int, s: float = 1.0, prop: str | None = None, view: str = "front") -> None:
+    """The subject whose identity the workflows preserve: a teal robot with a red heart and a gold antenna, and on
+    its back a gold backpack with a white stripe (seen only from behind: what a second reference adds)."""
     def box(x0, y0, x1, y1):
         return [cx + x0 * s, cy + y0 * s, cx + x1 * s, cy + y1 * s]
 
+    if view != "front":
+        robot_other_side(d, box, s, view)
+        return
     d.line(box(0, -62, 0, -48), fill=(90, 90, 90), width=max(1, int(3 * s)))
     d.ellipse(box(-7, -72, 7, -58), fill=GOLD)
     d.rounded_rectangle(box(-30, -48, 30, -8), radius=int(10 * s), fill=TEAL_LIGHT)
@@ -62,17 +66,61 @@ def robot(d: ImageDraw.ImageDraw, cx: int, cy: int, s: float = 1.0, prop: str | 
         d.line(box(38, 24, 54, 24), fill=GOLD, width=max(1, int(4 * s)))
 
 
+def robot_other_side(d: ImageDraw.ImageDraw, box: Callable, s: float, view: str) -> None:
+    """The robot from behind (``back``: the backpack) or in profile (``side``: backpack edge, one eye)."""
+    half = 36 if view == "back" else 22
+    d.line(box(0, -62, 0, -48), fill=(90, 90, 90), width=max(1, int(3 * s)))
+    d.ellipse(box(-7, -72, 7, -58), fill=GOLD)
+    d.rounded_rectangle(box(-half + 6, -48, half - 6, -8), radius=int(10 * s), fill=TEAL_LIGHT)
+    d.rounded_rectangle(box(-half, -4, half, 56), radius=int(12 * s), fill=TEAL)
+    for lx in ((-24, 8) if view == "back" else (-8,)):
+        d.rounded_rectangle(box(lx, 56, lx + 16, 78), radius=int(4 * s), fill=(60, 120, 115))
+    if view == "back":
+        d.rounded_rectangle(box(-24, 2, 24, 46), radius=int(8 * s), fill=GOLD)
+        d.rectangle(box(-24, 20, 24, 28), fill=(250, 250, 250))
+        for ax in (-46, 36):
+            d.rounded_rectangle(box(ax, 2, ax + 10, 40), radius=int(5 * s), fill=TEAL)
+        return
+    d.ellipse(box(6, -36, 20, -22), fill=(255, 255, 255))
+    d.ellipse(box(12, -31, 18, -25), fill=(30, 30, 40))
+    d.rounded_rectangle(box(-34, 2, -20, 46), radius=int(5 * s), fill=GOLD)  # the backpack's edge
+    d.rounded_rectangle(box(-5, 2, 5, 40), radius=int(5 * s), fill=(30, 140, 130))
+
+
 # ---------------------------------------------------------------------------------- scenes
 def gradient(size: tuple[int, int], top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image.Image:
     mask = Image.linear_gradient("L").resize(size)
     return Image.composite(Image.new("RGB", size, bottom), Image.new("RGB", size, top), mask)
 
 
-def reference_frame() -> Image.Image:
+def reference_frame(view: str = "front") -> Image.Image:
     img = gradient((FRAME, FRAME), (242, 240, 235), (214, 210, 202))
     d = ImageDraw.Draw(img)
     d.ellipse([70, 196, 162, 212], fill=(190, 186, 178))
-    robot(d, FRAME // 2, 122, 1.1)
+    robot(d, FRAME // 2, 122, 1.1, view=view)
+    return img
+
+
+VIEWS = ("front", "back", "side")
+
+
+def views_frame() -> Image.Image:
+    """The three references of the multi-reference workflow in one frame: front on top, back and side below."""
+    grid = Image.new("RGB", (FRAME, FRAME), BG)
+    half = (FRAME - 4) // 2
+    grid.paste(reference_frame("front").resize((half, half)), ((FRAME - half) // 2, 0))
+    for i, view in enumerate(VIEWS[1:]):
+        grid.paste(reference_frame(view).resize((half, half)), (i * (half + 4), half + 4))
+    return grid
+
+
+def walk_away_scene() -> Image.Image:
+    """The robot walking away down a beach: its back (the backpack) is what the result has to get right."""
+    img = gradient((FRAME, FRAME), (150, 205, 245), (215, 235, 250))
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, 120, FRAME, 160], fill=(50, 120, 180))
+    d.rectangle([0, 160, FRAME, FRAME], fill=(236, 214, 160))
+    robot(d, 120, 120, 0.9, view="back")
     return img
 
 
@@ -217,7 +265,10 @@ RESULTS: dict[str, Callable[[], Image.Image]] = {
     "dsd_best_of_n": best_of_n_frame,
     "dsd_hires": park_scene,
     "dsd_style_lora": lambda: ImageOps.posterize(castle_scene(), 2),  # a flat "style"
+    "dsd_multi_reference": walk_away_scene,
 }
+REFERENCES: dict[str, Callable[[], Image.Image]] = {"dsd_multi_reference": views_frame}
+REFERENCE_LABELS = {"dsd_multi_reference": "frames 1-3: references"}
 EXTRAS: dict[str, Callable[[Image.Image, ImageDraw.ImageDraw], None]] = {
     "dsd_basic": band_text(["1 model pass per step, 28 Euler steps,", "FLUX guidance 3.5, 1024 x 512 canvas"]),
     "dsd_prompt_enhance": enhance_band,
@@ -227,15 +278,18 @@ EXTRAS: dict[str, Callable[[Image.Image, ImageDraw.ImageDraw], None]] = {
     "dsd_best_of_n": best_of_n_band,
     "dsd_hires": band_text(["frame two upscaled 2x, then a plain FLUX", "pass at denoise 0.4: 1024 x 1024 result"]),
     "dsd_style_lora": band_text(["DSD adapter + a style LoRA (strength 0.8)", "on the same FLUX model"]),
+    "dsd_multi_reference": band_text(["3 pictures of one subject (front, back, side)",
+                                      "-> one canvas [ref 1 | ref 2 | ref 3 | result]"]),
 }
 
 
 # ---------------------------------------------------------------------------------- the card
-SPELLING = {"dsd": "DSD", "cfg": "CFG", "controlnet": "ControlNet", "n": "N", "hires": "hi-res", "lora": "LoRA"}
+SPELLING = {"dsd": "DSD", "cfg": "CFG", "controlnet": "ControlNet", "n": "N", "hires": "hi-res", "lora": "LoRA",
+            "multi": "multi-"}
 
 
 def title_of(name: str) -> str:
-    return " ".join(SPELLING.get(word, word) for word in name.split("_"))
+    return " ".join(SPELLING.get(word, word) for word in name.split("_")).replace("- ", "-")
 
 
 def draw_card(name: str, description: str) -> Image.Image:
@@ -244,11 +298,12 @@ def draw_card(name: str, description: str) -> Image.Image:
     d.text((LEFT_X, 16), title_of(name), font=font(34), fill=INK)
     for i, line in enumerate(textwrap.wrap(description, 56)[:4]):
         d.text((LEFT_X, 62 + 20 * i), line, font=font(16), fill=MUTED)
-    card.paste(reference_frame(), (LEFT_X, FRAME_Y))
+    card.paste(REFERENCES.get(name, reference_frame)(), (LEFT_X, FRAME_Y))
     card.paste(RESULTS.get(name, surf_scene)(), (RIGHT_X, FRAME_Y))
     d.polygon([(242, FRAME_Y + 100), (262, FRAME_Y + 116), (242, FRAME_Y + 132)], fill=ACCENT)
-    d.text((LEFT_X, FRAME_Y + FRAME + 4), "frame 1: reference", font=font(15), fill=MUTED)
-    d.text((RIGHT_X, FRAME_Y + FRAME + 4), "frame 2: result", font=font(15), fill=MUTED)
+    d.text((LEFT_X, FRAME_Y + FRAME + 4), REFERENCE_LABELS.get(name, "frame 1: reference"), font=font(15), fill=MUTED)
+    d.text((RIGHT_X, FRAME_Y + FRAME + 4), "last frame: result" if name in REFERENCES else "frame 2: result",
+           font=font(15), fill=MUTED)
     EXTRAS.get(name, band_text([f"workflows/{name}.json"]))(card, d)
     return card
 

@@ -6,7 +6,8 @@ Test-only substitutions (everything else runs as shipped):
   this machine cannot build. The runs swap it for ``CLIPLoader(clip_l.safetensors,
   type=stable_diffusion)`` with a full-size random CLIP-L: its 768-wide hidden states and pooled
   output fit a FLUX whose context and pooled dims are 768 (dsd.tiny.FULL_WIDTH_TRANSFORMER_CONFIG).
-- Sizes: canvas 256x128 instead of 1024x512 (DSDReferenceConditioning and ModelSamplingFlux),
+- Sizes: canvas 256x128 instead of 1024x512 (DSDReferenceConditioning and ModelSamplingFlux; frames of 128x128
+  in DSDMultiReferenceConditioning),
   2 sampling steps (3 for true CFG, which starts at the third step).
 - Files: random weights under the names the workflows use: ``flux1-dev.safetensors`` is a
   full-width (hidden 3072, 1 double block, 0 single) FLUX in bf16 (ComfyUI only loads hidden
@@ -35,7 +36,7 @@ from tests.support.workflow_files import load, script
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
 NAMES = ["dsd_basic", "dsd_prompt_enhance", "dsd_true_cfg", "dsd_controlnet", "dsd_batch", "dsd_best_of_n", "dsd_hires",
-         "dsd_style_lora"]
+         "dsd_style_lora", "dsd_multi_reference"]
 VIRTUAL_NODES = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CANVAS_W, CANVAS_H = 256, 128
@@ -284,6 +285,8 @@ def workflow_files(comfy_host, tmp_path_factory):
     gen = torch.Generator().manual_seed(1)
     ref = (torch.rand(96, 80, 3, generator=gen) * 255).byte().numpy()
     Image.fromarray(ref).save(inputs / build.REFERENCE_IMAGE)
+    for i, view in enumerate(build.VIEW_IMAGES.values()):  # other pictures of "the subject" (multi-reference)
+        Image.fromarray(np.roll(ref, 7 * (i + 1), axis=1)).save(inputs / view)
     ramp = torch.linspace(0, 255, 64).byte().repeat(64, 1).numpy()
     Image.fromarray(ramp).convert("RGB").save(inputs / build.HINT_IMAGE)
     fp.set_input_directory(str(inputs))
@@ -315,6 +318,8 @@ def for_test(prompt: dict, steps: int = 2) -> dict:
             node["inputs"] = {"clip_name": inputs["clip_name1"], "type": "stable_diffusion"}
         elif kind in ("DSDReferenceConditioning", "ModelSamplingFlux"):
             inputs["width"], inputs["height"] = CANVAS_W, CANVAS_H
+        elif kind == "DSDMultiReferenceConditioning":
+            inputs["frame_width"], inputs["height"] = CANVAS_W // 2, CANVAS_H
         elif kind in ("BasicScheduler", "KSampler"):
             inputs["steps"] = steps
     return prompt
@@ -371,6 +376,9 @@ def test_workflow_runs(comfy_host, run_prompt, workflow_files, monkeypatch, name
             assert len(candidates) == 4 and 0 <= best < 4
             saved = torch.from_numpy(np.asarray(saved_images(run, workflow_files)[0], dtype=np.float32) / 255)
             torch.testing.assert_close(saved, candidates[best], atol=1 / 255, rtol=0)
+    if name == "dsd_multi_reference":  # the test adapter has no dsd_train_references: trained with one reference
+        (guider,) = [k for k, v in prompt.items() if v["class_type"] == "DSDGuider"]
+        assert "3 references given" in run.outputs[guider]["text"][0]
     assert set(run.captured) == set(splits)
     for result in run.captured.values():
         assert result.shape[1:] == (CANVAS_H, CANVAS_W // 2, 3) and torch.isfinite(result).all()
