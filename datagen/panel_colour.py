@@ -25,6 +25,7 @@ from .panel_verify import channel_max
 _CLEAN_NEAR = 0.5  # the colour covers at most this share of the line beside a clean side
 _AGREE_PX = 3
 _EXACT_PX = 2  # panels beside a gutter placed by equal sizes alone differ by at most this (rounding)
+_SHOWN_MIN = 0.15  # share of the span where a panel beside a gutter must show (not the gutter's colour)
 _BORDER_SHARE = 0.6  # lines at the image's ends this much of the colour are border (a subject may cross it)  # clean gutters (borders) of one grid agree on their width within this
 
 
@@ -40,24 +41,25 @@ def _candidates(g: _Grid) -> list[np.ndarray]:
     return colours
 
 
-def _near_share(lines: np.ndarray, colour: np.ndarray, tol: int) -> np.ndarray:
-    return (channel_max(np.abs(lines - colour.astype(np.int16))) <= tol).mean(axis=1)
-
-
 class _Axis:
     """One axis read for one colour: runs of lines of that colour, and which of their sides are clean."""
 
     def __init__(self, g: _Grid, axis: int, colour: np.ndarray) -> None:
-        lines = g.lines(axis)
-        self.share = _near_share(lines, colour, g.cfg.uniform_tolerance)
+        lines = self.lines = g.lines(axis)
+        self.near = channel_max(np.abs(lines - colour.astype(np.int16))) <= g.cfg.uniform_tolerance
+        self.share = self.near.mean(axis=1)
         self.f = g.profile(axis)
         self.length = len(lines)
         mask = self.share >= g.cfg.uniform_fraction
         # A border may be crossed by a subject running into it: at the ends, lines mostly of the colour
+        # (no wider than a border: a dark photo at the edge is mostly black too, and must not take
+        # the black gutter beside it into a "border")
         outer = self.share >= _BORDER_SHARE
         lead = int(np.argmin(outer)) if not outer.all() else self.length
         trail = int(np.argmin(outer[::-1])) if not outer.all() else self.length
-        mask[:lead], mask[self.length - trail :] = True, True
+        widest = int(g.cfg.max_border_fraction * self.length)
+        mask[: lead if lead <= widest else 0] = True
+        mask[self.length - (trail if trail <= widest else 0) :] = True
         edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
         self.runs = [(int(s), int(e)) for s, e in zip(edges[::2], edges[1::2], strict=True)]
         self.cfg = g.cfg
@@ -69,17 +71,48 @@ class _Axis:
             return False
         out2 = min(max(0, beside + outwards), self.length - 1)
         if max(self.share[beside], self.share[out2]) > _CLEAN_NEAR and self.share[out2] > _CLEAN_NEAR:
+            return self._clean_where_shown(x, outwards)
+        if float(self.f[max(0, x - 2) : x + 3].max(initial=0)) >= self.cfg.min_edge_fraction:
+            return True
+        return self._clean_where_shown(x, outwards)
+
+    def _clean_where_shown(self, x: int, outwards: int) -> bool:
+        """Whether the colour stops sharply at side ``x`` wherever the panel beside does not go on in
+        it: a wall of the gutter's colour covering part of the panel's side hides the gutter's edge
+        there, but the gutter is straight, so where the panel shows (``_SHOWN_MIN`` of the span at
+        least) its edge is the gutter's. A wall covering (nearly) all of the side shows nothing,
+        and a wall fading into the gutter shows no sharp edge."""
+        beside = x - 1 if outwards < 0 else x
+        far = beside + 2 * outwards
+        if not (0 <= far < self.length and 2 <= x <= self.length - 4):
             return False
-        return float(self.f[max(0, x - 2) : x + 3].max(initial=0)) >= self.cfg.min_edge_fraction
+        shown = ~self.near[far]
+        if not _SHOWN_MIN <= float(shown.mean()) <= 1 - _SHOWN_MIN:
+            return False  # no wall (the whole-span test stands), or nothing shown
+        sharp = np.zeros_like(shown)
+        a = self.lines
+        for y in (x - 1, x, x + 1):  # boundary between lines y-1 and y, blurred by a line either way
+            if 5 <= y <= self.length - 6:
+                step = channel_max(np.abs(a[y + 1] - a[y - 2]))
+                # a fade (a wall's soft edge) goes on changing beyond the step; a gutter's edge stops
+                beyond = channel_max(np.abs(a[y + 4] - a[y + 1])) if outwards > 0 else channel_max(np.abs(a[y - 2] - a[y - 5]))
+                calm = np.maximum(channel_max(np.abs(a[y - 1] - a[y - 2])), channel_max(np.abs(a[y + 3] - a[y + 1])))
+                sharp |= (step > self.cfg.edge_step) & (step > 2 * calm + 8) & (2 * beyond < step)
+        good = shown & sharp & ~self.near[beside + outwards if 0 <= beside + outwards < self.length else beside]
+        return int(good.sum()) >= self.cfg.min_edge_fraction * int(shown.sum())
 
     def layout(self, n: int):
-        """(borders, gutters) as lists of (start, end, clean_start, clean_end), or None."""
+        """(borders, gutters, content) or None: borders and gutters as lists of (start, end,
+        clean_start, clean_end); ``content`` when the colour reaches an image edge as a panel's own
+        (a run wider than a border, or lines much of the colour without a run): the panel there
+        starts at the edge, which equal panels must then confirm."""
         pitch = self.length / n
-        borders, gutters = [], []
+        borders, gutters, content = [], [], False
         for s, e in self.runs:
             if s == 0 or e == self.length:
                 if e - s > self.cfg.max_border_fraction * self.length:
-                    return None
+                    content = True
+                    continue
                 borders.append((s, e, s == 0 or self.clean(s, -1), e == self.length or self.clean(e, 1)))
                 continue
             slot = round((s + e) / 2 / pitch)
@@ -91,23 +124,55 @@ class _Axis:
             gutters.append((s, e, self.clean(s, -1), self.clean(e, 1)))
         for at, touches in ((0, any(b[0] == 0 for b in borders)), (self.length - 1, any(b[1] == self.length for b in borders))):
             if not touches and self.share[at] >= _CLEAN_NEAR:
-                return None  # much of the colour at the image's edge, but no border of it: unsure where it ends
+                content = True  # much of the colour at the image's edge, but no border of it
         if len(gutters) != n - 1 or len({round((s + e) / 2 / pitch) for s, e, _, _ in gutters}) != n - 1:
             return None
-        return borders, gutters
+        return borders, gutters, content
 
 
-def _unexplained_edge(g: _Grid, axis: int, borders) -> bool:
+def _unexplained_edge(g: _Grid, axis: int, borders, colour: np.ndarray) -> bool:
     """Whether the image's first or last line along ``axis`` is uniform (a border of another colour,
-    or a flat edge) where this colour shows no border: the panel there would start unsure."""
+    or a flat edge) where this colour shows no border: the panel there would start unsure. (A line
+    of this colour there is a panel's own: see ``_Axis.layout``'s content.)"""
     length = g.n_px(axis)
     for at, touches in ((0, any(b[0] == 0 for b in borders)), (length - 1, any(b[1] == length for b in borders))):
         line = g.a[at, ::2] if axis == 0 else g.a[::2, at]
         mean = line.mean(axis=0)
         uniform = float((channel_max(np.abs(line - mean)) <= g.cfg.uniform_tolerance).mean()) >= g.cfg.uniform_fraction
-        if uniform and not touches:
+        if uniform and not touches and not _same_colour(tuple(mean), tuple(colour), g.cfg):
             return True
     return False
+
+
+def _frame(g: _Grid, colour: np.ndarray):
+    """The borders of a frame in another colour than the gutters' (a thin coloured frame around
+    white gutters): per axis, the runs (start, end, clean_start, clean_end) of the image's edge
+    colour at both of its ends; None unless all four sides show them (the teacher frames evenly)."""
+    edge = [g.a[0, ::2], g.a[-1, ::2], g.a[::2, 0], g.a[::2, -1]]
+    means = [line.mean(axis=0) for line in edge]
+    frame = np.median(means, axis=0)
+    if _same_colour(tuple(frame), tuple(colour), g.cfg) or not all(_same_colour(tuple(m), tuple(frame), g.cfg) for m in means):
+        return None
+    out = []
+    for axis in (0, 1):
+        ax = _Axis(g, axis, frame)
+        runs = [r for r in ax.runs if r[0] == 0 or r[1] == ax.length]
+        if len(runs) != 2 or runs[0][0] != 0 or runs[1][1] != ax.length:
+            return None
+        if any(e - s > g.cfg.max_border_fraction * ax.length for s, e in runs):
+            return None
+        (s0, e0), (s1, e1) = runs
+        out.append([(s0, e0, True, ax.clean(e0, 1)), (s1, e1, ax.clean(s1, -1), True)])
+    return out
+
+
+def _lone_border(layouts) -> list:
+    """Layouts without a border shown on one side only: the teacher frames a grid on every side, so
+    a lone run of the colour at one edge is a panel's own (its axis then has ``content``)."""
+    borders = [run for lay in layouts for run in lay[0]]
+    if len(borders) != 1:
+        return list(layouts)
+    return [([], lay[1], True) if lay[0] else lay for lay in layouts]
 
 
 def _agreed(widths: list[int]) -> int | None:
@@ -161,21 +226,29 @@ def by_gutter_colour(g: _Grid) -> Detection | None:
         layouts = [ax.layout(g.n[i]) for i, ax in enumerate(axes)]
         if any(lay is None for lay in layouts) or not any(lay[1] for lay in layouts):
             continue
+        layouts = _lone_border(layouts)
+        if not any(lay[0] or lay[2] for lay in layouts) and (frame := _frame(g, colour)) is not None:
+            layouts = [(frame[i], lay[1], lay[2]) for i, lay in enumerate(layouts)]
         gutters = [run for lay in layouts for run in lay[1]]
         borders = [run for lay in layouts for run in lay[0]]
-        if len(gutters) + len(borders) < 2 or any(_unexplained_edge(g, i, lay[0]) for i, lay in enumerate(layouts)):
-            continue  # a lone band of a colour may be a photo's flat strip; an edge line left may be a border
+        content = [lay[2] for lay in layouts]
+        if (any(content) and borders) or any(_unexplained_edge(g, i, lay[0], colour) for i, lay in enumerate(layouts)):
+            continue  # a panel's own colour at one edge, a border at another: no frame; an edge line left may be a border
+        if len(gutters) + len(borders) < 2 and not all(gutters[0][2:]):
+            continue  # a lone band of a colour may be a photo's flat strip: it must be clean, and cut equal panels
         bw = _agreed([e - s for s, e, cs, ce in borders if cs and ce])
         # gutter widths are inferred per axis (a grid's rows and columns may have different gutters)
-        segs = [_segments(ax, g.n[i], *layouts[i], _agreed([e - s for s, e, cs, ce in layouts[i][1] if cs and ce]), bw)
+        segs = [_segments(ax, g.n[i], *layouts[i][:2], _agreed([e - s for s, e, cs, ce in layouts[i][1] if cs and ce]), bw)
                 for i, ax in enumerate(axes)]  # fmt: skip
         if any(s is None for s in segs):
             continue
         sizes = [[b - a for a, b in s] for s in segs]
         inferred = not all(cs and ce for _, _, cs, ce in gutters + borders)
-        # a width inferred from the clean gutters must also give equal panels (the teacher draws them)
-        spread = g.cfg.max_edge_spread if inferred else g.cfg.max_panel_spread
-        if any(min(sz) < g.cfg.min_panel_size or (max(sz) - min(sz)) / max(sz) > spread for sz in sizes):
+        # a width inferred from the clean gutters, a panel reaching the image edge in the gutters'
+        # colour, or a lone gutter must also give equal panels (the teacher draws them)
+        strict = inferred or len(gutters) + len(borders) < 2
+        spreads = [g.cfg.max_edge_spread if strict or content[i] else g.cfg.max_panel_spread for i in (0, 1)]
+        if any(min(sz) < g.cfg.min_panel_size or (max(sz) - min(sz)) / max(sz) > spreads[i] for i, sz in enumerate(sizes)):
             continue
         name = "rgb(" + ",".join(str(round(float(c))) for c in colour) + ")"
         how = ", widths of unclean sides from clean ones" if inferred else ""
