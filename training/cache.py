@@ -1,7 +1,8 @@
 """Latent and text-embedding caches, and the two sample sources training reads (cached / on the fly).
 
 ``python -m training cache`` encodes each pair once: the condition canvas ``[ref | black]`` and
-the target canvas ``[ref | target]`` through the VAE (posterior mean, model space
+the target canvas ``[ref | target]`` (with k references ``[ref_1 | ... | ref_k | black]`` and
+``[ref_1 | ... | ref_k | target]``, one entry per k a tuple trains at) through the VAE (posterior mean, model space
 ``(z - shift) * scale``, unpacked ``[16, h/8, w/8]``) and the caption through CLIP + T5. Pairs
 are processed in fixed chunks of ``dataset.cache_shard_size`` (sorted by key); each chunk
 becomes one safetensors shard written atomically, then one line in ``cache_dir/shards.jsonl``
@@ -31,8 +32,11 @@ from .config import TrainConfig
 from .data import (
     PairReadError,
     PairRef,
+    Variants,
+    canvas_bucket,
     dataset_hash,
     discover,
+    expand_references,
     pair_canvases,
     pick_bucket,
     read_pair,
@@ -79,7 +83,18 @@ def cache_settings(cfg: TrainConfig) -> dict[str, Any]:
         "cache_dtype": d.cache_dtype,
         "max_sequence_length": cfg.model.max_sequence_length,
         "shard_size": d.cache_shard_size,
+        # only when it is not one reference: caches made before multi-reference DSD stay valid
+        **({"references": mix_record(cfg.training.reference_mix)} if cfg.training.reference_mix != {1: 1.0} else {}),
     }
+
+
+def mix_record(mix: dict[int, float]) -> dict[str, float]:
+    return {str(k): v for k, v in mix.items()}
+
+
+def training_entries(cfg: TrainConfig) -> list[PairRef]:
+    """The samples of ``dataset.paths``, one entry per reference count each trains at (training.references)."""
+    return expand_references(discover(cfg.dataset.paths), cfg.training.reference_mix)
 
 
 @dataclass
@@ -144,7 +159,7 @@ def _open_cache_dir(cfg: TrainConfig) -> tuple[Path, list[PairRef]]:
     root.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(root)
     clean_stale_temporaries(root / "shards")
-    refs = discover(cfg.dataset.paths)
+    refs = training_entries(cfg)
     settings = cache_settings(cfg)
     info_path = root / INFO_FILE
     if info_path.is_file():
@@ -173,14 +188,14 @@ def _encode_chunk(cfg: TrainConfig, enc: Encoders, chunk: list[PairRef],
             logger.warning("skipping: %s", exc)
             bad.append(ref.key)
             continue
-        bucket = pick_bucket(*pair.target.size, cfg.dataset.frame_buckets)
+        bucket = canvas_bucket(pick_bucket(*pair.target.size, cfg.dataset.frame_buckets), ref.k)
         cond, target = pair_canvases(pair, bucket, cfg.dataset.fit)
         lat = enc.encode_canvas(torch.cat([cond, target]))
         emb, pooled = enc.encode_prompt([pair.caption])
         i = len(samples)
         tensors.update({f"{i}.cond": lat[0].to(dtype), f"{i}.target": lat[1].to(dtype),
                         f"{i}.prompt_embeds": emb[0].to(dtype), f"{i}.pooled": pooled[0].to(dtype)})  # fmt: skip
-        samples.append({"key": pair.key, "index": i, "bucket": list(bucket)})
+        samples.append({"key": pair.key, "index": i, "bucket": list(bucket), **({"group": ref.group} if ref.group else {})})
     return tensors, samples, bad
 
 
@@ -202,13 +217,15 @@ class CachedSource:
                 "to finish it"
             )
         self.dataset_hash = info.get("dataset_hash", "")
-        entries = [(s["key"], r["file"], s["index"], tuple(s["bucket"])) for r in records for s in r["samples"]]
+        self.reference_mix = {int(k): v for k, v in info["settings"].get("references", {"1": 1.0}).items()}
+        entries = [(s["key"], r["file"], s["index"], tuple(s["bucket"]), s.get("group", "")) for r in records for s in r["samples"]]
         entries.sort(key=lambda e: e[0])
         if not entries:
             raise CacheError(f"{self.root}: the cache holds no samples (every image was unreadable?)")
         self.keys = [e[0] for e in entries]
         self._loc = [(e[1], e[2]) for e in entries]
         self.buckets = [e[3] for e in entries]
+        self.variants = _variants([e[4] for e in entries], self.buckets, self.reference_mix)
         from safetensors.torch import load_file
 
         empty = load_file(str(self.root / EMPTY_PROMPT_FILE))
@@ -225,7 +242,16 @@ class CachedSource:
         if self._open is None or self._open[0] != file:
             self._open = (file, safe_open(str(self.root / "shards" / file), framework="pt"))
         f = self._open[1]
-        return {k: f.get_tensor(f"{idx}.{k}").float() for k in ("cond", "target", "prompt_embeds", "pooled")}
+        out: dict[str, Any] = {k: f.get_tensor(f"{idx}.{k}").float() for k in ("cond", "target", "prompt_embeds", "pooled")}
+        return {**out, "references": bucket_references(self.buckets[i])}
+
+
+def bucket_references(bucket: tuple[int, ...]) -> int:
+    return int(bucket[2]) if len(bucket) > 2 else 1
+
+
+def _variants(groups: list[str], buckets: list[tuple[int, ...]], mix: dict[int, float]) -> Variants | None:
+    return Variants.of(groups, [bucket_references(b) for b in buckets], mix)
 
 
 class EncodingSource:
@@ -234,10 +260,12 @@ class EncodingSource:
     def __init__(self, cfg: TrainConfig, encoders: Encoders) -> None:
         self.cfg = cfg
         self.enc = encoders
-        self.refs = discover(cfg.dataset.paths)
+        self.refs = training_entries(cfg)
         self.keys = [r.key for r in self.refs]
         self.dataset_hash = dataset_hash(self.refs)
-        self.buckets = [pick_bucket(*target_size(r), cfg.dataset.frame_buckets) for r in self.refs]
+        self.buckets = [canvas_bucket(pick_bucket(*target_size(r), cfg.dataset.frame_buckets), r.k) for r in self.refs]
+        self.reference_mix = cfg.training.reference_mix
+        self.variants = _variants([r.group for r in self.refs], self.buckets, self.reference_mix)
         self.empty_text = encoders.encode_prompt([""])
 
     def __len__(self) -> int:
@@ -248,7 +276,8 @@ class EncodingSource:
         cond, target = pair_canvases(pair, self.buckets[i], self.cfg.dataset.fit)
         lat = self.enc.encode_canvas(torch.cat([cond, target]))
         emb, pooled = self.enc.encode_prompt([pair.caption])
-        return {"cond": lat[0], "target": lat[1], "prompt_embeds": emb[0], "pooled": pooled[0]}
+        return {"cond": lat[0], "target": lat[1], "prompt_embeds": emb[0], "pooled": pooled[0],
+                "references": bucket_references(self.buckets[i])}  # fmt: skip
 
 
 def collate(source: CachedSource | EncodingSource, indices: list[int]) -> Batch:
@@ -262,6 +291,7 @@ def _stack(keys: list[str], items: list[tuple[int, dict[str, torch.Tensor]]]) ->
         prompt_embeds=torch.stack([x["prompt_embeds"] for _, x in items]),
         pooled=torch.stack([x["pooled"] for _, x in items]),
         keys=[keys[i] for i, _ in items],
+        references=int(items[0][1].get("references", 1)),  # a batch is one bucket: one canvas shape
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,9 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
     "proj_mlp", "proj_out",
 )  # fmt: skip
+
+
+MAX_TRAIN_REFERENCES = 3  # k of multi-reference DSD training (the canvas is a row of k + 1 frames)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,7 @@ class ModelConfig:
 class DatasetConfig:
     # Datagen output folders (shard-*.tar [+ index.parquet]) and/or the authors' parquet files/folders.
     paths: list[str] = path_field([])
-    # Frame sizes (height, width) of ONE frame; the canvas is [height, 2 * width].
+    # Frame sizes (height, width) of ONE frame; the canvas is [height, (k + 1) * width] for k references.
     frame_buckets: list[list[int]] = field(default_factory=lambda: [[512, 512]])
     fit: Literal["crop", "pad", "stretch"] = "crop"
     cache_dir: str = path_field("")  # empty: encode on the fly every step (slow; for debugging and benchmarks)
@@ -99,16 +103,39 @@ class TrainingConfig:
     guidance: float = 1.0
     caption_dropout: float = 0.1  # p(empty-prompt embedding): enables text CFG
     reference_dropout: float = 0.0  # p(condition tokens zeroed): enables image CFG (e_00 branch)
+    # Multi-reference DSD: share of training examples per reference count k (TOML: {1 = 0.5, 2 = 0.25, 3 = 0.25}).
+    # A tuple of K references trains at one k <= K per epoch, drawn by these shares among the k it can give;
+    # pairs are k = 1. The default trains one reference only, as DSD.
+    references: dict[str, float] = field(default_factory=lambda: {"1": 1.0})
+    reference_frame_dropout: float = 0.0  # p(one reference frame's condition tokens zeroed), per frame, k > 1 only
     ema_decay: float = 0.0  # 0 = no EMA
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("training.steps and training.batch_size must be >= 1")
-        for name in ("caption_dropout", "reference_dropout"):
+        for name in ("caption_dropout", "reference_dropout", "reference_frame_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"training.{name} must be in [0, 1]")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("training.ema_decay must be in [0, 1)")
+        _ = self.reference_mix  # checked here, before any model loads
+
+    @property
+    def reference_mix(self) -> dict[int, float]:
+        """``references`` as {k: share} with k ascending and shares summing to 1 (k with share 0 left out)."""
+        mix: dict[int, float] = {}
+        for key, share in self.references.items():
+            k = int(key) if str(key).isdigit() else 0
+            if not 1 <= k <= MAX_TRAIN_REFERENCES or isinstance(share, bool) or not isinstance(share, int | float) \
+                    or not math.isfinite(share) or share < 0:  # fmt: skip
+                raise ConfigError(f"training.references: {key!r} = {share!r}; keys are reference counts 1..{MAX_TRAIN_REFERENCES}, "
+                                  "values shares >= 0, e.g. {1 = 0.5, 2 = 0.25, 3 = 0.25}")  # fmt: skip
+            if share > 0:
+                mix[k] = float(share)
+        if not mix:
+            raise ConfigError("training.references has no k with a share > 0; the default is {1 = 1.0}")
+        total = sum(mix.values())
+        return {k: mix[k] / total for k in sorted(mix)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +229,12 @@ class TrainConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        odd = [b for b in self.dataset.frame_buckets if b[1] % 16]
+        if max(self.training.reference_mix) > 1 and odd:
+            raise ConfigError(f"dataset.frame_buckets {odd}: with several references (training.references) every frame "
+                              "width must be a multiple of 16, so that each frame is whole tokens")  # fmt: skip
 
     def grad_accumulation(self, world_size: int) -> int:
         per_step = self.training.batch_size * world_size

@@ -10,8 +10,14 @@ Two readers give the same thing, a list of :class:`PairRef` (where a pair lives)
   ``caption``; image cells are ``{"bytes": png}`` structs or raw bytes. Pairs are addressed by
   (file, row group, row), read one row group at a time.
 
+Multi-reference tuples (datagen, k > 1): ``<key>.ref.png``, ``<key>.ref_2.png`` ... ``<key>.ref_<k>.png``,
+``<key>.target.png`` and ``<key>.json`` with ``"k": k``. :func:`expand_references` turns each tuple
+into one entry per reference count it can train at (``training.references``); each epoch uses one
+of them per tuple (:class:`Variants`). A tuple trained at k uses its first k references.
+
 Buckets: each pair goes to the frame size (h, w) whose aspect is closest to its target's; the
-canvas is ``[h, 2w]``. A bad image raises :class:`PairReadError` naming the file and key.
+canvas is ``[h, (k + 1) w]`` and the bucket ``(h, w)`` for k = 1, ``(h, w, k)`` for k > 1 (so
+batches hold one canvas shape). A bad image raises :class:`PairReadError` naming the file and key.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 import math
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +60,14 @@ class PairRef:
     caption: str | None = None  # parquet captions are read with the row
     width: int = 0  # target size, when known without decoding
     height: int = 0
+    more_refs: tuple[tuple[int, int], ...] = ()  # tar: (offset, size) of ref_2 .. ref_K of a tuple
+    k: int = 1  # references this entry trains with (the first k of the tuple)
+    group: str = ""  # the tuple's own key when it trains at several k (each epoch picks one), else ""
+
+    @property
+    def available(self) -> int:
+        """How many references the sample holds (K)."""
+        return 1 + len(self.more_refs)
 
 
 @dataclass
@@ -62,6 +76,11 @@ class Pair:
     reference: Any  # PIL image
     target: Any
     caption: str
+    more_references: list[Any] = field(default_factory=list)  # references 2..k of a tuple
+
+    @property
+    def references(self) -> list[Any]:
+        return [self.reference, *self.more_references]
 
 
 # -- webdataset shards -------------------------------------------------------------------------
@@ -93,8 +112,17 @@ def scan_tar(path: Path) -> list[PairRef]:
         if ref is None or tgt is None or meta is None:
             have = ", ".join(sorted(parts))
             raise DatasetError(f"{path}: sample {key!r} has [{have}]; a pair needs ref.png, target.png and json")
-        out.append(PairRef(key=key, source=str(path), kind="tar", ref_loc=ref, target_loc=tgt, meta_loc=meta))
+        out.append(PairRef(key=key, source=str(path), kind="tar", ref_loc=ref, target_loc=tgt, meta_loc=meta,
+                           more_refs=_more_refs(parts, path, key)))  # fmt: skip
     return out
+
+
+def _more_refs(parts: dict[str, tuple[int, int]], path: Path, key: str) -> tuple[tuple[int, int], ...]:
+    """Locations of ``ref_2`` .. ``ref_K``: numbered without gaps, or the tuple is refused."""
+    numbered = {int(e[4:].partition(".")[0]): loc for e, loc in parts.items() if e.startswith("ref_") and e[4:].partition(".")[0].isdigit()}
+    if sorted(numbered) != list(range(2, 2 + len(numbered))):
+        raise DatasetError(f"{path}: tuple {key!r} has references {sorted(numbered)} beyond ref; they must be ref_2, ref_3, ... without gaps")
+    return tuple(numbered[i] for i in sorted(numbered))
 
 
 def _read_span(path: str, loc: tuple[int, int]) -> bytes:
@@ -220,9 +248,12 @@ def read_pair(ref: PairRef) -> Pair:
         caption = meta.get("caption") if isinstance(meta, dict) else None
         if not isinstance(caption, str):
             raise PairReadError(f"{where}: {ref.key}.json has no string 'caption'")
+        if meta.get("k", 1) != ref.available:
+            raise PairReadError(f"{where}: json says k = {meta.get('k', 1)!r} but the shard holds {ref.available} reference(s)")
         reference = _decode(_read_span(ref.source, ref.ref_loc), f"{where} ref")
+        more = [_decode(_read_span(ref.source, loc), f"{where} ref_{i}") for i, loc in enumerate(ref.more_refs[: ref.k - 1], start=2)]
         target = _decode(_read_span(ref.source, ref.target_loc), f"{where} target")
-        return Pair(ref.key, reference, target, caption)
+        return Pair(ref.key, reference, target, caption, more)
     rg, row = ref.ref_loc
     cols = _parquet_row(ref.source, rg)
     caption = cols["caption"][row]
@@ -241,17 +272,44 @@ def pick_bucket(width: int, height: int, buckets: list[list[int]] | list[tuple[i
     return int(best[0]), int(best[1])
 
 
-def pair_canvases(pair: Pair, bucket: tuple[int, int], fit: str = "crop") -> tuple[torch.Tensor, torch.Tensor]:
-    """(condition canvas [ref | black], target canvas [ref | target]), each ``[1, 3, h, 2w]`` in [-1, 1]."""
+def canvas_bucket(frame: tuple[int, int], k: int) -> tuple[int, ...]:
+    """The bucket of a canvas of ``k`` references of frame size ``frame``: ``(h, w)`` for k = 1, else ``(h, w, k)``."""
+    return (int(frame[0]), int(frame[1])) if k == 1 else (int(frame[0]), int(frame[1]), int(k))
+
+
+def pair_canvases(pair: Pair, bucket: tuple[int, ...], fit: str = "crop") -> tuple[torch.Tensor, torch.Tensor]:
+    """(condition canvas [refs | black], target canvas [refs | target]), each ``[1, 3, h, (k + 1) w]`` in [-1, 1].
+
+    ``bucket`` is ``(h, w)`` (one reference, the two-frame canvas) or ``(h, w, k)``: the first k references.
+    """
     from dsd.canvas import fit_reference, to_rgb01
 
-    h, w = bucket
-    ref = fit_reference(to_rgb01(pair.reference), h, w, fit) * 2 - 1
+    h, w = bucket[:2]
+    k = bucket[2] if len(bucket) > 2 else 1
+    if len(pair.references) < k:
+        raise PairReadError(f"{pair.key}: {len(pair.references)} reference(s) read, the bucket needs {k}")
+    refs = [fit_reference(to_rgb01(r), h, w, fit) * 2 - 1 for r in pair.references[:k]]
     tgt = fit_reference(to_rgb01(pair.target), h, w, fit) * 2 - 1
-    cond = torch.full((1, 3, h, 2 * w), -1.0)
-    cond[..., :w] = ref
-    target = torch.cat([ref, tgt], dim=-1)
+    cond = torch.full((1, 3, h, (k + 1) * w), -1.0)
+    cond[..., : k * w] = torch.cat(refs, dim=-1)
+    target = torch.cat([*refs, tgt], dim=-1)
     return cond, target
+
+
+def expand_references(refs: list[PairRef], mix: dict[int, float]) -> list[PairRef]:
+    """One entry per (sample, k) it can train at: k in the mix, k <= its references. Keys of k > 1 are ``key@k<k>``."""
+    out, unused = [], 0
+    for r in refs:
+        ks = [k for k in mix if k <= r.available]
+        unused += not ks
+        group = r.key if len(ks) > 1 else ""  # the entries an epoch chooses among
+        out.extend(replace(r, k=k, key=r.key if k == 1 else f"{r.key}@k{k}", group=group) for k in ks)
+    if unused:
+        logger.warning("%d sample(s) hold fewer references than any k of training.references %s; they are not used",
+                       unused, sorted(mix))  # fmt: skip
+    if not out:
+        raise DatasetError(f"no sample holds enough references for training.references {sorted(mix)}")
+    return sorted(out, key=lambda r: r.key)
 
 
 def target_size(ref: PairRef) -> tuple[int, int]:
@@ -271,16 +329,50 @@ def target_size(ref: PairRef) -> tuple[int, int]:
         raise PairReadError(f"{ref.source} [{ref.key}] target: unreadable image ({exc})") from exc
 
 
-def epoch_batches(buckets: list[tuple[int, int]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+@dataclass(frozen=True)
+class Variants:
+    """The entries of each multi-reference tuple (one per k) and the shares each epoch picks one of them by."""
+
+    groups: list[list[int]]  # entry indices per tuple, only tuples with several entries
+    ks: list[int]  # k of every entry
+    mix: dict[int, float]
+
+    @classmethod
+    def of(cls, groups: list[str], ks: list[int], mix: dict[int, float]) -> Variants | None:
+        """From each entry's tuple key ("" for its own) and k; None when no tuple has a choice (one reference: today)."""
+        by_group: dict[str, list[int]] = {}
+        for i, g in enumerate(groups):
+            if g:
+                by_group.setdefault(g, []).append(i)
+        multi = [sorted(v) for _, v in sorted(by_group.items()) if len(v) > 1]
+        if not multi:
+            return None
+        return cls(multi, list(ks), mix)
+
+    def inactive(self, seed: int, epoch: int) -> set[int]:
+        """The entries this epoch leaves out: all but one per tuple, the one drawn by the mix."""
+        rng = np.random.default_rng([seed, epoch, 20])  # its own stream: the batch plan's draws stay today's
+        out: set[int] = set()
+        for members in self.groups:
+            shares = np.array([self.mix[self.ks[i]] for i in members])
+            chosen = members[int(rng.choice(len(members), p=shares / shares.sum()))]
+            out.update(i for i in members if i != chosen)
+        return out
+
+
+def epoch_batches(buckets: list[tuple[int, ...]], batch_size: int, seed: int, epoch: int,
+                  variants: Variants | None = None) -> list[list[int]]:  # fmt: skip
     """Deterministic batches for one epoch: shuffle within each bucket, batch, shuffle batches.
 
     Only full batches are kept (a ragged last batch per bucket is dropped) so every step sees
-    ``batch_size`` samples of one canvas size.
+    ``batch_size`` samples of one canvas size. With ``variants`` each tuple takes part at one k.
     """
     rng = np.random.default_rng([seed, epoch])
-    groups: dict[tuple[int, int], list[int]] = {}
+    skip = variants.inactive(seed, epoch) if variants is not None else set()
+    groups: dict[tuple[int, ...], list[int]] = {}
     for i, b in enumerate(buckets):
-        groups.setdefault(tuple(b), []).append(i)
+        if i not in skip:
+            groups.setdefault(tuple(b), []).append(i)
     batches: list[list[int]] = []
     for b in sorted(groups):
         idx = np.array(groups[b])
@@ -323,18 +415,18 @@ class BatchStream:
     batches that one process with W x A micro-steps sees, in every step.
     """
 
-    def __init__(self, buckets: list[tuple[int, int]], batch_size: int, seed: int, world: int = 1,
-                 accumulation: int = 1, rank: int = 0) -> None:  # fmt: skip
+    def __init__(self, buckets: list[tuple[int, ...]], batch_size: int, seed: int, world: int = 1,
+                 accumulation: int = 1, rank: int = 0, variants: Variants | None = None) -> None:  # fmt: skip
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside a world of {world} processes")
-        self.buckets, self.batch_size, self.seed = list(buckets), batch_size, seed
+        self.buckets, self.batch_size, self.seed, self.variants = list(buckets), batch_size, seed, variants
         self.world, self.accumulation, self.rank = world, accumulation, rank
         self.per_step = world * accumulation
         self._plan: tuple[int, list[list[int]]] | None = None
 
     def plan(self, epoch: int) -> list[list[int]]:
         if self._plan is None or self._plan[0] != epoch:
-            plan = epoch_batches(self.buckets, self.batch_size, self.seed, epoch)
+            plan = epoch_batches(self.buckets, self.batch_size, self.seed, epoch, self.variants)
             if len(plan) < self.per_step:
                 raise DatasetError(
                     f"an epoch has {len(plan)} batches of {self.batch_size}, fewer than one optimizer step needs "

@@ -3,7 +3,7 @@
 * Adapter (``dsd.weights.adapter.save_adapter``): ``c_embedder.weight/bias`` + the LoRA as
   ``transformer.<diffusers path>.lora_A.weight`` / ``lora_B.weight`` / ``.alpha``, the keys
   ComfyUI's LoRA loader maps onto FLUX. Metadata: rank, alpha, step, the config (no secrets),
-  the dataset hash.
+  the dataset hash, the reference counts k trained with (``dsd_train_references``).
 * Release layout (like ``primecai/dsd_model``): ``transformer/`` (config.json, the base FLUX
   shards copied as they are plus one extra shard with ``c_embedder``, and an index listing all)
   and ``pytorch_lora_weights.safetensors`` beside it; ``dsd.weights.release`` and the nodes load it.
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from dsd.io import atomic_directory, atomic_save_safetensors
-from dsd.weights.adapter import DSDAdapter, save_adapter
+from dsd.weights.adapter import DSDAdapter, references_metadata, save_adapter
 from dsd.weights.lora import LoraPair, lora_to_state_dict
 from dsd.weights.release import RELEASE_LORA_NAME, read_transformer_config
 from dsd.weights.safetensors_io import open_safetensors, shard_files
@@ -58,8 +58,10 @@ def adapter_from_trainable(state: dict[str, torch.Tensor], alpha: float) -> DSDA
     return DSDAdapter(c_embedder=c_emb, lora=pairs)
 
 
-def export_metadata(cfg: TrainConfig, step: int, dataset_hash: str) -> dict[str, Any]:
+def export_metadata(cfg: TrainConfig, step: int, dataset_hash: str, references: list[int] | None = None) -> dict[str, Any]:
+    """``references``: the k the run trained with (its data's); None: the k of ``training.references``."""
     return {
+        **references_metadata(references or list(cfg.training.reference_mix)),
         "dsd_source": "comfyui-dsd training",
         "dsd_alpha": str(cfg.network.alpha),
         "dsd_train_steps": str(step),
@@ -69,8 +71,9 @@ def export_metadata(cfg: TrainConfig, step: int, dataset_hash: str) -> dict[str,
     }
 
 
-def write_adapter(adapter: DSDAdapter, path: str | Path, cfg: TrainConfig, step: int, dataset_hash: str) -> Path:
-    return save_adapter(adapter, path, extra_metadata=export_metadata(cfg, step, dataset_hash))
+def write_adapter(adapter: DSDAdapter, path: str | Path, cfg: TrainConfig, step: int, dataset_hash: str,
+                  references: list[int] | None = None) -> Path:  # fmt: skip
+    return save_adapter(adapter, path, extra_metadata=export_metadata(cfg, step, dataset_hash, references))
 
 
 def _base_transformer_folder(cfg: TrainConfig) -> Path:

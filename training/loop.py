@@ -170,6 +170,9 @@ def _setup(cfg: TrainConfig) -> Run:
     need_encoders = not cfg.dataset.cache_dir or (cfg.sampling.every > 0 and bool(cfg.model.flux))
     encoders = Encoders(cfg.model.flux, device=dev, max_sequence_length=cfg.model.max_sequence_length) if need_encoders else None
     source = CachedSource(cfg.dataset.cache_dir) if cfg.dataset.cache_dir else EncodingSource(cfg, encoders)
+    if source.reference_mix != cfg.training.reference_mix:
+        raise ConfigError(f"{cfg.dataset.cache_dir}: the cache was made for training.references {source.reference_mix}, "
+                          f"the config says {cfg.training.reference_mix}; cache again into a new dataset.cache_dir")  # fmt: skip
 
     model = build_model(cfg.model, cfg.network, cfg.training.gradient_checkpointing, device=dev).to(dev)
     named = trainable_parameters(model)
@@ -185,7 +188,7 @@ def _setup(cfg: TrainConfig) -> Run:
         cfg=cfg, accelerator=accelerator, fsdp=fsdp, source=source, encoders=encoders, model=wrapped,
         optimizer=optimizer, state=state, checkpointer=Checkpointer(accelerator, state, wrapped, optimizer, fsdp),
         stream=BatchStream(list(source.buckets), cfg.training.batch_size, cfg.training.seed, world, accum,
-                           accelerator.process_index),
+                           accelerator.process_index, source.variants),
         # FSDP1 only computes the global grad norm through the wrapper's own clip_grad_norm_, which accelerate
         # calls when it is given all of the model's parameters (frozen ones have no grad and are skipped).
         clip_params=list(wrapped.parameters()) if fsdp else list(named.values()),
@@ -238,7 +241,7 @@ def _resume(run: Run, resume: str) -> None:
 def _batches(run: Run) -> Iterator[Batch]:
     """This rank's batches from the current cursor on, read ahead by ``dataset.num_workers`` loader workers."""
     s, cursor = run.stream, copy.copy(run.state.cursor)
-    ahead = BatchStream(s.buckets, s.batch_size, s.seed, s.world, s.accumulation, s.rank)  # its own plan cache
+    ahead = BatchStream(s.buckets, s.batch_size, s.seed, s.world, s.accumulation, s.rank, s.variants)  # its own plan cache
 
     def plan() -> Iterator[list[int]]:
         while True:
@@ -311,7 +314,7 @@ def _save_and_validate(run: Run) -> None:
         if run.validator.improved(collective=run.fsdp):
             adapter = _adapter(run)
             if adapter is not None:
-                write_adapter(adapter, run.out_dir / BEST_ADAPTER, cfg, step, run.source.dataset_hash)
+                write_adapter(adapter, run.out_dir / BEST_ADAPTER, cfg, step, run.source.dataset_hash, _trained_references(run))
                 run.validator.commit_best()
 
 
@@ -325,13 +328,20 @@ def _adapter(run: Run):
     return adapter_from_model(run.accelerator.unwrap_model(run.model), run.cfg.network.alpha)
 
 
+def _trained_references(run: Run) -> list[int]:
+    """The k this run's data trains at (a mix of {1, 2, 3} over pairs alone trains k = 1 only)."""
+    from .cache import bucket_references
+
+    return sorted({bucket_references(b) for b in run.source.buckets})
+
+
 def _finish(run: Run) -> None:
     """The adapter (and the release layout) from the final weights, then the process group's teardown."""
     acc, cfg, step = run.accelerator, run.cfg, run.state.step
     adapter = _adapter(run)
     if adapter is not None:
         dhash = run.source.dataset_hash
-        run.summary.adapter = write_adapter(adapter, run.out_dir / cfg.saving.adapter_name, cfg, step, dhash)
+        run.summary.adapter = write_adapter(adapter, run.out_dir / cfg.saving.adapter_name, cfg, step, dhash, _trained_references(run))
         if cfg.saving.export_diffusers:
             write_release_layout(adapter, run.out_dir / "diffusers", cfg, step, dhash)
     if run.writer is not None:

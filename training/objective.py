@@ -1,4 +1,4 @@
-"""DSD's training objective: rectified flow over the whole two-frame canvas (docs/method.md §4).
+"""DSD's training objective: rectified flow over the whole canvas (docs/method.md §4).
 
 ``x_t = (1 - t) x0 + t noise`` with ``x0`` the target canvas ``[reference | target]``; the
 model sees ``x_t``, the condition canvas ``[reference | black]`` through ``c_embedder``, the
@@ -8,7 +8,9 @@ every token of both frames (optionally weighted per sample by ``training.loss_we
 ``compute_density_for_timestep_sampling``), optionally shifted for the canvas token count as the
 sampling schedule is. Caption dropout swaps in
 the empty-prompt embedding and reference dropout zeroes the condition tokens: the two
-unconditional branches DSD's true CFG needs at inference.
+unconditional branches DSD's true CFG needs at inference. With k references (a row of k + 1
+frames) ``reference_frame_dropout`` also zeroes single reference frames' condition tokens, so the
+model learns to use any subset of the references it is given.
 
 All randomness comes from one CPU ``torch.Generator`` so that a resumed run draws exactly
 what the uninterrupted run would have.
@@ -36,6 +38,7 @@ class Batch:
     prompt_embeds: torch.Tensor  # [B, L, D] T5
     pooled: torch.Tensor  # [B, P] CLIP
     keys: list[str]
+    references: int = 1  # k: reference frames of the canvas (k + 1 frames in all)
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -62,14 +65,31 @@ class Draws:
     t: torch.Tensor
     drop_caption: torch.Tensor  # bool [B]
     drop_reference: torch.Tensor  # bool [B]
+    drop_frames: torch.Tensor | None = None  # bool [B, k]: single reference frames dropped (k > 1)
 
 
-def draw(cfg: TrainingConfig, tokens_shape: tuple[int, int, int], generator: torch.Generator) -> Draws:
+def draw(cfg: TrainingConfig, tokens_shape: tuple[int, int, int], generator: torch.Generator, references: int = 1) -> Draws:
     b, n, _ = tokens_shape
     noise = torch.randn(tokens_shape, generator=generator)
     t = sample_timesteps(cfg, b, n, generator)
     u = torch.rand(2, b, generator=generator)
-    return Draws(noise, t, u[0] < cfg.caption_dropout, u[1] < cfg.reference_dropout)
+    frames = None
+    if references > 1 and cfg.reference_frame_dropout > 0:  # drawn last: one reference draws what it always did
+        frames = torch.rand(b, references, generator=generator) < cfg.reference_frame_dropout
+    return Draws(noise, t, u[0] < cfg.caption_dropout, u[1] < cfg.reference_dropout, frames)
+
+
+def condition_mask(drop_frames: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """bool ``[B, N]`` over packed tokens: True where the token lies in a dropped reference frame.
+
+    Tokens are packed row by row over the ``(h/2) x (w/2)`` patch grid; the canvas is a row of k + 1
+    equal frames, so a token's frame is its column // (columns per frame).
+    """
+    b, k = drop_frames.shape
+    rows, cols = latent_hw[0] // 2, latent_hw[1] // 2
+    frame = torch.arange(cols) // (cols // (k + 1))  # k for the target frame
+    padded = torch.cat([drop_frames, torch.zeros(b, 1, dtype=torch.bool)], dim=1)  # the target frame is never dropped
+    return padded[:, frame].repeat(1, rows)
 
 
 def flow_matching_loss(
@@ -85,12 +105,14 @@ def flow_matching_loss(
     h, w = batch.latent_hw
     x0 = pack(batch.target.float())
     cond = pack(batch.cond.float())
-    d = draw(cfg, tuple(x0.shape), generator)
+    d = draw(cfg, tuple(x0.shape), generator, batch.references)
     b = x0.shape[0]
     t = d.t.view(b, 1, 1)
     x_t = (1.0 - t) * x0 + t * d.noise
     velocity = d.noise - x0
     cond = torch.where(d.drop_reference.view(b, 1, 1), torch.zeros_like(cond), cond)
+    if d.drop_frames is not None:
+        cond = torch.where(condition_mask(d.drop_frames, (h, w)).unsqueeze(-1), torch.zeros_like(cond), cond)
     prompt, pooled = batch.prompt_embeds.float(), batch.pooled.float()
     if d.drop_caption.any():
         e_prompt, e_pooled = empty_text
@@ -116,6 +138,7 @@ def flow_matching_loss(
         "t_mean": float(d.t.mean()),
         "caption_dropped": float(d.drop_caption.float().mean()),
         "reference_dropped": float(d.drop_reference.float().mean()),
+        "references": float(batch.references),
     }
     return loss, stats
 

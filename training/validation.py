@@ -37,6 +37,7 @@ class ValidationItem:
     cond: torch.Tensor  # canvas latent [16, h, w]: reference in frame one, black frame two
     text: Any  # dsd.sampler.TextConditioning
     prompt: str | None = None  # the text, when known (sampling.references + prompts): CLIP-T and the judge
+    references: int = 1  # k reference frames (a dataset tuple): the canvas has k + 1 frames
 
 
 class Validator:
@@ -79,12 +80,13 @@ class Validator:
         from dsd.sampler import TextConditioning
 
         x = source.get(i)
-        return ValidationItem(source.keys[i], x["cond"], TextConditioning(x["prompt_embeds"][None], x["pooled"][None]))
+        return ValidationItem(source.keys[i], x["cond"], TextConditioning(x["prompt_embeds"][None], x["pooled"][None]),
+                              references=int(x.get("references", 1)))  # fmt: skip
 
     @torch.no_grad()
     def run(self, model: Any, step: int, writer: Any, out_dir: Path, write: bool = True) -> list[Path]:
         """Sample (and score) every item; ``write=False`` (FSDP ranks > 0) only joins the sharded forward passes."""
-        from dsd.canvas import split_canvas, tensor_to_pil
+        from dsd.canvas import split_frames, tensor_to_pil
         from dsd.tokens import unpack
 
         was_training = model.training
@@ -102,9 +104,9 @@ class Validator:
             path.parent.mkdir(parents=True, exist_ok=True)
             tensor_to_pil(image).save(path)
             written.append(path)
-            if self.scorer is not None:  # frame two of the sample against frame one of the condition canvas
-                reference = split_canvas(self._decode(item.cond[None]))[0]
-                scored.append((item, tensor_to_pil(reference), tensor_to_pil(split_canvas(image)[1])))
+            if self.scorer is not None:  # the sample's last frame against frame one of the condition canvas
+                reference = split_frames(self._decode(item.cond[None]), item.references + 1)[0]
+                scored.append((item, tensor_to_pil(reference), tensor_to_pil(split_frames(image, item.references + 1)[-1])))
         model.train(was_training)
         if scored and self.scorer is not None:
             self._record(self.scorer.score(scored), step, writer, out_dir)

@@ -60,6 +60,26 @@ def write_wds_dataset(out: Path, n: int = 4, per_shard: int = 3, wide: tuple[int
     return out
 
 
+def write_wds_tuples(out: Path, ks: tuple[int, ...] = (3, 3, 2, 1), seed: int = 0, frame: int = 40,
+                     first_only: bool = False) -> Path:  # fmt: skip
+    """Datagen tuples (issue 20 contract): <key>.ref.png, <key>.ref_2.png ... ref_<k>.png, target.png, json with "k".
+
+    ``first_only`` writes the same samples as pairs (ref_1 and the target alone, no "k"): what one reference trains on.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out / "shard-000000.tar", "w") as tf:
+        for i, k in enumerate(ks):
+            key = f"tuple{i:04d}"
+            refs = [png_bytes(make_image(seed + 5000 + 10 * i + j, frame, frame)) for j in range(k)]
+            names = ["ref.png", *(f"ref_{j}.png" for j in range(2, k + 1))]
+            for name, data in list(zip(names, refs, strict=True))[: 1 if first_only else k]:
+                _add(tf, f"{key}.{name}", data)
+            _add(tf, f"{key}.target.png", png_bytes(make_image(seed + 6000 + i, frame, frame)))
+            meta = {"caption": f"a toy subject number {i}", "id": key, **({} if first_only else {"k": k})}
+            _add(tf, f"{key}.json", json.dumps(meta).encode())
+    return out
+
+
 def write_authors_parquet(path: Path, n: int = 4, struct: bool = True, seed: int = 0, row_group_size: int = 2) -> Path:
     """The authors' layout: image (target), conditioning (reference), caption; images as {"bytes"} or raw bytes."""
     import pyarrow as pa
