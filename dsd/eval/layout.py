@@ -6,16 +6,22 @@ Three layouts are read from local files (nothing is downloaded):
 
       bench/
         subjects/<subject>/ *.png|jpg|jpeg|webp   the first file by name is the reference
-        subjects/<subject>/subject.json            optional: {"name": "...", "category": "..."}
+        subjects/<subject>/subject.json            optional: {"name": "...", "category": "...",
+                                                   "judge_reference": "<file>"}
         prompts.jsonl                              {"prompt": "...", "subject": "<subject>", "category": "...", "id": "..."}
         (or prompts.txt: one prompt per line, for every subject)
 
   A prompt without ``subject`` applies to every subject; ``category`` defaults to ``default``;
   ``id`` (letters, digits, ``-_.``) defaults to ``p00``, ``p01``, ... in file order per subject.
+  A subject's pictures, by name, are its references: ``--references K`` gives the first K of them
+  (multi-reference DSD, issue 20). ``judge_reference`` names a picture that is scored against
+  (CP, DINO, CLIP-I) and never given as a reference, e.g. the whole identity when each reference
+  shows a part of it; without it the first picture is both.
 * ``dreambench_plus`` (DreamBench++ as published): ``images/<category>/<n>.jpg`` and
   ``captions/<category>/<n>.txt`` whose first line names the subject and the next lines are its
   prompts (9: 4 photorealistic, 3 stylized, 2 imaginative, which become the prompt categories).
-* ``dreambench`` (DreamBooth's ``dataset/`` folder): ``<subject>/*.jpg`` plus
+* ``dreambench`` (DreamBooth's ``dataset/`` folder): ``<subject>/*.jpg`` (4-6 photos each, all of them
+  references in name order) plus
   ``prompts_and_classes.txt`` (its class list and the 25 object / 25 live-subject prompt templates;
   the rare token is dropped, since DSD needs no per-subject token).
 """
@@ -42,9 +48,17 @@ class BenchmarkError(ValueError):
 @dataclass(frozen=True)
 class Subject:
     id: str
-    reference: Path
+    reference: Path  # what outputs are scored against (the first picture unless judge_reference names one)
     name: str = ""
     category: str = "default"
+    pictures: tuple[Path, ...] = ()  # the references in order (empty: just ``reference``)
+
+    def references(self, k: int) -> list[Path]:
+        """The first ``k`` pictures (``--references k``)."""
+        pictures = self.pictures or (self.reference,)
+        if k > len(pictures):
+            raise BenchmarkError(f"subject {self.id!r} has {len(pictures)} picture(s); {k} references asked")
+        return list(pictures[:k])
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,16 @@ class Benchmark:
                 per[p.subject] = per.get(p.subject, 0) + 1
                 prompts.append(p)
         return Benchmark(self.root, self.kind, keep, prompts)
+
+    def check_references(self, k: int) -> None:
+        """Every subject has at least ``k`` pictures to give as references, else a BenchmarkError naming those short."""
+        short = sorted(f"{s.id} ({len(s.pictures or (s.reference,))})" for s in self.subjects.values()
+                       if len(s.pictures or (s.reference,)) < k)  # fmt: skip
+        if short:
+            raise BenchmarkError(
+                f"{self.root}: --references {k} needs {k} pictures per subject; {len(short)} subject(s) have fewer: "
+                f"{', '.join(short[:8])}{' ...' if len(short) > 8 else ''} (leave them out with --subjects)"
+            )
 
 
 def load_benchmark(root: str | Path, kind: LayoutKind = "auto") -> Benchmark:
@@ -127,7 +151,9 @@ def _load_dsd(root: Path) -> Benchmark:
         if (folder / "subject.json").is_file():
             meta = json.loads((folder / "subject.json").read_text(encoding="utf-8"))
         sid = _check_id(folder.name, "subject folder", folder)
-        bench.subjects[sid] = Subject(sid, images[0], str(meta.get("name", sid)), str(meta.get("category", "default")))
+        judge, pictures = _judge_reference(folder, images, meta.get("judge_reference"))
+        bench.subjects[sid] = Subject(sid, judge, str(meta.get("name", sid)), str(meta.get("category", "default")),
+                                      tuple(pictures))  # fmt: skip
     for i, rec in enumerate(_read_prompt_lines(root)):
         targets = [rec["subject"]] if rec.get("subject") else list(bench.subjects)
         for sid in targets:
@@ -138,6 +164,19 @@ def _load_dsd(root: Path) -> Benchmark:
             bench.prompts.append(PromptSpec(sid, pid, str(rec["prompt"]), str(rec.get("category") or "default")))
     _check_unique(bench)
     return bench
+
+
+def _judge_reference(folder: Path, images: list[Path], name: object) -> tuple[Path, list[Path]]:
+    """(the picture scored against, the references): subject.json's ``judge_reference`` is kept out of the references."""
+    if not name:
+        return images[0], images
+    judge = folder / str(name)
+    if judge not in images:
+        raise BenchmarkError(f"{folder / 'subject.json'}: judge_reference {name!r} is not a picture in {folder}")
+    pictures = [p for p in images if p != judge]
+    if not pictures:
+        raise BenchmarkError(f"{folder}: only the judge_reference picture; a subject needs a reference besides it")
+    return judge, pictures
 
 
 def _read_prompt_lines(root: Path) -> list[dict]:
@@ -205,7 +244,7 @@ def _load_dreambench(root: Path) -> Benchmark:
         if not images:
             raise BenchmarkError(f"{folder}: no images for subject {sid!r} listed in prompts_and_classes.txt")
         kind = "live_subject" if cls.strip() in DREAMBENCH_LIVE_CLASSES else "object"
-        bench.subjects[sid] = Subject(sid, images[0], cls.strip(), kind)
+        bench.subjects[sid] = Subject(sid, images[0], cls.strip(), kind, tuple(images))
         for k, template in enumerate(templates[kind]):
             prompt = " ".join(template.format("", cls.strip()).split())
             bench.prompts.append(PromptSpec(sid, f"p{k:02d}", prompt, kind))

@@ -26,7 +26,7 @@ from typing import Any
 from ..io import atomic_directory
 from .report_plots import NAMES, write_plots, write_sheets
 from .stages import METRICS
-from .tables import LEVELS, MEAN_METRICS, SUMMARY_METRICS, aggregate, differences, verdict
+from .tables import LEVELS, MEAN_METRICS, SUMMARY_METRICS, aggregate, differences, has_references, verdict
 
 logger = logging.getLogger(__name__)
 esc = html.escape
@@ -97,12 +97,29 @@ def overall_text(frame, pairwise: dict[str, Any] | None = None) -> str:
         diffs = differences(frame)
         main = diffs[diffs.metric.isin([metric, "cp", "pf"])] if metric else diffs
         lines += [f"  A/B {verdict(r)}" for _, r in main.iterrows()]
+    lines += _references_text(summary)
     for c in (pairwise or {}).get("criteria", {}).values():
         ranks = ", ".join(f"{s} {v:+.2f} [{lo:+.2f}, {hi:+.2f}]" for s, v, lo, hi in
                           sorted(zip(c.systems, c.strength, c.lo, c.hi, strict=True), key=lambda t: -t[1]))  # fmt: skip
         bias = "n/a" if c.position_bias is None else f"{c.position_bias:.0%}"
         lines.append(f"pairwise {c.criterion}: {ranks}; position bias {bias}")
     return "\n".join(lines)
+
+
+def _references_text(summary) -> list[str]:
+    """Multi-reference mode: per base system, CP (else the first metric scored) for each k."""
+    rows = summary[summary.level == "references"]
+    if rows.empty:
+        return []
+    metric = next((m for m in ("cp", "cp_x_pf", "dino", "clip_i") if rows[m].notna().any()), None)
+    if metric is None:
+        return []
+    lines = [f"{NAMES.get(metric, metric)} per number of references (mean [95% interval]):"]
+    for system, g in rows.groupby("system", sort=True):
+        g = g.assign(k=g.group.str.removeprefix("k=").astype(int)).sort_values("k")
+        lines.append(f"  {system}: " + ", ".join(f"k={r.k} {_ci(r[metric], r[f'{metric}_lo'], r[f'{metric}_hi'])}"
+                                                   for _, r in g.iterrows()))  # fmt: skip
+    return lines
 
 
 # -- HTML -----------------------------------------------------------------------------------------------
@@ -168,6 +185,7 @@ def _html(title, frame, summary, diffs, pairwise, plots, sheets, meta) -> str:
              "[brackets]: 95% interval, bootstrap over subjects.</p>"]  # fmt: skip
     if summary is not None:
         parts += _ranking(frame, summary, diffs)
+        parts += _references_html(frame, summary, plots)
         figs = [(k, plots[k]) for k in ("plane", "pairwise") if k in plots]
         if figs:
             parts.append("<div class='figs'>" + "".join(
@@ -207,6 +225,23 @@ def _ranking(frame, summary, diffs) -> list[str]:
         out.append("<h3>A/B differences (paired over subjects)</h3><ul>" + "".join(items) + "</ul>"
                    "<p class='lead'>Not significant: the 95% interval of the difference holds 0, so the data cannot tell "
                    "the two systems apart on this metric. All metrics: <a href='differences.csv'>differences.csv</a>.</p>")
+    return out
+
+
+def _references_html(frame, summary, plots: dict[str, str]) -> list[str]:
+    """Multi-reference mode: every metric per (base system, k), and the curve against k."""
+    if not has_references(frame):
+        return []
+    metrics = [m for m in SUMMARY_METRICS if summary[m].notna().any()]
+    rows = summary[summary.level == "references"]
+    rows = rows.assign(k=rows.group.str.removeprefix("k=").astype(int)).sort_values(["system", "k"])
+    out = ["<h2>Per number of references (k)</h2>",
+           "<p class='lead'>Each system sampled with the first k pictures of every subject as its references "
+           "(systems <code>NAME@kK</code>); scored against the same picture for every k.</p>",
+           _metric_table(rows, metrics, ["system", "k", "images"])]  # fmt: skip
+    if "references" in plots:
+        out.append(f"<figure><img class='wide' src='{esc(plots['references'])}' alt='metrics against k'>"
+                   "<figcaption>Against the number of references (band: 95% interval over subjects).</figcaption></figure>")  # fmt: skip
     return out
 
 

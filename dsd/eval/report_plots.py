@@ -2,7 +2,8 @@
 
 Every plot shows the 95 % intervals of dsd/eval/tables.py (subjects resampled): the CP-vs-PF plane
 with one point per system and both intervals as error bars, the pairwise win matrix and the
-Bradley-Terry strengths, per-subject bars, per-checkpoint curves.
+Bradley-Terry strengths, per-subject bars, per-checkpoint curves, and in multi-reference mode each
+metric against the number of references k.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def write_plots(frame, summary, pairwise: dict[str, Any] | None, folder: Path) -
     import matplotlib.pyplot as plt
 
     made = {}
-    makers = (("plane", _plot_plane), ("per_subject", _plot_subjects), ("checkpoints", _plot_steps))
+    makers = (("plane", _plot_plane), ("per_subject", _plot_subjects), ("checkpoints", _plot_steps),
+              ("references", _plot_references))  # fmt: skip
     figures = [(name, fn(summary)) for name, fn in makers]
     if pairwise:
         figures.append(("pairwise", _plot_pairwise(pairwise)))
@@ -130,6 +132,30 @@ def _plot_steps(summary):
         ax.set_xlabel("training step")
         ax.set_title(NAMES.get(metric, metric))
         ax.grid(alpha=0.3)
+    return fig
+
+
+def _plot_references(summary):
+    """Each metric against k, one line per base system (band: 95% interval over subjects)."""
+    import matplotlib.pyplot as plt
+
+    rows = summary[summary.level == "references"]
+    if rows.empty:
+        return None
+    rows = rows.assign(k=rows.group.str.removeprefix("k=").astype(int)).sort_values("k")
+    metrics = _available(rows, ("cp", "pf", "cp_x_pf", "dino", "clip_i"))
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for system, g in rows.groupby("system", sort=True):
+            ax.plot(g.k, g[metric].astype(float), marker="o", label=str(system))
+            ax.fill_between(g.k, g[f"{metric}_lo"].astype(float), g[f"{metric}_hi"].astype(float), alpha=0.2)
+        ax.set_xlabel("references (k)")
+        ax.set_xticks(sorted(rows.k.unique()))
+        ax.set_title(NAMES.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
     return fig
 
 

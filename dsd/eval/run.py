@@ -10,12 +10,18 @@
 
 Every stage resumes from its log; ``kill -9`` and a rerun give the same final table. Sampling runs
 in every process of an ``accelerate launch`` (each draws its share), the rest on the main process.
+
+Multi-reference mode (issue 20): ``--references 1,2,3`` samples every model once per k with the first
+k pictures of each subject as its references, as the system ``<name>@k<k>``; the scores table has a
+``references`` column and the report a CP-per-k table (``--images NAME@k<k>=DIR`` labels outside
+images the same way).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +60,7 @@ class EvalConfig:
     layout: str = "auto"
     subjects: list[str] | None = None
     max_prompts: int | None = None
+    references: tuple[int, ...] = (1,)  # --references: k values; each model is sampled once per k
     models: list[ModelSpec] = field(default_factory=list)
     sources: list[ImageSource] = field(default_factory=list)
     sampling: SampleSettings = field(default_factory=SampleSettings)
@@ -95,6 +102,8 @@ class EvalSummary:
 def run_eval(cfg: EvalConfig) -> EvalSummary:
     bench = load_benchmark(cfg.bench, cfg.layout).select(cfg.subjects, cfg.max_prompts)  # type: ignore[arg-type]
     _check_systems(cfg)
+    if cfg.models:
+        bench.check_references(max(m.references for m in cfg.models))
     summary = EvalSummary()
     if cfg.models:
         rank, world, state = process_state(cfg.sampling.device)
@@ -108,6 +117,8 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
             return summary
     rows = [r for spec in cfg.models for r in collect_samples(cfg.out, spec.name, spec.step)]
     rows += [r for source in cfg.sources for r in collect_folder(source, bench)]
+    for row in rows:
+        row["references"] = references_of(row["system"])
     summary.images = len(rows)
     scores_dir, report_dir = cfg.out / "scores", cfg.out / "report"
     if cfg.protocol:
@@ -214,6 +225,7 @@ def _meta(cfg: EvalConfig, bench: Benchmark) -> dict[str, Any]:
         "sampling": to_dict(cfg.sampling) if cfg.models else None, "judge": judge,
         "clip": str(cfg.clip) if cfg.clip else None, "dino": str(cfg.dino) if cfg.dino else None,
         "dino_v1": str(cfg.dino_v1) if cfg.dino_v1 else None, "protocol": cfg.protocol,
+        "references": list(cfg.references),
     }  # fmt: skip
 
 
@@ -232,6 +244,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]FILE",
                    help="a DSD adapter or training checkpoint (repeatable: per-checkpoint curves from the step in its name)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one image per prompt and seed")
+    p.add_argument("--references", default="1", metavar="K[,K...]",
+                   help="multi-reference mode: sample each model with the first K pictures of every subject as its "
+                        "references, once per K in the list (e.g. 1,2,3; systems named NAME@kK); CP per K in the report")
     p.add_argument("--base", action="append", default=[], metavar="NAME",
                    help="also sample --flux's own transformer with a zero embedder under NAME: the no-reference baseline")
     p.add_argument("--max-sequence-length", type=int, default=None,
@@ -279,6 +294,36 @@ def _named(values: list[str], what: str) -> list[tuple[str, Path]]:
     return out
 
 
+REFERENCES_SUFFIX = re.compile(r"@k(\d+)$")
+
+
+def parse_references(text: str) -> tuple[int, ...]:
+    """``--references``: "3" or "1,2,3" -> sorted distinct k values, each 1 .. MAX_REFERENCES."""
+    from ..canvas import MAX_REFERENCES
+
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or not 1 <= int(part) <= MAX_REFERENCES:
+            raise BenchmarkError(f"--references {text!r}: each value must be an integer from 1 to {MAX_REFERENCES}, "
+                                 "e.g. --references 3 or --references 1,2,3")  # fmt: skip
+        values.append(int(part))
+    return tuple(sorted(set(values)))
+
+
+def references_of(system: str) -> int:
+    """The k of a system: its name's "@k<k>" suffix, else 1."""
+    found = REFERENCES_SUFFIX.search(system)
+    return int(found.group(1)) if found else 1
+
+
+def per_k(models: list[ModelSpec], ks: tuple[int, ...]) -> list[ModelSpec]:
+    """Each model once per k, named ``<name>@k<k>`` (unchanged when only k = 1 is asked: today's names and files)."""
+    if ks == (1,):
+        return models
+    return [replace(m, name=f"{m.name}@k{k}", references=k) for m in models for k in ks]
+
+
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     models = []
     if (args.release or args.adapter) and args.flux is None:
@@ -290,6 +335,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if args.base and args.flux is None:
         raise BenchmarkError("--base needs --flux (its transformer is the plain base)")
     models += [ModelSpec(name, args.flux, plain_base=True) for name in args.base]
+    ks = parse_references(args.references)
+    models = per_k(models, ks)
     sources = [ImageSource(name, path) for name, path in _named(args.images, "--images")]
     sampling = SampleSettings(
         seeds=tuple(args.seeds), steps=args.steps, guidance=args.guidance, image_guidance=args.image_guidance,
@@ -304,7 +351,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
                               tuple(args.judge_price))  # fmt: skip
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     return EvalConfig(bench=args.bench, out=args.out, layout=args.layout, subjects=subjects, max_prompts=args.max_prompts,
-                      models=models, sources=sources, sampling=sampling, clip=args.clip, dino=args.dino, dino_v1=args.dino_v1,
+                      references=ks, models=models, sources=sources, sampling=sampling, clip=args.clip, dino=args.dino, dino_v1=args.dino_v1,
                       embed_batch=args.embed_batch, judge=judge, pairwise=args.pairwise,
                       protocol=None if args.protocol == "ours" else args.protocol, protocol_dir=args.protocol_dir,
                       protocol_strict=args.protocol_strict, title=args.title, progress=cli.progress_enabled(args))  # fmt: skip

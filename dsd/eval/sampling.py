@@ -10,7 +10,9 @@ skips ids found in any rank's log, so it may use another number of processes.
 
 Each record carries frame one's reconstruction error: the mean squared error, in [0, 1] pixels,
 between frame one of the decoded canvas and the reference as it was placed there (how well the
-model read the reference; only DSD has it).
+model read the reference; only DSD has it). With k references (``ModelSpec.references``, issue 20)
+the sampler gets the subject's first k pictures as one list (a k + 1-frame canvas of the same frame
+size) and the error is the mean over the k reconstructed frames.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class ModelSpec:
     adapter: Path | None = None
     step: int | None = None  # training step, for per-checkpoint curves
     plain_base: bool = False  # flux's transformer alone, zero embedder: the no-reference baseline
+    references: int = 1  # the subject's first k pictures as references (system names carry "@k<k>" when k != 1)
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def sample_system(
     with RecordLog(system_dir / f"samples.rank{rank}.jsonl") as log:
         for prompt, seed in tqdm(todo, desc=f"sample {spec.name} r{rank}", unit="img", disable=not progress):
             if prompt.subject not in references:
-                references[prompt.subject] = _open_rgb(bench.subjects[prompt.subject].reference)
+                references[prompt.subject] = _subject_references(bench, prompt.subject, spec.references)
             reference = references[prompt.subject]
             result = pipe.generate(reference, prompt.text, settings.negative_prompt, layout=layout, steps=settings.steps,
                                    guidance=guidance, seed=seed, progress=False)  # fmt: skip
@@ -130,10 +133,27 @@ def sample_system(
             _save(result.frame_two[0], Path(out_dir) / rel, Path(out_dir) / judge_view(rel))
             log.append({
                 "id": sample_id(spec.name, prompt.subject, prompt.id, seed), "system": spec.name, "subject": prompt.subject,
-                "prompt_id": prompt.id, "seed": seed, "path": rel.as_posix(),
-                "recon_mse": reconstruction_error(reference, result.frame_one, layout),
+                "prompt_id": prompt.id, "seed": seed, "path": rel.as_posix(), "references": spec.references,
+                "recon_mse": _reconstruction(reference, result, layout),
             })  # fmt: skip
     return len(todo)
+
+
+def _subject_references(bench: Benchmark, subject: str, k: int) -> Any:
+    """One picture for k = 1 (today's call, bit for bit), else the list of the subject's first k pictures."""
+    pictures = [_open_rgb(p) for p in bench.subjects[subject].references(k)]
+    return pictures[0] if k == 1 else pictures
+
+
+def _reconstruction(reference: Any, result, layout) -> float:
+    """Frame one's reconstruction error; with k references the mean over the k reconstructed frames."""
+    if not isinstance(reference, list):
+        return reconstruction_error(reference, result.frame_one, layout)
+    from ..pipeline import layout_for
+
+    frames = layout_for(reference, layout)
+    errors = [reconstruction_error(r, f, frames) for r, f in zip(reference, result.frames[: len(reference)], strict=True)]
+    return sum(errors) / len(errors)
 
 
 def _load(spec: ModelSpec, settings: SampleSettings):

@@ -155,7 +155,7 @@ def judge_stage(rows: list[dict[str, Any]], bench: Benchmark, judge, scores_dir:
 
 
 METRICS = ("clip_i", "clip_t", "dino", "dino_v1", "cp", "pf", "cp_x_pf", "cp_std", "pf_std", "recon_mse")
-TABLE_COLUMNS = ("id", "system", "step", "subject", "subject_category", "prompt_id", "prompt_category", "prompt",
+TABLE_COLUMNS = ("id", "system", "step", "references", "subject", "subject_category", "prompt_id", "prompt_category", "prompt",
                  "sample", "path", "reference", *METRICS, "judge_failures")  # fmt: skip
 
 
@@ -180,4 +180,5 @@ def build_table(rows: list[dict[str, Any]], bench: Benchmark, scores_dir: Path):
     for k in METRICS:
         frame[k] = pd.to_numeric(frame[k], errors="coerce").astype("float64")
     frame["step"] = pd.to_numeric(frame["step"], errors="coerce").astype("Int64")
+    frame["references"] = pd.to_numeric(frame["references"], errors="coerce").astype("Int64")  # k (issue 20)
     return frame

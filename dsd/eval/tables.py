@@ -5,6 +5,10 @@ and its 95 % interval (``<metric>_lo`` / ``<metric>_hi``; see dsd/eval/stats.py:
 prompts within one subject). The aggregate ``cp_x_pf`` is mean(CP) x mean(PF), the paper's overall
 figure (Table 1), and its interval is that product over the same draws.
 
+With several numbers of references (multi-reference mode, issue 20) the long table also has level
+``references``: one row per (base system, k), the base system being the name without its ``@k<k>``,
+group ``k=<k>``: CP (and every metric) per k.
+
 ``differences(frame)``: for every pair of systems and every metric, mean(A) - mean(B) over the subjects
 both were scored on, its paired interval and whether it is significant (the interval misses 0).
 """
@@ -12,6 +16,7 @@ both were scored on, its paired interval and whether it is significant (the inte
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 
@@ -57,6 +62,7 @@ def aggregate(frame):
             key = key if isinstance(key, tuple) else (key,)
             group_name = "all" if level == "overall" else str(key[1])
             rows.append({"level": level, "group": group_name, "system": key[0], **_group_row(group, metrics, unit)})
+    rows += _per_references(frame, metrics)
     out = pd.DataFrame(rows)
     cols = ["level", "group", "system", "step", "images"]
     for m in SUMMARY_METRICS:
@@ -66,6 +72,30 @@ def aggregate(frame):
             cols.append(f"{m}{suffix}")
     out["step"] = pd.array(out["step"], dtype="Int64") if len(out) else out["step"]
     return out[cols]
+
+
+def base_system(system: str) -> str:
+    """A system's name without its multi-reference suffix ("dsd@k3" -> "dsd")."""
+    return re.sub(r"@k\d+$", "", str(system))
+
+
+def has_references(frame) -> bool:
+    """Whether ``frame`` holds more than one k, or any k other than 1 (multi-reference mode)."""
+    if "references" not in frame or not frame["references"].notna().any():
+        return False
+    ks = set(frame["references"].dropna().astype(int))
+    return ks != {1}
+
+
+def _per_references(frame, metrics: list[str]) -> list[dict]:
+    """The "references" level: one row per (base system, k), unit subject."""
+    if not has_references(frame):
+        return []
+    keyed = frame.assign(base_system=frame.system.map(base_system))
+    rows = []
+    for (base, k), group in keyed.dropna(subset=["references"]).groupby(["base_system", "references"], sort=True):
+        rows.append({"level": "references", "group": f"k={int(k)}", "system": base, **_group_row(group, metrics, "subject")})
+    return rows
 
 
 def differences(frame):
@@ -96,4 +126,5 @@ def verdict(row) -> str:
     return text if row.significant else f"{text}, not significant"
 
 
-__all__ = ["LEVELS", "MEAN_METRICS", "SUMMARY_METRICS", "aggregate", "differences", "verdict"]
+__all__ = ["LEVELS", "MEAN_METRICS", "SUMMARY_METRICS", "aggregate", "base_system", "differences", "has_references",
+           "verdict"]
