@@ -73,6 +73,8 @@ def test_tiny_suite_yields_every_figure(tmp_path):
     # the estimator's FLOP formula against torch's own count of the same step (checkpointing recompute included)
     assert 0.8 < adamw["ratio_flops_counted_over_predicted"] < 1.2
     assert 0.8 < adamw["ratio_memory_measured_over_predicted"] < 1.2
+    k3 = t["adamw_k3"]  # multi-reference: a canvas of four frames, against the estimate for k = 3
+    assert k3["status"] == "measured" and k3["references"] == 3 and 0.8 < k3["ratio_flops_counted_over_predicted"] < 1.2
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:

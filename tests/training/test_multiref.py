@@ -216,3 +216,22 @@ def test_k_mix_trains_resumes_exactly_and_records_k(tiny_flux, tuples, tmp_path)
     other = load_config(TINY_TOML, tiny_overrides(tiny_flux, tuples, tmp_path / "c", *QUIET, f"dataset.cache_dir='{tmp_path / 'cache'}'"))
     with pytest.raises(ConfigError, match="made for training.references"):
         train(other, resume="none", progress=False)
+
+
+def test_estimate_covers_k3():
+    from pathlib import Path
+
+    from training.estimate import canvas_image_tokens, estimate, render_markdown
+
+    paper = Path(TINY_TOML).parent / "paper_8xh100.toml"
+    one = estimate(load_config(paper))
+    mixed = estimate(load_config(paper, [MIX]))
+    three = estimate(load_config(paper, ["training.references={3 = 1.0}"]))
+    assert (one.image_tokens, three.image_tokens) == (2048, 4096) == (canvas_image_tokens(load_config(paper)), 4096)
+    assert one.flops_by_k is not None and one.flops_by_k[1] == one.flops_per_sample  # the default: today's figures
+    assert mixed.total_ddp_gib == three.total_ddp_gib > one.total_ddp_gib  # memory at the largest k
+    expected = 0.5 * one.flops_by_k[1] + 0.25 * one.flops_by_k[2] + 0.25 * one.flops_by_k[3]
+    assert mixed.flops_per_sample == pytest.approx(expected) and three.flops_per_sample == one.flops_by_k[3]
+    assert 1.8 < one.flops_by_k[3] / one.flops_by_k[1] < 2.1  # 4096 + 512 tokens against 2048 + 512
+    md = render_markdown(mixed, load_config(paper, [MIX]), "paper_8xh100.toml")
+    assert "| 3 | 512x2048 | 4096 |" in md and "memory above at k = 3" in md
