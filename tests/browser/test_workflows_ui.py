@@ -235,6 +235,7 @@ WIDGET_OVERRIDES = {
     "DSDAdapterLoader": {"adapter": tiny.ADAPTER_NAME},
     "ModelSamplingFlux": {"width": 128, "height": 64},
     "DSDReferenceConditioning": {"width": 128, "height": 64},
+    "DSDMultiReferenceConditioning": {"frame_width": 64, "height": 64},
     "BasicScheduler": {"steps": 2},
     "SaveImage": {"filename_prefix": "DSD/browser"},
 }
@@ -252,17 +253,18 @@ def _set_widget(build, node: dict, name: str, value) -> None:
     raise KeyError(f"{node['type']} has no widget {name}")
 
 
-def tiny_basic(reference: str) -> dict:
-    """``dsd_basic`` with the test-only tiny models, a 128x64 canvas and 2 steps."""
+def tiny_basic(reference: str | None, name: str = "dsd_basic") -> dict:
+    """A shipped workflow (``dsd_basic``) with the test-only tiny models, 64 px frames and 2 steps; every Load Image
+    gets ``reference`` (None: the shipped file names)."""
     build = script("build")
-    wf = copy.deepcopy(load_ui("dsd_basic"))
+    wf = copy.deepcopy(load_ui(name))
     dropped = {n["id"] for n in wf["nodes"] if n["type"] == "DualCLIPLoader"}
     dropped_links = {link[0] for link in wf["links"] if link[1] in dropped}
     wf["nodes"] = [n for n in wf["nodes"] if n["id"] not in dropped]
     wf["links"] = [link for link in wf["links"] if link[0] not in dropped_links]
     for node in wf["nodes"]:
         overrides = dict(WIDGET_OVERRIDES.get(node["type"], {}))
-        if node["type"] == "LoadImage":
+        if node["type"] == "LoadImage" and reference is not None:
             overrides["image"] = reference
         for name, value in overrides.items():
             _set_widget(build, node, name, value)
@@ -345,3 +347,27 @@ def test_tiny_reference_shows_our_error_and_the_server_keeps_serving(page, tiny_
     assert tiny_inputs.alive()
     assert tiny_inputs.get_json("/system_stats")["system"]["comfyui_version"]
     assert tiny_inputs.get_json("/queue") == {"queue_running": [], "queue_pending": []}
+
+
+def test_tiny_multi_reference_runs_and_shows_the_trained_k_warning(page, tiny_inputs: ComfyServer):
+    """dsd_multi_reference as shipped (its three example pictures) on the tiny models: the run saves the last frame,
+    and DSD Guider's warning (the tiny adapter was trained with one reference, the graph gives three) is a toast."""
+    before = set(tiny_inputs.get_json("/history"))
+    page.open()
+    load_workflow(page, tiny_basic(None, "dsd_multi_reference"), "dsd_multi_reference_tiny")
+    assert missing_node_types(page) == [] and open_dialogs(page) == []
+    page.shot("multi-reference-loaded")
+    click_run(page)
+    toast = page.get_by_text(re.compile(r"3 references given but the DSD adapter was trained with at most 1")).first
+    toast.wait_for(timeout=RUN_TIMEOUT_MS)
+    page.shot("multi-reference-warning")
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+    done: list = []
+    while not done and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        history = tiny_inputs.get_json("/history")
+        done = [entry for key, entry in history.items() if key not in before and entry.get("status", {}).get("completed")]
+    assert done, "the multi-reference run did not complete"
+    saved = [img for out in done[0]["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
+    assert saved and saved[0]["subfolder"] == "DSD"
+    assert Image.open(tiny_inputs.base_dir / "output" / "DSD" / saved[0]["filename"]).size == (64, 64)
