@@ -9,10 +9,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "example_inputs").glob("*.png"))
+VIEWS = ["dsd_reference_back.png", "dsd_reference_side.png"]  # dsd_multi_reference's other pictures of the robot
 
 
 def test_the_pack_entry_copied_them_when_comfyui_loaded_it(comfy_host):
-    assert {p.name for p in SHIPPED} == {"dsd_reference.png", "dsd_depth_hint.png"}
+    assert {p.name for p in SHIPPED} == {"dsd_reference.png", "dsd_depth_hint.png", *VIEWS}
     for example in SHIPPED:
         assert (comfy_host.root / "input" / example.name).is_file(), f"{example.name} is not in ComfyUI's input folder"
 
@@ -28,9 +29,10 @@ def test_copies_missing_files_only_and_never_replaces_a_users_file(comfy_host, t
             copied = install(target)
     finally:
         os.umask(saved)
-    assert [p.name for p in copied] == ["dsd_reference.png"]
+    assert [p.name for p in copied] == ["dsd_reference.png", *VIEWS]
     assert (target / "dsd_reference.png").read_bytes() == (REPO / "example_inputs" / "dsd_reference.png").read_bytes()
     assert (target / "dsd_reference.png").stat().st_mode & 0o777 == 0o644
     assert (target / "dsd_depth_hint.png").read_bytes() == b"the user's own picture"
     assert any("copied the example input dsd_reference.png" in r.getMessage() for r in caplog.records)
-    assert install(target) == [] and sorted(p.name for p in target.iterdir()) == ["dsd_depth_hint.png", "dsd_reference.png"]
+    assert install(target) == [] and sorted(p.name for p in target.iterdir()) == ["dsd_depth_hint.png", "dsd_reference.png",
+                                                                                 *VIEWS]
