@@ -3,7 +3,8 @@
 Every curated grid with n >= 3 panels holds (k references -> 1 target) examples for k = 2 ..
 min(``dataset.max_references``, n - 1): each panel as the target, each k-subset of the others as its
 references, at most ``curate.max_tuples_per_grid`` per grid and k (a seeded sample, sorted). A tuple
-is accepted when all its k + 1 panels show one identity. Two ways to decide (``curate.tuple_verdicts``):
+is accepted when all its k + 1 panels show one identity. Two ways to decide (``curate.tuple_verdicts``;
+``vlm`` is the default, measured by ``benchmarks/datagen_tuples.py`` against the toy domain's truth):
 
 * ``derived``: from the pair verdicts already in ``curate/verdicts.jsonl``: every pair of panels inside
   the tuple was judged (in either order) and every such verdict accepted; the caption is the target's

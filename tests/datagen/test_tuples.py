@@ -231,7 +231,7 @@ def test_dataset_tuples_round_trip_and_pairs_unchanged(toy_panels, tmp_path: Pat
 
 
 def test_max_references_and_tuple_settings_are_validated() -> None:
-    assert load_config(None).dataset.max_references == 1 and load_config(None).curate.tuple_verdicts == "derived"
+    assert load_config(None).dataset.max_references == 1 and load_config(None).curate.tuple_verdicts == "vlm"
     assert load_config(None, ["dataset.max_references=3"]).dataset.max_references == 3
     with pytest.raises(ConfigError, match=r"dataset.max_references must be an integer from 1 \(pairs only\) to 3, got 4"):
         load_config(None, ["dataset.max_references=4"])

@@ -157,3 +157,30 @@ def test_sampling_gives_each_k_its_first_pictures(tiny, tmp_path) -> None:
     short = make_multi_bench(tmp_path / "short", (3, 1))
     with pytest.raises(BenchmarkError, match="s1 \\(1\\)"):
         run_eval(EvalConfig(bench=short, out=tmp_path / "o2", models=models, sampling=settings, progress=False))
+
+
+def test_cli_references_flag(tmp_path, capsys) -> None:
+    """From the command line: labelled folders give the per-k lines; a bad --references or too few pictures is exit 2."""
+    from dsd.__main__ import main
+
+    bench = make_multi_bench(tmp_path / "b", (3, 2))
+    folders = [f"dsd@k{k}={_images(tmp_path / f'k{k}', bench, 20 * k)}" for k in (1, 2)]
+    args = ["eval", "--bench", str(bench), "--out", str(tmp_path / "o"), "--no-progress",
+            *[x for f in folders for x in ("--images", f)]]  # fmt: skip
+    assert main([*args, "--clip", str(_clip(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "CLIP-I per number of references" in out and "dsd: k=1 " in out and "k=2 " in out
+    assert main([*args, "--references", "1,x"]) == 2
+    assert "each value must be an integer from 1 to" in capsys.readouterr().err
+    from tests.eval.eval_bench import write_adapter
+
+    adapter = write_adapter(tmp_path / "a.safetensors", seed=1)
+    assert main([*args, "--flux", str(tmp_path), "--adapter", str(adapter), "--references", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--references 3 needs 3 pictures per subject" in err and "s1 (2)" in err and "Traceback" not in err
+
+
+def _clip(tmp_path: Path) -> Path:
+    from tests.eval_fixtures import write_tiny_clip
+
+    return write_tiny_clip(tmp_path / "clip")
