@@ -248,8 +248,9 @@ def read_pair(ref: PairRef) -> Pair:
         caption = meta.get("caption") if isinstance(meta, dict) else None
         if not isinstance(caption, str):
             raise PairReadError(f"{where}: {ref.key}.json has no string 'caption'")
-        if meta.get("k", 1) != ref.available:
-            raise PairReadError(f"{where}: json says k = {meta.get('k', 1)!r} but the shard holds {ref.available} reference(s)")
+        declared = 1 if meta.get("k") is None else meta["k"]  # absent or null: a pair
+        if declared != ref.available:
+            raise PairReadError(f"{where}: json says k = {declared!r} but the shard holds {ref.available} reference(s)")
         reference = _decode(_read_span(ref.source, ref.ref_loc), f"{where} ref")
         more = [_decode(_read_span(ref.source, loc), f"{where} ref_{i}") for i, loc in enumerate(ref.more_refs[: ref.k - 1], start=2)]
         target = _decode(_read_span(ref.source, ref.target_loc), f"{where} target")
