@@ -200,10 +200,10 @@ def guided_graph(k: int, adapter: str) -> dict:
 
 @pytest.fixture(scope="module")
 def k3_adapter(models_dir, tiny_weights):
-    from dsd.weights.adapter import save_adapter
+    from dsd.weights.adapter import references_metadata, save_adapter
 
     name = "tiny_adapter_k123.safetensors"
-    save_adapter(tiny_weights.adapter, models_dir.root / "dsd" / name, extra_metadata={"dsd_train_references": "[1, 2, 3]"})
+    save_adapter(tiny_weights.adapter, models_dir.root / "dsd" / name, extra_metadata=references_metadata([1, 2, 3]))
     return name
 
 
