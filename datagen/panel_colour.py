@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .panel_detect import _boxes, _Grid, _same_colour, _uniform_runs
+from .panel_detect import _boxes, _Grid, _same_colour, _seam_beside, _uniform_runs
 from .panel_types import Detection
 from .panel_verify import channel_max
 
@@ -26,6 +26,10 @@ _CLEAN_NEAR = 0.5  # the colour covers at most this share of the line beside a c
 _AGREE_PX = 3
 _EXACT_PX = 2  # panels beside a gutter placed by equal sizes alone differ by at most this (rounding)
 _SHOWN_MIN = 0.15  # share of the span where a panel beside a gutter must show (not the gutter's colour)
+_STRAY_PX = 6  # a run narrower than this with no clean side, where no gutter belongs, is a photo's line
+# a panel's own colour at an image edge: sure, to be confirmed by equal panels where a frame of it
+# may hide, or always (a flat edge line of another colour)
+_SURE, _EQUAL, _STRICT = 1, 2, 3
 _BORDER_SHARE = 0.6  # lines at the image's ends this much of the colour are border (a subject may cross it)  # clean gutters (borders) of one grid agree on their width within this
 
 
@@ -107,41 +111,64 @@ class _Axis:
         (a run wider than a border, or lines much of the colour without a run): the panel there
         starts at the edge, which equal panels must then confirm."""
         pitch = self.length / n
-        borders, gutters, content = [], [], False
+        borders, gutters, content, wide = [], [], 0, []
         for s, e in self.runs:
             if s == 0 or e == self.length:
                 if e - s > self.cfg.max_border_fraction * self.length:
-                    content = True
+                    content, wide = _SURE, [*wide, s == 0]  # wider than a border: surely the panel's own
                     continue
                 borders.append((s, e, s == 0 or self.clean(s, -1), e == self.length or self.clean(e, 1)))
                 continue
             slot = round((s + e) / 2 / pitch)
             off = abs((s + e) / 2 - slot * pitch)
             if not 1 <= slot < n or off > self.cfg.gutter_tolerance * pitch or e - s > self.cfg.max_gutter_fraction * pitch:
-                if e - s >= self.cfg.min_gutter_px:
+                if e - s >= self.cfg.min_gutter_px and (e - s >= _STRAY_PX or self.clean(s, -1) or self.clean(e, 1)):
                     return None  # a band of the colour across the grid where no gutter belongs
-                continue
+                continue  # a thin line of the colour that stops cleanly nowhere: a photo's own
             gutters.append((s, e, self.clean(s, -1), self.clean(e, 1)))
-        for at, touches in ((0, any(b[0] == 0 for b in borders)), (self.length - 1, any(b[1] == self.length for b in borders))):
+        gutters = _one_per_slot(gutters, pitch)
+        for at, first in ((0, True), (self.length - 1, False)):
+            touches = first in wide or any((b[0] == 0) if first else (b[1] == self.length) for b in borders)
             if not touches and self.share[at] >= _CLEAN_NEAR:
-                content = True  # much of the colour at the image's edge, but no border of it
+                content = _EQUAL  # much of the colour at the image's edge, but no border of it
         if len(gutters) != n - 1 or len({round((s + e) / 2 / pitch) for s, e, _, _ in gutters}) != n - 1:
             return None
         return borders, gutters, content
 
 
-def _unexplained_edge(g: _Grid, axis: int, borders, colour: np.ndarray) -> bool:
-    """Whether the image's first or last line along ``axis`` is uniform (a border of another colour,
-    or a flat edge) where this colour shows no border: the panel there would start unsure. (A line
-    of this colour there is a panel's own: see ``_Axis.layout``'s content.)"""
-    length = g.n_px(axis)
-    for at, touches in ((0, any(b[0] == 0 for b in borders)), (length - 1, any(b[1] == length for b in borders))):
-        line = g.a[at, ::2] if axis == 0 else g.a[::2, at]
-        mean = line.mean(axis=0)
-        uniform = float((channel_max(np.abs(line - mean)) <= g.cfg.uniform_tolerance).mean()) >= g.cfg.uniform_fraction
-        if uniform and not touches and not _same_colour(tuple(mean), tuple(colour), g.cfg):
-            return True
-    return False
+def _one_per_slot(gutters: list, pitch: float) -> list:
+    """Runs that claim the same gutter slot: a thin one with no clean side (a photo's white line
+    near the gutter) gives way to a wider one that is clean on both sides."""
+    out = []
+    for run in gutters:
+        rivals = [o for o in gutters if o is not run and round((o[0] + o[1]) / 2 / pitch) == round((run[0] + run[1]) / 2 / pitch)]
+        if any(o[2] and o[3] and o[1] - o[0] > run[1] - run[0] for o in rivals) and not (run[2] or run[3]):
+            continue
+        out.append(run)
+    return out
+
+
+def _unexplained_edge(g: _Grid, layouts, colour: np.ndarray) -> tuple[bool, list]:
+    """(skip, layouts): whether an image edge line is uniform in another colour (a border of another
+    colour, or a flat edge) where this colour shows no border, the same colour showing on another
+    edge too (a frame: the panel there would start unsure); a lone such line is a panel's flat
+    edge, which equal panels must confirm (its axis gets content ``_STRICT``). A line of this colour
+    there is a panel's own (see ``_Axis.layout``'s content)."""
+    lines = []
+    for axis, lay in enumerate(layouts):
+        length = g.n_px(axis)
+        for at, touches in ((0, any(b[0] == 0 for b in lay[0])), (length - 1, any(b[1] == length for b in lay[0]))):
+            line = g.a[at, ::2] if axis == 0 else g.a[::2, at]
+            mean = line.mean(axis=0)
+            uniform = float((channel_max(np.abs(line - mean)) <= g.cfg.uniform_tolerance).mean()) >= g.cfg.uniform_fraction
+            lines.append((axis, tuple(mean), uniform and not _same_colour(tuple(mean), tuple(colour), g.cfg), touches))
+    out = list(layouts)
+    for k, (axis, mean, odd, touches) in enumerate(lines):
+        if odd and not touches:
+            if any(o[2] and _same_colour(mean, o[1], g.cfg) for m, o in enumerate(lines) if m != k):
+                return True, out
+            out[axis] = (out[axis][0], out[axis][1], _STRICT)
+    return False, out
 
 
 def _frame(g: _Grid, colour: np.ndarray):
@@ -172,7 +199,9 @@ def _lone_border(layouts) -> list:
     borders = [run for lay in layouts for run in lay[0]]
     if len(borders) != 1:
         return list(layouts)
-    return [([], lay[1], True) if lay[0] else lay for lay in layouts]
+    # One that does not stop cleanly at the panel (a dark photo's bottom) is surely the panel's;
+    # a clean one might be a border shown on one side only: equal panels must decide.
+    return [([], lay[1], _EQUAL if lay[0][0][2] and lay[0][0][3] else _SURE) if lay[0] else lay for lay in layouts]
 
 
 def _agreed(widths: list[int]) -> int | None:
@@ -219,6 +248,22 @@ def _segments(ax: _Axis, n: int, borders, gutters, gw: int | None, bw: int | Non
     return segs
 
 
+def _allowed_spreads(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, inferred: bool) -> list[float]:
+    """How unequal the panels along each axis may be. Equal panels (the teacher draws them) must
+    confirm a width inferred from the clean gutters, a panel reaching the image edge in the gutters'
+    colour where a frame of it might be hidden, and a lone gutter that could be a photo's flat strip."""
+    gutters = [run for lay in layouts for run in lay[1]]
+    borders = [run for lay in layouts for run in lay[0]]
+    # no frame of the colour hides here: it shows on at most two of the image's edge lines
+    framed = sum(float(ax.share[at]) >= _CLEAN_NEAR for ax in axes for at in (0, -1)) > 2 or bool(borders)
+    strict = inferred
+    if len(gutters) + len(borders) < 2:  # a lone gutter: neutral (a gutter's colours), no seam of touching photos beside it
+        (axis, (s, e, _, _)), = [(i, run) for i, lay in enumerate(layouts) for run in lay[1]]
+        strict = strict or float(np.ptp(colour)) > g.cfg.colour_tolerance or _seam_beside(g, axis, s, e)
+    tight = [strict or lay[2] == _STRICT or (lay[2] == _EQUAL and framed) for lay in layouts]
+    return [g.cfg.max_edge_spread if t else g.cfg.max_panel_spread for t in tight]
+
+
 def by_gutter_colour(g: _Grid) -> Detection | None:
     """Panels between gutters (and inside borders) of one colour, or None (see the module docstring)."""
     for colour in _candidates(g):
@@ -232,9 +277,10 @@ def by_gutter_colour(g: _Grid) -> Detection | None:
         gutters = [run for lay in layouts for run in lay[1]]
         borders = [run for lay in layouts for run in lay[0]]
         content = [lay[2] for lay in layouts]
-        if (any(content) and borders) or any(_unexplained_edge(g, i, lay[0], colour) for i, lay in enumerate(layouts)):
-            continue  # a panel's own colour at one edge, a border at another: no frame; an edge line left may be a border
-        if len(gutters) + len(borders) < 2 and not all(gutters[0][2:]):
+        skip, layouts = _unexplained_edge(g, layouts, colour)
+        if skip or (any(content) and borders):
+            continue  # an edge line left may be a border; a panel's own colour at one edge, a border at another: no frame
+        if len(gutters) + len(borders) < 2 and not any(gutters[0][2:]):
             continue  # a lone band of a colour may be a photo's flat strip: it must be clean, and cut equal panels
         bw = _agreed([e - s for s, e, cs, ce in borders if cs and ce])
         # gutter widths are inferred per axis (a grid's rows and columns may have different gutters)
@@ -244,10 +290,7 @@ def by_gutter_colour(g: _Grid) -> Detection | None:
             continue
         sizes = [[b - a for a, b in s] for s in segs]
         inferred = not all(cs and ce for _, _, cs, ce in gutters + borders)
-        # a width inferred from the clean gutters, a panel reaching the image edge in the gutters'
-        # colour, or a lone gutter must also give equal panels (the teacher draws them)
-        strict = inferred or len(gutters) + len(borders) < 2
-        spreads = [g.cfg.max_edge_spread if strict or content[i] else g.cfg.max_panel_spread for i in (0, 1)]
+        spreads = _allowed_spreads(g, axes, layouts, colour, inferred)
         if any(min(sz) < g.cfg.min_panel_size or (max(sz) - min(sz)) / max(sz) > spreads[i] for i, sz in enumerate(sizes)):
             continue
         name = "rgb(" + ",".join(str(round(float(c))) for c in colour) + ")"
