@@ -35,6 +35,7 @@ from .config import CurateConfig
 from .curate import (
     CURATE_SYSTEM,
     _CurateRun,
+    _pairs,
     _run_online,
     _todo,
     parse_confidence,
@@ -115,8 +116,8 @@ def base_record(item: dict[str, Any]) -> dict[str, Any]:
 class PairVerdicts:
     """The pair verdicts of a workdir by (grid, ref, target), and which pairs exist at all."""
 
-    def __init__(self, workdir: Path) -> None:
-        pairs = read_records(Path(workdir) / "panels" / "pairs.jsonl")
+    def __init__(self, workdir: Path, pairs: list[dict[str, Any]]) -> None:
+        """``pairs``: the pairs curation judges (``curate.max_pairs`` applied)."""
         verdicts = {str(v["id"]): v for v in read_records(Path(workdir) / "curate" / "verdicts.jsonl")}
         self.exists: set[tuple[str, int, int]] = set()
         self.decided: dict[tuple[str, int, int], dict[str, Any]] = {}
@@ -143,7 +144,7 @@ def derived_record(item: dict[str, Any], pv: PairVerdicts) -> dict[str, Any] | N
         if pending:
             return None
         if not found:
-            reason = f"no pair verdict for panels {a} and {b} (never paired: panels.max_pairs_per_grid)"
+            reason = f"no pair verdict for panels {a} and {b} (never judged: panels.max_pairs_per_grid, curate.max_pairs)"
             return {**rec, "verdict": "derived", "reason": reason, "reject_reason": "pair not judged"}
         bad = next((v for v in found if not v.get("accepted")), None)
         if bad is not None:
@@ -163,7 +164,7 @@ def derived_record(item: dict[str, Any], pv: PairVerdicts) -> dict[str, Any] | N
 
 
 def _run_derived(run: _CurateRun, todo: list[dict[str, Any]], workdir: Path) -> None:
-    pv = PairVerdicts(workdir)
+    pv = PairVerdicts(workdir, _pairs(workdir, run.cfg))
     for item in todo:
         try:
             rec = derived_record(item, pv)

@@ -73,6 +73,32 @@ def test_grid_tuples_cover_k_2_and_3_and_are_capped() -> None:
     assert grid_tuples({"id": "h", "panel_paths": ["a", "b"]}, 3, 100) == []  # two panels: pairs only
 
 
+def test_derived_verdict_needs_every_pair_inside_the_tuple(tmp_path: Path) -> None:
+    from datagen.tuples import PairVerdicts, derived_record
+
+    def pair(r: int, t: int, accepted: bool = True) -> dict:
+        return {"id": f"g_{r}_{t}", "grid_id": "g", "ref_index": r, "target_index": t, "accepted": accepted,
+                "caption": f"panel {t}", "confidence": 0.8 + r / 100, "subject": "a cup", "reject_reason": "different identity"}  # fmt: skip
+
+    (tmp_path / "curate").mkdir()
+    verdicts = [pair(0, 2), pair(1, 2), pair(0, 1), pair(1, 0, accepted=False), pair(3, 2)]
+    (tmp_path / "curate" / "verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+    pairs = [*verdicts, pair(0, 3)]  # g_0_3 was paired but is not decided yet
+    pv = PairVerdicts(tmp_path, pairs)
+    item = grid_tuples({"id": "g", "panel_paths": list("abcd")}, 2, 100)
+    by_id = {t["id"]: t for t in item}
+    rec = derived_record(by_id["g_0-1_2"], pv)
+    assert not rec["accepted"] and rec["reason"] == "pair g_1_0 rejected: different identity"
+    (tmp_path / "curate" / "verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts if v["id"] != "g_1_0"))
+    pv = PairVerdicts(tmp_path, [p for p in pairs if p["id"] != "g_1_0"])
+    rec = derived_record(by_id["g_0-1_2"], pv)
+    assert rec["accepted"] and rec["caption"] == "panel 2" and rec["confidence"] == 0.8
+    assert rec["pairs"] == ["g_0_1", "g_0_2", "g_1_2"] and rec["verdict"] == "derived"
+    assert derived_record(by_id["g_0-3_2"], pv) is None  # g_0_3 undecided: the rerun derives it
+    missing = derived_record(by_id["g_1-3_2"], pv)  # panels 1 and 3 never paired
+    assert not missing["accepted"] and missing["reject_reason"] == "pair not judged"
+
+
 @pytest.mark.parametrize("mode", ["derived", "vlm"])
 def test_tuple_verdicts_agree_with_the_toy_truth(toy_panels, tmp_path: Path, monkeypatch, mode: str) -> None:
     w, cfg = _copy(toy_panels, tmp_path)
@@ -100,15 +126,16 @@ def test_tuple_verdicts_survive_kill_9_and_resume(toy_panels, tmp_path: Path, mo
     import time
 
     def slow(request):  # a little latency per answer, so the kills land mid-stage
-        time.sleep(0.01)
+        time.sleep(0.02)
         return toy_responder(request)
 
     ref, cfg = _copy(toy_panels, tmp_path / "ref")
     w, _ = _copy(toy_panels, tmp_path / "killed")
     monkeypatch.setenv(KEY_ENV, "toy")
-    with FakeLLMServer(responder=slow) as srv:
+    with FakeLLMServer(responder=toy_responder) as srv:
         assert datagen_main(["curate", *_flags(ref, cfg, srv, mode), "--set", "vlm.max_concurrency=2"]) == 0
-        expected = _kept(read_tuple_verdicts(ref, mode))
+    expected = _kept(read_tuple_verdicts(ref, mode))
+    with FakeLLMServer(responder=slow) as srv:
         total = len(read_records(ref / "curate" / "verdicts.jsonl")) + len(expected)
         env = {**os.environ, "PYTHONPATH": str(REPO), KEY_ENV: "toy"}
         cmd = [sys.executable, "-m", "datagen", "curate", *_flags(w, cfg, srv, mode), "--set", "vlm.max_concurrency=2",
@@ -117,12 +144,16 @@ def test_tuple_verdicts_survive_kill_9_and_resume(toy_panels, tmp_path: Path, mo
         def logged() -> int:
             return sum(len(_lines(w / "curate" / n)) for n in ("verdicts.jsonl", f"tuples.{mode}.jsonl"))
 
+        pairs = total - len(expected)
         rng, kills = random.Random(7), 0
-        for _ in range(3):
+        for attempt in range(3):
             have = logged()
             if have >= total - 2:
                 break
-            target = have + rng.randint(1, max(1, (total - 2 - have) // 2))
+            # the first kill among the pairs; with vlm verdicts the next ones among the tuples (the derived
+            # ones are written in a moment, so their kills land among the pairs too)
+            low, high = (have, pairs // 2) if attempt == 0 or mode == "derived" else (max(have, pairs), total - 2)
+            target = low + rng.randint(1, max(1, (high - low) // 2))
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_until(lambda n=target: logged() >= n, process=proc, what=f"curate logging {target} verdicts")
             if proc.poll() is None:
@@ -130,6 +161,8 @@ def test_tuple_verdicts_survive_kill_9_and_resume(toy_panels, tmp_path: Path, mo
                 kills += 1
             proc.wait()
         assert kills >= 2
+        if mode == "vlm":
+            assert 0 < len(_lines(w / "curate" / "tuples.vlm.jsonl")) < len(expected)  # a kill landed among the tuples
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     assert _kept(read_tuple_verdicts(w, mode)) == expected
