@@ -142,7 +142,8 @@ def _one_per_slot(gutters: list, pitch: float) -> list:
     out = []
     for run in gutters:
         rivals = [o for o in gutters if o is not run and round((o[0] + o[1]) / 2 / pitch) == round((run[0] + run[1]) / 2 / pitch)]
-        if any(o[2] and o[3] and o[1] - o[0] > run[1] - run[0] for o in rivals) and not (run[2] or run[3]):
+        thin = run[1] - run[0] < _STRAY_PX
+        if not (run[2] or run[3]) and any((o[2] or o[3]) if thin else (o[2] and o[3]) for o in rivals if o[1] - o[0] > run[1] - run[0]):
             continue
         out.append(run)
     return out
@@ -150,9 +151,9 @@ def _one_per_slot(gutters: list, pitch: float) -> list:
 
 def _unexplained_edge(g: _Grid, layouts, colour: np.ndarray) -> tuple[bool, list]:
     """(skip, layouts): whether an image edge line is uniform in another colour (a border of another
-    colour, or a flat edge) where this colour shows no border, the same colour showing on another
-    edge too (a frame: the panel there would start unsure); a lone such line is a panel's flat
-    edge, which equal panels must confirm (its axis gets content ``_STRICT``). A line of this colour
+    colour, or a flat edge) where this colour shows no border, the same colour showing on three
+    edges at least (a frame: the panel there would start unsure); fewer such lines are panels' flat
+    edges, which equal panels must confirm (their axis gets content ``_STRICT``). A line of this colour
     there is a panel's own (see ``_Axis.layout``'s content)."""
     lines = []
     for axis, lay in enumerate(layouts):
@@ -163,9 +164,9 @@ def _unexplained_edge(g: _Grid, layouts, colour: np.ndarray) -> tuple[bool, list
             uniform = float((channel_max(np.abs(line - mean)) <= g.cfg.uniform_tolerance).mean()) >= g.cfg.uniform_fraction
             lines.append((axis, tuple(mean), uniform and not _same_colour(tuple(mean), tuple(colour), g.cfg), touches))
     out = list(layouts)
-    for k, (axis, mean, odd, touches) in enumerate(lines):
+    for axis, mean, odd, touches in lines:
         if odd and not touches:
-            if any(o[2] and _same_colour(mean, o[1], g.cfg) for m, o in enumerate(lines) if m != k):
+            if sum(o[2] and _same_colour(mean, o[1], g.cfg) for o in lines) >= 3:
                 return True, out
             out[axis] = (out[axis][0], out[axis][1], _STRICT)
     return False, out
@@ -194,14 +195,17 @@ def _frame(g: _Grid, colour: np.ndarray):
 
 
 def _lone_border(layouts) -> list:
-    """Layouts without a border shown on one side only: the teacher frames a grid on every side, so
-    a lone run of the colour at one edge is a panel's own (its axis then has ``content``)."""
+    """Layouts without borders that frame nothing: the teacher frames a grid on every side, so a lone
+    run of the colour at one edge, or runs at two edges that both fade into the panels (a dark
+    photo's top and bottom, a wall in a corner), are panels' own (their axis then has ``content``)."""
     borders = [run for lay in layouts for run in lay[0]]
-    if len(borders) != 1:
-        return list(layouts)
+    inner_clean = [b[3] if b[0] == 0 else b[2] for b in borders]
+    framed = len({(i, b[0] == 0) for i, lay in enumerate(layouts) for b in lay[0]}) >= 3  # three sides at least
+    if len(borders) != 1 and (any(inner_clean) or framed):
+        return list(layouts)  # (runs at two edges that both fade into the panels are no frame either)
     # One that does not stop cleanly at the panel (a dark photo's bottom) is surely the panel's;
     # a clean one might be a border shown on one side only: equal panels must decide.
-    return [([], lay[1], _EQUAL if lay[0][0][2] and lay[0][0][3] else _SURE) if lay[0] else lay for lay in layouts]
+    return [([], lay[1], _EQUAL if any(inner_clean) else _SURE) if lay[0] else lay for lay in layouts]
 
 
 def _agreed(widths: list[int]) -> int | None:
