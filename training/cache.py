@@ -108,6 +108,7 @@ class CacheSummary:
     bad_images: int = 0
     seconds: float = 0.0
     bad_keys: list[str] = field(default_factory=list)
+    references: dict[int, int] = field(default_factory=dict)  # entries per reference count k
 
 
 def _chunk_id(refs: list[PairRef]) -> str:
@@ -125,7 +126,8 @@ def run_cache(cfg: TrainConfig, device: str | torch.device = "cpu", progress: bo
         atomic_save_safetensors({"prompt_embeds": e[0].to(dtype), "pooled": p[0].to(dtype)}, root / EMPTY_PROMPT_FILE)
     size = cfg.dataset.cache_shard_size
     chunks = [refs[i : i + size] for i in range(0, len(refs), size)]
-    summary = CacheSummary(cache_dir=root, pairs=len(refs), shards_total=len(chunks))
+    summary = CacheSummary(cache_dir=root, pairs=len(refs), shards_total=len(chunks),
+                           references={k: sum(r.k == k for r in refs) for k in sorted({r.k for r in refs})})  # fmt: skip
     iterator = chunks
     if progress:
         from tqdm.auto import tqdm

@@ -62,6 +62,8 @@ def _cache(cfg: TrainConfig, args: argparse.Namespace) -> None:
         ("cache dir", s.cache_dir), ("pairs", s.pairs), ("shards", f"{s.shards_total} ({s.shards_written} written, "
         f"{s.shards_skipped_done} already done)"), ("samples written", s.samples_written),
         ("unreadable images skipped", s.bad_images), ("seconds", f"{s.seconds:.1f}"),
+        *([("entries per k references", ", ".join(f"k={k}: {n}" for k, n in s.references.items()))]
+          if set(s.references) - {1} else []),
     ])  # fmt: skip
 
 

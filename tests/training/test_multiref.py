@@ -151,7 +151,7 @@ def test_cache_of_tuples_is_what_on_the_fly_encoding_gives(tiny_flux, tuples, tm
 
     cfg = load_config(TINY_TOML, tiny_overrides(tiny_flux, tuples, tmp_path, MIX))
     summary = run_cache(cfg, progress=False)
-    assert summary.samples_written == 9
+    assert summary.samples_written == 9 and summary.references == {1: 4, 2: 3, 3: 2}
     cached = CachedSource(cfg.dataset.cache_dir)
     assert cached.reference_mix == {1: 0.5, 2: 0.25, 3: 0.25} and cached.variants is not None
     assert sorted(set(cached.buckets)) == [(32, 32), (32, 32, 2), (32, 32, 3)]
