@@ -441,7 +441,7 @@ def _gutter_doubt(g: _Grid, segs) -> str:
             colour = band.reshape(-1, 3).mean(axis=0)
             clean = all(_clean_side(g, axis, across, colour, x, f[axis], step) for x, step in ((a1, -1), (b0, 1)))
             gaps.append((axis, a1, b0, colour, clean))
-    why = _border_doubt(g, f)
+    why = _border_doubt(g, f) or _lone_border_doubt(g, segs)
     if why:
         return why
     ref = [b0 - a1 for _, a1, b0, _, clean in gaps if clean]
@@ -481,6 +481,17 @@ def _border_doubt(g: _Grid, f: list[np.ndarray]) -> str:
             return (f"a border {width} px wide has the colour of the panel beside it and no clean border of its "
                     "width confirms it: it may hold part of that panel")  # fmt: skip
     return ""
+
+
+def _lone_border_doubt(g: _Grid, segs) -> str:
+    """Why a border trimmed at one side only may be a panel's own flat side ("" when it may not): the
+    teacher frames a grid on every side, so it stands only with equal panels along its axis."""
+    trimmed = [axis for axis, (lo, hi, _) in enumerate(g.trim) for width in (lo, g.n_px(axis) - hi) if width > 0]
+    if len(trimmed) != 1 or _spread(segs[trimmed[0]]) <= g.cfg.max_edge_spread:
+        return ""
+    sizes = ", ".join(str(b - a) for a, b in segs[trimmed[0]])
+    return (f"a band at one edge only, trimmed as a border, leaves unequal panels ({sizes} px): "
+            "it may be a panel's own flat side")  # fmt: skip
 
 
 def _clean_side(g: _Grid, axis: int, across: slice, colour: np.ndarray, x: int, f: np.ndarray, step: int) -> bool:

@@ -1,0 +1,100 @@
+"""Gutters found by their colour on real photographs (datagen/panel_colour.py), one small generated
+case per rule: each grid is cut within 3 px (or, for the cases that must not be guessed, rejected),
+never cut wrongly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from datagen.panel_verify import channel_max
+from tests.datagen.real_grids import BLACK, WHITE, wall
+from tests.datagen.synthetic_grids import SynthGrid
+from tests.datagen.test_panels_real import assemble, photos, right_or_rejected
+
+RED = (200, 60, 60)
+
+
+def _custom(panels: list[np.ndarray], gutters: list[int], colour=WHITE) -> SynthGrid:
+    """One row of ``panels`` with gutters of the given widths (uneven gutters), known boxes."""
+    from datagen.panels import Box
+
+    h = panels[0].shape[0]
+    img = np.empty((h, sum(p.shape[1] for p in panels) + sum(gutters), 3), np.uint8)
+    img[:] = colour
+    boxes, x = [], 0
+    for k, panel in enumerate(panels):
+        img[:, x : x + panel.shape[1]] = panel
+        boxes.append(Box(x, 0, x + panel.shape[1], h))
+        x += panel.shape[1] + (gutters[k] if k < len(gutters) else 0)
+    return SynthGrid(img, 1, len(panels), (1, len(panels)), boxes, ["x"] * len(boxes), "test")
+
+
+def test_channel_max_is_the_maximum_over_the_colour_channels() -> None:
+    x = np.random.default_rng(0).integers(-300, 300, (5, 7, 3)).astype(np.int16)
+    assert np.array_equal(channel_max(x), x.max(axis=-1))
+
+
+def test_a_wall_on_part_of_a_panels_side_leaves_the_gutters_edge_where_the_panel_shows() -> None:
+    # uneven gutters (no width to infer): the gutter's side is found where the panel beside shows
+    for seed in range(3):
+        a, b, c = photos(["coffee.png", "rocket.jpg", "motorcycle_left.png"], 420, 260, seed)
+        a = a.copy()
+        a[: int(0.7 * 420), -50:] = 252  # a flat white wall down 70 % of the side at the gutter
+        assert right_or_rejected(_custom([a, b, c], [10, 20])) == "right"
+
+
+def test_a_lone_band_of_the_gutters_colour_at_one_edge_is_the_panels_own() -> None:
+    rng = np.random.default_rng(3)
+    for seed in range(2):
+        left, right = photos(["astronaut.png", "chelsea.png"], 400, 300, seed)
+        faded = wall(right, "right", (251, 251, 251), rng, full=True)  # fades into the photo
+        assert right_or_rejected(assemble([left, faded], 1, 2, gutter=12)) == "right"
+        sharp = right.copy()
+        sharp[:, -30:] = 250  # a flat white strip with a sharp edge: equal panels confirm it
+        assert right_or_rejected(assemble([left, sharp], 1, 2, gutter=12)) == "right"
+
+
+def test_a_white_band_on_one_side_only_that_is_a_border_is_not_cut_into_a_panel() -> None:
+    top, bottom = photos(["coffee.png", "rocket.jpg"], 300, 420, 0)
+    grid = assemble([top, bottom], 2, 1, gutter=12)
+    img = np.concatenate([np.full((30, grid.image.shape[1], 3), 255, np.uint8), grid.image])
+    from datagen.panels import Box
+
+    boxes = [Box(b.x0, b.y0 + 30, b.x1, b.y1 + 30) for b in grid.boxes]
+    right_or_rejected(SynthGrid(img, 2, 1, (2, 1), boxes, grid.identities, "test"))
+
+
+def test_a_thin_frame_of_another_colour_around_white_gutters() -> None:
+    rng = np.random.default_rng(5)
+    for seed in range(2):
+        panels = photos(["coffee.png", "astronaut.png", "rocket.jpg", "chelsea.png"], 260, 300, seed)
+        panels[0] = wall(panels[0], "right", (252, 252, 252), rng, full=False)  # a wall at a gutter
+        grid = assemble(panels, 2, 2, gutter=14, border=6)
+        img = grid.image.copy()
+        for side in (np.s_[:6], np.s_[-6:], np.s_[:, :6], np.s_[:, -6:]):
+            img[side] = RED
+        assert right_or_rejected(SynthGrid(img, 2, 2, (2, 2), grid.boxes, grid.identities, "test")) == "right"
+
+
+def test_a_thin_unclean_line_near_a_gutter_gives_way_to_the_clean_gutter() -> None:
+    from datagen.panel_colour import _one_per_slot
+
+    gutter, line = (402, 413, True, True), (337, 340, False, False)  # (start, end, clean sides)
+    assert _one_per_slot([line, gutter], pitch=406.5) == [gutter]
+    clean_line = (337, 340, True, False)  # a line that stops cleanly somewhere stays: a rival to judge
+    assert _one_per_slot([clean_line, gutter], pitch=406.5) == [clean_line, gutter]
+
+
+def test_a_lone_black_gutter_with_one_clean_side_stands_with_equal_panels() -> None:
+    left, right = photos(["moon.png", "coffee.png"], 400, 300, 2)
+    left = left.copy()
+    left[: int(0.88 * 400), -30:] = 4  # a night sky down 88 % of the side at the gutter
+    assert right_or_rejected(assemble([left, right], 1, 2, gutter=16, colour=BLACK)) == "right"
+
+
+def test_a_flat_edge_of_another_colour_on_one_side_is_the_panels_own() -> None:
+    left, right = photos(["chelsea.png", "astronaut.png"], 400, 300, 4)
+    left = left.copy()
+    left[:, :10] = (90, 120, 90)  # a flat green band at the image's left edge
+    right = wall(right, "left", (251, 251, 251), np.random.default_rng(4), full=False)
+    assert right_or_rejected(assemble([left, right], 1, 2, gutter=12)) == "right"
