@@ -160,6 +160,13 @@ def _index_row(s: Sample, shard: str, with_k: bool = False) -> dict[str, Any]:
     return row
 
 
+def _on_disk(latest: dict[str, Any] | None, done_id: str, path: Path) -> dict[str, Any] | None:
+    """``latest`` (the shard's last write) when it wrote this content and the file is there, else None."""
+    if latest is not None and str(latest["id"]).split("#")[0] == done_id and path.is_file():
+        return latest
+    return None
+
+
 def write_dataset(
     samples: Iterable[Sample], out_dir: Path, shard_size: int, summary: StageSummary, progress: bool = True,
     total: int | None = None, with_k: bool = False,
@@ -184,8 +191,8 @@ def write_dataset(
             name = SHARD_PATTERN.format(n_shards)
             spec = shard_spec(batch)
             done_id = f"{name}:{spec}"
-            earlier = last.get(name)
-            if earlier is not None and str(earlier["id"]).split("#")[0] == done_id and (out_dir / name).is_file():
+            earlier = _on_disk(last.get(name), done_id, out_dir / name)
+            if earlier is not None:
                 dropped = earlier.get("dropped", {})
                 summary.skipped_done += len(batch) - len(dropped)
             else:
