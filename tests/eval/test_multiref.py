@@ -184,3 +184,37 @@ def _clip(tmp_path: Path) -> Path:
     from tests.eval_fixtures import write_tiny_clip
 
     return write_tiny_clip(tmp_path / "clip")
+
+
+@pytest.mark.browser
+def test_per_k_report_opens_in_chromium(tmp_path) -> None:
+    """The multi-reference report, copied elsewhere, in the real browser: the per-k table and curve load, no error."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from dsd.eval.stages import ImageSource
+    from tests.needs import require_chromium
+
+    bench = make_multi_bench(tmp_path / "b")
+    sources = [ImageSource(f"dsd@k{k}", _images(tmp_path / f"k{k}", bench, 20 * k)) for k in (1, 2)]
+    run_eval(EvalConfig(bench=bench, out=tmp_path / "out", sources=sources, clip=_clip(tmp_path), progress=False))
+    report = tmp_path / "elsewhere" / "report"
+    shutil.copytree(tmp_path / "out" / "report", report)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=require_chromium(), headless=True)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(report.joinpath("index.html").as_uri())
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=60_000)
+            curve = page.evaluate("Array.from(document.images).filter(i => i.src.endsWith('references.png'))"
+                                  ".map(i => i.naturalWidth)")  # fmt: skip
+            heading = page.locator("h2", has_text="Per number of references").count()
+            rows = page.locator("h2:has-text('Per number of references') + p + table tbody tr").all_inner_texts()
+        finally:
+            browser.close()
+    assert errors == [] and heading == 1 and len(curve) == 1 and curve[0] > 100
+    assert [r.split("\t")[:2] for r in rows] == [["dsd", "1"], ["dsd", "2"]]
