@@ -153,7 +153,8 @@ def _unexplained_edge(g: _Grid, layouts, colour: np.ndarray) -> tuple[bool, list
     """(skip, layouts): whether an image edge line is uniform in another colour (a border of another
     colour, or a flat edge) where this colour shows no border, the same colour showing on three
     edges at least (a frame: the panel there would start unsure); fewer such lines are panels' flat
-    edges, which equal panels must confirm (their axis gets content ``_STRICT``). A line of this colour
+    edges, which equal panels must confirm (their axis gets content ``_STRICT``) when they end in a
+    sharp edge past the tolerance of a cut (a border shown on one side). A line of this colour
     there is a panel's own (see ``_Axis.layout``'s content)."""
     lines = []
     for axis, lay in enumerate(layouts):
@@ -162,14 +163,25 @@ def _unexplained_edge(g: _Grid, layouts, colour: np.ndarray) -> tuple[bool, list
             line = g.a[at, ::2] if axis == 0 else g.a[::2, at]
             mean = line.mean(axis=0)
             uniform = float((channel_max(np.abs(line - mean)) <= g.cfg.uniform_tolerance).mean()) >= g.cfg.uniform_fraction
-            lines.append((axis, tuple(mean), uniform and not _same_colour(tuple(mean), tuple(colour), g.cfg), touches))
+            lines.append((axis, tuple(mean), uniform and not _same_colour(tuple(mean), tuple(colour), g.cfg), touches, at))
     out = list(layouts)
-    for axis, mean, odd, touches in lines:
+    for axis, mean, odd, touches, at in lines:
         if odd and not touches:
             if sum(o[2] and _same_colour(mean, o[1], g.cfg) for o in lines) >= 3:
                 return True, out
-            out[axis] = (out[axis][0], out[axis][1], _STRICT)
+            if _sharp_edge_band(g, axis, np.array(mean), at == 0):
+                out[axis] = (out[axis][0], out[axis][1], _STRICT)
     return False, out
+
+
+def _sharp_edge_band(g: _Grid, axis: int, colour: np.ndarray, first: bool) -> bool:
+    """Whether a band of ``colour`` at the image's edge is wider than a cut may be off and stops
+    sharply (a one-sided border would; a panel's flat edge mostly fades into the photo)."""
+    ax = _Axis(g, axis, colour)
+    run = next((r for r in ax.runs if (r[0] == 0 if first else r[1] == ax.length)), None)
+    if run is None or run[1] - run[0] <= _AGREE_PX:
+        return False
+    return ax.clean(run[1], 1) if first else ax.clean(run[0], -1)
 
 
 def _frame(g: _Grid, colour: np.ndarray):
