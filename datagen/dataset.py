@@ -262,16 +262,18 @@ def _curated_samples(workdir: Path, include_rejected: bool) -> list[Sample]:
 def _tuple_samples(workdir: Path, cfg: DatasetConfig, mode: str) -> list[Sample]:
     """The curated tuples (k = 2 .. ``cfg.max_references``) of ``curate/tuples.<mode>.jsonl`` as samples."""
     from .curate import prompt_index, resolve_path
-    from .tuples import candidate_tuples, read_tuple_verdicts
+    from .tuples import read_tuple_verdicts, tuple_item
 
-    items = {t["id"]: t for t in candidate_tuples(workdir, cfg.max_references, 1 << 30)}
+    panels = {str(g["id"]): g.get("panel_paths") or [] for g in read_records(workdir / "panels" / "panels.jsonl")}
     prompts = prompt_index(workdir)
     base = workdir / "panels"
     out = []
     for v in sorted(read_tuple_verdicts(workdir, mode), key=lambda r: str(r["id"])):
-        item = items.get(str(v["id"]))
-        if item is None or not (v.get("accepted") or cfg.include_rejected):
+        if not (v.get("accepted") or cfg.include_rejected) or int(v.get("k") or 0) > cfg.max_references:
             continue  # a tuple of a larger max_references than this dataset's
+        item = tuple_item(v, panels.get(str(v["grid_id"]), []))
+        if item is None:
+            raise DatagenInputError(f"{workdir / 'curate'}: tuple {v['id']} names panels its grid does not have")
         prompt = prompts.get(str(item["grid_id"]), {})
         verdict = {k: v.get(k) for k in ("accepted", "verdict", "subject", "descriptions", "same_identity",
                                          "confidence", "reason")}  # fmt: skip

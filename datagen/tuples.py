@@ -92,10 +92,21 @@ def grid_tuples(grid: dict[str, Any], max_references: int, per_grid: int) -> lis
                    for refs in itertools.combinations([i for i in range(len(paths)) if i != t], k)]  # fmt: skip
         if per_grid < len(options):
             options = sorted(random.Random(f"tuples|{gid}|{k}").sample(options, per_grid))
-        for refs, t in options:
-            out.append({"id": tuple_id(gid, refs, t), "grid_id": gid, "k": k, "ref_indices": list(refs),
-                        "target_index": t, "ref_paths": [paths[r] for r in refs], "target_path": paths[t]})  # fmt: skip
+        out += [_item(gid, refs, t, paths) for refs, t in options]
     return out
+
+
+def _item(gid: str, refs: tuple[int, ...] | list[int], target: int, paths: list[str]) -> dict[str, Any]:
+    return {"id": tuple_id(gid, tuple(refs), target), "grid_id": gid, "k": len(refs), "ref_indices": list(refs),
+            "target_index": target, "ref_paths": [paths[r] for r in refs], "target_path": paths[target]}  # fmt: skip
+
+
+def tuple_item(verdict: dict[str, Any], paths: list[str]) -> dict[str, Any] | None:
+    """The tuple a verdict record decided, with its panel paths (None when ``paths`` lacks one of its panels)."""
+    panels = [*verdict["ref_indices"], verdict["target_index"]]
+    if not all(isinstance(i, int) and 0 <= i < len(paths) for i in panels):
+        return None
+    return _item(str(verdict["grid_id"]), verdict["ref_indices"], verdict["target_index"], paths)
 
 
 def candidate_tuples(workdir: Path, max_references: int, per_grid: int) -> list[dict[str, Any]]:
@@ -251,6 +262,9 @@ def run_tuples(cfg: CurateConfig, workdir: Path, vlm, max_references: int, pair_
     atomic_write_json(out_dir / "tuples_summary.json", summary.to_dict())
     pair_summary.extra.update({"tuple verdicts": summary.extra["tuple verdicts"],
                                "tuples accepted (k > 1)": summary.items_out, "tuples rejected (k > 1)": summary.rejected})  # fmt: skip
+    if summary.usage is not None:
+        u = summary.usage
+        pair_summary.extra["tuple requests"] = f"{u.requests} ({u.cached} cached), ${u.cost_usd:.4f}"
     return summary
 
 

@@ -113,6 +113,8 @@ def test_tuple_verdicts_agree_with_the_toy_truth(toy_panels, tmp_path: Path, mon
     assert len(tuple_requests) == (scores["all"]["tuples"] if mode == "vlm" else 0)
     if mode == "vlm":
         assert "ALL" in tuple_requests[0].prompt and tuple_requests[0].json_schema["properties"]["descriptions"]
+        summary = json.loads((w / "curate" / "summary.json").read_text())
+        assert summary["extra"]["tuple requests"].startswith(f"{len(tuple_requests)} (0 cached)")
     summary = json.loads((w / "curate" / "summary.json").read_text())
     assert summary["extra"]["tuple verdicts"] == mode
     assert summary["extra"]["tuples accepted (k > 1)"] + summary["extra"]["tuples rejected (k > 1)"] == scores["all"]["tuples"]
