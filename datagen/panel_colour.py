@@ -306,7 +306,11 @@ def by_gutter_colour(g: _Grid) -> Detection | None:
             continue
         sizes = [[b - a for a, b in s] for s in segs]
         inferred = not all(cs and ce for _, _, cs, ce in gutters + borders)
-        spreads = _allowed_spreads(g, axes, layouts, colour, inferred)
+        # a border's width from two clean borders or more is sure (the teacher frames evenly); a
+        # gutter's from the clean ones must also give equal panels
+        clean_borders = sum(cs and ce for _, _, cs, ce in borders)
+        unsure = not all(cs and ce for _, _, cs, ce in gutters) or (clean_borders < 2 and clean_borders < len(borders))
+        spreads = _allowed_spreads(g, axes, layouts, colour, unsure)
         if any(min(sz) < g.cfg.min_panel_size or (max(sz) - min(sz)) / max(sz) > spreads[i] for i, sz in enumerate(sizes)):
             continue
         name = "rgb(" + ",".join(str(round(float(c))) for c in colour) + ")"
