@@ -105,19 +105,21 @@ class _Axis:
         good = shown & sharp & ~self.near[beside + outwards if 0 <= beside + outwards < self.length else beside]
         return int(good.sum()) >= self.cfg.min_edge_fraction * int(shown.sum())
 
-    def layout(self, n: int):
+    def layout(self, n: int, edge: tuple[int, int] | None = None):
         """(borders, gutters, content) or None: borders and gutters as lists of (start, end,
         clean_start, clean_end); ``content`` when the colour reaches an image edge as a panel's own
         (a run wider than a border, or lines much of the colour without a run): the panel there
-        starts at the edge, which equal panels must then confirm."""
+        starts at the edge, which equal panels must then confirm. ``edge``: the extent inside a
+        frame of another colour (runs touching the frame are at the edge)."""
+        lo, hi = edge or (0, self.length)
         pitch = self.length / n
         borders, gutters, content, wide = [], [], 0, []
         for s, e in self.runs:
-            if s == 0 or e == self.length:
+            if s <= lo or e >= hi:
                 if e - s > self.cfg.max_border_fraction * self.length:
-                    content, wide = _SURE, [*wide, s == 0]  # wider than a border: surely the panel's own
+                    content, wide = _SURE, [*wide, s <= lo]  # wider than a border: surely the panel's own
                     continue
-                borders.append((s, e, s == 0 or self.clean(s, -1), e == self.length or self.clean(e, 1)))
+                borders.append((s, e, s <= lo or self.clean(s, -1), e >= hi or self.clean(e, 1)))
                 continue
             slot = round((s + e) / 2 / pitch)
             off = abs((s + e) / 2 - slot * pitch)
@@ -127,8 +129,8 @@ class _Axis:
                 continue  # a thin line of the colour that stops cleanly nowhere: a photo's own
             gutters.append((s, e, self.clean(s, -1), self.clean(e, 1)))
         gutters = _one_per_slot(gutters, pitch)
-        for at, first in ((0, True), (self.length - 1, False)):
-            touches = first in wide or any((b[0] == 0) if first else (b[1] == self.length) for b in borders)
+        for at, first in ((lo, True), (hi - 1, False)):
+            touches = first in wide or any((b[0] <= lo) if first else (b[1] >= hi) for b in borders)
             if not touches and self.share[at] >= _CLEAN_NEAR:
                 content = _EQUAL  # much of the colour at the image's edge, but no border of it
         if len(gutters) != n - 1 or len({round((s + e) / 2 / pitch) for s, e, _, _ in gutters}) != n - 1:
@@ -211,7 +213,7 @@ def _lone_border(layouts) -> list:
     run of the colour at one edge, or runs at two edges that both fade into the panels (a dark
     photo's top and bottom, a wall in a corner), are panels' own (their axis then has ``content``)."""
     borders = [run for lay in layouts for run in lay[0]]
-    inner_clean = [b[3] if b[0] == 0 else b[2] for b in borders]
+    inner_clean = [b[2] and b[3] for b in borders]  # a run at an edge is clean on its outer side
     framed = len({(i, b[0] == 0) for i, lay in enumerate(layouts) for b in lay[0]}) >= 3  # three sides at least
     if len(borders) != 1 and (any(inner_clean) or framed):
         return list(layouts)  # (runs at two edges that both fade into the panels are no frame either)
@@ -242,10 +244,10 @@ def _segments(ax: _Axis, n: int, borders, gutters, gw: int | None, bw: int | Non
         placed = _place(b, bw)
         if placed is None:
             return None
-        if b[0] == 0:
-            lo = placed[1]
+        if b[0] < ax.length / 2:  # (a frame of another colour, then a margin of the gutters')
+            lo = max(lo, placed[1])
         else:
-            hi = placed[0]
+            hi = min(hi, placed[0])
     edges = [lo]
     for run in sorted(gutters):
         placed = _place(run, gw)
@@ -264,16 +266,15 @@ def _segments(ax: _Axis, n: int, borders, gutters, gw: int | None, bw: int | Non
     return segs
 
 
-def _allowed_spreads(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, inferred: bool) -> list[float]:
+def _allowed_spreads(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, inferred: bool, lone: bool) -> list[float]:
     """How unequal the panels along each axis may be. Equal panels (the teacher draws them) must
     confirm a width inferred from the clean gutters, a panel reaching the image edge in the gutters'
     colour where a frame of it might be hidden, and a lone gutter that could be a photo's flat strip."""
-    gutters = [run for lay in layouts for run in lay[1]]
     borders = [run for lay in layouts for run in lay[0]]
     # no frame of the colour hides here: it shows on at most two of the image's edge lines
     framed = sum(float(ax.share[at]) >= _CLEAN_NEAR for ax in axes for at in (0, -1)) > 2 or bool(borders)
     strict = inferred
-    if len(gutters) + len(borders) < 2:  # a lone gutter: neutral (a gutter's colours), no seam of touching photos beside it
+    if lone:  # a lone gutter: neutral (a gutter's colours), no seam of touching photos beside it
         (axis, (s, e, _, _)), = [(i, run) for i, lay in enumerate(layouts) for run in lay[1]]
         strict = strict or float(np.ptp(colour)) > g.cfg.colour_tolerance or _seam_beside(g, axis, s, e)
     tight = [strict or lay[2] == _STRICT or (lay[2] == _EQUAL and framed) for lay in layouts]
@@ -284,19 +285,24 @@ def by_gutter_colour(g: _Grid) -> Detection | None:
     """Panels between gutters (and inside borders) of one colour, or None (see the module docstring)."""
     for colour in _candidates(g):
         axes = [_Axis(g, axis, colour) for axis in (0, 1)]
-        layouts = [ax.layout(g.n[i]) for i, ax in enumerate(axes)]
+        frame = _frame(g, colour)
+        edges = [(f[0][1], f[1][0]) for f in frame] if frame else [None, None]
+        layouts = [ax.layout(g.n[i], edges[i]) for i, ax in enumerate(axes)]
         if any(lay is None for lay in layouts) or not any(lay[1] for lay in layouts):
             continue
         layouts = _lone_border(layouts)
-        if not any(lay[0] or lay[2] for lay in layouts) and (frame := _frame(g, colour)) is not None:
-            layouts = [(frame[i], lay[1], lay[2]) for i, lay in enumerate(layouts)]
+        content = [lay[2] for lay in layouts]
+        if any(content) and any(lay[0] for lay in layouts):
+            continue  # a panel's own colour at one edge, a border at another: no frame
+        own = sum(len(lay[0]) for lay in layouts)  # borders of the gutters' colour (a frame confirms no gutter)
+        if frame:  # the frame, then any margin of the gutters' colour inside it
+            layouts = [(frame[i] + lay[0], lay[1], lay[2]) for i, lay in enumerate(layouts)]
         gutters = [run for lay in layouts for run in lay[1]]
         borders = [run for lay in layouts for run in lay[0]]
-        content = [lay[2] for lay in layouts]
         skip, layouts = _unexplained_edge(g, layouts, colour)
-        if skip or (any(content) and borders):
-            continue  # an edge line left may be a border; a panel's own colour at one edge, a border at another: no frame
-        if len(gutters) + len(borders) < 2 and not any(gutters[0][2:]):
+        if skip:
+            continue  # an edge line left may be a border
+        if len(gutters) + own < 2 and not any(gutters[0][2:]):
             continue  # a lone band of a colour may be a photo's flat strip: it must be clean, and cut equal panels
         bw = _agreed([e - s for s, e, cs, ce in borders if cs and ce])
         # gutter widths are inferred per axis (a grid's rows and columns may have different gutters)
@@ -310,7 +316,7 @@ def by_gutter_colour(g: _Grid) -> Detection | None:
         # gutter's from the clean ones must also give equal panels
         clean_borders = sum(cs and ce for _, _, cs, ce in borders)
         unsure = not all(cs and ce for _, _, cs, ce in gutters) or (clean_borders < 2 and clean_borders < len(borders))
-        spreads = _allowed_spreads(g, axes, layouts, colour, unsure)
+        spreads = _allowed_spreads(g, axes, layouts, colour, unsure, lone=len(gutters) + own < 2)
         if any(min(sz) < g.cfg.min_panel_size or (max(sz) - min(sz)) / max(sz) > spreads[i] for i, sz in enumerate(sizes)):
             continue
         name = "rgb(" + ",".join(str(round(float(c))) for c in colour) + ")"

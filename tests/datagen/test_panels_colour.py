@@ -66,9 +66,9 @@ def test_a_white_band_on_one_side_only_that_is_a_border_is_not_cut_into_a_panel(
 
 def test_a_thin_frame_of_another_colour_around_white_gutters() -> None:
     rng = np.random.default_rng(5)
-    for seed in range(2):
+    for seed, side in enumerate(("right", "top", "left")):  # a wall at a gutter, or at the frame
         panels = photos(["coffee.png", "astronaut.png", "rocket.jpg", "chelsea.png"], 260, 300, seed)
-        panels[0] = wall(panels[0], "right", (252, 252, 252), rng, full=False)  # a wall at a gutter
+        panels[0] = wall(panels[0], side, (252, 252, 252), rng, full=False)
         grid = assemble(panels, 2, 2, gutter=14, border=6)
         img = grid.image.copy()
         for side in (np.s_[:6], np.s_[-6:], np.s_[:, :6], np.s_[:, -6:]):
