@@ -732,12 +732,6 @@ def _by_colour(g: _Grid) -> Detection | None:
     found = by_gutter_colour(g)
     if found is None:
         return None
-    extent = (found.boxes[0].y0, found.boxes[-1].y1, found.boxes[0].x0, found.boxes[-1].x1)
-    trimmed = (g.trim[0][0], g.trim[0][1], g.trim[1][0], g.trim[1][1])
-    # borders the colour's own reading placed elsewhere (a lone band at one edge is a panel's own)
-    # were judged there; those it shares with the separator analysis must pass its doubts too
-    if extent == trimmed and trimmed != (0, g.h, 0, g.w) and _border_doubt(g, [g.profile(0), g.profile(1)]):
-        return None
     try:
         verify(g.a, found, g.rows, g.cols, g.cfg)
     except PanelDetectionError:
