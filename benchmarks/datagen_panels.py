@@ -13,7 +13,8 @@ scikit-image wheel and matplotlib's sample data (tests/datagen/real_grids.py: ev
 table, layouts 1x2 .. 3x3, ~768 and ~1024 px, hard panels on purpose), ours against the detector of
 BASELINE (the one before issue 16, read from git), per kind: right (every box within 3 px) /
 rejected / mis-cut, crashes (an exception other than a detection error), the pairs mis-cut grids
-would send to curation, and detection speed.
+would send to curation, and detection speed. Same-subject grids are also split into those with
+gutters and those of touching photos (40 %), which the touching goal judges.
 
 Run: `.venv/bin/python -m benchmarks.datagen_panels [--per-style 20] [--size 1024]`,
 `nice .venv/bin/python -m benchmarks.datagen_panels --real [--per-kind 48]`.
@@ -79,12 +80,25 @@ def _outcome(detect, grid) -> str:
     return "right" if cut_is_right(list(boxes), grid) else "mis-cut"
 
 
+# several photos of the same subject: 40 % of those grids are touching photos, judged by the touching goal
+SPLIT = ("same_subject, with gutters", "same_subject, touching")
+
+
+def _row_keys(grid) -> tuple[str, ...]:
+    """The table rows a grid counts in: its kind, and for same-subject grids whether its photos touch."""
+    if grid.style != "same_subject":
+        return (grid.style,)
+    touching = len(grid.boxes) > 1 and any(a.x1 == b.x0 or a.y1 == b.y0 for a, b in zip(grid.boxes, grid.boxes[1:], strict=False))
+    return grid.style, SPLIT[1] if touching else SPLIT[0]
+
+
 def run_real(per_kind: int, seed: int, sizes: tuple[int, ...]) -> None:
     from tests.datagen.real_grids import KINDS, real_grid_set
 
     detectors = {"ours": detect_panels, "before": baseline_detector()}
     grids = real_grid_set(per_kind, sizes=sizes, seed=seed)
-    counts = {name: {k: dict.fromkeys(("right", "rejected", "mis-cut", "crash", "pairs"), 0) for k in KINDS}
+    rows = (*KINDS, *SPLIT)
+    counts = {name: {k: dict.fromkeys(("right", "rejected", "mis-cut", "crash", "pairs"), 0) for k in rows}
               for name in detectors}  # fmt: skip
     seconds = dict.fromkeys(detectors, 0.0)
     for grid in grids:
@@ -92,21 +106,22 @@ def run_real(per_kind: int, seed: int, sizes: tuple[int, ...]) -> None:
             t0 = time.perf_counter()
             outcome = _outcome(detect, grid)
             seconds[name] += time.perf_counter() - t0
-            c = counts[name][grid.style]
-            c[outcome] += 1
-            if outcome == "mis-cut":
-                n = grid.rows * grid.cols
-                c["pairs"] += min(PAIRS_PER_GRID, n * (n - 1))
+            for key in _row_keys(grid):
+                c = counts[name][key]
+                c[outcome] += 1
+                if outcome == "mis-cut":
+                    n = grid.rows * grid.cols
+                    c["pairs"] += min(PAIRS_PER_GRID, n * (n - 1))
     print(f"panel detection on real pictures: {len(grids)} grids ({per_kind} per kind, ~{'/'.join(map(str, sizes))} px, "
           f"seed {seed}), ours vs the detector of {BASELINE}, one run\n")  # fmt: skip
     print("| kind | ours: right / rejected / mis-cut | before: right / rejected / mis-cut (crashes) | "
           "pairs to curation: ours | before |")  # fmt: skip
     print("|---|---|---|---|---|")
-    for kind in KINDS:
+    for kind in rows:
         o, b = counts["ours"][kind], counts["before"][kind]
         print(f"| {kind} | {o['right']} / {o['rejected'] + o['crash']} / {o['mis-cut']} | "
               f"{b['right']} / {b['rejected']} / {b['mis-cut']} ({b['crash']}) | {o['pairs']} | {b['pairs']} |")  # fmt: skip
-    tot = {name: {key: sum(c[key] for c in counts[name].values()) for key in counts[name][KINDS[0]]} for name in detectors}
+    tot = {name: {key: sum(counts[name][k][key] for k in KINDS) for key in counts[name][KINDS[0]]} for name in detectors}
     o, b = tot["ours"], tot["before"]
     print(f"| all | {o['right']} / {o['rejected'] + o['crash']} / {o['mis-cut']} | {b['right']} / {b['rejected']} / "
           f"{b['mis-cut']} ({b['crash']}) | {o['pairs']} | {b['pairs']} |")  # fmt: skip
