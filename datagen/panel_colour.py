@@ -9,9 +9,18 @@ the grid. Runs of such lines are the borders (at the ends) and gutters (inside).
 side that is not clean may have swallowed the side of a panel of its colour: its width is then
 taken from the clean ones (all clean gutters of the grid must agree on one width, and all clean
 borders on one) and placed at its clean side; with no clean gutter to go by, the run itself stands
-(it cannot be narrower than the gutter) if the panels come out equal to 2 px. Anything else unsure
-(no clean side, a run narrower than the width it should have, too many or too few runs) finds
-nothing, and the grid goes on to colour edges.
+(it cannot be narrower than the gutter) if the panels come out equal to 2 px. A side is also clean
+where a wall of the colour covers part of it, if the colour stops sharply wherever the panel shows
+(the gutter is straight). Anything else unsure (no clean side, a run narrower than the width it
+should have, too many or too few runs) finds nothing, and the grid goes on to colour edges.
+
+The teacher frames a grid evenly on every side, so runs at the image's edges that frame nothing
+(one edge only, or two that fade into the panels) are panels' own content, as is an edge line of
+another colour on fewer than three sides; a frame of another colour on all four sides is the
+border, and runs touching it are at the edge. Where such a reading could hide a border (a sharp
+band on one side, the colour on most edge lines), and for a lone gutter that could be a photo's
+flat strip (not neutral, or a seam of touching photos beside it), the panels must come out equal.
+A thin run where no gutter belongs that stops cleanly nowhere is a photo's own line.
 """
 
 from __future__ import annotations
