@@ -107,10 +107,13 @@ class _Axis:
         for y in (x - 1, x, x + 1):  # boundary between lines y-1 and y, blurred by a line either way
             if 5 <= y <= self.length - 6:
                 step = channel_max(np.abs(a[y + 1] - a[y - 2]))
-                # a fade (a wall's soft edge) goes on changing beyond the step; a gutter's edge stops
-                beyond = channel_max(np.abs(a[y + 4] - a[y + 1])) if outwards > 0 else channel_max(np.abs(a[y - 2] - a[y - 5]))
                 calm = np.maximum(channel_max(np.abs(a[y - 1] - a[y - 2])), channel_max(np.abs(a[y + 3] - a[y + 1])))
-                sharp |= (step > self.cfg.edge_step) & (step > 2 * calm + 8) & (2 * beyond < step)
+                # a fade (a wall's soft edge) goes on changing the same way beyond the step; a gutter's
+                # edge stops there (texture beyond it changes any way)
+                rise = (a[y + 1] - a[y - 2]).mean(axis=-1)
+                beyond = (a[y + 4] - a[y + 1] if outwards > 0 else a[y - 2] - a[y - 5]).mean(axis=-1)
+                fade = (rise * beyond > 0) & (2 * np.abs(beyond) > np.abs(rise))
+                sharp |= (step > self.cfg.edge_step) & (step > 2 * calm + 8) & ~fade
         good = shown & sharp & ~self.near[beside + outwards if 0 <= beside + outwards < self.length else beside]
         return int(good.sum()) >= self.cfg.min_edge_fraction * int(shown.sum())
 

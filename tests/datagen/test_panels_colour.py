@@ -98,3 +98,11 @@ def test_a_flat_edge_of_another_colour_on_one_side_is_the_panels_own() -> None:
     left[:, :10] = (90, 120, 90)  # a flat green band at the image's left edge
     right = wall(right, "left", (251, 251, 251), np.random.default_rng(4), full=False)
     assert right_or_rejected(assemble([left, right], 1, 2, gutter=12)) == "right"
+
+
+def test_a_wall_fading_into_a_dark_photo_is_no_clean_gutter_side() -> None:
+    # a benchmark grid (seed 2, white gutters, 1x3): a white wall fades over ~20 px into a dark photo
+    # next to a gutter; the fade's lines step like an edge, but it goes on changing the same way
+    from tests.datagen.real_grids import make_real_grid
+
+    right_or_rejected(make_real_grid("white_gutter", (1, 3), 2 * 1_000_003 + 18, 768))
