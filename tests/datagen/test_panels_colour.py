@@ -106,3 +106,18 @@ def test_a_wall_fading_into_a_dark_photo_is_no_clean_gutter_side() -> None:
     from tests.datagen.real_grids import make_real_grid
 
     right_or_rejected(make_real_grid("white_gutter", (1, 3), 2 * 1_000_003 + 18, 768))
+
+
+def test_a_border_swallowed_by_a_wall_takes_the_width_of_the_clean_borders() -> None:
+    # uneven panels (300 and 292 px tall) in a grey frame of 19 px; a grey wall at the bottom panel's
+    # foot hides the bottom border's inner edge: the three clean borders give its width
+    from datagen.panels import Box
+
+    grey = (128, 128, 128)
+    top, bottom = photos(["coffee.png", "astronaut.png"], 300, 420, 6)
+    bottom = wall(bottom[:292], "bottom", grey, np.random.default_rng(6), full=True)
+    img = np.empty((19 + 300 + 16 + 292 + 19, 19 + 420 + 19, 3), np.uint8)
+    img[:] = grey
+    img[19:319, 19:439], img[335:627, 19:439] = top, bottom
+    boxes = [Box(19, 19, 439, 319), Box(19, 335, 439, 627)]
+    assert right_or_rejected(SynthGrid(img, 2, 1, (2, 1), boxes, ["x", "x"], "test")) == "right"
