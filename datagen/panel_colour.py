@@ -35,7 +35,7 @@ _CLEAN_NEAR = 0.5  # the colour covers at most this share of the line beside a c
 _AGREE_PX = 3
 _EXACT_PX = 2  # panels beside a gutter placed by equal sizes alone differ by at most this (rounding)
 _SHOWN_MIN = 0.15  # share of the span where a panel beside a gutter must show (not the gutter's colour)
-_STRAY_PX = 6  # a run narrower than this with no clean side, where no gutter belongs, is a photo's line
+_STRAY_PX = 6  # a run narrower than this with no clean side near a gutter gives way to a clean one
 # a panel's own colour at an image edge: sure, to be confirmed by equal panels where a frame of it
 # may hide, or always (a flat edge line of another colour)
 _SURE, _EQUAL, _STRICT = 1, 2, 3
@@ -136,9 +136,9 @@ class _Axis:
             slot = round((s + e) / 2 / pitch)
             off = abs((s + e) / 2 - slot * pitch)
             if not 1 <= slot < n or off > self.cfg.gutter_tolerance * pitch or e - s > self.cfg.max_gutter_fraction * pitch:
-                if e - s >= self.cfg.min_gutter_px and (e - s >= _STRAY_PX or self.clean(s, -1) or self.clean(e, 1)):
+                if e - s >= self.cfg.min_gutter_px and (self.clean(s, -1) or self.clean(e, 1)):
                     return None  # a band of the colour across the grid where no gutter belongs
-                continue  # a thin line of the colour that stops cleanly nowhere: a photo's own
+                continue  # a band of the colour that stops cleanly nowhere (a dark region of photos): theirs
             gutters.append((s, e, self.clean(s, -1), self.clean(e, 1)))
         gutters = _one_per_slot(gutters, pitch)
         for at, first in ((lo, True), (hi - 1, False)):

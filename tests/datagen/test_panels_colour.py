@@ -121,3 +121,12 @@ def test_a_border_swallowed_by_a_wall_takes_the_width_of_the_clean_borders() -> 
     img[19:319, 19:439], img[335:627, 19:439] = top, bottom
     boxes = [Box(19, 19, 439, 319), Box(19, 335, 439, 627)]
     assert right_or_rejected(SynthGrid(img, 2, 1, (2, 1), boxes, ["x", "x"], "test")) == "right"
+
+
+def test_a_dark_band_across_a_row_of_photos_that_fades_is_no_gutter() -> None:
+    # a night band across both top photos (no clean side: it fades in and out) beside black gutters
+    panels = photos(["coffee.png", "astronaut.png", "chelsea.png", "rocket.jpg"], 300, 320, 7)
+    ramp = np.clip(np.minimum(np.arange(300) - 50, 170 - np.arange(300)) / 25.0, 0, 1)[:, None, None]
+    for k in (0, 1):
+        panels[k] = (panels[k] * (1 - ramp) + 2 * ramp).round().astype(np.uint8)
+    assert right_or_rejected(assemble(panels, 2, 2, gutter=10, colour=BLACK)) == "right"
