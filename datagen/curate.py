@@ -14,10 +14,13 @@ Answers are cached by content hash under ``curate/vlm_cache`` and every decision
 ``curate/verdicts.jsonl`` (resume). A refused answer is asked again, rephrased, up to
 ``curate.refusal_retries`` times before it is a final reject (reason and attempts recorded); a
 malformed answer is a reject with its reason; an unreachable server leaves the pair undone for the
-next run. With ``vlm.use_batch_api`` the
-pairs go through the OpenAI Batch API; each batch id is logged before anything else, so a rerun
-collects it instead of submitting again. Without a ``vlm`` provider (the toy) every pair is
-accepted with verdict "skipped" and captioned from its grid prompt.
+next run. Each upload view is decoded before it is sent (datagen/vlm_view.py): a damaged one is
+rebuilt from its panel; a pair with a panel that cannot be read is a reject of this run, counted
+and named in the summary but not recorded, so the rerun after the file is repaired asks it (and
+no other pair). With ``vlm.use_batch_api`` the pairs go through the OpenAI Batch API; each batch
+id is logged before anything else, so a rerun collects it instead of submitting again. Without a
+``vlm`` provider (the toy) every pair is accepted with verdict "skipped" and captioned from its
+grid prompt.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from dsd.manifest import RecordLog, iter_jsonl, read_records
 from .config import CurateConfig, DatagenInputError
 from .llm import VLM_FAILURES, LLMStageError, classify_error, settle_failure, stage_provider
 from .summary import ItemErrors, StageSummary
-from .vlm_view import UnreadableImage, ViewSpec, encode_view, read_rgb, view_path
+from .vlm_view import UnreadableImage, ViewSpec, upload_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +86,9 @@ def resolve_path(path: str, base: Path) -> Path:
 
 
 def encode_panel(path: Path, max_side: int, image_format: str = "png", quality: int = 90) -> bytes:
-    """Upload bytes of a panel (see datagen/vlm_view.py): the view the panels stage wrote when it has
-    these settings, else the panel decoded and encoded now."""
-    spec = ViewSpec(max_side, image_format, quality)
-    view = view_path(path, spec)
-    if view.is_file():
-        return view.read_bytes()
-    return encode_view(read_rgb(path), spec)
+    """Upload bytes of a panel (``vlm_view.upload_bytes``): the view the panels stage wrote when it
+    has these settings and decodes, else the panel decoded and encoded now."""
+    return upload_bytes(path, ViewSpec(max_side, image_format, quality))
 
 
 def panel_encoding(cfg: CurateConfig) -> ViewSpec:
@@ -264,6 +263,10 @@ class _CurateRun:
 
         self.errors.failed(pair.get("id"), step, exc, write)
 
+    def unreadable(self, pair: dict[str, Any], exc: UnreadableImage) -> None:
+        """A pair with a panel that cannot be read: counted as a reject, recorded nowhere (ItemErrors)."""
+        self.errors.unreadable(pair.get("id"), exc)
+
     def tick(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
@@ -326,18 +329,18 @@ def _build_requests(run: _CurateRun, chunk: list[dict[str, Any]]):
 
 
 def _record_bad(run: _CurateRun, bad: list) -> None:
-    """Log what ``_encode_chunk`` could not encode: reject records, or (pair, exception) for ItemErrors."""
-    for item in bad:
-        if isinstance(item, dict):
-            run.record(item)
+    """Count or log what ``_encode_chunk`` could not encode, a (pair, exception) each (ItemErrors)."""
+    for pair, exc in bad:
+        if isinstance(exc, UnreadableImage):
+            run.unreadable(pair, exc)
         else:
-            run.raised(item[0], "view", item[1])
+            run.raised(pair, "view", exc)
 
 
 def _encode_chunk(run: _CurateRun, chunk: list[dict[str, Any]]):
-    """(pairs, requests, bad): pure work, safe in a producer thread (reads ``run``, logs nothing).
-    ``bad`` holds a reject record per pair with an unreadable image and (pair, exception) per pair
-    whose encoding raised anything else (see ``_record_bad``).
+    """(pairs, requests, bad): pure work, safe in a producer thread (reads ``run``, logs nothing;
+    it may rewrite a damaged upload view). ``bad`` holds (pair, exception) per pair whose encoding
+    raised, an unreadable panel's UnreadableImage included (see ``_record_bad``).
 
     Each panel file is read and encoded once per chunk even when it appears in several pairs
     (a reference panel is paired with every other panel of its grid); retries reuse the request."""
@@ -360,11 +363,6 @@ def _encode_chunk(run: _CurateRun, chunk: list[dict[str, Any]]):
     for pair in chunk:
         try:
             request = run.kind.request(run, pair, panel)
-        except UnreadableImage as exc:
-            rec = run.kind.base(pair)
-            rec["reason"] = rec["reject_reason"] = str(exc)
-            bad.append(rec)
-            continue
         except Exception as exc:  # noqa: BLE001 - one pair's failure is its reject, not the stage's end
             bad.append((pair, exc))
             continue
@@ -478,6 +476,8 @@ def _run_online(run: _CurateRun, todo: list[dict[str, Any]]) -> None:
                 pending = producer.submit(_encode_chunk, run, chunks[i + 1])
             _record_bad(run, bad)
             run.tick(len(chunk) - len(kept))
+            if not requests:  # every item of the chunk bad: no map (its unstarted coroutine would warn)
+                continue
             with closing(run.provider.map(requests)) as answers:  # see _retry_refused
                 _settle(run, ((kept[index], requests[index], result) for index, result in answers))
 

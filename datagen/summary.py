@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # the providers package is only needed when a stage talks to 
 logger = logging.getLogger(__name__)
 
 _MAX_REASONS = 8
+# The summary's reason for items whose input file cannot be decoded (ItemErrors.unreadable).
+UNREADABLE = "unreadable image (undone: repair the file, then rerun)"
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -149,12 +151,16 @@ class ItemErrors:
     its traceback) with nothing recorded for them, so the rerun after a fix does them all. Held rejects are written as soon
     as the stage decides any item, or when the ``with`` block ends normally. KeyboardInterrupt
     and SystemExit are never caught (``except Exception``), so Ctrl-C stops a stage as always.
+
+    An item whose input file cannot be decoded is a fault of that file, not of the stage:
+    :meth:`unreadable` counts it and records nothing, so the rerun after a repair does it.
     """
 
     def __init__(self, summary: StageSummary, limit: int = 8) -> None:
         self.summary = summary
         self.limit = limit
         self._held: list[tuple[Callable[[str, str], None], str, str]] = []
+        self._unreadable = 0  # rejects counted by ``unreadable``: they say nothing of the stage
 
     def __enter__(self) -> ItemErrors:
         return self
@@ -169,7 +175,7 @@ class ItemErrors:
         ``limit`` items of the run all raised."""
         reason, category = item_failure(self.summary.stage, item_id, step, exc)
         self._held.append((write, reason, category))
-        if self.summary.items_out or self.summary.rejected:
+        if self.summary.items_out or self.summary.rejected > self._unreadable:
             self._release()
         elif len(self._held) >= self.limit:
             self._held.clear()
@@ -178,6 +184,17 @@ class ItemErrors:
                 "a fault of the stage, not of the items; nothing was recorded for them"
             )
             raise exc
+
+    def unreadable(self, item_id: object, exc: Exception) -> None:
+        """``item_id``'s input file cannot be decoded (``dsd.images.UnreadableImage``, its message
+        names the file): a reject of this run under :data:`UNREADABLE`, with a warning and, for the
+        first one, the message in the summary; nothing is recorded, so the item stays undone and
+        the rerun after the file is repaired (or restored) does it, and only it."""
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        logger.warning("%s: item %s left undone: %s", self.summary.stage, item_id, reason)
+        self.summary.reject(UNREADABLE)
+        self.summary.extra.setdefault("first unreadable image", reason)
+        self._unreadable += 1
 
     def _release(self) -> None:
         held, self._held = self._held, []

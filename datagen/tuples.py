@@ -18,7 +18,9 @@ is accepted when all its k + 1 panels show one identity. Two ways to decide (``c
 
 Verdicts go to ``curate/tuples.<mode>.jsonl`` (dsd.manifest: kill -9 and a rerun finish the job; the
 two modes keep separate logs, so switching modes never mixes them), the tuple summary to
-``curate/tuples_summary.json``. One tuple whose step raises is that tuple's reject (summary.ItemErrors).
+``curate/tuples_summary.json``. One tuple whose step raises is that tuple's reject (summary.ItemErrors);
+one with a panel that cannot be read is counted as a reject but left undone, so the rerun after the file
+is repaired asks it (as its pairs), and a damaged upload view is rebuilt from its panel (datagen/vlm_view.py).
 """
 
 from __future__ import annotations

@@ -76,14 +76,95 @@ def test_a_refusal_is_asked_again_rephrased_then_final(pairs_workdir: Path, dg) 
     assert len(retried) == 2  # both refused pairs were asked again, with the rephrased preamble
 
 
-def test_corrupt_panel_is_a_reject_naming_the_file(pairs_workdir: Path, dg) -> None:
-    bad = pairs_workdir / "panels" / "panels" / "grid001_1.png"
+def _with_views(w: Path, cfg: CurateConfig) -> dict[str, bytes]:
+    """Write every panel's upload view as the panels stage does; {panel name: view bytes}."""
+    from datagen.curate import panel_encoding
+    from datagen.vlm_view import encode_view, read_rgb, view_path
+
+    spec, out = panel_encoding(cfg), {}
+    for panel in sorted((w / "panels" / "panels").glob("*_?.png")):
+        out[panel.name] = encode_view(read_rgb(panel), spec)
+        view_path(panel, spec).write_bytes(out[panel.name])
+    return out
+
+
+def _image_checking(responder):
+    """A responder that, like the real APIs, answers HTTP 400 to a request with an undecodable image."""
+    from dsd.images import UnreadableImage, read_image
+
+    def respond(req):
+        try:
+            for image in req.images:
+                read_image(image)
+        except UnreadableImage:
+            return ("status", 400)
+        return responder(req)
+
+    return respond
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "text": b"not an image\n"}[how])
+
+
+@pytest.mark.parametrize(("how", "batch"), [("truncated", False), ("empty", False), ("text", False), ("empty", True)])
+def test_a_damaged_upload_view_is_rebuilt_from_its_panel(pairs_workdir: Path, dg, how: str, batch: bool) -> None:
+    """A view (the bytes sent to the VLM) cut short, empty or not an image is never sent: it is rebuilt from its
+    panel (the same bytes the panels stage wrote) and the pair is asked as if nothing happened."""
+    import json
+
+    from datagen.cli import main
+    from datagen.curate import panel_encoding
+    from datagen.vlm_view import view_path
+
+    w = pairs_workdir
+    views = _with_views(w, CurateConfig())
+    view = view_path(w / "panels" / "panels" / "grid001_1.png", panel_encoding(CurateConfig()))
+    _damage(view, how)
+    with FakeLLMServer(responder=_image_checking(dg.smart_responder())) as srv:
+        extra = ["--set", "vlm.use_batch_api=true", "--set", "curate.batch_wait_s=5", "--set", "curate.batch_poll_s=0.01"]
+        assert main(["curate", "--workdir", str(w), "--no-progress", *_vlm_sets(srv), *(extra if batch else [])]) == 0
+        sent = {image for r in srv.requests for image in r.images}
+    vs = verdicts(w)
+    assert len(vs) == 6 and all(v["accepted"] for v in vs.values())
+    assert sent == set(views.values())  # every panel sent as the panels stage encoded it, the damaged one too
+    assert view.read_bytes() == views["grid001_1.png"]  # the view is repaired on disk
+    summary = json.loads((w / "curate" / "summary.json").read_text())
+    assert summary["rejected"] == 0 and "vlm failures (retry on rerun)" not in summary["extra"]
+
+
+def test_an_unreadable_panel_is_undone_until_the_file_is_repaired(pairs_workdir: Path, dg) -> None:
+    """A panel that cannot be read (its view damaged too) is that pair's reject in the summary, naming the file;
+    nothing is sent for it and nothing recorded, so the rerun after the file is repaired asks that pair only."""
+    import json
+
+    from datagen.cli import main
+    from datagen.curate import panel_encoding
+    from datagen.summary import UNREADABLE
+    from datagen.vlm_view import view_path
+
+    w = pairs_workdir
+    _with_views(w, CurateConfig())
+    bad = w / "panels" / "panels" / "grid001_1.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    with FakeLLMServer(responder=dg.smart_responder()) as srv:
-        s = run_curate(CurateConfig(), pairs_workdir, vlm=dg.provider_cfg(srv), progress=False)
-    v = verdicts(pairs_workdir)["grid001_0_1"]
-    assert not v["accepted"] and "grid001_1.png" in v["reason"] and "unreadable image" in v["reason"]
-    assert s.items_out == 5
+    _damage(view_path(bad, panel_encoding(CurateConfig())), "empty")
+    with FakeLLMServer(responder=_image_checking(dg.smart_responder())) as srv:
+        args = ["curate", "--workdir", str(w), "--no-progress", *_vlm_sets(srv)]
+        for _ in range(2):  # the rerun before the repair asks nothing and counts the same
+            assert main(args) == 0
+            assert len(srv.requests) == 5 and sorted(verdicts(w)) == sorted(set(PAIR_IDS) - {"grid001_0_1"})
+            summary = json.loads((w / "curate" / "summary.json").read_text())
+            assert summary["items_out"] == 5 and summary["rejected"] == 1 and summary["reject_reasons"] == {UNREADABLE: 1}
+            example = summary["extra"]["first unreadable image"]
+            assert "unreadable image" in example and "grid001_1.png" in example and "upload view" in example
+        dg.write_panel(bad, seed=11)  # repaired (the view stays damaged: it is rebuilt from the panel)
+        assert main(args) == 0
+        assert len(srv.requests) == 6 and sorted(verdicts(w)) == PAIR_IDS
+    assert json.loads((w / "curate" / "summary.json").read_text())["rejected"] == 0
+
+
+PAIR_IDS = sorted(f"grid00{g}_{r}_{t}" for g in range(3) for r, t in [(0, 1), (2, 3)])
 
 
 def test_no_vlm_accepts_everything_as_skipped(pairs_workdir: Path) -> None:
@@ -174,6 +255,9 @@ def test_a_verdict_step_that_always_raises_stops_the_stage_and_records_nothing(t
     w = tmp_path / "work"
     dg.make_pairs_workdir(w, n_grids=5)  # 10 pairs: more than ItemErrors' limit (8)
     real = curate.verdict_record
+    panel = w / "panels" / "panels" / "grid000_1.png"
+    good = panel.read_bytes()
+    panel.write_bytes(b"")  # the first pair unreadable: a fault of its file, no sign that the stage works
 
     def broken(pair, data, cfg, usage):
         raise AttributeError("a bug every pair hits")
@@ -186,5 +270,6 @@ def test_a_verdict_step_that_always_raises_stops_the_stage_and_records_nothing(t
         assert any("a fault of the stage" in note for note in info.value.__notes__)
         assert verdicts(w) == {}  # nothing recorded: the rerun after the fix decides every pair
         monkeypatch.setattr(curate, "verdict_record", real)
+        panel.write_bytes(good)
         s = run_curate(CurateConfig(), w, vlm=vlm, progress=False)
     assert s.items_out == 10 and len(verdicts(w)) == 10

@@ -178,18 +178,29 @@ def _lines(path: Path) -> list[bytes]:
 
 
 def test_one_bad_tuple_is_its_reject_and_the_stage_goes_on(toy_panels, tmp_path: Path, monkeypatch) -> None:
-    """vlm: a tuple whose verdict parsing raises, and one with an unreadable panel; derived: one whose derivation
-    raises. Each is a reject with its reason; the others are decided; a rerun asks nothing again."""
+    """vlm: a tuple whose verdict parsing raises, tuples with an unreadable panel, and a damaged upload view of a
+    good panel; derived: one whose derivation raises. A raising tuple is a recorded reject with its reason; one
+    with the unreadable panel is a reject of the run but stays undone (nothing sent), as do the pairs with that
+    panel and so the derived tuples over them; the damaged view is rebuilt. The others are decided; a rerun asks
+    nothing again, and after the panel is repaired asks only the items that have it."""
     from datagen import tuples
+    from datagen.summary import UNREADABLE
 
     w, cfg = _copy(toy_panels, tmp_path)
     monkeypatch.setenv(KEY_ENV, "toy")
     items = tuples.candidate_tuples(w, 3, 6)
     bad_verdict, bad_derive = items[0]["id"], items[1]["id"]
     broken = next(t for t in items if t["k"] == 3 and t["grid_id"] not in (items[0]["grid_id"], items[1]["grid_id"]))
-    Path(broken["target_path"]).write_bytes(b"\x89PNG broken")
-    for view in Path(broken["target_path"]).parent.glob(Path(broken["target_path"]).stem + ".vlm*"):
+    panel = Path(broken["target_path"])
+    good_panel = panel.read_bytes()
+    panel.write_bytes(b"\x89PNG broken")
+    for view in panel.parent.glob(panel.stem + ".vlm*"):
         view.unlink()  # no upload view: curation reads the panel itself
+    damaged = next(panel.parent.glob(Path(broken["ref_paths"][0]).stem + ".vlm*"))
+    view_bytes = damaged.read_bytes()
+    damaged.write_bytes(view_bytes[: len(view_bytes) // 3])  # cut short: rebuilt from its (good) panel
+    with_panel = {t["id"] for t in items if str(panel) in (*t["ref_paths"], t["target_path"])}
+    pairs_with_panel = {p["id"] for p in read_records(w / "panels" / "pairs.jsonl") if str(panel) in (p["ref_path"], p["target_path"])}
     real_verdict, real_derived = tuples.tuple_verdict, tuples.derived_record
 
     def verdict(item, *args):
@@ -207,18 +218,30 @@ def test_one_bad_tuple_is_its_reject_and_the_stage_goes_on(toy_panels, tmp_path:
     with FakeLLMServer(responder=toy_responder) as srv:
         assert datagen_main(["curate", *_flags(w, cfg, srv, "vlm")]) == 0
         vlm = {r["id"]: r for r in read_tuple_verdicts(w, "vlm")}
+        tuple_summary = json.loads((w / "curate" / "tuples_summary.json").read_text())
         assert datagen_main(["curate", *_flags(w, cfg, srv, "derived")]) == 0
         asked = len(srv.requests)
         assert datagen_main(["curate", *_flags(w, cfg, srv, "vlm")]) == 0
-        assert len(srv.requests) == asked  # every tuple decided: nothing asked again
+        assert len(srv.requests) == asked  # every readable item decided: nothing asked again
+        derived_recs = {r["id"]: r for r in read_tuple_verdicts(w, "derived")}
+        pair_ids = {r["id"] for r in read_records(w / "curate" / "verdicts.jsonl")}
+        panel.write_bytes(good_panel)  # repaired: the rerun asks the items that have this panel, and only them
+        assert datagen_main(["curate", *_flags(w, cfg, srv, "vlm")]) == 0
+        assert len(srv.requests) == asked + len(pairs_with_panel) + len(with_panel)
+        assert datagen_main(["curate", *_flags(w, cfg, srv, "derived")]) == 0
+    assert broken["id"] in with_panel and pairs_with_panel and set(vlm) == {t["id"] for t in items} - with_panel
+    assert pairs_with_panel.isdisjoint(pair_ids) and len(derived_recs) < len(items)  # waiting for those pairs
+    assert vlm[bad_verdict]["reject_reason"] == "verdict failed (RuntimeError)" and not vlm[bad_verdict]["accepted"]
+    assert tuple_summary["reject_reasons"][UNREADABLE] == len(with_panel)
+    assert panel.name in tuple_summary["extra"]["first unreadable image"]
+    assert tuple_summary["reject_reasons"]["verdict failed (RuntimeError)"] == 1
+    assert damaged.read_bytes() == view_bytes  # the damaged view rebuilt byte for byte
+    vlm = {r["id"]: r for r in read_tuple_verdicts(w, "vlm")}
     derived_recs = {r["id"]: r for r in read_tuple_verdicts(w, "derived")}
     assert len(vlm) == len(items) == len(derived_recs)
-    assert vlm[bad_verdict]["reject_reason"] == "verdict failed (RuntimeError)" and not vlm[bad_verdict]["accepted"]
-    assert "unreadable image" in vlm[broken["id"]]["reason"] and Path(broken["target_path"]).name in vlm[broken["id"]]["reason"]
     assert derived_recs[bad_derive]["reason"] == "derive failed (KeyError): 'confidence'"
     assert sum(r["accepted"] for r in vlm.values()) > len(items) // 2
-    tuple_summary = json.loads((w / "curate" / "tuples_summary.json").read_text())
-    assert tuple_summary["reject_reasons"]["verdict failed (RuntimeError)"] == 1
+    assert vlm[broken["id"]]["verdict"] == "vlm"
 
 
 def _curated(toy_panels, tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
