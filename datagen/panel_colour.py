@@ -27,7 +27,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .panel_detect import _boxes, _Grid, _same_colour, _seam_beside, _uniform_runs
+from .panel_detect import (
+    _BAND_PX,
+    _EQUAL_PX,
+    _boxes,
+    _Grid,
+    _same_colour,
+    _seam_beside,
+    _unequal_px,
+    _uniform_runs,
+)
 from .panel_types import Detection
 from .panel_verify import channel_max
 
@@ -220,7 +229,7 @@ def _frame(g: _Grid, colour: np.ndarray):
     return out
 
 
-def _lone_border(layouts) -> list:
+def _lone_border(layouts) -> tuple[list, tuple | None]:
     """Layouts without borders that frame nothing: the teacher frames a grid on every side, so a lone
     run of the colour at one edge, or runs at two edges that both fade into the panels (a dark
     photo's top and bottom, a wall in a corner), are panels' own (their axis then has ``content``)."""
@@ -228,10 +237,11 @@ def _lone_border(layouts) -> list:
     inner_clean = [b[2] and b[3] for b in borders]  # a run at an edge is clean on its outer side
     framed = len({(i, b[0] == 0) for i, lay in enumerate(layouts) for b in lay[0]}) >= 3  # three sides at least
     if len(borders) != 1 and (any(inner_clean) or framed):
-        return list(layouts)  # (runs at two edges that both fade into the panels are no frame either)
+        return list(layouts), None  # (runs at two edges that both fade into the panels are no frame either)
     # One that does not stop cleanly at the panel (a dark photo's bottom) is surely the panel's;
-    # a clean one might be a border shown on one side only: equal panels must decide.
-    return [([], lay[1], _EQUAL if any(inner_clean) else _SURE) if lay[0] else lay for lay in layouts]
+    # a clean lone one might be a border shown on one side only (returned: equal panels decide).
+    lone = borders[0] if len(borders) == 1 and inner_clean[0] else None
+    return [([], lay[1], _EQUAL if any(inner_clean) else _SURE) if lay[0] else lay for lay in layouts], lone
 
 
 def _agreed(widths: list[int]) -> int | None:
@@ -293,6 +303,41 @@ def _allowed_spreads(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, i
     return [g.cfg.max_edge_spread if t else g.cfg.max_panel_spread for t in tight]
 
 
+def _read(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, frame):
+    """(segments per axis, inferred) of one reading of the runs of ``colour``, or None when unsure."""
+    content = [lay[2] for lay in layouts]
+    if any(content) and any(lay[0] for lay in layouts):
+        return None  # a panel's own colour at one edge, a border at another: no frame
+    own = sum(len(lay[0]) for lay in layouts)  # borders of the gutters' colour (a frame confirms no gutter)
+    if frame:  # the frame, then any margin of the gutters' colour inside it
+        layouts = [(frame[i] + lay[0], lay[1], lay[2]) for i, lay in enumerate(layouts)]
+    gutters = [run for lay in layouts for run in lay[1]]
+    borders = [run for lay in layouts for run in lay[0]]
+    skip, layouts = _unexplained_edge(g, layouts, colour)
+    if skip or (len(gutters) + own < 2 and not any(gutters[0][2:])):
+        return None  # an edge line left may be a border; a lone band may be a photo's flat strip
+    bw = _agreed([e - s for s, e, cs, ce in borders if cs and ce])
+    # gutter widths are inferred per axis (a grid's rows and columns may have different gutters)
+    segs = [_segments(ax, g.n[i], *layouts[i][:2], _agreed([e - s for s, e, cs, ce in layouts[i][1] if cs and ce]), bw)
+            for i, ax in enumerate(axes)]  # fmt: skip
+    if any(s is None for s in segs):
+        return None
+    sizes = [[b - a for a, b in s] for s in segs]
+    inferred = not all(cs and ce for _, _, cs, ce in gutters + borders)
+    # a border's width from two clean borders or more is sure (the teacher frames evenly); a
+    # gutter's from the clean ones must also give equal panels
+    clean_borders = sum(cs and ce for _, _, cs, ce in borders)
+    unsure = not all(cs and ce for _, _, cs, ce in gutters) or (clean_borders < 2 and clean_borders < len(borders))
+    spreads = _allowed_spreads(g, axes, layouts, colour, unsure, lone=len(gutters) + own < 2)
+    if any(min(sz) < g.cfg.min_panel_size or (max(sz) - min(sz)) / max(sz) > spreads[i] for i, sz in enumerate(sizes)):
+        return None
+    return segs, inferred
+
+
+def _unequal_px_of(segs) -> int:
+    return max(_unequal_px(s) for s in segs)
+
+
 def by_gutter_colour(g: _Grid) -> Detection | None:
     """Panels between gutters (and inside borders) of one colour, or None (see the module docstring)."""
     for colour in _candidates(g):
@@ -302,37 +347,22 @@ def by_gutter_colour(g: _Grid) -> Detection | None:
         layouts = [ax.layout(g.n[i], edges[i]) for i, ax in enumerate(axes)]
         if any(lay is None for lay in layouts) or not any(lay[1] for lay in layouts):
             continue
-        layouts = _lone_border(layouts)
-        content = [lay[2] for lay in layouts]
-        if any(content) and any(lay[0] for lay in layouts):
-            continue  # a panel's own colour at one edge, a border at another: no frame
-        own = sum(len(lay[0]) for lay in layouts)  # borders of the gutters' colour (a frame confirms no gutter)
-        if frame:  # the frame, then any margin of the gutters' colour inside it
-            layouts = [(frame[i] + lay[0], lay[1], lay[2]) for i, lay in enumerate(layouts)]
-        gutters = [run for lay in layouts for run in lay[1]]
-        borders = [run for lay in layouts for run in lay[0]]
-        skip, layouts = _unexplained_edge(g, layouts, colour)
-        if skip:
-            continue  # an edge line left may be a border
-        if len(gutters) + own < 2 and not any(gutters[0][2:]):
-            continue  # a lone band of a colour may be a photo's flat strip: it must be clean, and cut equal panels
-        bw = _agreed([e - s for s, e, cs, ce in borders if cs and ce])
-        # gutter widths are inferred per axis (a grid's rows and columns may have different gutters)
-        segs = [_segments(ax, g.n[i], *layouts[i][:2], _agreed([e - s for s, e, cs, ce in layouts[i][1] if cs and ce]), bw)
-                for i, ax in enumerate(axes)]  # fmt: skip
-        if any(s is None for s in segs):
+        own, lone = _lone_border(layouts)
+        found = _read(g, axes, own, colour, frame)
+        if lone is not None:
+            # a lone clean band at one edge: a border shown on one side, or a panel's flat side; it
+            # is the panel's only when that gives equal panels and the border reading does not
+            border = _read(g, axes, layouts, colour, frame)
+            s, e = lone[:2]
+            own_equal = found is not None and _unequal_px_of(found[0]) <= _EQUAL_PX
+            if border is not None and not (e - s > _BAND_PX and own_equal and _unequal_px_of(border[0]) > _EQUAL_PX):
+                found = border
+        if found is None:
             continue
-        sizes = [[b - a for a, b in s] for s in segs]
-        inferred = not all(cs and ce for _, _, cs, ce in gutters + borders)
-        # a border's width from two clean borders or more is sure (the teacher frames evenly); a
-        # gutter's from the clean ones must also give equal panels
-        clean_borders = sum(cs and ce for _, _, cs, ce in borders)
-        unsure = not all(cs and ce for _, _, cs, ce in gutters) or (clean_borders < 2 and clean_borders < len(borders))
-        spreads = _allowed_spreads(g, axes, layouts, colour, unsure, lone=len(gutters) + own < 2)
-        if any(min(sz) < g.cfg.min_panel_size or (max(sz) - min(sz)) / max(sz) > spreads[i] for i, sz in enumerate(sizes)):
-            continue
+        segs, inferred = found
         name = "rgb(" + ",".join(str(round(float(c))) for c in colour) + ")"
         how = ", widths of unclean sides from clean ones" if inferred else ""
+        gutters = sum(len(lay[1]) for lay in layouts)
         return Detection(_boxes(segs[0], [segs[1]] * g.rows), "gutters", 0.9,
-                         f"gutters found by colour {name}: {len(gutters)} gutter(s){how}")  # fmt: skip
+                         f"gutters found by colour {name}: {gutters} gutter(s){how}")  # fmt: skip
     return None

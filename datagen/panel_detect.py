@@ -63,6 +63,9 @@ from .panel_types import Box, Detection, PanelCountMismatch, PanelDetectionError
 from .panel_verify import channel_max, edge_profile, verify
 
 _SAMPLES = 256  # pixels sampled along each line to judge it
+# a band at one edge only is a panel's own side when it is wider than _BAND_PX (a cut that far off is
+# wrong) and leaves panels equal to _EQUAL_PX with that panel, not without it
+_BAND_PX, _EQUAL_PX = 3, 2
 _BRIDGE = 2  # non-uniform lines inside a gutter that are still one gutter (JPEG block seams)
 
 
@@ -485,13 +488,26 @@ def _border_doubt(g: _Grid, f: list[np.ndarray]) -> str:
 
 def _lone_border_doubt(g: _Grid, segs) -> str:
     """Why a border trimmed at one side only may be a panel's own flat side ("" when it may not): the
-    teacher frames a grid on every side, so it stands only with equal panels along its axis."""
-    trimmed = [axis for axis, (lo, hi, _) in enumerate(g.trim) for width in (lo, g.n_px(axis) - hi) if width > 0]
-    if len(trimmed) != 1 or _spread(segs[trimmed[0]]) <= g.cfg.max_edge_spread:
+    teacher frames a grid on every side and draws equal panels, so a band at one edge that leaves
+    unequal panels as a border, but equal ones as part of the panel beside it, is that panel's."""
+    trimmed = [(axis, first) for axis, (lo, hi, _) in enumerate(g.trim)
+               for first, width in ((True, lo), (False, g.n_px(axis) - hi)) if width > 0]  # fmt: skip
+    if len(trimmed) != 1:
         return ""
-    sizes = ", ".join(str(b - a) for a, b in segs[trimmed[0]])
+    axis, first = trimmed[0]
+    own = list(segs[axis])
+    own[0 if first else -1] = (0, own[0][1]) if first else (own[-1][0], g.n_px(axis))
+    width = g.trim[axis][0] if first else g.n_px(axis) - g.trim[axis][1]
+    if not (width > _BAND_PX and _unequal_px(own) <= _EQUAL_PX < _unequal_px(segs[axis])):
+        return ""
+    sizes = ", ".join(str(b - a) for a, b in segs[axis])
     return (f"a band at one edge only, trimmed as a border, leaves unequal panels ({sizes} px): "
             "it may be a panel's own flat side")  # fmt: skip
+
+
+def _unequal_px(segments) -> int:
+    sizes = [b - a for a, b in segments]
+    return max(sizes) - min(sizes)
 
 
 def _clean_side(g: _Grid, axis: int, across: slice, colour: np.ndarray, x: int, f: np.ndarray, step: int) -> bool:
