@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datagen.panel_detect import _pick_edge
+from datagen.panel_edges import _pick_edge
 from datagen.panels import Box, PanelDetectionError, PanelsConfig, analyse_panels, run_panels
 from dsd.manifest import read_records
 from tests.datagen.real_grids import BLACK, WHITE, make_real_grid, photo_panel, strip, wall

@@ -1,0 +1,190 @@
+"""Touching panels cut at colour edges (step 5 of datagen/panel_detect.py's docstring).
+
+Each cut is the strongest edge near its even-split position; its confidence is how much it stands
+out from the next-best edge in that window, with evenness as a second cue when an object's edge
+rivals it. Weak or ambiguous edges, and strong full-span edges inside a cut panel or along an axis
+meant to hold one panel, reject the grid (a mis-cut is worse than a reject).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .panel_detect import _SAMPLES, _Band, _boxes, _Grid, _lines, _same_colour, _spread, _trim_borders
+from .panel_types import Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
+from .panel_verify import edge_profile
+
+
+def _pick_edge(
+    f: np.ndarray, expected: float, window: float, cfg: PanelsConfig, even_cue: bool = True
+) -> tuple[int, float, float, str]:
+    """(cut, strength, confidence, how) of the strongest edge within ``window`` of ``expected``.
+
+    Confidence is how much the edge stands out from the next-best one (1 - second/best). When a
+    rival comes close in strength (an object's edge near the boundary), the evenness of the split
+    is the second cue: the teacher draws equal panels, so the strongest edge counts only when it
+    is also clearly nearer the even split than every close rival; their distance gap (in windows)
+    adds to the confidence as independent evidence (1 - (1 - edge)(1 - even))."""
+    lo, hi = max(1, int(expected - window)), min(len(f) - 1, int(expected + window) + 1)
+    if hi <= lo:
+        return -1, 0.0, 0.0, ""
+    seg = f[lo:hi]
+    best = int(np.argmax(seg))
+    strength = float(seg[best])
+    rest = np.concatenate([seg[: max(0, best - 3)], seg[best + 4 :]])
+    second = float(rest.max()) if rest.size else 0.0
+    confidence = 0.0 if strength <= 0 else max(0.0, 1.0 - second / strength)
+    if strength <= 0 or confidence >= cfg.min_edge_confidence or not even_cue:
+        return lo + best, strength, confidence, ""
+    at = np.arange(lo, hi)
+    far = np.abs(at - (lo + best)) > 3
+    # Rivals: every edge within min_edge_confidence of the best, and the runner-up itself (at a
+    # confidence a hair under the bar, float rounding can leave the first set empty).
+    rivals = at[far & (seg >= min(second, strength * (1.0 - cfg.min_edge_confidence)))]
+    gap = float(np.abs(rivals - expected).min()) - abs(lo + best - expected)
+    even = min(1.0, max(0.0, gap / window))
+    combined = 1.0 - (1.0 - confidence) * (1.0 - even)
+    return lo + best, strength, combined, ", the strongest edge nearest the even split" if even > 0 else ""
+
+
+def _refine(lines: np.ndarray, cut: int) -> int:
+    """The edge's exact line: the largest single-line step within two lines of ``cut``."""
+    lo, hi = max(1, cut - 2), min(len(lines) - 1, cut + 3)
+    steps = [float(np.abs(lines[y] - lines[y - 1]).mean()) for y in range(lo, hi)]
+    return lo + int(np.argmax(steps)) if steps else cut
+
+
+def _framed_span(g: _Grid, axis: int) -> tuple[int, int]:
+    """The axis's extent inside its borders, where a border must frame the grid: a band at one edge
+    whose colour shows at no other edge is a touching panel's own background."""
+    edges = [b for ax in (0, 1) for b in g.seps[ax] if b.touches_start or b.touches_end]
+
+    def framed(band: _Band) -> bool:
+        return any(o is not band and _same_colour(o.colour, band.colour, g.cfg) for o in edges)
+
+    length = g.h if axis == 0 else g.w
+    lo, hi, _ = _trim_borders([b for b in g.seps[axis] if not (b.touches_start or b.touches_end) or framed(b)],
+                              0, length, g.cfg)  # fmt: skip
+    return lo, hi
+
+
+def by_edges(g: _Grid, even_cue: bool = True) -> Detection:
+    """Touching panels. A uniform band at one edge only may be a border or a panel's background
+    reaching the edge: both readings are cut, and one must give clearly more equal panels.
+    ``even_cue``: whether evenness may settle an edge rivalled by another (see ``_pick_edge``)."""
+    framed = (*_framed_span(g, 0), *_framed_span(g, 1))
+    trimmed = (g.trim[0][0], g.trim[0][1], g.trim[1][0], g.trim[1][1])
+    if framed == trimmed:
+        return _cut_at_edges(g, framed, even_cue)
+    readings = []
+    for span in (framed, trimmed):
+        try:
+            found = _cut_at_edges(g, span, even_cue)
+        except PanelDetectionError:
+            continue
+        spread = max(_spread(tuple((b.y0, b.y1) for b in found.boxes)), _spread(tuple((b.x0, b.x1) for b in found.boxes)))
+        readings.append((spread, found))
+    readings.sort(key=lambda r: r[0])
+    # A reading that cannot be cut with confidence is no reading: the other stands alone when its
+    # panels are as equal as a clear winner's would be (the teacher draws equal panels).
+    lone = len(readings) == 1 and readings[0][0] < 0.05
+    if lone or (len(readings) == 2 and readings[1][0] - readings[0][0] >= 0.05):
+        return readings[0][1]
+    raise PanelDetectionError(
+        f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and a uniform band at one edge only "
+        "could be a border or a panel's own background; rejected rather than guessed"
+    )
+
+
+def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> Detection:
+    cfg = g.cfg
+    segs: list[tuple[tuple[int, int], ...]] = []
+    confidences, notes = [], []
+    y0, y1, x0, x1 = span
+    for axis, n in ((0, g.rows), (1, g.cols)):
+        lo, hi = (y0, y1) if axis == 0 else (x0, x1)
+        region = g.a[y0:y1, x0:x1]
+        f = edge_profile(_lines(region, axis, 2 * _SAMPLES), cfg)
+        pitch = (hi - lo) / n
+        name = "row" if axis == 0 else "column"
+        if pitch < cfg.min_panel_size:
+            raise PanelDetectionError(
+                f"cannot cut the grid into {g.rows}x{g.cols} panels: content of {hi - lo} px is too small "
+                f"for {n} panels of >= {cfg.min_panel_size} px"
+            )
+        if n == 1:
+            _no_edge_where_none_expected(f, g, axis, lo)
+            segs.append(((lo, hi),))
+            continue
+        cuts, strengths = [lo], []
+        for i in range(1, n):
+            # Touching panels must come out equal (max_edge_spread, checked after the cut): only edges
+            # that near the even split can be the boundary, so farther ones are no rivals.
+            window = min(cfg.gutter_tolerance, 1.5 * cfg.max_edge_spread) * pitch
+            cut, strength, conf, how = _pick_edge(f, i * pitch, max(4.0, window), cfg, even_cue)
+            cut = _refine(_lines(region, axis), cut)
+            where = f"{name} boundary near {lo + round(i * pitch)} px"
+            if cfg.no_edge == "even" and (strength < cfg.min_edge_fraction or conf < cfg.min_edge_confidence):
+                cut = round(lo + i * pitch)
+                cuts += [cut, cut]
+                confidences.append(0.0)
+                notes.append(f"{name} cut at {cut} px: no clear edge, even split (panels.no_edge = even)")
+                continue
+            if strength < cfg.min_edge_fraction:
+                raise PanelDetectionError(
+                    f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and no colour edge across the "
+                    f"image at the {where} (strongest covers {strength:.0%} of the span); rejected rather than guessed"
+                )
+            if conf < cfg.min_edge_confidence:
+                raise PanelDetectionError(
+                    f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and the colour edge at the "
+                    f"{where} is ambiguous (confidence {conf:.2f} < {cfg.min_edge_confidence}); rejected rather than guessed"
+                )
+            cuts += [lo + cut, lo + cut]
+            strengths.append(strength)
+            confidences.append(conf)
+            notes.append(f"{name} cut at {lo + cut} px (edge across {strength:.0%}, "
+                         f"confidence {conf:.2f}{how})")
+        cuts.append(hi)
+        segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
+        _no_edge_inside_panels(f, g, axis, lo, segs[-1], max(cfg_strong(cfg), min(strengths, default=0.0)))
+    small = [b - a for s in segs for a, b in s if b - a < cfg.min_panel_size]
+    if small:
+        raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: panel of {small[0]} px "
+                                  f"is below min_panel_size={cfg.min_panel_size}")  # fmt: skip
+    detail = "no gutters; split at colour edges: " + "; ".join(notes)
+    return Detection(_boxes(segs[0], [segs[1]] * g.rows), "edges", min(confidences, default=1.0), detail)
+
+
+def _no_edge_where_none_expected(f: np.ndarray, g: _Grid, axis: int, lo: int) -> None:
+    """A strong edge across the whole span in the middle of an axis meant to hold one panel is a
+    second panel (the image shows more panels than the layout)."""
+    length = len(f)
+    mid = f[int(0.25 * length) : int(0.75 * length)]
+    if mid.size and float(mid.max()) >= cfg_strong(g.cfg):
+        at = lo + int(0.25 * length) + int(np.argmax(mid))
+        shown = (2, g.cols) if axis == 0 else (g.rows, 2)
+        raise PanelCountMismatch(
+            g.rows * g.cols, shown[0] * shown[1], g.rows, g.cols,
+            f"{shown[0]}x{shown[1]}: no gutters, but a colour edge crosses the whole image at "
+            f"{'y' if axis == 0 else 'x'}={at} px", shown=shown,
+        )  # fmt: skip
+
+
+def _no_edge_inside_panels(f: np.ndarray, g: _Grid, axis: int, lo: int, segments, floor: float) -> None:
+    """An edge across the whole span in the middle of a cut panel, stronger than the cuts (at least
+    ``floor``), is a boundary the layout does not have (e.g. three touching panels labelled as
+    two, cut at an object's edge); an object's edge inside a panel is no stronger than the cuts."""
+    for a, b in segments:
+        mid = f[a - lo + (b - a) // 4 : a - lo + 3 * (b - a) // 4]
+        if mid.size and float(mid.max()) >= floor:
+            at = a + (b - a) // 4 + int(np.argmax(mid))
+            raise PanelDetectionError(
+                f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and a colour edge crosses the whole "
+                f"image inside the panel at {a}-{b} px ({'y' if axis == 0 else 'x'}={at} px): the image may show "
+                "more panels than the layout; rejected rather than guessed"
+            )
+
+
+def cfg_strong(cfg: PanelsConfig) -> float:
+    return max(cfg.min_edge_fraction, 0.85)
