@@ -21,6 +21,13 @@ border, and runs touching it are at the edge. Where such a reading could hide a 
 band on one side, the colour on most edge lines), and for a lone gutter that could be a photo's
 flat strip (not neutral, or a seam of touching photos beside it), the panels must come out equal.
 A thin run where no gutter belongs that stops cleanly nowhere is a photo's own line.
+
+A run unclean on a side that holds one stretch of *exactly* flat lines (no grain; the lines beside
+it all grainy) reaching its clean side is a drawn gutter merged with a grainy panel side of its
+colour (a night photo beside a black gutter): the stretch is the gutter, both sides clean. A run
+too wide for a gutter, clean on one side only where the layout puts a gutter, is one merged with a
+panel: its width comes from the clean gutters. Two unclean runs or more of one width (to a pixel)
+that stand on their own may leave the panels a pixel less equal (JPEG blurs a side).
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ _STRAY_PX = 6  # a run narrower than this with no clean side near a gutter gives
 # a panel's own colour at an image edge: sure, to be confirmed by equal panels where a frame of it
 # may hide, or always (a flat edge line of another colour)
 _SURE, _EQUAL, _STRICT = 1, 2, 3
+_FLAT_SHARE = 0.99  # a drawn gutter's line: this share within 1 level of its median (no grain)
+_GRAIN_SHARE = 0.9  # every other line of the run has grain: at most this share so flat
 _BORDER_SHARE = 0.6  # lines at the image's ends this much of the colour are border (a subject may cross it)  # clean gutters (borders) of one grid agree on their width within this
 
 
@@ -126,6 +135,43 @@ class _Axis:
         good = shown & sharp & ~self.near[beside + outwards if 0 <= beside + outwards < self.length else beside]
         return int(good.sum()) >= self.cfg.min_edge_fraction * int(shown.sum())
 
+    def flat_core(self, s: int, e: int) -> tuple[int, int, bool]:
+        """A drawn gutter inside a run that is unclean on a side: the one stretch of *exactly* flat lines
+        (``_FLAT_SHARE`` of the line within 1 level of its median) at least ``min_gutter_px`` wide, ending
+        at the run's clean side if it has one. A dark photo or a wall of the colour has grain; a gutter
+        drawn by the grid's maker has none. (start, end, found): the run itself when there is no such stretch."""
+        clean = (self.clean(s, -1), self.clean(e, 1))
+        if all(clean):
+            return s, e, False
+        share = self.flat_share(s, e)
+        flat = share >= _FLAT_SHARE
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], flat.astype(np.int8), [0]])))
+        cores = [(s + int(a), s + int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)
+                 if b - a >= self.cfg.min_gutter_px]  # fmt: skip
+        if len(cores) != 1 or float(share[~flat].max(initial=0)) > _GRAIN_SHARE:
+            return s, e, False  # (lines nearly flat beside it: a gutter's JPEG blocks, no drawn edge)
+        a, b = cores[0]
+        if (clean[0] and a - s > 1) or (clean[1] and e - b > 1):
+            return s, e, False  # the flat stretch does not reach the run's clean side: not its gutter
+        return a, b, True
+
+    def _merged(self, s: int, e: int, n: int) -> bool:
+        """Whether a run too wide for a gutter is one merged with a panel's side of its colour (a dark
+        photo beside a black gutter): clean on one side only, that side where a gutter belongs. Its
+        width then comes from the clean gutters (``_place``), and equal panels must confirm it."""
+        pitch = self.length / n
+        clean = (self.clean(s, -1), self.clean(e, 1))
+        if clean[0] == clean[1] or e - s <= self.cfg.max_gutter_fraction * pitch:
+            return False
+        at = s if clean[0] else e
+        slot = round(at / pitch)
+        return 1 <= slot < n and abs(at - slot * pitch) <= self.cfg.gutter_tolerance * pitch
+
+    def flat_share(self, s: int, e: int) -> np.ndarray:
+        lines = self.lines[s:e]
+        median = np.median(lines, axis=1, keepdims=True)
+        return (channel_max(np.abs(lines - median)) <= 1).mean(axis=1)
+
     def layout(self, n: int, edge: tuple[int, int] | None = None):
         """(borders, gutters, content) or None: borders and gutters as lists of (start, end,
         clean_start, clean_end); ``content`` when the colour reaches an image edge as a panel's own
@@ -136,11 +182,17 @@ class _Axis:
         pitch = self.length / n
         borders, gutters, content, wide = [], [], 0, []
         for s, e in self.runs:
+            sure = False
+            if lo < s and e < hi:
+                s, e, sure = self.flat_core(s, e)
             if s <= lo or e >= hi:
                 if e - s > self.cfg.max_border_fraction * self.length:
                     content, wide = _SURE, [*wide, s <= lo]  # wider than a border: surely the panel's own
                     continue
                 borders.append((s, e, s <= lo or self.clean(s, -1), e >= hi or self.clean(e, 1)))
+                continue
+            if self._merged(s, e, n):
+                gutters.append((s, e, self.clean(s, -1), self.clean(e, 1)))
                 continue
             slot = round((s + e) / 2 / pitch)
             off = abs((s + e) / 2 - slot * pitch)
@@ -148,7 +200,7 @@ class _Axis:
                 if e - s >= self.cfg.min_gutter_px and (self.clean(s, -1) or self.clean(e, 1)):
                     return None  # a band of the colour across the grid where no gutter belongs
                 continue  # a band of the colour that stops cleanly nowhere (a dark region of photos): theirs
-            gutters.append((s, e, self.clean(s, -1), self.clean(e, 1)))
+            gutters.append((s, e, sure or self.clean(s, -1), sure or self.clean(e, 1)))
         gutters = _one_per_slot(gutters, pitch)
         for at, first in ((lo, True), (hi - 1, False)):
             touches = first in wide or any((b[0] <= lo) if first else (b[1] >= hi) for b in borders)
@@ -261,7 +313,7 @@ def _place(run, width: int | None) -> tuple[int, int] | None:
 
 
 def _segments(ax: _Axis, n: int, borders, gutters, gw: int | None, bw: int | None):
-    lo, hi, exact = 0, ax.length, False
+    lo, hi, exact = 0, ax.length, []
     for b in borders:
         placed = _place(b, bw)
         if placed is None:
@@ -277,13 +329,17 @@ def _segments(ax: _Axis, n: int, borders, gutters, gw: int | None, bw: int | Non
             # No clean gutter to go by: lines mostly of the colour, so the run is no narrower than
             # the gutter, and a panel it swallowed part of comes out smaller: it stands only if
             # the panels are equal to the pixel (the teacher draws equal panels).
-            placed, exact = run[:2], True
+            placed = run[:2]
+            exact.append(run[1] - run[0])
         if placed is None:
             return None
         edges += list(placed)
     edges.append(hi)
     segs = tuple((edges[2 * i], edges[2 * i + 1]) for i in range(n))
-    if exact and max(b - a for a, b in segs) - min(b - a for a, b in segs) > _EXACT_PX:
+    # Two such runs or more of one width (to a pixel: JPEG blurs a side) have not both swallowed
+    # the same part of a panel: the panels may then differ by a pixel more.
+    tolerance = _EXACT_PX + (len(exact) > 1 and max(exact) - min(exact) <= 1)
+    if exact and max(b - a for a, b in segs) - min(b - a for a, b in segs) > tolerance:
         return None
     return segs
 

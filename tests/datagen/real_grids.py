@@ -235,16 +235,16 @@ def make_real_grid(kind: str, layout: tuple[int, int], seed: int, size: int = 76
     return SynthGrid(img, layout[0], layout[1], (rows, cols), boxes, [subject] * len(boxes), kind)
 
 
+def bench_grid(kind: str, i: int, sizes: tuple[int, ...] = (768, 1024), seed: int = 0) -> SynthGrid:
+    """The ``i``-th grid of ``kind`` in ``real_grid_set(..., sizes, seed)`` (a benchmark case for a test)."""
+    size = sizes[i % len(sizes)]
+    s = seed * 1_000_003 + KINDS.index(kind) * 10_007 + i
+    if kind == "mismatch":
+        drawn, label = MISMATCHES[(i // len(sizes)) % len(MISMATCHES)]
+        return make_real_grid(kind, label, s, size, drawn=drawn)
+    return make_real_grid(kind, LAYOUTS[(i // len(sizes)) % len(LAYOUTS)], s, size)
+
+
 def real_grid_set(per_kind: int, sizes: tuple[int, ...] = (768, 1024), seed: int = 0) -> list[SynthGrid]:
     """``per_kind`` grids of every kind: layouts and sizes in turn (mismatches from ``MISMATCHES``)."""
-    grids = []
-    for k, kind in enumerate(KINDS):
-        for i in range(per_kind):
-            size = sizes[i % len(sizes)]
-            s = seed * 1_000_003 + k * 10_007 + i
-            if kind == "mismatch":
-                drawn, label = MISMATCHES[(i // len(sizes)) % len(MISMATCHES)]
-                grids.append(make_real_grid(kind, label, s, size, drawn=drawn))
-            else:
-                grids.append(make_real_grid(kind, LAYOUTS[(i // len(sizes)) % len(LAYOUTS)], s, size))
-    return grids
+    return [bench_grid(kind, i, sizes, seed) for kind in KINDS for i in range(per_kind)]

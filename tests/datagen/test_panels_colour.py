@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from datagen.panel_verify import channel_max
-from tests.datagen.real_grids import BLACK, WHITE, wall
+from tests.datagen.real_grids import BLACK, WHITE, bench_grid, wall
 from tests.datagen.synthetic_grids import SynthGrid
 from tests.datagen.test_panels_real import assemble, photos, right_or_rejected
 
@@ -130,3 +130,32 @@ def test_a_dark_band_across_a_row_of_photos_that_fades_is_no_gutter() -> None:
     for k in (0, 1):
         panels[k] = (panels[k] * (1 - ramp) + 2 * ramp).round().astype(np.uint8)
     assert right_or_rejected(assemble(panels, 2, 2, gutter=10, colour=BLACK)) == "right"
+
+
+def test_a_drawn_black_gutter_merged_with_a_grainy_dark_photo_is_its_exactly_flat_stretch() -> None:
+    # a night (black with grain) at the panel's side beside the black gutter: one run of dark lines,
+    # unclean where it fades into the photo; the gutter is the stretch of it with no grain at all
+    top, bottom = photos(["coffee.png", "astronaut.png"], 300, 420, 8)
+    bottom = wall(bottom, "top", (3, 3, 3), np.random.default_rng(8), full=True)
+    assert right_or_rejected(assemble([top, bottom], 2, 1, gutter=10, colour=BLACK)) == "right"
+    top, bottom = photos(["coffee.png", "astronaut.png"], 300, 420, 9)
+    top = wall(top, "bottom", (4, 4, 4), np.random.default_rng(9), full=True)
+    assert right_or_rejected(assemble([top, bottom], 2, 1, gutter=12, colour=BLACK)) == "right"
+    # uneven gutters (18 and 32 px), the 32 px one unclean beside a wall: its flat stretch, not the other's width
+    assert right_or_rejected(bench_grid("uneven_gutter", 18)) == "right"
+
+
+def test_a_jpeg_gutter_has_no_flat_stretch_to_cut_at() -> None:
+    # JPEG blocks leave patches of flat lines inside a black gutter: no stretch stands alone there
+    assert right_or_rejected(bench_grid("jpeg_noise", 31)) == "right"
+
+
+def test_a_gutter_run_too_wide_with_one_clean_side_takes_the_clean_gutters_width() -> None:
+    # 3x1, JPEG: a black gutter merged with a dark photo's edge into one 103 px run, clean at the
+    # gutter's side only, where the layout puts a gutter; the other, clean gutter gives its width
+    assert right_or_rejected(bench_grid("jpeg_noise", 32)) == "right"
+
+
+def test_two_unclean_gutters_of_one_width_stand_with_panels_a_pixel_less_equal() -> None:
+    # 3x1, JPEG: both black gutters (8 and 7 px) unclean on one side, panels 317/317/320 px as read
+    assert right_or_rejected(bench_grid("jpeg_noise", 45)) == "right"
