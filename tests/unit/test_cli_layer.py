@@ -231,8 +231,11 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, module):
     else:
         argv = ["--prompts", str(prompts), "--out", str(tmp_path / "t"), "--backend", "comfyui", "--comfyui-url", server.url]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # A test run started in the background (`cmd &` without job control) ignores SIGINT, and a child that
+    # inherits SIG_IGN never gets Python's KeyboardInterrupt handler: give it the terminal's default back.
     proc = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         # deadlines against a hang only: a cold start (torch, diffusers) on a loaded 2-core machine is slow
         assert server.connected.wait(240), proc.communicate(timeout=5)
