@@ -56,6 +56,8 @@ def has_easycache(model) -> bool:
 
 
 class GuiderDSD(comfy.samplers.CFGGuider):
+    warns_references = True  # DSD Guider warns when it is made (log + node text); the sampling wrapper does not repeat it
+
     def set_guidance(self, config: GuidanceConfig) -> None:
         self.config = config
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dsd.tokens import FLUX_LATENT_CHANNELS, FLUX_PACKED_CHANNELS, PATCH
+from ..dsd.weights.adapter import check_reference_count
 from .errors import DSDBatchError, DSDModelMismatchError, DSDNodeError
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,20 @@ def apply_condition_embedder(model_patcher, weight: torch.Tensor, bias: torch.Te
     m = model_patcher.clone()
     m.set_model_post_input_patch(DSDPostInput(ConditionEmbedder(weight, bias), trained_references=trained_references))
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, dsd_diffusion_wrapper)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, dsd_outer_sample_wrapper)
     return m
+
+
+def dsd_outer_sample_wrapper(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper, run once per sampling run by any guider (KSampler, SamplerCustom...): warn when the
+    conditioning carries more references than the adapter was trained with. A guider that warns by itself when it
+    is made (DSD Guider, which also shows it on the node) sets ``warns_references`` and is left alone."""
+    guider = executor.class_obj
+    if not getattr(guider, "warns_references", False):
+        conds = [c for group in getattr(guider, "conds", {}).values() for c in group or ()]
+        count = max((getattr(c.get("model_conds", {}).get(MODEL_COND_KEY), "references", 0) for c in conds), default=0)
+        check_reference_count(count, list(trained_references(guider.model_patcher)), "the DSD adapter")
+    return executor(*args, **kwargs)
 
 
 def _dsd_patches(model_patcher) -> list[DSDPostInput]:

@@ -5,7 +5,8 @@
 - k = 2 / 3 (DSD Multi-Reference Conditioning): layout, latent and tokens against the core's compose_canvas
   and, frame by frame, against fit_reference; DSD Split Canvas returns the target and every reconstruction.
 - True CFG's image-unconditioned branch zeroes every reference frame together.
-- More references than the adapter's ``dsd_train_references`` warn (log + DSD Guider's UI text), never fail.
+- More references than the adapter's ``dsd_train_references`` warn (log + DSD Guider's UI text; plain KSampler logs it
+  too, once per sampling run), never fail.
 - Bad inputs (NaN, tiny, mismatched batches, malformed layouts) are refused naming the input.
 """
 
@@ -267,3 +268,47 @@ def test_split_canvas_refuses_a_canvas_that_is_not_the_layouts(run_prompt, test_
              "split": {"class_type": "DSDSplitCanvas", "inputs": {"canvas": ["c", 0], "layout": layout}},
              "cap": {"class_type": "DSDTest_Capture", "inputs": {"label": "out", "value": ["split", 0]}}}  # fmt: skip
     refused(run_prompt(graph), "DSDSplitCanvas", "200 px wide", "3 frames")
+
+
+def _reference_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "references given" in r.getMessage()]
+
+
+def sampled_graph(k: int, adapter: str, guided: bool) -> dict:
+    """k references -> DSD model -> KSampler (no DSD Guider), or DSD Guider -> SamplerCustomAdvanced; 2 steps."""
+    graph = guided_graph(k, adapter)
+    del graph["cap_guider"], graph["cap_latent"]
+    if guided:
+        graph.update({
+            "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["dsd", 0], "scheduler": "simple", "steps": 2,
+                                                                  "denoise": 1.0}},
+            "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+            "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
+                "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0],
+                "latent_image": ["cond", 2]}},
+        })  # fmt: skip
+    else:
+        del graph["guider"]
+        graph["sample"] = {"class_type": "KSampler", "inputs": {
+            "model": ["dsd", 0], "positive": ["cond", 0], "negative": ["cond", 1], "latent_image": ["cond", 2],
+            "seed": 3, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}  # fmt: skip
+    graph["cap_out"] = {"class_type": "DSDTest_Capture", "inputs": {"label": "out", "value": ["sample", 0]}}
+    return graph
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["ksampler", "dsd-guider"])
+def test_too_many_references_warn_once_per_sampling_run(run_prompt, test_nodes, models_dir, k3_adapter, caplog, guided):
+    """Plain KSampler (no DSD Guider) warns too, from the DSD model's OUTER_SAMPLE wrapper: once per run (2 steps,
+    2 branches at KSampler's cfg), and never a second time when DSD Guider, which warns by itself, samples."""
+    with caplog.at_level(logging.WARNING):
+        run = run_prompt(sampled_graph(2, "tiny_adapter.safetensors", guided))
+    assert run.ok, (run.error, run.node_errors, run.exec_error)
+    assert torch.isfinite(run.captured["out"]["samples"]).all()
+    (message,) = _reference_warnings(caplog)
+    assert "2 references given" in message and "at most 1 (k = [1])" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run = run_prompt(sampled_graph(3, k3_adapter, guided))
+    assert run.ok, (run.error, run.node_errors, run.exec_error)
+    assert not _reference_warnings(caplog)
