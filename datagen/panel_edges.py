@@ -3,7 +3,9 @@
 Each cut is the strongest edge near its even-split position; its confidence is how much it stands
 out from the next-best edge in that window, with evenness as a second cue when an object's edge
 rivals it. Weak or ambiguous edges, and strong full-span edges inside a cut panel or along an axis
-meant to hold one panel, reject the grid (a mis-cut is worse than a reject).
+meant to hold one panel, reject the grid (a mis-cut is worse than a reject). Where no sharp edge
+spans enough of the image (crops of one photo meeting in similar colours), a jump of the local
+averages alone at the even split, with no rival near it, is the seam.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 from .panel_detect import _SAMPLES, _Band, _boxes, _Grid, _lines, _same_colour, _spread, _trim_borders
 from .panel_types import Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
-from .panel_verify import edge_profile
+from .panel_verify import channel_max, edge_profile
 
 
 def _pick_edge(
@@ -130,7 +132,11 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
                 confidences.append(0.0)
                 notes.append(f"{name} cut at {cut} px: no clear edge, even split (panels.no_edge = even)")
                 continue
+            texture = 0.0
             if strength < cfg.min_edge_fraction:
+                cut, texture, conf = _texture_seam(_lines(region, axis, 2 * _SAMPLES), i * pitch, window, pitch)
+                how = f", a texture seam across {texture:.0%}"
+            if strength < cfg.min_edge_fraction and not texture:
                 raise PanelDetectionError(
                     f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and no colour edge across the "
                     f"image at the {where} (strongest covers {strength:.0%} of the span); rejected rather than guessed"
@@ -141,7 +147,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
                     f"{where} is ambiguous (confidence {conf:.2f} < {cfg.min_edge_confidence}); rejected rather than guessed"
                 )
             cuts += [lo + cut, lo + cut]
-            strengths.append(strength)
+            strengths += [] if texture else [strength]
             confidences.append(conf)
             notes.append(f"{name} cut at {lo + cut} px (edge across {strength:.0%}, "
                          f"confidence {conf:.2f}{how})")
@@ -154,6 +160,44 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
                                   f"is below min_panel_size={cfg.min_panel_size}")  # fmt: skip
     detail = "no gutters; split at colour edges: " + "; ".join(notes)
     return Detection(_boxes(segs[0], [segs[1]] * g.rows), "edges", min(confidences, default=1.0), detail)
+
+
+def _texture_profile(lines: np.ndarray, k: int = 4) -> np.ndarray:
+    """t[y]: share of the span where the mean of the ``k`` lines below y differs from the mean of
+    the ``k`` above by more than the same step one block further out on either side: two crops of
+    one photo placed edge to edge can meet without a sharp pixel step, yet their local averages jump."""
+    a = lines.astype(np.float32)
+    c = np.concatenate([np.zeros((1, *a.shape[1:]), np.float32), np.cumsum(a, axis=0)])
+    t = np.zeros(len(a), np.float32)
+    if len(a) < 4 * k + 1:
+        return t
+    y = np.arange(2 * k, len(a) - 2 * k + 1)
+    up, dn = (c[y] - c[y - k]) / k, (c[y + k] - c[y]) / k
+    up2, dn2 = (c[y - k] - c[y - 2 * k]) / k, (c[y + 2 * k] - c[y + k]) / k
+    d = channel_max(np.abs(dn - up))
+    beside = np.maximum(channel_max(np.abs(up - up2)), channel_max(np.abs(dn2 - dn)))
+    t[y] = ((d > 10) & (d > 1.5 * beside + 4)).mean(axis=1)
+    return t
+
+
+def _texture_seam(lines: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float]:
+    """(cut, strength, confidence) of a texture seam at the even split: the strongest block-mean jump
+    within ``window`` of it must reach over a quarter of the span and be 2.5x any other within a
+    tenth of a pitch (where an object's edge would rival it); else its strength is 0 (no seam).
+    Used only where no sharp edge reaches min_edge_fraction; the cut panels are still checked for
+    hidden sharp edges as any edge cut is."""
+    t = _texture_profile(lines)
+    lo, hi = max(1, int(expected - window)), min(len(t) - 1, int(expected + window) + 1)
+    wlo, whi = max(1, int(expected - 0.1 * pitch)), min(len(t) - 1, int(expected + 0.1 * pitch) + 1)
+    if hi <= lo or whi <= wlo:
+        return -1, 0.0, 0.0
+    best = lo + int(np.argmax(t[lo:hi]))
+    strength = float(t[best])
+    rest = np.concatenate([t[wlo : max(wlo, best - 3)], t[best + 4 : whi]])
+    second = float(rest.max()) if rest.size else 0.0
+    if strength < 0.25 or second > 0.4 * strength:
+        return best, 0.0, 0.0
+    return best, strength, 1.0 - second / strength
 
 
 def _no_edge_where_none_expected(f: np.ndarray, g: _Grid, axis: int, lo: int) -> None:

@@ -104,11 +104,15 @@ def test_touching_panels_are_split_at_colour_edges_with_a_confidence():
         assert_boxes(list(found.boxes), truth, max_px=1)
 
 
-def test_touching_noise_panels_are_rejected_not_guessed():
-    """Panels of pixel-level noise that touch: no edge stands out, so no even-split guess."""
-    img, _ = make_grid([256, 256], [256, 256], [0], [0])
-    with pytest.raises(PanelDetectionError, match="rejected rather than guessed"):
-        detect_panels(img, 2, 2)
+def test_touching_noise_panels_are_cut_at_their_texture_seam_or_rejected_not_guessed():
+    """Panels of pixel-level noise that touch: a column seam with no sharp step is cut only where the
+    panels' local averages jump (the exact boxes); one noise field labelled 2x2 is never guessed."""
+    img, boxes = make_grid([256, 256], [256, 256], [0], [0])
+    found = analyse_panels(img, 2, 2)
+    assert found.boxes == tuple(boxes) and "texture seam" in found.detail
+    field = np.random.default_rng(0).integers(60, 200, size=(512, 512, 3)).astype(np.uint8)
+    with pytest.raises(PanelDetectionError):
+        detect_panels(field, 2, 2)
 
 
 def test_an_ambiguous_edge_off_the_even_split_is_rejected_not_guessed():

@@ -13,7 +13,7 @@ from PIL import Image
 from datagen.panel_edges import _pick_edge
 from datagen.panels import Box, PanelDetectionError, PanelsConfig, analyse_panels, run_panels
 from dsd.manifest import read_records
-from tests.datagen.real_grids import BLACK, WHITE, make_real_grid, photo_panel, strip, wall
+from tests.datagen.real_grids import BLACK, WHITE, bench_grid, make_real_grid, photo_panel, strip, wall
 from tests.datagen.synthetic_grids import SynthGrid, cut_is_right
 
 
@@ -150,3 +150,23 @@ def test_the_stage_goes_on_past_a_grid_whose_analysis_raises(tmp_path, monkeypat
     recs = {r["id"]: r for r in read_records(tmp_path / "out" / "panels.jsonl")}
     assert recs["b_bad"]["status"] == "rejected" and "ValueError: zero-size array" in recs["b_bad"]["reason"]
     assert recs["a_good"]["status"] == recs["c_good"]["status"] == "ok"
+
+
+def test_touching_crops_of_one_photo_meet_at_a_texture_seam() -> None:
+    """One photo whose right half is 16 levels brighter (under the sharp-edge rule's step): cut at
+    the even split; the same photo without the jump, labelled 1x2, is never cut."""
+    (base,) = photos(["coffee.png"], 400, 600, 7)
+    jumped = base.copy()
+    jumped[:, 300:] = np.clip(base[:, 300:].astype(np.int16) + 16, 0, 255).astype(np.uint8)
+    grid = SynthGrid(jumped, 1, 2, (1, 2), [Box(0, 0, 300, 400), Box(300, 0, 600, 400)], ["x", "x"], "test")
+    assert right_or_rejected(grid) == "right"
+    assert "texture seam" in analyse_panels(jumped, 1, 2).detail
+    with pytest.raises(PanelDetectionError):
+        analyse_panels(base, 1, 2)
+
+
+def test_same_subject_touching_grids_of_the_benchmark() -> None:
+    """Crops of one photo placed edge to edge (benchmark seed 0): right or rejected, never mis-cut,
+    and the texture seam cuts most of them."""
+    outcomes = [right_or_rejected(bench_grid("same_subject", i)) for i in (18, 26, 31, 42, 45)]
+    assert outcomes.count("right") >= 3, outcomes
