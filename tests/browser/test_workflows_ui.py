@@ -108,6 +108,20 @@ def page_prompt(page, server: ComfyServer, expected_titles: set[str]) -> tuple[d
 
 # ------------------------------------------------------------------ shipped workflows load as they are
 @pytest.mark.parametrize("name", NAMES)
+
+def saved_images_of_new_run(page, server: ComfyServer, before: set, what: str, shot: str = "") -> list[dict]:
+    """Wait for a prompt not in ``before`` to complete (a screenshot ``shot`` then, done or not); its saved images."""
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+    done: list = []
+    while not done and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        history = server.get_json("/history")
+        done = [entry for key, entry in history.items() if key not in before and entry.get("status", {}).get("completed")]
+    if shot:
+        page.shot(shot)
+    assert done, f"{what} did not complete"
+    return [img for out in done[0]["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
+
 def test_workflow_loads_and_builds_its_api_prompt(page, name):
     page.open()
     load_workflow(page, load_ui(name), name)
@@ -325,15 +339,7 @@ def test_shipped_reference_name_runs_unchanged(page, tiny_inputs: ComfyServer):
     load_workflow(page, tiny_basic(build.REFERENCE_IMAGE), "dsd_basic_shipped_input")
     assert missing_node_types(page) == [] and open_dialogs(page) == []
     click_run(page)
-    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
-    done: list = []
-    while not done and time.monotonic() < deadline:
-        page.wait_for_timeout(500)
-        history = tiny_inputs.get_json("/history")
-        done = [entry for key, entry in history.items() if key not in before and entry.get("status", {}).get("completed")]
-    page.shot("shipped-input-done")
-    assert done, "the run with the shipped reference did not complete"
-    saved = [img for out in done[0]["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
+    saved = saved_images_of_new_run(page, tiny_inputs, before, "the run with the shipped reference", "shipped-input-done")
     assert saved and (tiny_inputs.base_dir / "output" / saved[0]["subfolder"] / saved[0]["filename"]).is_file()
 
 
@@ -361,13 +367,6 @@ def test_tiny_multi_reference_runs_and_shows_the_trained_k_warning(page, tiny_in
     toast = page.get_by_text(re.compile(r"3 references given but the DSD adapter was trained with at most 1")).first
     toast.wait_for(timeout=RUN_TIMEOUT_MS)
     page.shot("multi-reference-warning")
-    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
-    done: list = []
-    while not done and time.monotonic() < deadline:
-        page.wait_for_timeout(500)
-        history = tiny_inputs.get_json("/history")
-        done = [entry for key, entry in history.items() if key not in before and entry.get("status", {}).get("completed")]
-    assert done, "the multi-reference run did not complete"
-    saved = [img for out in done[0]["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
+    saved = saved_images_of_new_run(page, tiny_inputs, before, "the multi-reference run")
     assert saved and saved[0]["subfolder"] == "DSD"
     assert Image.open(tiny_inputs.base_dir / "output" / "DSD" / saved[0]["filename"]).size == (64, 64)
