@@ -46,31 +46,18 @@ class Pairs:
     items: list  # (identity, reference context, target context)
 
 
-class ToyCodec:
-    """The toy VAE (model space: shift + scale) and text encoders."""
+def toy_encoders():
+    """The project's ``FluxEncoders`` over the toy VAE and text encoders (an in-memory pipeline, no transformer)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-    def __init__(self) -> None:
-        from tests.support import toy_model as tm
+    from dsd.encoders import FluxEncoders
+    from dsd.tiny import FLUX_SCHEDULER_CONFIG
+    from tests.support import toy_model as tm
 
-        self.vae = tm.make_toy_vae()
-        self.clip, self.clip_tok, self.t5, self.t5_tok = tm.make_toy_text_encoders(0)
-        self.scale, self.shift = self.vae.config.scaling_factor, self.vae.config.shift_factor
-
-    @torch.no_grad()
-    def text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = self.t5_tok(texts, padding="max_length", max_length=SEQ, truncation=True, return_tensors="pt").input_ids
-        cids = self.clip_tok(texts, padding="max_length", max_length=self.clip_tok.model_max_length, truncation=True,
-                             return_tensors="pt").input_ids  # fmt: skip
-        return self.t5(ids)[0], self.clip(cids).pooler_output
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        out = [self.vae.encode(images[i : i + 64]).latent_dist.mean for i in range(0, len(images), 64)]
-        return (torch.cat(out) - self.shift) * self.scale
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.scale + self.shift).sample.clamp(-1, 1)
+    clip, clip_tok, t5, t5_tok = tm.make_toy_text_encoders(0)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG), vae=tm.make_toy_vae(),
+                        text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=None)  # fmt: skip
+    return FluxEncoders(pipe, max_sequence_length=SEQ)
 
 
 def _panel(identity, ctx, side: int) -> torch.Tensor:
@@ -79,7 +66,7 @@ def _panel(identity, ctx, side: int) -> torch.Tensor:
     return torch.from_numpy(np.array(dom.draw_panel(identity, ctx, side))).permute(2, 0, 1).float() / 127.5 - 1
 
 
-def make_pairs(codec: ToyCodec, n: int, split: str, seed: int, side: int = 128) -> Pairs:
+def make_pairs(codec, n: int, split: str, seed: int, side: int = 128) -> Pairs:
     """``n`` pairs of ``split``'s identities, each target in a context other than its reference's."""
     from datagen.teacher import toy_domain as dom
     from tests.support.toy_judge import caption_for
@@ -89,10 +76,14 @@ def make_pairs(codec: ToyCodec, n: int, split: str, seed: int, side: int = 128) 
     ids = [i for i in dom.all_identities() if dom.identity_split(i) == split]
     items = [(rng.choice(ids), *rng.sample(dom.all_contexts(), 2)) for _ in range(n)]
     canvas = torch.stack([torch.cat([_panel(i, c1, side), _panel(i, c2, side)], -1) for i, c1, c2 in items])
-    target = codec.encode(canvas)
+    target = _encode(codec, canvas)
     canvas[..., side:] = -1.0
-    prompt, pooled = codec.text([caption_for(reading_of(i, c2)) for i, _, c2 in items])
-    return Pairs(target, codec.encode(canvas), prompt, pooled, items)
+    prompt, pooled = codec.encode_prompt([caption_for(reading_of(i, c2)) for i, _, c2 in items])
+    return Pairs(target, _encode(codec, canvas), prompt, pooled, items)
+
+
+def _encode(codec, canvas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([codec.encode_canvas(canvas[i : i + 64]) for i in range(0, len(canvas), 64)])
 
 
 def make_model(width: int, heads: int, lora: int, seed: int = 0):
@@ -142,7 +133,7 @@ def reference_gain(model, data: Pairs) -> dict[str, list[float]]:
 
 
 @torch.no_grad()
-def judge_samples(model, codec: ToyCodec, data: Pairs, dest: Path | None, zero: bool = False) -> tuple[float, float]:
+def judge_samples(model, codec, data: Pairs, dest: Path | None, zero: bool = False) -> tuple[float, float]:
     """Mean CP (against the reference's identity) and PF (the asked context) of 16-step samples."""
     from PIL import Image
 
@@ -155,7 +146,7 @@ def judge_samples(model, codec: ToyCodec, data: Pairs, dest: Path | None, zero: 
     cond = pack(data.cond) * (0.0 if zero else 1.0)
     tokens = sample_tokens(model, pack(noise), cond, TextConditioning(data.prompt, data.pooled), image_ids(h, w),
                            text_ids(SEQ), steps=16, guidance=GuidanceConfig(guidance=1.0))  # fmt: skip
-    pixels = ((codec.decode(unpack(tokens, h, w)) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    pixels = ((codec.decode_latent(unpack(tokens, h, w)).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     side = pixels.shape[1]
     readings = [read_picture(Image.fromarray(p[:, side:])) for p in pixels]
     cp = np.mean([identity_score(reading_of(i, c1), r) for (i, c1, _), r in zip(data.items, readings, strict=True)])
@@ -171,14 +162,14 @@ def train(args: argparse.Namespace) -> list[dict]:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    codec = ToyCodec()
+    codec = toy_encoders()
     data, held = make_pairs(codec, args.pairs, "train", 0), make_pairs(codec, args.heldout, "heldout", 1)
     model = make_model(args.width, args.heads, args.lora)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     cfg = TrainingConfig(steps=args.steps, batch_size=args.batch, caption_dropout=0.1, reference_dropout=0.1,
                          logit_mean=args.logit_mean)  # fmt: skip
-    gen, empty, log, t0, losses = torch.Generator().manual_seed(0), codec.text([""]), [], time.perf_counter(), []
+    gen, empty, log, t0, losses = torch.Generator().manual_seed(0), codec.encode_prompt([""]), [], time.perf_counter(), []
     for step in range(1, args.steps + 1):
         i = torch.randint(0, len(data.items), (args.batch,), generator=gen)
         batch = Batch(cond=data.cond[i], target=data.target[i], prompt_embeds=data.prompt[i], pooled=data.pooled[i], keys=[])
