@@ -108,20 +108,6 @@ def page_prompt(page, server: ComfyServer, expected_titles: set[str]) -> tuple[d
 
 # ------------------------------------------------------------------ shipped workflows load as they are
 @pytest.mark.parametrize("name", NAMES)
-
-def saved_images_of_new_run(page, server: ComfyServer, before: set, what: str, shot: str = "") -> list[dict]:
-    """Wait for a prompt not in ``before`` to complete (a screenshot ``shot`` then, done or not); its saved images."""
-    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
-    done: list = []
-    while not done and time.monotonic() < deadline:
-        page.wait_for_timeout(500)
-        history = server.get_json("/history")
-        done = [entry for key, entry in history.items() if key not in before and entry.get("status", {}).get("completed")]
-    if shot:
-        page.shot(shot)
-    assert done, f"{what} did not complete"
-    return [img for out in done[0]["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
-
 def test_workflow_loads_and_builds_its_api_prompt(page, name):
     page.open()
     load_workflow(page, load_ui(name), name)
@@ -304,6 +290,20 @@ def tiny_inputs(comfy_server: ComfyServer) -> ComfyServer:
 
 def click_run(page) -> None:
     page.get_by_role("button", name="Run", exact=True).first.click()
+
+
+def saved_images_of_new_run(page, server: ComfyServer, before: set, what: str, shot: str = "") -> list[dict]:
+    """Wait for a prompt not in ``before`` to complete (a screenshot ``shot`` then, done or not); its saved images."""
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+    done: list = []
+    while not done and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        history = server.get_json("/history")
+        done = [entry for key, entry in history.items() if key not in before and entry.get("status", {}).get("completed")]
+    if shot:
+        page.shot(shot)
+    assert done, f"{what} did not complete"
+    return [img for out in done[0]["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
 
 
 def test_tiny_dsd_basic_runs_from_the_run_button(page, tiny_inputs: ComfyServer):
