@@ -165,13 +165,16 @@ def test_templates_browser_lists_the_workflows_with_thumbnails(page, comfy_serve
     page.wait_for_function("(n) => document.querySelectorAll('.workflow-template-selector-dialog h3.line-clamp-1')"
                            ".length >= n", arg=len(NAMES), timeout=30_000)  # fmt: skip
     cards: dict[str, dict] = {}
-    for end in (titles.last, titles.first):  # the dialog draws the pictures of the cards in view only
-        end.scroll_into_view_if_needed()
-        title, deadline, shown = end.inner_text().strip(), time.monotonic() + 30, {}
-        while title not in shown and time.monotonic() < deadline:
-            page.wait_for_timeout(200)
-            shown = {card["title"]: card for card in template_cards(page) if card["complete"] and card["width"]}
-        cards.update(shown)
+    # The dialog draws the pictures of the cards in view only, and may redraw while it loads: bring every
+    # card into view in turn (again on each poll) until its own picture has loaded.
+    for i in range(titles.count()):
+        card, deadline = titles.nth(i), time.monotonic() + 60
+        while time.monotonic() < deadline:
+            card.scroll_into_view_if_needed()
+            cards.update({c["title"]: c for c in template_cards(page) if c["complete"] and c["width"]})
+            if card.inner_text().strip() in cards:
+                break
+            page.wait_for_timeout(250)
     page.shot("templates-ours")
     assert sorted(cards) == NAMES, f"cards in the pack's category: {sorted(cards)}"
     for name, card in cards.items():
