@@ -55,6 +55,9 @@ _STRAY_PX = 6  # a run narrower than this with no clean side near a gutter gives
 # a panel's own colour at an image edge: sure, to be confirmed by equal panels where a frame of it
 # may hide, or always (a flat edge line of another colour)
 _SURE, _EQUAL, _STRICT = 1, 2, 3
+# where a wall of the colour hides part of a gutter's side, the panel shows beside the gutter on at
+# least this share of the stretch where it shows _RECEDE_PX lines out
+_RECEDE_PX, _RECEDE_KEEP = 8, 0.7
 _FLAT_SHARE = 0.99  # a drawn gutter's line: this share within 1 level of its median (no grain)
 _GRAIN_SHARE = 0.9  # every other line of the run has grain: at most this share so flat
 _BORDER_SHARE = 0.6  # lines at the image's ends this much of the colour are border (a subject may cross it)  # clean gutters (borders) of one grid agree on their width within this
@@ -120,6 +123,12 @@ class _Axis:
         shown = ~self.near[far]
         if not _SHOWN_MIN <= float(shown.mean()) <= 1 - _SHOWN_MIN:
             return False  # no wall (the whole-span test stands), or nothing shown
+        # The panel shows up to a straight side: as much of it next to the gutter (the second line out:
+        # the first may be blurred into the gutter) as a few lines out (a round subject on a ground
+        # of the colour shows less and less towards the gutter).
+        further = beside + _RECEDE_PX * outwards
+        if 0 <= further < self.length and (1 - self.share[beside + outwards]) < _RECEDE_KEEP * (1 - self.share[further]):
+            return False
         sharp = np.zeros_like(shown)
         a = self.lines
         for y in (x - 1, x, x + 1):  # boundary between lines y-1 and y, blurred by a line either way

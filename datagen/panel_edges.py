@@ -11,10 +11,15 @@ averages alone at the even split, with no rival near it, is the seam.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .panel_detect import _SAMPLES, _Band, _boxes, _Grid, _lines, _same_colour, _spread, _trim_borders
 from .panel_types import Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
 from .panel_verify import channel_max, edge_profile
+
+# A line step: in _STEP_MIN_SHARE of the span's stretches at least (3 of 8: crops of a dark sky meet in
+# noise), the step into the line is _STEP_RATIO times the usual one; it must beat rivals by that share too.
+_STEP_CHUNKS, _STEP_RATIO, _STEP_MIN_SHARE = 8, 2.0, 0.375
 
 
 def _pick_edge(
@@ -134,8 +139,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
                 continue
             texture = 0.0
             if strength < cfg.min_edge_fraction:
-                cut, texture, conf = _texture_seam(_lines(region, axis, 2 * _SAMPLES), i * pitch, window, pitch)
-                how = f", a texture seam across {texture:.0%}"
+                cut, texture, conf, how = _weak_seam(_lines(region, axis, 2 * _SAMPLES), i * pitch, window, pitch)
             if strength < cfg.min_edge_fraction and not texture:
                 raise PanelDetectionError(
                     f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and no colour edge across the "
@@ -196,6 +200,53 @@ def _texture_seam(lines: np.ndarray, expected: float, window: float, pitch: floa
     rest = np.concatenate([t[wlo : max(wlo, best - 3)], t[best + 4 : whi]])
     second = float(rest.max()) if rest.size else 0.0
     if strength < 0.25 or second > 0.4 * strength:
+        return best, 0.0, 0.0
+    return best, strength, 1.0 - second / strength
+
+
+def _weak_seam(lines: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float, str]:
+    """(cut, strength, confidence, how) of a seam no sharp edge shows: a texture seam, else a line step."""
+    cut, strength, conf = _texture_seam(lines, expected, window, pitch)
+    if strength:
+        return cut, strength, conf, f", a texture seam across {strength:.0%}"
+    cut, strength, conf = _step_seam(lines, expected, window, pitch)
+    return cut, strength, conf, f", a one-line step standing out in {strength:.0%} of the span"
+
+
+def _step_profile(lines: np.ndarray, chunks: int = _STEP_CHUNKS, reach: int = 8) -> np.ndarray:
+    """s[y]: share of the span's ``chunks`` (equal stretches along the line) where the step from line
+    y-1 to y is over _STEP_RATIO times the usual step between neighbouring lines there (the median
+    within ``reach`` lines). Two photos placed edge to edge meet in a one-line jump wherever their
+    pixels are unrelated, however alike their colours; within a photo, neighbouring lines are alike
+    (resampling blurs an object's edge over two lines or more, and it stops where the object does)."""
+    a = lines.astype(np.int16)
+    s = np.zeros(len(a), np.float32)
+    if len(a) < 2 * reach + 2 or a.shape[1] < chunks:
+        return s
+    d = channel_max(np.abs(a[1:] - a[:-1])).astype(np.float32)
+    usable = d.shape[1] // chunks * chunks
+    dc = d[:, :usable].reshape(len(d), chunks, -1).mean(axis=2)
+    padded = np.pad(dc, ((reach, reach), (0, 0)), mode="edge")
+    usual = np.median(sliding_window_view(padded, 2 * reach + 1, axis=0), axis=2)
+    s[1:] = (dc > _STEP_RATIO * (usual + 2)).mean(axis=1)  # + 2 grey levels: flat stretches' noise
+    return s
+
+
+def _step_seam(lines: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float]:
+    """(cut, strength, confidence) of a one-line step at the even split (``_step_profile``): the
+    strongest within ``window`` must stand out in _STEP_MIN_SHARE of the span, and above any other
+    within a tenth of a pitch (a flat strip's edges, an object's) by that share and twice; else
+    strength 0."""
+    s = _step_profile(lines)
+    lo, hi = max(1, int(expected - window)), min(len(s) - 1, int(expected + window) + 1)
+    wlo, whi = max(1, int(expected - 0.1 * pitch)), min(len(s) - 1, int(expected + 0.1 * pitch) + 1)
+    if hi <= lo or whi <= wlo:
+        return -1, 0.0, 0.0
+    best = lo + int(np.argmax(s[lo:hi]))
+    strength = float(s[best])
+    rest = np.concatenate([s[wlo : max(wlo, best - 3)], s[best + 4 : whi]])
+    second = float(rest.max()) if rest.size else 0.0
+    if strength < _STEP_MIN_SHARE or second > min(0.5 * strength, strength - _STEP_MIN_SHARE):
         return best, 0.0, 0.0
     return best, strength, 1.0 - second / strength
 

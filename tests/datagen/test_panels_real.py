@@ -170,3 +170,19 @@ def test_same_subject_touching_grids_of_the_benchmark() -> None:
     and the texture seam cuts most of them."""
     outcomes = [right_or_rejected(bench_grid("same_subject", i)) for i in (18, 26, 31, 42, 45)]
     assert outcomes.count("right") >= 3, outcomes
+
+
+def test_touching_crops_of_one_grainy_photo_meet_at_a_one_line_step() -> None:
+    """Crops of one photo of grain (gravel, the moon's surface) placed edge to edge: no sharp edge
+    and no jump of the local averages, but a one-line step wherever their pixels are unrelated;
+    cut there. One crop of the same photos, labelled as a grid, is never cut."""
+    details = []
+    for name, seed, layout in (("gravel.png", 0, (1, 2)), ("gravel.png", 1, (2, 1)), ("gravel.png", 0, (2, 2)),
+                               ("moon.png", 0, (1, 2)), ("moon.png", 1, (2, 1))):  # fmt: skip
+        grid = assemble(photos([name] * (layout[0] * layout[1]), 300, 340, seed), *layout, gutter=0)
+        if right_or_rejected(grid) == "right":
+            details.append(analyse_panels(grid.image, *layout).detail)
+        (one,) = photos([name], 300 * layout[0], 340 * layout[1], seed + 10)
+        with pytest.raises(PanelDetectionError):
+            analyse_panels(one, *layout)
+    assert sum("one-line step" in d for d in details) >= 4, details
