@@ -5,7 +5,9 @@ out from the next-best edge in that window, with evenness as a second cue when a
 rivals it. Weak or ambiguous edges, and strong full-span edges inside a cut panel or along an axis
 meant to hold one panel, reject the grid (a mis-cut is worse than a reject). Where no sharp edge
 spans enough of the image (crops of one photo meeting in similar colours), a jump of the local
-averages alone at the even split, with no rival near it, is the seam.
+averages alone at the even split, with no rival near it, is the seam; failing that, a one-line step
+(the pixels either side unrelated) standing out over the usual line-to-line step across much of
+the span, with no rival near it (crops of a grainy photo: gravel, the moon's surface).
 """
 
 from __future__ import annotations
