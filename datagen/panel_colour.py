@@ -416,9 +416,13 @@ def by_gutter_colour(g: _Grid) -> Detection | None:
         found = _read(g, axes, own, colour, frame)
         if lone is not None:
             # a lone clean band at one edge: a border shown on one side, or a panel's flat side; it
-            # is the panel's only when that gives equal panels and the border reading does not
-            border = _read(g, axes, layouts, colour, frame)
+            # is the panel's only when that gives equal panels and the border reading does not. A
+            # band whose lines are not all uniform (a dark photo's grain, cut off by a flat strip of
+            # the photo above it) is no drawn border: the panel's own reading must stand alone.
             s, e = lone[:2]
+            axis = next(i for i, lay in enumerate(layouts) if lay[0])
+            drawn = bool((axes[axis].share[s:e] >= g.cfg.uniform_fraction).all())
+            border = _read(g, axes, layouts, colour, frame) if drawn else None
             own_equal = found is not None and _unequal_px_of(found[0]) <= _EQUAL_PX
             if border is not None and not (e - s > _BAND_PX and own_equal and _unequal_px_of(border[0]) > _EQUAL_PX):
                 found = border

@@ -189,3 +189,24 @@ def test_a_round_subject_on_black_ending_near_a_black_gutter_is_no_clean_side() 
     # second (seed 0 jpeg_noise 47, a 3x3 of black gutters: read from the first, a gutter's side
     # came out unclean and a flat JPEG block inside the gutter was taken for it, 5 px narrow)
     right_or_rejected(bench_grid("jpeg_noise", 47))
+
+
+def test_a_dark_photos_grain_below_a_flat_strip_is_no_lone_border() -> None:
+    # 3x1, black gutters, panels 238/239/242 px tall (a little uneven): the bottom photo is a
+    # starfield with a flat pink strip 5 px above its foot. The 5 px of grainy black below the strip
+    # are mostly black and stop sharply at it, like a border on one side only; read as one (it made
+    # the panels more equal) they were cut off the panel. A drawn border is uniform in every line.
+    from datagen.panels import Box
+
+    heights, w, gutter = (238, 239, 242), 560, 12
+    panels = photos(["coffee.png", "rocket.jpg", "hubble_deep_field.jpg"], max(heights), w, 10)
+    panels = [p[:h] for p, h in zip(panels, heights, strict=True)]
+    panels[2][-10:-5] = (200, 120, 190)
+    img = np.zeros((sum(heights) + 2 * gutter, w, 3), np.uint8)
+    boxes, y = [], 0
+    for p in panels:
+        img[y : y + p.shape[0]] = p
+        boxes.append(Box(0, y, w, y + p.shape[0]))
+        y += p.shape[0] + gutter
+    right_or_rejected(SynthGrid(img, 3, 1, (3, 1), boxes, ["x"] * 3, "test"))
+    right_or_rejected(bench_grid("uneven_gutter", 44, seed=4))  # the benchmark's case (seed 4)
