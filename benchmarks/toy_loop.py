@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "toy_cpu.toml"
 KEY_ENV = "DSD_TOY_JUDGE_KEY"
 EVAL_SAMPLING = ["--steps", "16", "--width", "256", "--height", "128", "--seeds", "0", "--no-progress"]
+PRETRAIN_STEPS = 600  # the toy base's pretraining (tests/support/toy_pretrain.py), FLUX's part of the story
+VALIDATION_ITEMS = 8  # held-out identities (none of the benchmark's) that pick best.safetensors
 
 
 def _run(cmd: list[str], log: Path, env: dict[str, str]) -> None:
@@ -54,7 +58,7 @@ def _identities(heldout: bool):
     return [i for i in dom.all_identities() if dom.identity_split(i) == split]
 
 
-def write_datagen_config(out: Path, n_identities: int, judge_url: str) -> Path:
+def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement: str = "panel") -> Path:
     ids = _identities(heldout=False)
     random.Random(0).shuffle(ids)
     (out / "captions.txt").write_text("".join(f"{i.text}\n" for i in ids[:n_identities]))
@@ -70,6 +74,7 @@ backend = "toy"
 width = 288
 height = 288
 seeds_per_prompt = 1
+toy_placement = "{placement}"
 [panels]
 max_pairs_per_grid = 12
 min_panel_size = 64
@@ -90,20 +95,37 @@ api_key_env = "{KEY_ENV}"
     return path
 
 
-def write_benchmark(out: Path, n_subjects: int, prompts_per_subject: int = 3) -> tuple[Path, Path]:
-    """Held-out identities in the eval's ``dsd`` layout, and the teacher's own panels for them (the oracle)."""
+def _contexts(rng: random.Random, n: int, placement: str):
+    """A reference context and ``n`` asked ones; with ``placement`` "grid" they share the reference's placement,
+    as the teacher's panels do."""
+    from datagen.teacher import toy_domain as dom
+
+    ref_ctx, *asked = rng.sample(dom.all_contexts(), 1 + n)
+    if placement == "grid":
+        others = rng.sample([b for b in dom.BACKGROUNDS if b != ref_ctx.background], n)
+        asked = [dom.Context(ref_ctx.position, ref_ctx.size, b) for b in others]
+    return ref_ctx, asked
+
+
+def _heldout_identities():
+    ids = _identities(heldout=True)
+    random.Random(1).shuffle(ids)
+    return ids
+
+
+def write_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subject: int = 3) -> tuple[Path, Path]:
+    """Held-out identities in the eval's ``dsd`` layout, and the teacher's own panels for them (the oracle);
+    ``bench_other_ref``: the same prompts with each subject's reference swapped for the next subject's."""
     from datagen.teacher import toy_domain as dom
     from tests.support.toy_judge import caption_for
     from tests.support.toy_vision import reading_of
 
     bench, oracle = out / "bench", out / "oracle"
     rng = random.Random(1)
-    ids = _identities(heldout=True)
-    rng.shuffle(ids)
-    contexts = dom.all_contexts()
+    ids = _heldout_identities()[:n_subjects]
     records = []
-    for identity in ids[:n_subjects]:
-        ref_ctx, *asked = rng.sample(contexts, 1 + prompts_per_subject)
+    for identity in ids:
+        ref_ctx, asked = _contexts(rng, prompts_per_subject, placement)
         (bench / "subjects" / identity.key).mkdir(parents=True, exist_ok=True)
         dom.draw_panel(identity, ref_ctx).save(bench / "subjects" / identity.key / "ref.png")
         (oracle / identity.key).mkdir(parents=True, exist_ok=True)
@@ -112,7 +134,30 @@ def write_benchmark(out: Path, n_subjects: int, prompts_per_subject: int = 3) ->
             records.append({"prompt": text, "subject": identity.key, "id": f"p{k:02d}"})
             dom.draw_panel(identity, ctx).save(oracle / identity.key / f"p{k:02d}.png")
     (bench / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    swapped = out / "bench_other_ref"
+    for identity, other in zip(ids, ids[1:] + ids[:1], strict=True):
+        (swapped / "subjects" / identity.key).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bench / "subjects" / other.key / "ref.png", swapped / "subjects" / identity.key / "ref.png")
+    shutil.copyfile(bench / "prompts.jsonl", swapped / "prompts.jsonl")
     return bench, oracle
+
+
+def write_validation(out: Path, n_bench: int, placement: str) -> list[str]:
+    """``--set`` values for training's validation: held-out identities the benchmark does not use, one
+    reference and one asked context each, judged by the toy judge; the best step by CP -> best.safetensors."""
+    from datagen.teacher import toy_domain as dom
+    from tests.support.toy_judge import caption_for
+    from tests.support.toy_vision import reading_of
+
+    rng, refs, prompts = random.Random(2), [], []
+    for identity in _heldout_identities()[n_bench : n_bench + VALIDATION_ITEMS]:
+        ref_ctx, (asked,) = _contexts(rng, 1, placement)
+        path = out / "validation" / f"{identity.key}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dom.draw_panel(identity, ref_ctx).save(path)
+        refs.append(str(path))
+        prompts.append(caption_for(reading_of(identity, asked)))
+    return [f"sampling.references={json.dumps(refs)}", f"sampling.prompts={json.dumps(prompts)}"]
 
 
 def zero_embedder_copy(adapter: Path, dest: Path) -> Path:
@@ -125,12 +170,14 @@ def zero_embedder_copy(adapter: Path, dest: Path) -> Path:
     return save_adapter(DSDAdapter(zero, ad.lora), dest, extra_metadata=meta)
 
 
-def train(out: Path, steps: int | None, env: dict[str, str]) -> list[Path]:
-    """``training cache`` + ``train`` on the curated dataset; every checkpoint exported as ``step_<N>.safetensors``."""
+def train(out: Path, steps: int | None, validation: list[str], env: dict[str, str]) -> list[Path]:
+    """``training cache`` + ``train`` on the curated dataset, validated by the toy judge (``validation``: --set
+    values, see :func:`write_validation`); every checkpoint exported as ``step_<N>.safetensors``."""
     sets = [f"model.flux={out / 'flux'}", f"dataset.paths=['{out / 'datagen' / 'dataset'}']",
-            f"dataset.cache_dir={out / 'train_cache'}", f"saving.output_dir={out / 'train'}"]  # fmt: skip
+            f"dataset.cache_dir={out / 'train_cache'}", f"saving.output_dir={out / 'train'}", *validation]  # fmt: skip
     if steps:
-        sets += [f"training.steps={steps}", f"saving.save_every={max(steps // 4, 1)}"]
+        every = max(steps // 4, 1)
+        sets += [f"training.steps={steps}", f"saving.save_every={every}", f"sampling.every={every}"]
     flags = ["--config", str(CONFIG), *[x for s in sets for x in ("--set", s)], "--no-progress"]
     log = out / "logs" / "training.log"
     _run([sys.executable, "-m", "training", "cache", *flags], log, env)
@@ -144,13 +191,29 @@ def train(out: Path, steps: int | None, env: dict[str, str]) -> list[Path]:
     return adapters
 
 
-def evaluate(out: Path, name: str, systems: list[str], judge_url: str, env: dict[str, str], extra: list[str] = ()) -> Path:
-    """``dsd eval`` on the held-out benchmark with the toy judge; returns its scores table."""
-    cmd = [sys.executable, "-m", "dsd", "eval", "--bench", str(out / "bench"), "--out", str(out / name),
+def evaluate(out: Path, name: str, systems: list[str], judge_url: str, env: dict[str, str], extra: list[str] = (),
+             bench: str = "bench") -> Path:
+    """``dsd eval`` on the held-out benchmark (``out / bench``) with the toy judge; returns its scores table."""
+    cmd = [sys.executable, "-m", "dsd", "eval", "--bench", str(out / bench), "--out", str(out / name),
            "--flux", str(out / "flux"), *systems, *EVAL_SAMPLING, *extra, "--judge", "openai", "--judge-model", "toy-judge",
            "--judge-base-url", judge_url, "--title", f"toy loop: {name}"]  # fmt: skip
     _run(cmd, out / "logs" / f"{name}.log", {**env, "OPENAI_API_KEY": env[KEY_ENV]})
     return out / name / "report" / "scores.parquet"
+
+
+def evaluate_all(out: Path, adapters: list[Path], judge_url: str, env: dict[str, str]) -> dict[str, Path]:
+    """Every row of the summary: oracle, trained (the validation's best step, else the last), its zero-embedder
+    copy (no reference), the untrained base, every checkpoint, true CFG, and another identity's reference."""
+    best = out / "train" / "best.safetensors"
+    final = best if best.is_file() else adapters[-1]
+    zero = zero_embedder_copy(final, out / "adapters" / "zero_embedder.safetensors")
+    systems = ["--images", f"oracle={out / 'oracle'}", "--adapter", f"trained={final}", "--adapter", f"zero_embedder={zero}",
+               "--base", "untrained_base", *[x for a in adapters for x in ("--adapter", str(a))]]  # fmt: skip
+    return {"eval": evaluate(out, "eval", systems, judge_url, env),
+            "eval_true_cfg": evaluate(out, "eval_true_cfg", ["--adapter", f"trained_cfg={final}"], judge_url, env,
+                                      ["--image-guidance", "2.0", "--text-guidance", "1.5"]),
+            "eval_other_ref": evaluate(out, "eval_other_ref", ["--adapter", f"other_identity_ref={final}"], judge_url, env,
+                                       bench="bench_other_ref")}  # fmt: skip
 
 
 def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], psnr: float) -> str:
@@ -167,30 +230,46 @@ def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], psn
     table = pd.DataFrame(rows)
     lines = ["| run | system | CP | PF | images |", "|---|---|---|---|---|"]
     lines += [f"| {r.run} | {r.system} | {r.CP:.3f} | {r.PF:.3f} | {r.images} |" for r in table.itertuples()]
+    val = validation_curve(out)
+    if val:
+        lines += ["", "validation during training (toy judge, held-out identities outside the benchmark):",
+                  "| step | CP | PF |", "|---|---|---|", *[f"| {st} | {cp:.3f} | {pf:.3f} |" for st, cp, pf in val]]  # fmt: skip
     cur = curation_scores(out / "datagen")
     lines += ["", f"toy VAE reconstruction PSNR: {psnr:.2f} dB", "",
               f"curation (toy judge) against the teacher's plan: {cur['grids']} grids cut, {cur['inconsistent_grids']} of "
               f"them inconsistent; {cur['rejected_inconsistent']} of {cur['inconsistent_pairs']} inconsistent pairs "
               f"rejected; precision {cur['precision']:.3f}, recall {cur['recall']:.3f} over {cur['pairs']} pairs", "",
               "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]  # fmt: skip
-    _plot_curve(table, out / "learning_curve.png")
+    _plot_curve(table, val, out / "learning_curve.png")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text
 
 
-def _plot_curve(table, dest: Path) -> None:
+def validation_curve(out: Path) -> list[tuple[int, float, float]]:
+    """(step, CP, PF) of training's validation records (``train/validation/step-*.json``)."""
+    rows = []
+    for path in sorted((out / "train" / "validation").glob("step-*.json")):
+        mean = json.loads(path.read_text())["mean"]
+        if "judge_cp" in mean:
+            rows.append((int(path.stem.split("-")[1]), mean["judge_cp"], mean.get("judge_pf", float("nan"))))
+    return rows
+
+
+def _plot_curve(table, val: list[tuple[int, float, float]], dest: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curve = table[(table.run == "eval") & table.system.str.startswith("step_")].sort_values("step")
-    if curve.empty:
+    if curve.empty and not val:
         return
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(curve.step.astype(int), curve.CP, "o-", label="CP (trained)")
-    ax.plot(curve.step.astype(int), curve.PF, "s-", label="PF (trained)")
+    ax.plot(curve.step.astype(int), curve.CP, "o-", label="CP (eval)")
+    ax.plot(curve.step.astype(int), curve.PF, "s-", label="PF (eval)")
+    if val:
+        ax.plot([v[0] for v in val], [v[1] for v in val], "^--", label="CP (validation)")
     for system, style in (("oracle", ":"), ("zero_embedder", "--")):
         hit = table[(table.run == "eval") & (table.system == system)]
         if not hit.empty:
@@ -218,36 +297,49 @@ def judge_server(env: dict[str, str]) -> Iterator[str]:
         proc.wait(10)
 
 
-def run_loop(out: Path, identities: int, heldout: int, steps: int | None) -> str:
-    from tests.support.toy_model import make_toy_pipeline
+def toy_base(flux: Path, placement: str, pretrain_steps: int) -> dict:
+    """The toy FLUX folder: built (tests/support/toy_model.py) and pretrained as a text-to-grid model
+    (tests/support/toy_pretrain.py) in a temporary folder that becomes ``flux`` only when complete."""
+    from tests.support.toy_model import TOY_LOOP_TRANSFORMER_CONFIG, make_toy_pipeline
+    from tests.support.toy_pretrain import pretrain_toy_base
 
+    if (flux / "dsd_toy.json").is_file():
+        return json.loads((flux / "dsd_toy.json").read_text())
+    tmp = flux.with_name(flux.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    info = make_toy_pipeline(tmp, config=TOY_LOOP_TRANSFORMER_CONFIG, adaln_zero=True)
+    if pretrain_steps:
+        info.update(pretrain_toy_base(tmp, steps=pretrain_steps, placement=placement))
+    (tmp / "dsd_toy.json").write_text(json.dumps(info))
+    tmp.rename(flux)
+    return info
+
+
+def run_loop(out: Path, identities: int, heldout: int, steps: int | None, placement: str = "grid",
+             pretrain_steps: int = PRETRAIN_STEPS) -> str:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     # One thread: on a shared 2-core machine two threads per process run ~3x slower than one (spinning).
     env = {**os.environ, "PYTHONPATH": str(REPO), KEY_ENV: "toy", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    info_path = out / "flux" / "dsd_toy.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else make_toy_pipeline(out / "flux")
-    timings["toy model"] = time.perf_counter() - t
+    info = toy_base(out / "flux", placement, pretrain_steps)
+    timings["toy model (build + pretraining)"] = time.perf_counter() - t
     with judge_server(env) as judge_url:
         t = time.perf_counter()
-        cfg = write_datagen_config(out, identities, judge_url)
+        cfg = write_datagen_config(out, identities, judge_url, placement)
         _run([sys.executable, "-m", "datagen", "run", "--config", str(cfg), "--workdir", str(out / "datagen"), "--no-progress"],
              out / "logs" / "datagen.log", env)  # fmt: skip
         timings["datagen"] = time.perf_counter() - t
         t = time.perf_counter()
-        adapters = train(out, steps, env)
+        validation = [*write_validation(out, heldout, placement), "validation.judge_provider=openai",
+                      "validation.judge_model=toy-judge", f"validation.judge_base_url={judge_url}",
+                      "validation.best_metric=judge_cp"]  # fmt: skip
+        adapters = train(out, steps, validation, {**env, "OPENAI_API_KEY": env[KEY_ENV]})
         timings["training (cache, train, export)"] = time.perf_counter() - t
         t = time.perf_counter()
-        write_benchmark(out, heldout)
-        final = adapters[-1]
-        zero = zero_embedder_copy(final, out / "adapters" / "zero_embedder.safetensors")
-        systems = ["--images", f"oracle={out / 'oracle'}", "--adapter", f"zero_embedder={zero}", "--base", "untrained_base",
-                   *[x for a in adapters for x in ("--adapter", str(a))]]  # fmt: skip
-        tables = {"eval": evaluate(out, "eval", systems, judge_url, env),
-                  "eval_true_cfg": evaluate(out, "eval_true_cfg", ["--adapter", f"trained_cfg={final}"], judge_url,
-                                            env, ["--image-guidance", "2.0", "--text-guidance", "1.5"])}  # fmt: skip
+        write_benchmark(out, heldout, placement)
+        tables = evaluate_all(out, adapters, judge_url, env)
         timings["eval"] = time.perf_counter() - t
     return summarise(out, tables, timings, float(info["vae_psnr_db"]))
 
@@ -258,9 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identities", type=int, default=150, help="training identities (one caption and grid each)")
     p.add_argument("--heldout", type=int, default=12, help="held-out identities in the benchmark")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: toy_cpu.toml's)")
+    p.add_argument("--placement", choices=("grid", "panel"), default="grid",
+                   help="grid: the object keeps its placement across a grid's panels, only the background changes "
+                        "(learns on a CPU); panel: each panel line's pose moves and resizes it (the harder task)")
+    p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS,
+                   help="steps of the toy base's pretraining as a text-to-grid model (0: a random base)")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the pretraining's progress
     t0 = time.perf_counter()
-    text = run_loop(args.out, args.identities, args.heldout, args.steps)
+    text = run_loop(args.out, args.identities, args.heldout, args.steps, args.placement, args.pretrain_steps)
     print(text + f"\nwhole loop: {time.perf_counter() - t0:.0f} s")  # noqa: T201 - the benchmark's report
     return 0
 

@@ -46,6 +46,9 @@ class TeacherConfig:
     comfyui_sampler: str = "euler"
     comfyui_scheduler: str = "simple"
     max_sequence_length: int = 512
+    # backend "toy" only: "panel" places the object as each panel line's pose asks; "grid" keeps the first
+    # panel's placement on every panel (only the background changes), the toy's easy mode (README, issue 19).
+    toy_placement: Literal["panel", "grid"] = "panel"
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

@@ -63,8 +63,9 @@ def _layout(prompt: str, n: int) -> tuple[int, int]:
     return 1, max(n, 2)
 
 
-def grid_plan(prompt: str, seed: int) -> GridPlan:
-    """Parse ``prompt`` and draw the seeded choices (which grids are inconsistent, and how)."""
+def grid_plan(prompt: str, seed: int, placement: str = "panel") -> GridPlan:
+    """Parse ``prompt`` and draw the seeded choices (which grids are inconsistent, and how). ``placement``
+    "grid" gives every panel the first panel's position and size (see ``TeacherConfig.toy_placement``)."""
     identity = dom.parse_identity(prompt)
     if identity is None:
         raise ToyPromptError(f"the toy teacher draws toy subjects only ('a red circle with blue stripes'): {prompt[:80]!r}")
@@ -79,7 +80,10 @@ def grid_plan(prompt: str, seed: int) -> GridPlan:
         odd = rng.randrange(n)
         others = [i for i in dom.all_identities() if i != identity]
         identities[odd] = rng.choice(others)
-    return GridPlan(rows, cols, tuple(identities), tuple(dom.parse_context(line) for line in lines), odd)
+    contexts = [dom.parse_context(line) for line in lines]
+    if placement == "grid":
+        contexts = [dom.Context(contexts[0].position, contexts[0].size, c.background) for c in contexts]
+    return GridPlan(rows, cols, tuple(identities), tuple(contexts), odd)
 
 
 def draw_grid(plan: GridPlan, width: int, height: int, seed: int) -> Image.Image:
@@ -110,7 +114,8 @@ class ToyTeacher:
         self.cfg = cfg
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        return [draw_grid(grid_plan(p, s), self.cfg.width, self.cfg.height, s) for p, s in zip(prompts, seeds, strict=True)]
+        plans = [grid_plan(p, s, self.cfg.toy_placement) for p, s in zip(prompts, seeds, strict=True)]
+        return [draw_grid(plan, self.cfg.width, self.cfg.height, s) for plan, s in zip(plans, seeds, strict=True)]
 
     def close(self) -> None:
         pass

@@ -50,6 +50,20 @@ def test_template_prompt_drives_the_teacher() -> None:
         assert identity_score(reading_of(identity, ctx), read_picture(panel)) >= 0.75
 
 
+def test_grid_placement_keeps_the_first_panels_placement() -> None:
+    """``teacher.toy_placement = "grid"``: every panel at the first panel's position and size, each on the
+    background its own line asks; the identities and the odd panel are the same draws as "panel"'s."""
+    cfg = PromptsConfig(mode="template", layouts=("2x2",), seed=0)
+    rec = template_prompt({"id": "c0", "caption": RED_STRIPES.text}, cfg)
+    asked = [dom.parse_context(line) for line in rec["panels"]]
+    assert len({(c.position, c.size) for c in asked}) > 1, "the template should ask for several placements"
+    for seed in range(20):
+        grid, panel = grid_plan(rec["prompt"], seed, "grid"), grid_plan(rec["prompt"], seed)
+        assert (grid.identities, grid.odd_panel) == (panel.identities, panel.odd_panel)
+        assert {(c.position, c.size) for c in grid.contexts} == {(asked[0].position, asked[0].size)}
+        assert [c.background for c in grid.contexts] == [c.background for c in asked]
+
+
 def test_teacher_inconsistent_share() -> None:
     prompt = f"a grid of 4 images representing the same object: {RED_STRIPES.text}. top-left: front view; " \
              "top-right: side view; bottom-left: top-down view; bottom-right: held in a hand."  # fmt: skip

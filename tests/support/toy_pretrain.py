@@ -1,0 +1,105 @@
+"""The toy FLUX's pretraining (issue 19): what FLUX already knows before DSD's first step, at toy scale.
+
+DSD fine-tunes a LoRA on a *pretrained* FLUX that can already draw consistent multi-panel grids (that is
+where the teacher's data comes from). A random toy FLUX knows nothing, and a LoRA on it does not learn at
+a CPU's budget (README, "Recipe probe"). So the toy loop first pretrains the whole toy transformer as a
+text-to-two-panel-grid model on the toy domain: both panels noisy, no reference, the caption names the
+identity half of the time and only the second panel's context otherwise (then the two panels can agree
+only by looking at each other, as FLUX's grid panels do). Identities of the training split only; the
+shipped objective (``training.objective``) with every weight trainable. Then the DSD recipe proper (LoRA +
+condition embedder through ``python -m training``) starts from this base.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+SEQ = 32  # T5 tokens, as training/configs/toy_cpu.toml
+
+
+def _panel(identity, ctx) -> torch.Tensor:
+    from datagen.teacher import toy_domain as dom
+
+    return torch.from_numpy(np.array(dom.draw_panel(identity, ctx))).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def grid_pairs(n: int, placement: str, seed: int) -> list[tuple]:
+    """``n`` (identity, first context, second context) of training identities; "grid" keeps the placement."""
+    from datagen.teacher import toy_domain as dom
+
+    rng = random.Random(seed)
+    ids = [i for i in dom.all_identities() if dom.identity_split(i) == "train"]
+    items = []
+    for _ in range(n):
+        c1, c2 = rng.sample(dom.all_contexts(), 2)
+        if placement == "grid":
+            c2 = dom.Context(c1.position, c1.size, rng.choice([b for b in dom.BACKGROUNDS if b != c1.background]))
+        items.append((rng.choice(ids), c1, c2))
+    return items
+
+
+def _encode_data(encoders, items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Canvas latents and, per item, the caption with and without the identity: [n, 2, SEQ, D], [n, 2, P]."""
+    from tests.support.toy_judge import caption_for
+    from tests.support.toy_vision import reading_of
+
+    latents = []
+    for k in range(0, len(items), 64):
+        canvas = torch.stack([torch.cat([_panel(i, c1), _panel(i, c2)], -1) for i, c1, c2 in items[k : k + 64]])
+        latents.append(encoders.encode_canvas(canvas))
+    context = [caption_for(reading_of(i, c2)) for i, _, c2 in items]
+    named = [f"{i.text}, {c}" for (i, _, _), c in zip(items, context, strict=True)]
+
+    def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [encoders.encode_prompt(texts[k : k + 256]) for k in range(0, len(texts), 256)]
+        return torch.cat([e for e, _ in parts]), torch.cat([p for _, p in parts])
+
+    (e1, p1), (e2, p2) = encode(named), encode(context)
+    return torch.cat(latents), torch.stack([e1, e2], 1), torch.stack([p1, p2], 1)
+
+
+def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000, batch: int = 16, lr: float = 1e-3,
+                      logit_mean: float = 1.5, placement: str = "grid", seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """Pretrain ``flux_dir``'s transformer in place (see the module docstring); returns its last losses. The
+    caller builds ``flux_dir`` in a temporary folder and renames it when this returns (a crash leaves no base)."""
+    from diffusers import FluxPipeline
+
+    from dsd.encoders import FluxEncoders
+    from dsd.model import DSDTransformer
+    from training.config import TrainingConfig
+    from training.objective import Batch, flow_matching_loss
+
+    flux_dir = Path(flux_dir)
+    pipe = FluxPipeline.from_pretrained(flux_dir, torch_dtype=torch.float32)
+    encoders = FluxEncoders(pipe, max_sequence_length=SEQ)
+    with torch.no_grad():
+        latents, emb, pooled = _encode_data(encoders, grid_pairs(pairs, placement, seed))
+        empty = encoders.encode_prompt([""])
+    model = DSDTransformer(pipe.transformer).requires_grad_(True).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    cfg = TrainingConfig(steps=steps, batch_size=batch, caption_dropout=0.0, reference_dropout=1.0, logit_mean=logit_mean)
+    gen, losses, t0 = torch.Generator().manual_seed(seed), [], time.perf_counter()
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(latents), (batch,), generator=gen)
+        named = (torch.rand(batch, generator=gen) < 0.5).long()  # 0: the caption names the identity
+        b = Batch(cond=torch.zeros_like(latents[idx]), target=latents[idx], prompt_embeds=emb[idx, 1 - named],
+                  pooled=pooled[idx, 1 - named], keys=[])  # fmt: skip
+        loss, _ = flow_matching_loss(model, b, cfg, gen, empty)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if step % 100 == 0:
+            logger.info("toy base pretraining: step %d/%d, loss %.4f, %.0f s", step, steps, np.mean(losses[-100:]),
+                        time.perf_counter() - t0)  # fmt: skip
+    model.transformer.eval().requires_grad_(False).save_pretrained(flux_dir / "transformer", safe_serialization=True)
+    return {"pretrain_steps": steps, "pretrain_loss": float(np.mean(losses[-50:])), "pretrain_s": time.perf_counter() - t0}

@@ -1,0 +1,66 @@
+"""The toy loop's own parts (benchmarks/toy_loop.py, tests/support/toy_pretrain.py): the pretrained toy base,
+the held-out benchmark in "grid" placement with its swapped-reference twin, and training's validation set."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from PIL import Image, ImageChops
+
+from benchmarks import toy_loop
+from datagen.teacher import toy_domain as dom
+from training.config import load_config
+
+
+def _modulations(transformer) -> list[torch.Tensor]:
+    return [b.norm1.linear.weight for b in transformer.transformer_blocks] + [transformer.norm_out.linear.weight]
+
+
+def test_pretraining_trains_the_adaln_zero_base_in_place(tmp_path) -> None:
+    from diffusers import FluxTransformer2DModel
+
+    from tests.support.toy_model import TOY_LOOP_TRANSFORMER_CONFIG, make_toy_pipeline
+    from tests.support.toy_pretrain import pretrain_toy_base
+
+    make_toy_pipeline(tmp_path, config=TOY_LOOP_TRANSFORMER_CONFIG, adaln_zero=True)
+    before = FluxTransformer2DModel.from_pretrained(tmp_path / "transformer")
+    assert all(bool((w == 0).all()) for w in _modulations(before)), "adaLN-Zero: every modulation starts at zero"
+    info = pretrain_toy_base(tmp_path, steps=3, pairs=8, batch=4)
+    after = FluxTransformer2DModel.from_pretrained(tmp_path / "transformer")
+    assert info["pretrain_steps"] == 3 and torch.isfinite(torch.tensor(info["pretrain_loss"]))
+    assert all(bool((w != 0).any()) for w in _modulations(after)), "pretraining moved every modulation"
+    assert after.config.num_attention_heads == TOY_LOOP_TRANSFORMER_CONFIG["num_attention_heads"]
+
+
+def test_grid_benchmark_asks_the_reference_placement_and_swaps_references(tmp_path) -> None:
+    bench, oracle = toy_loop.write_benchmark(tmp_path, 4, "grid")
+    records = [json.loads(line) for line in (bench / "prompts.jsonl").read_text().splitlines()]
+    assert len(records) == 12 and len({r["subject"] for r in records}) == 4
+    for r in records:
+        ref = Image.open(bench / "subjects" / r["subject"] / "ref.png").convert("RGB")
+        target = Image.open(oracle / r["subject"] / f"{r['id']}.png").convert("RGB")
+        asked = dom.parse_context(r["prompt"])
+        # same placement: the object's box is where the reference has it; only the background differs
+        ref_box = ImageChops.difference(ref, Image.new("RGB", ref.size, ref.getpixel((0, 0)))).getbbox()
+        target_box = ImageChops.difference(target, Image.new("RGB", target.size, target.getpixel((0, 0)))).getbbox()
+        assert ref_box == target_box and target.getpixel((0, 0)) == dom.BACKGROUNDS[asked.background]
+        assert ref.getpixel((0, 0)) != target.getpixel((0, 0))
+    subjects = sorted({r["subject"] for r in records})
+    swapped = tmp_path / "bench_other_ref"
+    refs = {s: (swapped / "subjects" / s / "ref.png").read_bytes() for s in subjects}
+    originals = {s: (bench / "subjects" / s / "ref.png").read_bytes() for s in subjects}
+    assert all(refs[s] != originals[s] for s in subjects) and sorted(refs.values()) == sorted(originals.values())
+    assert (swapped / "prompts.jsonl").read_text() == (bench / "prompts.jsonl").read_text()
+
+
+def test_validation_set_is_held_out_and_loads_as_training_config(tmp_path) -> None:
+    sets = toy_loop.write_validation(tmp_path, 4, "grid")
+    cfg = load_config(toy_loop.CONFIG, sets)
+    bench_subjects = {i.key for i in toy_loop._heldout_identities()[:4]}
+    names = {p.rsplit("/", 1)[-1].removesuffix(".png") for p in cfg.sampling.references}
+    assert len(names) == toy_loop.VALIDATION_ITEMS and not names & bench_subjects
+    assert all(dom.identity_split(dom.Identity(*n.split("-"))) == "heldout" for n in names)
+    assert len(cfg.sampling.prompts) == len(cfg.sampling.references)
+    assert all(dom.parse_identity(p) is None for p in cfg.sampling.prompts), "captions name the context only"
+    assert cfg.training.logit_mean == 1.5 and "norm1.linear" in cfg.network.target_modules
