@@ -3,7 +3,8 @@
 Each cut is the strongest edge near its even-split position; its confidence is how much it stands
 out from the next-best edge in that window, with evenness as a second cue when an object's edge
 rivals it. Weak or ambiguous edges, and strong full-span edges inside a cut panel or along an axis
-meant to hold one panel, reject the grid (a mis-cut is worse than a reject). Where no sharp edge
+meant to hold one panel, reject the grid (a mis-cut is worse than a reject), as does a lone one-line
+step across most of the span inside a panel (the faint seam of photos a wrong layout hides). Where no sharp edge
 spans enough of the image (crops of one photo meeting in similar colours), a jump of the local
 averages alone at the even split, with no rival near it, is the seam; failing that, a one-line step
 (the pixels either side unrelated) standing out over the usual line-to-line step across much of
@@ -22,6 +23,7 @@ from .panel_verify import channel_max, edge_profile
 # A line step: in _STEP_MIN_SHARE of the span's stretches at least (3 of 8: crops of a dark sky meet in
 # noise), the step into the line is _STEP_RATIO times the usual one; it must beat rivals by that share too.
 _STEP_CHUNKS, _STEP_RATIO, _STEP_MIN_SHARE = 8, 2.0, 0.375
+_STEP_HIDDEN, _BAND_REACH = 0.75, 15  # ... in this share inside a panel, alone: a seam the layout does not have
 
 
 def _pick_edge(
@@ -124,6 +126,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
         if n == 1:
             _no_edge_where_none_expected(f, g, axis, lo)
             segs.append(((lo, hi),))
+            _no_step_inside_panels(region, g, axis, lo, segs[-1])
             continue
         cuts, strengths = [lo], []
         for i in range(1, n):
@@ -160,6 +163,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
         cuts.append(hi)
         segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
         _no_edge_inside_panels(f, g, axis, lo, segs[-1], max(cfg_strong(cfg), min(strengths, default=0.0)))
+        _no_step_inside_panels(region, g, axis, lo, segs[-1])
     small = [b - a for s in segs for a, b in s if b - a < cfg.min_panel_size]
     if small:
         raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: panel of {small[0]} px "
@@ -281,6 +285,42 @@ def _no_edge_inside_panels(f: np.ndarray, g: _Grid, axis: int, lo: int, segments
                 f"image inside the panel at {a}-{b} px ({'y' if axis == 0 else 'x'}={at} px): the image may show "
                 "more panels than the layout; rejected rather than guessed"
             )
+
+
+def _no_step_inside_panels(region: np.ndarray, g: _Grid, axis: int, lo: int, segments) -> None:
+    """A one-line step across most of the span (``_step_profile`` at least _STEP_HIDDEN) in the middle
+    of a panel, with no other step within _BAND_REACH lines, is the seam of two photos placed edge to
+    edge where the layout has none (a 2x2 of touching photos labelled 1x2, its row seam faint where
+    two grey photos meet): within one photo, neighbouring lines are alike, and only a thin band's
+    two edges step like that."""
+    lines = _lines(region, axis, 2 * _SAMPLES)
+    s = _step_profile(lines)
+    # a thin band's two edges (a flat strip, a brick wall's mortar line) are the photo's own line
+    beside = np.zeros_like(s)
+    for k in range(3, _BAND_REACH + 1):
+        beside = np.maximum(beside, np.maximum(np.roll(s, k), np.roll(s, -k)))
+    # ... and a step out of a flat line (a flat margin meeting drawn content) is a drawing's edge
+    lone = np.where((beside < 0.5 * s) & ~_flat_band_edges(lines), s, 0.0)
+    for a, b in segments:
+        i0 = a - lo + (b - a) // 4
+        mid = lone[i0 : a - lo + 3 * (b - a) // 4]
+        if mid.size and float(mid.max()) >= _STEP_HIDDEN:
+            at = lo + i0 + int(np.argmax(mid))
+            raise PanelDetectionError(
+                f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and a one-line step crosses "
+                f"{float(mid.max()):.0%} of the image inside the panel at {a}-{b} px ({'y' if axis == 0 else 'x'}={at} px): "
+                "the seam of photos the layout does not have; rejected rather than guessed"
+            )
+
+
+def _flat_band_edges(lines: np.ndarray, tolerance: int = 20, share: float = 0.9) -> np.ndarray:
+    """e[y]: whether line y or y-1 is flat (``share`` of it within ``tolerance`` of its mean), not both."""
+    a = lines.astype(np.int16)
+    mean = a.mean(axis=1, dtype=np.float32).round().astype(np.int16)
+    flat = (channel_max(np.abs(a - mean[:, None, :])) <= tolerance).mean(axis=1) >= share
+    e = np.zeros(len(a), bool)
+    e[1:] = flat[1:] != flat[:-1]
+    return e
 
 
 def cfg_strong(cfg: PanelsConfig) -> float:
