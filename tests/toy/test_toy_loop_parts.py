@@ -10,6 +10,7 @@ from PIL import Image, ImageChops
 
 from benchmarks import toy_loop
 from datagen.teacher import toy_domain as dom
+from tests.support.toy_vision import identity_score, read_picture
 from training.config import load_config
 
 
@@ -48,9 +49,12 @@ def test_grid_benchmark_asks_the_reference_placement_and_swaps_references(tmp_pa
         assert ref.getpixel((0, 0)) != target.getpixel((0, 0))
     subjects = sorted({r["subject"] for r in records})
     swapped = tmp_path / "bench_other_ref"
-    refs = {s: (swapped / "subjects" / s / "ref.png").read_bytes() for s in subjects}
-    originals = {s: (bench / "subjects" / s / "ref.png").read_bytes() for s in subjects}
-    assert all(refs[s] != originals[s] for s in subjects) and sorted(refs.values()) == sorted(originals.values())
+    for subject in subjects:
+        ref = Image.open(bench / "subjects" / subject / "ref.png").convert("RGB")
+        twin = Image.open(swapped / "subjects" / subject / "ref.png").convert("RGB")
+        other, mine = read_picture(twin), read_picture(ref)
+        assert other.found and identity_score(mine, other) < 1.0, "the twin shows another identity"
+        assert (other.position, other.size, other.background) == (mine.position, mine.size, mine.background)
     assert (swapped / "prompts.jsonl").read_text() == (bench / "prompts.jsonl").read_text()
 
 
