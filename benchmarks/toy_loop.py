@@ -97,18 +97,6 @@ api_key_env = "{KEY_ENV}"
     return path
 
 
-def _contexts(rng: random.Random, n: int, placement: str):
-    """A reference context and ``n`` asked ones; with ``placement`` "grid" they share the reference's placement,
-    as the teacher's panels do."""
-    from datagen.teacher import toy_domain as dom
-
-    ref_ctx, *asked = rng.sample(dom.all_contexts(), 1 + n)
-    if placement == "grid":
-        others = rng.sample([b for b in dom.BACKGROUNDS if b != ref_ctx.background], n)
-        asked = [dom.Context(ref_ctx.position, ref_ctx.size, b) for b in others]
-    return ref_ctx, asked
-
-
 def _heldout_identities():
     ids = _identities(heldout=True)
     random.Random(1).shuffle(ids)
@@ -128,7 +116,7 @@ def write_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subj
     ids = _heldout_identities()[:n_subjects]
     records, swapped = [], out / "bench_other_ref"
     for identity, other in zip(ids, ids[1:] + ids[:1], strict=True):
-        ref_ctx, asked = _contexts(rng, prompts_per_subject, placement)
+        ref_ctx, asked = dom.draw_contexts(rng, prompts_per_subject, placement)
         for root, shown in ((bench, identity), (swapped, other)):  # the twin: another identity in the same context
             (root / "subjects" / identity.key).mkdir(parents=True, exist_ok=True)
             dom.draw_panel(shown, ref_ctx).save(root / "subjects" / identity.key / "ref.png")
@@ -151,7 +139,7 @@ def write_validation(out: Path, n_bench: int, placement: str) -> list[str]:
 
     rng, refs, prompts = random.Random(2), [], []
     for identity in _heldout_identities()[n_bench : n_bench + VALIDATION_ITEMS]:
-        ref_ctx, (asked,) = _contexts(rng, 1, placement)
+        ref_ctx, (asked,) = dom.draw_contexts(rng, 1, placement)
         path = out / "validation" / f"{identity.key}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         dom.draw_panel(identity, ref_ctx).save(path)

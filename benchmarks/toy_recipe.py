@@ -60,22 +60,17 @@ def toy_encoders():
     return FluxEncoders(pipe, max_sequence_length=SEQ)
 
 
-def _panel(identity, ctx, side: int) -> torch.Tensor:
-    from datagen.teacher import toy_domain as dom
-
-    return torch.from_numpy(np.array(dom.draw_panel(identity, ctx, side))).permute(2, 0, 1).float() / 127.5 - 1
-
-
 def make_pairs(codec, n: int, split: str, seed: int, side: int = 128) -> Pairs:
     """``n`` pairs of ``split``'s identities, each target in a context other than its reference's."""
     from datagen.teacher import toy_domain as dom
     from tests.support.toy_judge import caption_for
+    from tests.support.toy_pretrain import panel_tensor
     from tests.support.toy_vision import reading_of
 
     rng = random.Random(seed)
     ids = [i for i in dom.all_identities() if dom.identity_split(i) == split]
     items = [(rng.choice(ids), *rng.sample(dom.all_contexts(), 2)) for _ in range(n)]
-    canvas = torch.stack([torch.cat([_panel(i, c1, side), _panel(i, c2, side)], -1) for i, c1, c2 in items])
+    canvas = torch.stack([torch.cat([panel_tensor(i, c1, side), panel_tensor(i, c2, side)], -1) for i, c1, c2 in items])
     target = _encode(codec, canvas)
     canvas[..., side:] = -1.0
     prompt, pooled = codec.encode_prompt([caption_for(reading_of(i, c2)) for i, _, c2 in items])

@@ -190,21 +190,29 @@ def _texture_profile(lines: np.ndarray, k: int = 4) -> np.ndarray:
     return t
 
 
+def _peak_near(profile: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float] | None:
+    """(line, value, rival) of ``profile``'s highest line within ``window`` of ``expected``, and the highest
+    other value within a tenth of a pitch of it (3 lines either side excluded); None where either range is
+    empty. Both seam cues (texture, one-line step) judge their peak against this rival."""
+    lo, hi = max(1, int(expected - window)), min(len(profile) - 1, int(expected + window) + 1)
+    wlo, whi = max(1, int(expected - 0.1 * pitch)), min(len(profile) - 1, int(expected + 0.1 * pitch) + 1)
+    if hi <= lo or whi <= wlo:
+        return None
+    best = lo + int(np.argmax(profile[lo:hi]))
+    rest = np.concatenate([profile[wlo : max(wlo, best - 3)], profile[best + 4 : whi]])
+    return best, float(profile[best]), float(rest.max()) if rest.size else 0.0
+
+
 def _texture_seam(lines: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float]:
     """(cut, strength, confidence) of a texture seam at the even split: the strongest block-mean jump
     within ``window`` of it must reach over a quarter of the span and be 2.5x any other within a
     tenth of a pitch (where an object's edge would rival it); else its strength is 0 (no seam).
     Used only where no sharp edge reaches min_edge_fraction; the cut panels are still checked for
     hidden sharp edges as any edge cut is."""
-    t = _texture_profile(lines)
-    lo, hi = max(1, int(expected - window)), min(len(t) - 1, int(expected + window) + 1)
-    wlo, whi = max(1, int(expected - 0.1 * pitch)), min(len(t) - 1, int(expected + 0.1 * pitch) + 1)
-    if hi <= lo or whi <= wlo:
+    peak = _peak_near(_texture_profile(lines), expected, window, pitch)
+    if peak is None:
         return -1, 0.0, 0.0
-    best = lo + int(np.argmax(t[lo:hi]))
-    strength = float(t[best])
-    rest = np.concatenate([t[wlo : max(wlo, best - 3)], t[best + 4 : whi]])
-    second = float(rest.max()) if rest.size else 0.0
+    best, strength, second = peak
     if strength < 0.25 or second > 0.4 * strength:
         return best, 0.0, 0.0
     return best, strength, 1.0 - second / strength
@@ -243,15 +251,10 @@ def _step_seam(lines: np.ndarray, expected: float, window: float, pitch: float) 
     strongest within ``window`` must stand out in _STEP_MIN_SHARE of the span, and above any other
     within a tenth of a pitch (a flat strip's edges, an object's) by that share and twice; else
     strength 0."""
-    s = _step_profile(lines)
-    lo, hi = max(1, int(expected - window)), min(len(s) - 1, int(expected + window) + 1)
-    wlo, whi = max(1, int(expected - 0.1 * pitch)), min(len(s) - 1, int(expected + 0.1 * pitch) + 1)
-    if hi <= lo or whi <= wlo:
+    peak = _peak_near(_step_profile(lines), expected, window, pitch)
+    if peak is None:
         return -1, 0.0, 0.0
-    best = lo + int(np.argmax(s[lo:hi]))
-    strength = float(s[best])
-    rest = np.concatenate([s[wlo : max(wlo, best - 3)], s[best + 4 : whi]])
-    second = float(rest.max()) if rest.size else 0.0
+    best, strength, second = peak
     if strength < _STEP_MIN_SHARE or second > min(0.5 * strength, strength - _STEP_MIN_SHARE):
         return best, 0.0, 0.0
     return best, strength, 1.0 - second / strength

@@ -112,6 +112,16 @@ def all_contexts() -> list[Context]:
     return [Context(p, s, b) for p, s in placements for b in BACKGROUNDS]
 
 
+def draw_contexts(rng, n: int, placement: str = "panel") -> tuple[Context, list[Context]]:
+    """A first context and ``n`` others drawn with ``rng`` (a ``random.Random``); with ``placement`` "grid"
+    the others keep the first's position and size on other backgrounds, as the toy teacher's grid mode."""
+    first, *others = rng.sample(all_contexts(), 1 + n)
+    if placement == "grid":
+        backgrounds = rng.sample([b for b in BACKGROUNDS if b != first.background], n)
+        others = [Context(first.position, first.size, b) for b in backgrounds]
+    return first, others
+
+
 def shape_mask(shape: str, side: int) -> np.ndarray:
     """Boolean mask of ``shape`` filling a ``side`` x ``side`` box."""
     im = Image.new("L", (side, side), 0)

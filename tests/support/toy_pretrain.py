@@ -25,10 +25,11 @@ logger = logging.getLogger(__name__)
 SEQ = 32  # T5 tokens, as training/configs/toy_cpu.toml
 
 
-def _panel(identity, ctx) -> torch.Tensor:
+def panel_tensor(identity, ctx, side: int = 128) -> torch.Tensor:
+    """One toy panel as a [3, side, side] tensor in [-1, 1]."""
     from datagen.teacher import toy_domain as dom
 
-    return torch.from_numpy(np.array(dom.draw_panel(identity, ctx))).permute(2, 0, 1).float() / 127.5 - 1
+    return torch.from_numpy(np.array(dom.draw_panel(identity, ctx, side))).permute(2, 0, 1).float() / 127.5 - 1
 
 
 def grid_pairs(n: int, placement: str, seed: int) -> list[tuple]:
@@ -39,9 +40,7 @@ def grid_pairs(n: int, placement: str, seed: int) -> list[tuple]:
     ids = [i for i in dom.all_identities() if dom.identity_split(i) == "train"]
     items = []
     for _ in range(n):
-        c1, c2 = rng.sample(dom.all_contexts(), 2)
-        if placement == "grid":
-            c2 = dom.Context(c1.position, c1.size, rng.choice([b for b in dom.BACKGROUNDS if b != c1.background]))
+        c1, (c2,) = dom.draw_contexts(rng, 1, placement)
         items.append((rng.choice(ids), c1, c2))
     return items
 
@@ -53,7 +52,7 @@ def _encode_data(encoders, items: list[tuple]) -> tuple[torch.Tensor, torch.Tens
 
     latents = []
     for k in range(0, len(items), 64):
-        canvas = torch.stack([torch.cat([_panel(i, c1), _panel(i, c2)], -1) for i, c1, c2 in items[k : k + 64]])
+        canvas = torch.stack([torch.cat([panel_tensor(i, c1), panel_tensor(i, c2)], -1) for i, c1, c2 in items[k : k + 64]])
         latents.append(encoders.encode_canvas(canvas))
     context = [caption_for(reading_of(i, c2)) for i, _, c2 in items]
     named = [f"{i.text}, {c}" for (i, _, _), c in zip(items, context, strict=True)]
