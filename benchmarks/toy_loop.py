@@ -60,23 +60,27 @@ def _identities(heldout: bool):
     return [i for i in dom.all_identities() if dom.identity_split(i) == split]
 
 
-def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement: str = "panel") -> Path:
+def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement: str = "panel", views: str = "whole") -> Path:
+    """The datagen config of the loop; ``views`` "sides" (issue 20's proof): 3x3 grids of whole panels and single
+    sides, tuples of up to three references -> one target in the dataset."""
     ids = _identities(heldout=False)
     random.Random(0).shuffle(ids)
     (out / "captions.txt").write_text("".join(f"{i.text}\n" for i in ids[:n_identities]))
+    layout, side, refs = ("3x3", 432, 3) if views == "sides" else ("2x2", 288, 1)  # 128 px panels either way
     cfg = f"""
 [captions]
 sources = ["captions.txt"]
 [prompts]
 mode = "template"
-layouts = ["2x2"]
+layouts = ["{layout}"]
 seed = 0
 [teacher]
 backend = "toy"
-width = 288
-height = 288
+width = {side}
+height = {side}
 seeds_per_prompt = 1
 toy_placement = "{placement}"
+toy_views = "{views}"
 [panels]
 max_pairs_per_grid = 12
 min_panel_size = 64
@@ -84,8 +88,10 @@ no_edge = "even"
 [curate]
 min_confidence = 0.7
 image_format = "png"
+max_tuples_per_grid = 12
 [dataset]
 shard_size = 256
+max_references = {refs}
 [vlm]
 kind = "openai"
 model = "toy-judge"
@@ -158,22 +164,24 @@ def zero_embedder_copy(adapter: Path, dest: Path) -> Path:
     return save_adapter(DSDAdapter(zero, ad.lora), dest, extra_metadata=meta)
 
 
-def train(out: Path, steps: int | None, validation: list[str], env: dict[str, str]) -> list[Path]:
-    """``training cache`` + ``train`` on the curated dataset, validated by the toy judge (``validation``: --set
-    values, see :func:`write_validation`); every checkpoint exported as ``step_<N>.safetensors``."""
+def train(out: Path, steps: int | None, validation: list[str], env: dict[str, str], run: str = "train") -> list[Path]:
+    """``training cache`` + ``train`` on the curated dataset into ``out / run``, validated by the toy judge
+    (``validation``: --set values, see :func:`write_validation`, plus any other); every checkpoint exported as
+    ``adapters/[<run>_]step_<N>.safetensors``."""
+    cache = "train_cache" if run == "train" else f"{run}_cache"  # a cache per run: its entries follow the k mix
     sets = [f"model.flux={out / 'flux'}", f"dataset.paths=['{out / 'datagen' / 'dataset'}']",
-            f"dataset.cache_dir={out / 'train_cache'}", f"saving.output_dir={out / 'train'}", *validation]  # fmt: skip
+            f"dataset.cache_dir={out / cache}", f"saving.output_dir={out / run}", *validation]  # fmt: skip
     total = steps or tomllib.loads(CONFIG.read_text())["training"]["steps"]
     sets.append(f"sampling.every={max(total // 8, 1)}")  # eight validation points on the learning curve
     if steps:
         sets += [f"training.steps={steps}", f"saving.save_every={max(steps // 4, 1)}"]
     flags = ["--config", str(CONFIG), *[x for s in sets for x in ("--set", s)], "--no-progress"]
-    log = out / "logs" / "training.log"
+    log = out / "logs" / ("training.log" if run == "train" else f"{run}.log")
     _run([sys.executable, "-m", "training", "cache", *flags], log, env)
     _run([sys.executable, "-m", "training", "train", *flags], log, env)
-    adapters = []
-    for ckpt in sorted((out / "train" / "checkpoints").glob("step-*")):
-        dest = out / "adapters" / f"step_{int(ckpt.name.split('-')[1]):06d}.safetensors"
+    adapters, prefix = [], "" if run == "train" else f"{run}_"
+    for ckpt in sorted((out / run / "checkpoints").glob("step-*")):
+        dest = out / "adapters" / f"{prefix}step_{int(ckpt.name.split('-')[1]):06d}.safetensors"
         if not dest.is_file():
             _run([sys.executable, "-m", "training", "export", *flags, "--checkpoint", str(ckpt), "--out", str(dest)], log, env)
         adapters.append(dest)
@@ -286,9 +294,10 @@ def judge_server(env: dict[str, str]) -> Iterator[str]:
         proc.wait(10)
 
 
-def toy_base(flux: Path, placement: str, pretrain_steps: int) -> dict:
+def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whole") -> dict:
     """The toy FLUX folder: built (tests/support/toy_model.py) and pretrained as a text-to-grid model
-    (tests/support/toy_pretrain.py) in a temporary folder that becomes ``flux`` only when complete."""
+    (tests/support/toy_pretrain.py) in a temporary folder that becomes ``flux`` only when complete. With
+    ``views`` "sides" it pretrains on sides too, and on rows of 2 to 4 panels (multi-reference canvases)."""
     from tests.support.toy_model import TOY_LOOP_TRANSFORMER_CONFIG, make_toy_pipeline
     from tests.support.toy_pretrain import pretrain_toy_base
 
@@ -303,7 +312,8 @@ def toy_base(flux: Path, placement: str, pretrain_steps: int) -> dict:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # in this process too (see run_loop's OMP_NUM_THREADS): ~3x faster here
         try:
-            info.update(pretrain_toy_base(tmp, steps=pretrain_steps, placement=placement))
+            frames = (2, 3, 4) if views == "sides" else (2,)
+            info.update(pretrain_toy_base(tmp, steps=pretrain_steps, placement=placement, views=views, frames=frames))
         finally:
             torch.set_num_threads(threads)
     (tmp / "dsd_toy.json").write_text(json.dumps(info))
@@ -311,27 +321,38 @@ def toy_base(flux: Path, placement: str, pretrain_steps: int) -> dict:
     return info
 
 
+def run_datagen(out: Path, cfg: Path, env: dict[str, str]) -> None:
+    _run([sys.executable, "-m", "datagen", "run", "--config", str(cfg), "--workdir", str(out / "datagen"), "--no-progress"],
+         out / "logs" / "datagen.log", env)  # fmt: skip
+
+
+def validation_sets(out: Path, heldout: int, placement: str, judge_url: str) -> list[str]:
+    """``--set`` values of training's validation by the toy judge (see :func:`write_validation`)."""
+    return [*write_validation(out, heldout, placement), "validation.judge_provider=openai", "validation.judge_model=toy-judge",
+            f"validation.judge_base_url={judge_url}", "validation.best_metric=judge_cp"]  # fmt: skip
+
+
+def loop_env() -> dict[str, str]:
+    """The stages' environment: the repo on the path, the judge's key, and one thread per process (on a
+    shared 2-core machine two threads per process run ~3x slower than one: spinning)."""
+    return {**os.environ, "PYTHONPATH": str(REPO), KEY_ENV: "toy", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
 def run_loop(out: Path, identities: int, heldout: int, steps: int | None, placement: str = "grid",
              pretrain_steps: int = PRETRAIN_STEPS) -> str:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # One thread: on a shared 2-core machine two threads per process run ~3x slower than one (spinning).
-    env = {**os.environ, "PYTHONPATH": str(REPO), KEY_ENV: "toy", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = loop_env()
     timings: dict[str, float] = {}
     t = time.perf_counter()
     info = toy_base(out / "flux", placement, pretrain_steps)
     timings["toy model (build + pretraining)"] = time.perf_counter() - t
     with judge_server(env) as judge_url:
         t = time.perf_counter()
-        cfg = write_datagen_config(out, identities, judge_url, placement)
-        _run([sys.executable, "-m", "datagen", "run", "--config", str(cfg), "--workdir", str(out / "datagen"), "--no-progress"],
-             out / "logs" / "datagen.log", env)  # fmt: skip
+        run_datagen(out, write_datagen_config(out, identities, judge_url, placement), env)
         timings["datagen"] = time.perf_counter() - t
         t = time.perf_counter()
-        validation = [*write_validation(out, heldout, placement), "validation.judge_provider=openai",
-                      "validation.judge_model=toy-judge", f"validation.judge_base_url={judge_url}",
-                      "validation.best_metric=judge_cp"]  # fmt: skip
-        adapters = train(out, steps, validation, {**env, "OPENAI_API_KEY": env[KEY_ENV]})
+        adapters = train(out, steps, validation_sets(out, heldout, placement, judge_url), {**env, "OPENAI_API_KEY": env[KEY_ENV]})
         timings["training (cache, train, export)"] = time.perf_counter() - t
         t = time.perf_counter()
         write_benchmark(out, heldout, placement)

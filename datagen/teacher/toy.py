@@ -40,6 +40,7 @@ class GridPlan:
     identities: tuple[dom.Identity, ...]
     contexts: tuple[dom.Context, ...]
     odd_panel: int | None  # the panel showing another identity, if this grid is inconsistent
+    views: tuple[str, ...] = ()  # each panel's view (toy_domain.VIEWS); () = all whole
 
 
 def panel_lines(prompt: str) -> list[str]:
@@ -63,9 +64,10 @@ def _layout(prompt: str, n: int) -> tuple[int, int]:
     return 1, max(n, 2)
 
 
-def grid_plan(prompt: str, seed: int, placement: str = "panel") -> GridPlan:
+def grid_plan(prompt: str, seed: int, placement: str = "panel", views: str = "whole") -> GridPlan:
     """Parse ``prompt`` and draw the seeded choices (which grids are inconsistent, and how). ``placement``
-    "grid" gives every panel the first panel's position and size (see ``TeacherConfig.toy_placement``)."""
+    "grid" gives every panel the first panel's position and size (see ``TeacherConfig.toy_placement``);
+    ``views`` "sides" draws each panel's view (``TeacherConfig.toy_views``)."""
     identity = dom.parse_identity(prompt)
     if identity is None:
         raise ToyPromptError(f"the toy teacher draws toy subjects only ('a red circle with blue stripes'): {prompt[:80]!r}")
@@ -83,7 +85,11 @@ def grid_plan(prompt: str, seed: int, placement: str = "panel") -> GridPlan:
     contexts = [dom.parse_context(line) for line in lines]
     if placement == "grid":
         contexts = [dom.Context(contexts[0].position, contexts[0].size, c.background) for c in contexts]
-    return GridPlan(rows, cols, tuple(identities), tuple(contexts), odd)
+    seen = ()
+    if views == "sides":  # its own stream: the other choices stay those of the "whole" grid
+        view_rng = random.Random(f"toy-views|{seed}")
+        seen = tuple(view_rng.choice(dom.VIEWS) for _ in range(n))
+    return GridPlan(rows, cols, tuple(identities), tuple(contexts), odd, seen)
 
 
 def draw_grid(plan: GridPlan, width: int, height: int, seed: int) -> Image.Image:
@@ -97,7 +103,7 @@ def draw_grid(plan: GridPlan, width: int, height: int, seed: int) -> Image.Image
     for k, (identity, ctx) in enumerate(zip(plan.identities, plan.contexts, strict=True)):
         r, c = divmod(k, plan.cols)
         jitter = (rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))
-        panel = dom.draw_panel(identity, ctx, side, jitter)
+        panel = dom.draw_panel(identity, ctx, side, jitter, plan.views[k] if plan.views else "whole")
         cx, cy = m + c * (pw + GUTTER), m + r * (ph + GUTTER)
         if (pw, ph) != (side, side):  # a non-square cell: fill it with the panel's background first
             grid.paste(Image.new("RGB", (pw, ph), dom.BACKGROUNDS[ctx.background]), (cx, cy))
@@ -114,7 +120,7 @@ class ToyTeacher:
         self.cfg = cfg
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        plans = [grid_plan(p, s, self.cfg.toy_placement) for p, s in zip(prompts, seeds, strict=True)]
+        plans = [grid_plan(p, s, self.cfg.toy_placement, self.cfg.toy_views) for p, s in zip(prompts, seeds, strict=True)]
         return [draw_grid(plan, self.cfg.width, self.cfg.height, s) for plan, s in zip(plans, seeds, strict=True)]
 
     def close(self) -> None:

@@ -6,6 +6,11 @@ that the prompts stage writes in template mode (its pose list picks position/siz
 background). Everything is drawn procedurally, so the toy teacher, the toy judge and the held-out
 benchmark agree on what a picture should show. Captions name an identity as
 "a <body> <shape> with <accent> <pattern>", which the prompts stage keeps as the grid's subject.
+
+Issue 20's multi-reference variant adds *views*: a panel shows the whole object, or only one of its two
+sides, the ``plain`` side (the shape in its body colour, no pattern) or the ``patterned`` side (the
+pattern in the accent colour on an ivory shape). One side carries half the identity, so several
+references of random sides carry more of it than one.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ POSE_PLACEMENT = {
 }  # fmt: skip
 POSITIONS = {"center": (0.5, 0.5), "left": (0.32, 0.5), "right": (0.68, 0.5), "top": (0.5, 0.32), "bottom": (0.5, 0.68)}
 SIZES = {"small": 0.36, "large": 0.56}  # object diameter as a share of the panel side
+# Views (issue 20): what a panel shows of the object, and the words a caption names it by ("whole": none).
+VIEWS = ("whole", "plain", "patterned")
+VIEW_WORDS = {"plain": "its plain side", "patterned": "its patterned side"}
+IVORY = (236, 232, 222)  # the patterned side's ground: no object colour, far from every background and the gutters
 _SUBJECT = re.compile(
     rf"\b(?P<body>{'|'.join(COLOURS)}) (?P<shape>{'|'.join(SHAPES)}) with (?:an? )?"
     rf"(?P<accent>{'|'.join(COLOURS)}) (?P<pattern>{'|'.join(PATTERNS)})\b"
@@ -95,6 +104,12 @@ def parse_context(line: str) -> Context:
     position, size = next((v for k, v in POSE_PLACEMENT.items() if k in text), ("center", "large"))
     background = next((v for k, v in SETTING_BACKGROUND.items() if k in text), "grey")
     return Context(position, size, background)
+
+
+def parse_view(text: str) -> str:
+    """The view a caption or panel line names ("whole" where it names none)."""
+    text = text.casefold()
+    return next((v for v, words in VIEW_WORDS.items() if words in text), "whole")
 
 
 def context_line(ctx: Context) -> str:
@@ -165,8 +180,10 @@ def pattern_mask(pattern: str, mask: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
-def draw_panel(identity: Identity, ctx: Context, side: int = 128, jitter: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
-    """One panel: ``identity`` in ``ctx`` on a ``side`` x ``side`` square (jitter in panel shares)."""
+def draw_panel(identity: Identity, ctx: Context, side: int = 128, jitter: tuple[float, float] = (0.0, 0.0),
+               view: str = "whole") -> Image.Image:  # fmt: skip
+    """One panel: ``identity`` in ``ctx`` on a ``side`` x ``side`` square (jitter in panel shares), seen as
+    ``view`` (see ``VIEWS``)."""
     img = np.empty((side, side, 3), np.uint8)
     img[:] = BACKGROUNDS[ctx.background]
     obj = max(int(round(SIZES[ctx.size] * side)), 8)
@@ -178,6 +195,7 @@ def draw_panel(identity: Identity, ctx: Context, side: int = 128, jitter: tuple[
     mask = shape_mask(identity.shape, obj)
     accent = pattern_mask(identity.pattern, mask)
     region = img[y0 : y0 + obj, x0 : x0 + obj]
-    region[mask] = COLOURS[identity.body]
-    region[accent] = COLOURS[identity.accent]
+    region[mask] = IVORY if view == "patterned" else COLOURS[identity.body]
+    if view != "plain":
+        region[accent] = COLOURS[identity.accent]
     return Image.fromarray(img)

@@ -5,7 +5,8 @@ curation and eval reach it through their real provider code. It recognises the q
 schema it asks for and reads the pictures with :mod:`tests.support.toy_vision`:
 
 * curation (``same_identity``): A and B show the same identity when shape, both colours and pattern
-  agree; the caption names B's context in the template vocabulary ("an object, side view, in a forest");
+  agree (those both views show: issue 20's sides); the caption names B's context in the template
+  vocabulary ("an object, side view, in a forest"), and its view when it shows one side only;
 * CP (``reference_features``): the 0-4 score is 4 x the share of identity attributes kept;
 * PF (``prompt_elements``): 4 x the share of the asked context (position, size, background) shown.
 
@@ -17,13 +18,14 @@ Deterministic: the same pictures always get the same answer.
 from __future__ import annotations
 
 import io
+import itertools
 import re
 
 from PIL import Image
 
 from datagen.teacher import toy_domain as dom
 
-from .toy_vision import Reading, context_score, identity_score, read_picture
+from .toy_vision import Reading, context_score, identity_score, read_picture, same_identity
 
 CAPTION_PREFIX = "an object, "
 _PF_PROMPT = re.compile(r"generated from this prompt:\n(?P<prompt>.*?)\n", re.S)
@@ -37,16 +39,23 @@ def _picture(data: bytes) -> Reading:
 def describe(r: Reading) -> str:
     if not r.found:
         return f"no object on a {r.background} background"
-    return f"{dom.Identity(r.shape, r.body, r.accent, r.pattern).text}, {r.size}, at the {r.position}, on {r.background}"
+    where = f"{r.size}, at the {r.position}, on {r.background}"
+    if r.view == "plain":
+        return f"the plain side of a {r.body} {r.shape}, {where}"
+    if r.view == "patterned":
+        return f"the patterned side of a {r.shape}: {r.accent} {r.pattern} on ivory, {where}"
+    return f"{dom.Identity(r.shape, r.body, r.accent, r.pattern).text}, {where}"
 
 
 def caption_for(r: Reading) -> str:
-    """The training caption of a panel: its context only, so identity has to come from the reference."""
-    return CAPTION_PREFIX + dom.context_line(dom.Context(r.position or "center", r.size or "large", r.background or "grey"))
+    """The training caption of a panel: its context (and a side's view) only, so identity has to come from the
+    references."""
+    line = dom.context_line(dom.Context(r.position or "center", r.size or "large", r.background or "grey"))
+    return CAPTION_PREFIX + line + (f", {dom.VIEW_WORDS[r.view]}" if r.view in dom.VIEW_WORDS else "")
 
 
 def curate_answer(a: Reading, b: Reading) -> dict:
-    same = a.found and b.found and identity_score(a, b) == 1.0
+    same = same_identity(a, b)
     differences = [k for k in ("shape", "body", "accent", "pattern") if getattr(a, k) != getattr(b, k)]
     return {
         "subject": "a flat shape" if a.found else "nothing",
@@ -61,8 +70,8 @@ def curate_answer(a: Reading, b: Reading) -> dict:
 
 def tuple_answer(pictures: list[Reading]) -> dict:
     """Issue 20's tuple question: do all k + 1 pictures show one identity? The caption is the last one's."""
-    same = all(p.found for p in pictures) and all(identity_score(pictures[0], p) == 1.0 for p in pictures[1:])
-    odd = [i + 1 for i, p in enumerate(pictures) if not p.found or identity_score(pictures[0], p) < 1.0]
+    same = all(same_identity(a, b) for a, b in itertools.combinations(pictures, 2))
+    odd = [i + 1 for i, p in enumerate(pictures) if not all(same_identity(p, q) for q in pictures if q is not p)]
     return {"subject": "a flat shape", "descriptions": [describe(p) for p in pictures], "same_identity": bool(same),
             "confidence": 0.95, "reason": "every identity feature agrees" if same else f"image(s) {odd} differ from image 1",
             "caption": caption_for(pictures[-1])}  # fmt: skip

@@ -25,50 +25,60 @@ logger = logging.getLogger(__name__)
 SEQ = 32  # T5 tokens, as training/configs/toy_cpu.toml
 
 
-def panel_tensor(identity, ctx, side: int = 128) -> torch.Tensor:
+def panel_tensor(identity, ctx, side: int = 128, view: str = "whole") -> torch.Tensor:
     """One toy panel as a [3, side, side] tensor in [-1, 1]."""
     from datagen.teacher import toy_domain as dom
 
-    return torch.from_numpy(np.array(dom.draw_panel(identity, ctx, side))).permute(2, 0, 1).float() / 127.5 - 1
+    return torch.from_numpy(np.array(dom.draw_panel(identity, ctx, side, view=view))).permute(2, 0, 1).float() / 127.5 - 1
 
 
-def grid_pairs(n: int, placement: str, seed: int) -> list[tuple]:
-    """``n`` (identity, first context, second context) of training identities; "grid" keeps the placement."""
+def grid_pairs(n: int, placement: str, seed: int, views: str = "whole", frames: tuple[int, ...] = (2,)) -> list[tuple]:
+    """``n`` (identity, contexts, views) rows of a training identity's panels, ``len(contexts)`` of ``frames``
+    panels each: "grid" keeps the placement, ``views`` "sides" shows each panel whole or one side at random."""
     from datagen.teacher import toy_domain as dom
 
     rng = random.Random(seed)
     ids = [i for i in dom.all_identities() if dom.identity_split(i) == "train"]
     items = []
     for _ in range(n):
-        c1, (c2,) = dom.draw_contexts(rng, 1, placement)
-        items.append((rng.choice(ids), c1, c2))
+        f = rng.choice(frames) if len(frames) > 1 else frames[0]  # one size: the draws of a two-panel base as before
+        first, others = dom.draw_contexts(rng, f - 1, placement)
+        identity = rng.choice(ids)
+        seen = tuple(rng.choice(dom.VIEWS) for _ in range(f)) if views == "sides" else ("whole",) * f
+        items.append((identity, (first, *others), seen))
     return items
 
 
-def _encode_data(encoders, items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Canvas latents and, per item, the caption with and without the identity: [n, 2, SEQ, D], [n, 2, P]."""
+def _encode_data(encoders, items: list[tuple]) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per panel count: canvas latents and, per row, the caption with and without the identity ([n, 2, SEQ, D],
+    [n, 2, P]); the caption describes the last panel."""
     from tests.support.toy_judge import caption_for
     from tests.support.toy_vision import reading_of
-
-    latents = []
-    for k in range(0, len(items), 64):
-        canvas = torch.stack([torch.cat([panel_tensor(i, c1), panel_tensor(i, c2)], -1) for i, c1, c2 in items[k : k + 64]])
-        latents.append(encoders.encode_canvas(canvas))
-    context = [caption_for(reading_of(i, c2)) for i, _, c2 in items]
-    named = [f"{i.text}, {c}" for (i, _, _), c in zip(items, context, strict=True)]
 
     def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [encoders.encode_prompt(texts[k : k + 256]) for k in range(0, len(texts), 256)]
         return torch.cat([e for e, _ in parts]), torch.cat([p for _, p in parts])
 
-    (e1, p1), (e2, p2) = encode(named), encode(context)
-    return torch.cat(latents), torch.stack([e1, e2], 1), torch.stack([p1, p2], 1)
+    out = {}
+    for f in sorted({len(c) for _, c, _ in items}):
+        rows = [it for it in items if len(it[1]) == f]
+        latents = []
+        for k in range(0, len(rows), 64):
+            canvas = torch.stack([torch.cat([panel_tensor(i, c, view=v) for c, v in zip(cs, vs, strict=True)], -1)
+                                  for i, cs, vs in rows[k : k + 64]])  # fmt: skip
+            latents.append(encoders.encode_canvas(canvas))
+        context = [caption_for(reading_of(i, cs[-1], vs[-1])) for i, cs, vs in rows]
+        (e1, p1), (e2, p2) = encode([f"{i.text}, {c}" for (i, _, _), c in zip(rows, context, strict=True)]), encode(context)
+        out[f] = (torch.cat(latents), torch.stack([e1, e2], 1), torch.stack([p1, p2], 1))
+    return out
 
 
 def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000, batch: int = 16, lr: float = 1e-3,
-                      logit_mean: float = 1.5, placement: str = "grid", seed: int = 0) -> dict[str, float]:  # fmt: skip
-    """Pretrain ``flux_dir``'s transformer in place (see the module docstring); returns its last losses. The
-    caller builds ``flux_dir`` in a temporary folder and renames it when this returns (a crash leaves no base)."""
+                      logit_mean: float = 1.5, placement: str = "grid", seed: int = 0, views: str = "whole",
+                      frames: tuple[int, ...] = (2,)) -> dict[str, float]:  # fmt: skip
+    """Pretrain ``flux_dir``'s transformer in place (see the module docstring) on rows of ``frames`` panels
+    (several: a base that knows wider canvases, as FLUX does); returns its last losses. The caller builds
+    ``flux_dir`` in a temporary folder and renames it when this returns (a crash leaves no base)."""
     from diffusers import FluxPipeline
 
     from dsd.encoders import FluxEncoders
@@ -80,13 +90,16 @@ def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000,
     pipe = FluxPipeline.from_pretrained(flux_dir, torch_dtype=torch.float32)
     encoders = FluxEncoders(pipe, max_sequence_length=SEQ)
     with torch.no_grad():
-        latents, emb, pooled = _encode_data(encoders, grid_pairs(pairs, placement, seed))
+        data = _encode_data(encoders, grid_pairs(pairs, placement, seed, views, frames))
         empty = encoders.encode_prompt([""])
     model = DSDTransformer(pipe.transformer).requires_grad_(True).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     cfg = TrainingConfig(steps=steps, batch_size=batch, caption_dropout=0.0, reference_dropout=1.0, logit_mean=logit_mean)
     gen, losses, t0 = torch.Generator().manual_seed(seed), [], time.perf_counter()
+    sizes = list(data)
     for step in range(1, steps + 1):
+        f = sizes[int(torch.randint(0, len(sizes), (1,), generator=gen))] if len(sizes) > 1 else sizes[0]
+        latents, emb, pooled = data[f]
         idx = torch.randint(0, len(latents), (batch,), generator=gen)
         named = (torch.rand(batch, generator=gen) < 0.5).long()  # 0: the caption names the identity
         b = Batch(cond=torch.zeros_like(latents[idx]), target=latents[idx], prompt_embeds=emb[idx, 1 - named],

@@ -14,15 +14,17 @@ from datagen.teacher import toy_domain as dom
 
 GRID = 24  # the object's box is compared at GRID x GRID
 MIN_AREA = 0.01  # an object covers at least this share of the panel
-_PALETTE = np.array(list(dom.COLOURS.values()), np.float32)
-_PALETTE_NAMES = list(dom.COLOURS)
+_PALETTE = np.array([*dom.COLOURS.values(), dom.IVORY], np.float32)  # ivory last: a patterned side's ground
+_PALETTE_NAMES = [*dom.COLOURS, "ivory"]
+_IVORY = len(_PALETTE_NAMES) - 1
+_PLAIN_SHARE = 0.05  # a second colour under this share of the object: a plain side (a whole dot ring has ~12 %)
 _BG = np.array(list(dom.BACKGROUNDS.values()), np.float32)
 _BG_NAMES = list(dom.BACKGROUNDS)
 
 
 @dataclass(frozen=True)
 class Reading:
-    """What one picture shows; ``shape`` is "" when no object was found."""
+    """What one picture shows; ``shape`` is "" when no object was found, an attribute "" that the view hides."""
 
     shape: str = ""
     body: str = ""
@@ -31,6 +33,7 @@ class Reading:
     position: str = ""
     size: str = ""
     background: str = ""
+    view: str = "whole"
 
     @property
     def found(self) -> bool:
@@ -93,27 +96,42 @@ def read_picture(image: Image.Image) -> Reading:
     labels = _nearest(pix, _PALETTE)
     close = ((pix - _PALETTE[labels]) ** 2).sum(-1) < 70.0**2  # blurred edges match no colour well
     counts = np.bincount(labels[close], minlength=len(_PALETTE)) if close.any() else np.zeros(len(_PALETTE), int)
-    top = [int(i) for i in np.argsort(-counts, kind="stable")[:2]]
     box = _box(mask)
-    shape_grid = _box_resize(mask, box)
-    shape = max(dom.SHAPES, key=lambda s: _iou(shape_grid, _SHAPE_T[s]))
-    ys, xs = np.nonzero(mask)
-    best = (-1.0, "", "", "")
-    for body_i, accent_i in (top, top[::-1]):  # which colour is the body: the one whose rest fits a pattern
-        accent_full = np.zeros(mask.shape, np.float32)
-        accent_full[ys[close], xs[close]] = labels[close] == accent_i
-        accent_grid = _box_resize(accent_full, box)
-        for p in dom.PATTERNS:
-            score = _iou(accent_grid, _PATTERN_T[shape][p])
-            if score > best[0]:
-                best = (score, _PALETTE_NAMES[body_i], _PALETTE_NAMES[accent_i], p)
-    _, body, accent, pattern = best
+    shape = max(dom.SHAPES, key=lambda s: _iou(_box_resize(mask, box), _SHAPE_T[s]))
+    body, accent, pattern, view = _colours(mask, labels, close, counts, box, shape)
     # Where and how large: the box against the domain's positions and sizes.
     side = max(box[1] - box[0], box[3] - box[2]) / max(h, w) / _FILL[shape]
     cy, cx = (box[0] + box[1]) / 2 / h, (box[2] + box[3]) / 2 / w
     position = min(dom.POSITIONS, key=lambda k: (dom.POSITIONS[k][0] - cx) ** 2 + (dom.POSITIONS[k][1] - cy) ** 2)
     size = min(dom.SIZES, key=lambda k: abs(dom.SIZES[k] - side))
-    return Reading(shape, body, accent, pattern, position, size, background)
+    return Reading(shape, body, accent, pattern, position, size, background, view)
+
+
+def _pattern_fit(mask, labels, close, box, shape, accent_i: int) -> tuple[float, str]:
+    """(IoU, pattern) of the best pattern for where colour ``accent_i`` lies inside the object."""
+    ys, xs = np.nonzero(mask)
+    accent_full = np.zeros(mask.shape, np.float32)
+    accent_full[ys[close], xs[close]] = labels[close] == accent_i
+    accent_grid = _box_resize(accent_full, box)
+    scores = [(_iou(accent_grid, _PATTERN_T[shape][p]), p) for p in dom.PATTERNS]
+    return max(scores, key=lambda sp: sp[0])  # the first of equals, in PATTERNS order
+
+
+def _colours(mask, labels, close, counts, box, shape) -> tuple[str, str, str, str]:
+    """(body, accent, pattern, view): a patterned side shows ivory, a plain side one colour only."""
+    colours = counts[:_IVORY]
+    top = [int(i) for i in np.argsort(-colours, kind="stable")[:2]]
+    total = max(int(counts.sum()), 1)
+    if counts[_IVORY] >= _PLAIN_SHARE * total and counts[_IVORY] >= colours[top[1]]:
+        _, pattern = _pattern_fit(mask, labels, close, box, shape, top[0])
+        return "", _PALETTE_NAMES[top[0]], pattern, "patterned"
+    if colours[top[1]] < _PLAIN_SHARE * total:
+        return _PALETTE_NAMES[top[0]], "", "", "plain"
+    # which colour is the body: the one whose rest fits a pattern best
+    (score_a, pat_a), (score_b, pat_b) = (_pattern_fit(mask, labels, close, box, shape, i) for i in (top[1], top[0]))
+    if score_a >= score_b:
+        return _PALETTE_NAMES[top[0]], _PALETTE_NAMES[top[1]], pat_a, "whole"
+    return _PALETTE_NAMES[top[1]], _PALETTE_NAMES[top[0]], pat_b, "whole"
 
 
 def identity_score(ref: Reading, out: Reading) -> float:
@@ -123,6 +141,13 @@ def identity_score(ref: Reading, out: Reading) -> float:
     return sum(getattr(ref, k) == getattr(out, k) for k in ("shape", "body", "accent", "pattern")) / 4
 
 
+def same_identity(a: Reading, b: Reading) -> bool:
+    """Both show an object and every identity attribute both views show agrees (curation's question)."""
+    if not (a.found and b.found) or a.shape != b.shape:
+        return False
+    return all(getattr(a, k) == getattr(b, k) for k in ("body", "accent", "pattern") if getattr(a, k) and getattr(b, k))
+
+
 def context_score(out: Reading, asked: dom.Context) -> float:
     """Share of the asked context (position, size, background) the picture shows (0 without an object)."""
     if not out.found:
@@ -130,5 +155,8 @@ def context_score(out: Reading, asked: dom.Context) -> float:
     return sum(getattr(out, k) == getattr(asked, k) for k in ("position", "size", "background")) / 3
 
 
-def reading_of(identity: dom.Identity, ctx: dom.Context) -> Reading:
-    return Reading(identity.shape, identity.body, identity.accent, identity.pattern, ctx.position, ctx.size, ctx.background)
+def reading_of(identity: dom.Identity, ctx: dom.Context, view: str = "whole") -> Reading:
+    """What a perfect reader sees of ``identity`` in ``ctx`` from ``view``."""
+    body = "" if view == "patterned" else identity.body
+    accent, pattern = ("", "") if view == "plain" else (identity.accent, identity.pattern)
+    return Reading(identity.shape, body, accent, pattern, ctx.position, ctx.size, ctx.background, view)

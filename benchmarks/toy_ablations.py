@@ -1,0 +1,103 @@
+"""Issue 19's ablations: which parts of the paper's recipe matter, on the toy loop.
+
+    python -m benchmarks.toy_ablations --loop DIR [--only NAME ...]
+
+``DIR`` is a finished ``python -m benchmarks.toy_loop`` folder (its base, dataset and held-out benchmark).
+Each ablation is one more ``python -m training`` run from the same base with one change, its best step
+(the toy judge's validation) evaluated by ``python -m dsd eval`` on the loop's benchmark:
+
+* ``caption_dropout_0``: no caption dropout (the recipe drops 10 %: text CFG's unconditioned branch)
+* ``reference_dropout_0``: no reference dropout (the recipe drops 10 %: image CFG's e_00 branch)
+* ``rank_8``: LoRA rank 8 instead of 32
+* ``no_curation``: the dataset stage with ``dataset.include_rejected = true``, i.e. training on the
+  inconsistent grids' pairs too (what curation removes)
+
+-> DIR/ablations.md: CP/PF of each, next to the loop's own trained row (s_i = s_t = 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import toy_loop as loop
+
+ABLATIONS: dict[str, list[str]] = {
+    "caption_dropout_0": ["training.caption_dropout=0.0"],
+    "reference_dropout_0": ["training.reference_dropout=0.0"],
+    "rank_8": ["network.rank=8", "network.alpha=8.0"],
+    "no_curation": [],  # its own dataset: see uncurated_dataset
+}
+
+
+def uncurated_dataset(out: Path, env: dict[str, str]) -> Path:
+    """The loop's datagen workdir with every verdict's pair in the dataset (rejects included), in its own
+    workdir (the stages before ``dataset`` linked, not copied)."""
+    src, dest = out / "datagen", out / "datagen_no_curation"
+    dest.mkdir(exist_ok=True)
+    for part in ("captions", "prompts", "teacher", "panels", "curate"):
+        if not (dest / part).exists():
+            os.symlink(src / part, dest / part, target_is_directory=True)
+    if not (dest / "dataset" / "index.parquet").is_file():
+        cmd = [sys.executable, "-m", "datagen", "dataset", "--config", str(out / "datagen.toml"), "--workdir", str(dest),
+               "--set", "dataset.include_rejected=true", "--no-progress"]  # fmt: skip
+        loop._run(cmd, out / "logs" / "datagen_no_curation.log", env)
+    return dest / "dataset"
+
+
+def run_ablation(out: Path, name: str, judge_url: str, env: dict[str, str], steps: int | None = None) -> Path:
+    """One ablation's training run and its eval; returns the eval's scores table."""
+    sets = list(ABLATIONS[name])
+    if name == "no_curation":
+        sets.append(f"dataset.paths=['{uncurated_dataset(out, env)}']")
+    run = f"ablation_{name}"
+    validation = [*loop.validation_sets(out, _heldout(out), "grid", judge_url), *sets]
+    adapters = loop.train(out, steps, validation, {**env, "OPENAI_API_KEY": env[loop.KEY_ENV]}, run)
+    best = out / run / "best.safetensors"
+    return loop.evaluate(out, f"eval_{run}", ["--adapter", f"{name}={best if best.is_file() else adapters[-1]}"], judge_url, env)
+
+
+def _heldout(out: Path) -> int:
+    """The loop's benchmark size (subjects), so the validation identities are the loop's own."""
+    return len(list((out / "bench" / "subjects").iterdir()))
+
+
+def summarise(out: Path, tables: dict[str, Path]) -> str:
+    import pandas as pd
+
+    rows = [("recipe (the loop's trained row)", out / "eval" / "report" / "scores.parquet", "trained")]
+    rows += [(name, path, name) for name, path in tables.items()]
+    lines = ["| ablation | CP | PF | images |", "|---|---|---|---|"]
+    for label, path, system in rows:
+        frame = pd.read_parquet(path)
+        g = frame[frame.system == system]
+        lines.append(f"| {label} | {g.cp.mean():.3f} | {g.pf.mean():.3f} | {len(g)} |")
+    text = "\n".join(lines) + "\n"
+    (out / "ablations.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.toy_ablations", description=__doc__.split("\n\n")[0])
+    p.add_argument("--loop", type=Path, required=True, help="a finished toy loop folder (benchmarks.toy_loop --out)")
+    p.add_argument("--only", nargs="*", choices=list(ABLATIONS), help="these ablations only (default: all)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: toy_cpu.toml's, as the loop)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = args.loop.resolve()
+    if not (out / "eval" / "report" / "scores.parquet").is_file():
+        raise SystemExit(f"{out} is not a finished toy loop: run python -m benchmarks.toy_loop --out {out} first")
+    env, tables, t0 = loop.loop_env(), {}, time.perf_counter()
+    with loop.judge_server(env) as judge_url:
+        for name in args.only or list(ABLATIONS):
+            tables[name] = run_ablation(out, name, judge_url, env, args.steps)
+    print(summarise(out, tables) + f"\nablations: {time.perf_counter() - t0:.0f} s")  # noqa: T201 - the benchmark's report
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

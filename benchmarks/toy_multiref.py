@@ -1,0 +1,162 @@
+"""Issue 20's proof: do several references carry more of an identity than one? On the toy domain's sides.
+
+    python -m benchmarks.toy_multiref --out DIR [--identities 200] [--subjects 24] [--steps N]
+
+The toy loop (benchmarks/toy_loop.py) with ``views = "sides"``: a panel shows the whole object or one of its
+two sides (the plain side: shape and body colour; the patterned side: pattern and accent colour on ivory),
+so one side carries half the identity and several sides more of it.
+
+1. the toy base, pretrained on whole panels and sides in rows of 2 to 4 panels (FLUX's part: it has seen
+   wide canvases)
+2. ``python -m datagen run``: 3x3 grids of random views -> panels -> pairs and tuples of k = 2, 3 references
+   curated by the toy judge (all attributes the views show agree) -> a dataset with tuples
+3. two trainings from the same dataset and base, each its own ``python -m training`` run: ``train_multi``
+   with ``training.references = {1 = 0.2, 2 = 0.3, 3 = 0.5}`` and ``train_k1`` with pairs only (today's DSD)
+4. a held-out benchmark: per subject three references, each a random side in its own context, and the
+   whole object (``judge_reference``, never given) that CP is measured against; the prompts ask for the
+   whole object in other contexts
+5. ``python -m dsd eval --references 1,2,3``: both models (and the multi model with a zero embedder) at
+   k = 1, 2, 3; the oracle is the teacher's whole panels
+-> DIR/summary_multiref.md (CP/PF per system and k), DIR/cp_per_k.png.
+
+What an ideal model can reach: with k random sides the chance that both sides were shown is 1 - 2^(1 - k),
+so CP is at most 0.625 / 0.81 / 0.91 for k = 1 / 2 / 3 (a plain side leaves accent and pattern unknown,
+a patterned side the body colour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import toy_loop as loop
+
+MIX = "training.references={1 = 0.2, 2 = 0.3, 3 = 0.5}"
+SIDES = ("plain", "patterned")
+KS = "1,2,3"
+
+
+def write_sides_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subject: int = 2,
+                          k: int = 3) -> tuple[Path, Path]:  # fmt: skip
+    """Held-out subjects with ``k`` references of random sides (``ref_<i>.png``, in name order) and the whole
+    object (``whole.png``, the judge's reference); the oracle draws the whole object as each prompt asks."""
+    from datagen.teacher import toy_domain as dom
+    from tests.support.toy_judge import caption_for
+    from tests.support.toy_vision import reading_of
+
+    bench, oracle = out / "bench_sides", out / "oracle_sides"
+    rng, records = random.Random(3), []
+    for identity in loop._heldout_identities()[:n_subjects]:
+        first, others = dom.draw_contexts(rng, k + prompts_per_subject, placement)
+        contexts = [first, *others]  # k references, the judge's whole view, then the asked contexts
+        folder = bench / "subjects" / identity.key
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, ctx in enumerate(contexts[:k], 1):
+            dom.draw_panel(identity, ctx, view=rng.choice(SIDES)).save(folder / f"ref_{i}.png")
+        dom.draw_panel(identity, contexts[k]).save(folder / "whole.png")
+        (folder / "subject.json").write_text(json.dumps({"judge_reference": "whole.png"}))
+        (oracle / identity.key).mkdir(parents=True, exist_ok=True)
+        for j, ctx in enumerate(contexts[k + 1 :]):
+            records.append({"prompt": caption_for(reading_of(identity, ctx)), "subject": identity.key, "id": f"p{j:02d}"})
+            dom.draw_panel(identity, ctx).save(oracle / identity.key / f"p{j:02d}.png")
+    (bench / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return bench, oracle
+
+
+def train_both(out: Path, steps: int | None, validation: list[str], env: dict[str, str]) -> dict[str, Path]:
+    """The multi-reference run and the pairs-only run, side by side (one thread each)."""
+    runs = {"train_multi": [*validation, MIX], "train_k1": validation}
+    with ThreadPoolExecutor(2) as pool:
+        jobs = {run: pool.submit(loop.train, out, steps, sets, env, run) for run, sets in runs.items()}
+        adapters = {run: job.result() for run, job in jobs.items()}
+    return {run: (out / run / "best.safetensors") if (out / run / "best.safetensors").is_file() else ads[-1]
+            for run, ads in adapters.items()}  # fmt: skip
+
+
+def evaluate(out: Path, adapters: dict[str, Path], judge_url: str, env: dict[str, str]) -> Path:
+    zero = loop.zero_embedder_copy(adapters["train_multi"], out / "adapters" / "multi_zero_embedder.safetensors")
+    images = [x for k in (1, 2, 3) for x in ("--images", f"oracle@k{k}={out / 'oracle_sides'}")]
+    systems = [*images, "--adapter", f"multi={adapters['train_multi']}", "--adapter", f"k1_only={adapters['train_k1']}",
+               "--adapter", f"multi_zero_embedder={zero}"]  # fmt: skip
+    return loop.evaluate(out, "eval_multiref", systems, judge_url, env, ["--references", KS], bench="bench_sides")
+
+
+def summarise(out: Path, table: Path, timings: dict[str, float]) -> str:
+    import pandas as pd
+
+    frame = pd.read_parquet(table)
+    frame["name"] = frame.system.str.replace(r"@k\d+$", "", regex=True)
+    rows = frame.groupby(["name", "references"]).agg(CP=("cp", "mean"), PF=("pf", "mean"), n=("cp", "size")).reset_index()
+    lines = ["| system | k | CP | PF | images |", "|---|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.references} | {r.CP:.3f} | {r.PF:.3f} | {r.n} |" for r in rows.itertuples()]
+    lines += ["", "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]
+    _plot(rows, out / "cp_per_k.png")
+    text = "\n".join(lines) + "\n"
+    (out / "summary_multiref.md").write_text(text)
+    return text
+
+
+def _plot(rows, dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    for name, g in rows.groupby("name"):
+        ax.plot(g.references, g.CP, "o-", label=str(name))
+    ax.plot([1, 2, 3], [1 - 0.5 * 0.75, 1 - 0.25 * 0.75, 1 - 0.125 * 0.75], "k:", label="ideal (random sides)")
+    ax.set_xlabel("references k")
+    ax.set_ylabel("CP (toy judge, against the whole object)")
+    ax.set_xticks([1, 2, 3])
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=120)
+    plt.close(fig)
+
+
+def run(out: Path, identities: int, subjects: int, steps: int | None, pretrain_steps: int) -> str:
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env, timings, t = loop.loop_env(), {}, time.perf_counter()
+    loop.toy_base(out / "flux", "grid", pretrain_steps, views="sides")
+    timings["toy model (build + pretraining)"] = time.perf_counter() - t
+    with loop.judge_server(env) as judge_url:
+        t = time.perf_counter()
+        loop.run_datagen(out, loop.write_datagen_config(out, identities, judge_url, "grid", views="sides"), env)
+        timings["datagen"] = time.perf_counter() - t
+        t = time.perf_counter()
+        validation = loop.validation_sets(out, subjects, "grid", judge_url)
+        adapters = train_both(out, steps, validation, {**env, "OPENAI_API_KEY": env[loop.KEY_ENV]})
+        timings["training (both runs side by side)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        write_sides_benchmark(out, subjects, "grid")
+        table = evaluate(out, adapters, judge_url, env)
+        timings["eval"] = time.perf_counter() - t
+    return summarise(out, table, timings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.toy_multiref", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="work folder (rerun the same command to resume)")
+    p.add_argument("--identities", type=int, default=200, help="training identities (one caption and grid each)")
+    p.add_argument("--subjects", type=int, default=24, help="held-out subjects in the benchmark")
+    p.add_argument("--steps", type=int, default=None, help="training steps of each run (default: toy_cpu.toml's)")
+    p.add_argument("--pretrain-steps", type=int, default=loop.PRETRAIN_STEPS, help="the toy base's pretraining steps")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    t0 = time.perf_counter()
+    text = run(args.out, args.identities, args.subjects, args.steps, args.pretrain_steps)
+    print(text + f"\nwhole run: {time.perf_counter() - t0:.0f} s")  # noqa: T201 - the benchmark's report
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

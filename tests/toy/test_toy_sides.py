@@ -1,0 +1,114 @@
+"""Issue 20's toy variant: each panel whole or one side of the object, so one reference carries only part of
+the identity. The judge reads the sides, curation compares what both views show, the teacher draws the
+views from its own seeded stream, and the multi-reference benchmark keeps the whole object for the judge."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from datagen.config import PromptsConfig
+from datagen.prompts import template_prompt
+from datagen.teacher import toy_domain as dom
+from datagen.teacher.toy import draw_grid, grid_plan
+from tests.support.toy_judge import caption_for, tuple_answer
+from tests.support.toy_vision import identity_score, read_picture, reading_of, same_identity
+
+RED_STRIPES = dom.Identity("circle", "red", "blue", "stripes")
+CTX = dom.Context("center", "large", "grey")
+
+
+def test_vision_reads_every_view_of_random_identities() -> None:
+    rng = random.Random(0)
+    ids, ctxs = dom.all_identities(), dom.all_contexts()
+    for _ in range(40):
+        identity, ctx = rng.choice(ids), rng.choice(ctxs)
+        for view in dom.VIEWS:
+            assert read_picture(dom.draw_panel(identity, ctx, view=view)) == reading_of(identity, ctx, view), (identity, view)
+
+
+def test_a_side_carries_half_the_identity() -> None:
+    whole = reading_of(RED_STRIPES, CTX)
+    plain, patterned = (read_picture(dom.draw_panel(RED_STRIPES, CTX, view=v)) for v in ("plain", "patterned"))
+    assert (plain.body, plain.accent, plain.pattern) == ("red", "", "")
+    assert (patterned.body, patterned.accent, patterned.pattern) == ("", "blue", "stripes")
+    assert identity_score(whole, plain) == 0.5 and identity_score(whole, patterned) == 0.75
+    # curation: the sides of one identity agree, a side that contradicts what the other view shows does not
+    assert same_identity(plain, patterned) and same_identity(whole, plain) and same_identity(whole, patterned)
+    other = read_picture(dom.draw_panel(dom.Identity("circle", "green", "blue", "stripes"), CTX, view="plain"))
+    assert not same_identity(whole, other) and same_identity(other, patterned)  # the green body hides on that side
+
+
+def test_captions_name_the_side_and_parse_back() -> None:
+    for view in dom.VIEWS:
+        caption = caption_for(reading_of(RED_STRIPES, CTX, view))
+        assert dom.parse_view(caption) == view and dom.parse_context(caption) == CTX
+    assert caption_for(reading_of(RED_STRIPES, CTX)) == "an object, front view, in a city street"
+
+
+def test_tuple_verdict_over_sides() -> None:
+    views = [read_picture(dom.draw_panel(RED_STRIPES, CTX, view=v)) for v in ("plain", "patterned", "whole")]
+    assert tuple_answer(views)["same_identity"] is True
+    odd = read_picture(dom.draw_panel(dom.Identity("circle", "red", "green", "stripes"), CTX, view="patterned"))
+    verdict = tuple_answer([*views[:2], odd])
+    assert verdict["same_identity"] is False and "[2, 3]" in verdict["reason"]  # the two patterned sides disagree
+
+
+def test_teacher_sides_keep_the_whole_grids_draws() -> None:
+    cfg = PromptsConfig(mode="template", layouts=("3x3",), seed=0)
+    rec = template_prompt({"id": "c0", "caption": RED_STRIPES.text}, cfg)
+    seen = []
+    for seed in range(30):
+        whole, sides = grid_plan(rec["prompt"], seed, "grid"), grid_plan(rec["prompt"], seed, "grid", "sides")
+        assert (whole.identities, whole.contexts, whole.odd_panel, whole.views) == (
+            sides.identities, sides.contexts, sides.odd_panel, ())  # fmt: skip
+        seen += sides.views
+    assert (sides.rows, sides.cols) == (3, 3)
+    shares = np.array([seen.count(v) for v in dom.VIEWS]) / len(seen)
+    assert np.all(np.abs(shares - 1 / 3) < 0.08), shares
+    grid = draw_grid(sides, 432, 432, seed=29)
+    for k, (identity, ctx, view) in enumerate(zip(sides.identities, sides.contexts, sides.views, strict=True)):
+        r, c = divmod(k, 3)
+        panel = grid.crop((8 + c * 144, 8 + r * 144, 8 + c * 144 + 128, 8 + r * 144 + 128))
+        assert read_picture(panel).view == view and same_identity(read_picture(panel), reading_of(identity, ctx, view))
+
+
+def test_sides_benchmark_gives_sides_and_judges_against_the_whole(tmp_path) -> None:
+    from benchmarks.toy_multiref import write_sides_benchmark
+    from dsd.eval.layout import load_benchmark
+
+    bench_dir, oracle = write_sides_benchmark(tmp_path, n_subjects=4, placement="grid")
+    bench = load_benchmark(bench_dir)
+    assert len(bench.subjects) == 4 and len(bench.prompts) == 8
+    for subject in bench.subjects.values():
+        assert subject.reference.name == "whole.png"
+        refs = [read_picture_path(p) for p in subject.references(3)]
+        assert all(r.view in ("plain", "patterned") for r in refs)
+        assert read_picture_path(subject.reference).view == "whole"
+        assert all(same_identity(read_picture_path(subject.reference), r) for r in refs)
+    assert sorted(p.name for p in oracle.iterdir()) == sorted(bench.subjects)
+
+
+def read_picture_path(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return read_picture(im)
+
+
+def test_pretraining_rows_of_sides_and_several_widths() -> None:
+    """The multi-reference base pretrains on rows of 2 to 4 panels whose views vary; the two-panel base's
+    draws stay what they were (one size, all whole)."""
+    from tests.support.toy_pretrain import grid_pairs
+
+    rows = grid_pairs(60, "grid", 0, "sides", (2, 3, 4))
+    assert {len(c) for _, c, _ in rows} == {2, 3, 4}
+    assert all(len(c) == len(v) and len({(x.position, x.size) for x in c}) == 1 for _, c, v in rows)
+    assert set().union(*(set(v) for _, _, v in rows)) == set(dom.VIEWS)
+    plain = grid_pairs(20, "grid", 0)
+    assert all(len(c) == 2 and v == ("whole", "whole") for _, c, v in plain)
+    rng = random.Random(0)  # the draws of the two-panel base before views existed
+    ids = [i for i in dom.all_identities() if dom.identity_split(i) == "train"]
+    first, (second,) = dom.draw_contexts(rng, 1, "grid")
+    assert plain[0][:2] == (rng.choice(ids), (first, second))
