@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt p
 
 PYTEST_ARGS ?=
 
-.PHONY: install host demo test lint bench gpu-suite gpu-bundle toy-loop clean
+.PHONY: install host demo test lint bench gpu-suite gpu-bundle toy-loop toy-multiref clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ lint: install
 	$(PY) -m ruff check .
 
 bench: install host
-	for b in benchmarks/*.py; do case $$b in */__init__.py|*_host.py|*/gpu_*.py|*/throughput_table.py|*/toy_loop.py|*/toy_recipe.py) continue;; esac; m=$$(basename $$b .py); \
+	for b in benchmarks/*.py; do case $$b in */__init__.py|*_host.py|*/gpu_*.py|*/throughput_table.py|*/toy_loop.py|*/toy_recipe.py|*/toy_multiref.py|*/toy_ablations.py) continue;; esac; m=$$(basename $$b .py); \
 	  echo "== benchmarks.$$m"; $(PY) -m benchmarks.$$m || exit 1; done
 
 # The one prepared GPU measurement (needs CUDA; GPU_SUITE_ARGS=--tiny runs it on the CPU at toy shapes).
@@ -52,6 +52,10 @@ gpu-bundle: host
 # Issue 19: does the pipeline learn? The whole loop on the toy domain on the CPU (README: "Toy learning loop").
 toy-loop: install
 	$(PY) -m benchmarks.toy_loop --out outputs/toy_loop
+
+# Issue 20: do several references carry more of an identity? The toy loop on the sides (README: "Multi-reference proof").
+toy-multiref: install
+	$(PY) -m benchmarks.toy_multiref --out outputs/toy_multiref
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .cache .gpu_bundle

@@ -95,11 +95,23 @@ def summarise(out: Path, table: Path, timings: dict[str, float]) -> str:
     rows = frame.groupby(["name", "references"]).agg(CP=("cp", "mean"), PF=("pf", "mean"), n=("cp", "size")).reset_index()
     lines = ["| system | k | CP | PF | images |", "|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.references} | {r.CP:.3f} | {r.PF:.3f} | {r.n} |" for r in rows.itertuples()]
-    lines += ["", "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]
+    lines += ["", _data_line(out), "", "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]
     _plot(rows, out / "cp_per_k.png")
     text = "\n".join(lines) + "\n"
     (out / "summary_multiref.md").write_text(text)
     return text
+
+
+def _data_line(out: Path) -> str:
+    """The dataset's samples per k and curation's pair precision/recall against the teacher's plan."""
+    import pandas as pd
+
+    from tests.support.toy_judge import curation_scores
+
+    ks = pd.read_parquet(out / "datagen" / "dataset" / "index.parquet")["k"].fillna(1).astype(int).value_counts().sort_index()
+    cur = curation_scores(out / "datagen")
+    return (f"dataset: {', '.join(f'{n} samples with k = {k}' for k, n in ks.items())}; {cur['grids']} grids cut; pair "
+            f"curation precision {cur['precision']:.3f}, recall {cur['recall']:.3f} over {cur['pairs']} pairs")  # fmt: skip
 
 
 def _plot(rows, dest: Path) -> None:
