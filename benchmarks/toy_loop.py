@@ -312,7 +312,8 @@ def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whol
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # in this process too (see run_loop's OMP_NUM_THREADS): ~3x faster here
         try:
-            frames = (2, 3, 4) if views == "sides" else (2,)
+            # sides: half the rows two panels (the k = 1 canvas keeps the two-panel base's training), the rest 3 and 4
+            frames = (2, 2, 3, 4) if views == "sides" else (2,)
             info.update(pretrain_toy_base(tmp, steps=pretrain_steps, placement=placement, views=views, frames=frames))
         finally:
             torch.set_num_threads(threads)

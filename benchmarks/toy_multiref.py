@@ -7,7 +7,7 @@ two sides (the plain side: shape and body colour; the patterned side: pattern an
 so one side carries half the identity and several sides more of it.
 
 1. the toy base, pretrained on whole panels and sides in rows of 2 to 4 panels (FLUX's part: it has seen
-   wide canvases)
+   wide canvases), half the rows two panels
 2. ``python -m datagen run``: 3x3 grids of random views -> panels -> pairs and tuples of k = 2, 3 references
    curated by the toy judge (all attributes the views show agree) -> a dataset with tuples
 3. two trainings from the same dataset and base, each its own ``python -m training`` run: ``train_multi``
@@ -40,6 +40,8 @@ from . import toy_loop as loop
 MIX = "training.references={1 = 0.2, 2 = 0.3, 3 = 0.5}"
 SIDES = ("plain", "patterned")
 KS = "1,2,3"
+# Twice the two-panel base's steps: half of them on two-panel rows (as many as that base), the rest on 3 and 4.
+PRETRAIN_STEPS = 2 * loop.PRETRAIN_STEPS
 
 
 def write_sides_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subject: int = 2,
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identities", type=int, default=200, help="training identities (one caption and grid each)")
     p.add_argument("--subjects", type=int, default=24, help="held-out subjects in the benchmark")
     p.add_argument("--steps", type=int, default=None, help="training steps of each run (default: toy_cpu.toml's)")
-    p.add_argument("--pretrain-steps", type=int, default=loop.PRETRAIN_STEPS, help="the toy base's pretraining steps")
+    p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS, help="the toy base's pretraining steps")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.perf_counter()

@@ -97,8 +97,9 @@ def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000,
     cfg = TrainingConfig(steps=steps, batch_size=batch, caption_dropout=0.0, reference_dropout=1.0, logit_mean=logit_mean)
     gen, losses, t0 = torch.Generator().manual_seed(seed), [], time.perf_counter()
     sizes = list(data)
+    share = torch.tensor([float(len(data[f][0])) for f in sizes])  # a row size's steps follow its share of the rows
     for step in range(1, steps + 1):
-        f = sizes[int(torch.randint(0, len(sizes), (1,), generator=gen))] if len(sizes) > 1 else sizes[0]
+        f = sizes[int(torch.multinomial(share, 1, generator=gen))] if len(sizes) > 1 else sizes[0]
         latents, emb, pooled = data[f]
         idx = torch.randint(0, len(latents), (batch,), generator=gen)
         named = (torch.rand(batch, generator=gen) < 0.5).long()  # 0: the caption names the identity
