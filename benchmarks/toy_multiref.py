@@ -90,18 +90,39 @@ def evaluate(out: Path, adapters: dict[str, Path], judge_url: str, env: dict[str
 
 
 def summarise(out: Path, table: Path, timings: dict[str, float]) -> str:
+    """CP/PF per system and k (95% bootstrap intervals over subjects) and the differences the proof asks
+    about, paired by subject: k = 3 and k = 2 against k = 1, and k = 1 against the pairs-only model."""
     import pandas as pd
+
+    from dsd.eval.stats import mean_interval
 
     frame = pd.read_parquet(table)
     frame["name"] = frame.system.str.replace(r"@k\d+$", "", regex=True)
-    rows = frame.groupby(["name", "references"]).agg(CP=("cp", "mean"), PF=("pf", "mean"), n=("cp", "size")).reset_index()
-    lines = ["| system | k | CP | PF | images |", "|---|---|---|---|---|"]
-    lines += [f"| {r.name} | {r.references} | {r.CP:.3f} | {r.PF:.3f} | {r.n} |" for r in rows.itertuples()]
+    lines, rows = ["| system | k | CP [95%] | PF | images |", "|---|---|---|---|---|"], []
+    for (name, k), g in frame.groupby(["name", "references"]):
+        cp, lo, hi, _ = mean_interval(g.cp.to_numpy()[:, None], g.subject.to_numpy())
+        rows.append({"name": name, "references": k, "CP": cp[0], "PF": g.pf.mean()})
+        lines.append(f"| {name} | {k} | {cp[0]:.3f} [{lo[0]:.3f}, {hi[0]:.3f}] | {g.pf.mean():.3f} | {len(g)} |")
+    lines += ["", "| difference in CP (paired by subject) | mean [95%] |", "|---|---|"]
+    for a, b in (("multi@k3", "multi@k1"), ("multi@k2", "multi@k1"), ("multi@k3", "multi@k2"), ("multi@k1", "k1_only@k1"),
+                 ("k1_only@k3", "k1_only@k1")):  # fmt: skip
+        lines.append(f"| {a} - {b} | {_difference(frame, a, b)} |")
     lines += ["", _data_line(out), "", "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]
-    _plot(rows, out / "cp_per_k.png")
+    _plot(pd.DataFrame(rows), out / "cp_per_k.png")
     text = "\n".join(lines) + "\n"
     (out / "summary_multiref.md").write_text(text)
     return text
+
+
+def _difference(frame, a: str, b: str) -> str:
+    from dsd.eval.stats import paired_difference
+
+    ga, gb = frame[frame.system == a], frame[frame.system == b]
+    if ga.empty or gb.empty:
+        return "-"
+    d, lo, hi = paired_difference(ga.cp.to_numpy()[:, None], ga.subject.to_numpy(), gb.cp.to_numpy()[:, None],
+                                  gb.subject.to_numpy())  # fmt: skip
+    return f"{d[0]:+.3f} [{lo[0]:+.3f}, {hi[0]:+.3f}]"
 
 
 def _data_line(out: Path) -> str:
