@@ -49,7 +49,7 @@ class TeacherConfig:
     # backend "toy" only: "panel" places the object as each panel line's pose asks; "grid" keeps the first
     # panel's placement on every panel (only the background changes), the toy's easy mode (README, issue 19).
     toy_placement: Literal["panel", "grid"] = "panel"
-    # backend "toy" only: "sides" shows each panel whole or one of its two sides at random (issue 20's
+    # backend "toy" only: "sides" shows each panel whole (half of them) or one of its two sides (issue 20's
     # multi-reference proof: one side carries half the identity); "whole" every panel whole.
     toy_views: Literal["whole", "sides"] = "whole"
 

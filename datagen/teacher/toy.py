@@ -23,6 +23,7 @@ from .config import TeacherConfig
 logger = logging.getLogger(__name__)
 
 INCONSISTENT_SHARE = 0.2
+SIDES_WEIGHTS = (2, 1, 1)  # toy_views "sides": whole, plain, patterned
 GUTTER = 16  # pixels of white between panels, half of it around the grid (288 px grids: 2 x 128 px panels)
 _POSITION_WORDS = {"left", "right", "middle", "top", "bottom", "top-left", "top-right", "bottom-left", "bottom-right"}
 
@@ -88,7 +89,9 @@ def grid_plan(prompt: str, seed: int, placement: str = "panel", views: str = "wh
     seen = ()
     if views == "sides":  # its own stream: the other choices stay those of the "whole" grid
         view_rng = random.Random(f"toy-views|{seed}")
-        seen = tuple(view_rng.choice(dom.VIEWS) for _ in range(n))
+        # half the panels whole (a copy of a whole reference is learned first, as in the whole-view loop),
+        # a quarter each side
+        seen = tuple(view_rng.choices(dom.VIEWS, weights=SIDES_WEIGHTS)[0] for _ in range(n))
     return GridPlan(rows, cols, tuple(identities), tuple(contexts), odd, seen)
 
 
