@@ -51,11 +51,8 @@ def toy_config(out: Path, identities: int, judge_url: str, layouts: str) -> Path
     """The toy loop's datagen config with several layouts and tuples up to k = 3."""
     from benchmarks.toy_loop import write_datagen_config
 
-    path = write_datagen_config(out, identities, judge_url)
-    text = path.read_text().replace('layouts = ["2x2"]', f"layouts = {json.dumps(layouts.split(','))}")
-    text = text.replace("[dataset]\n", "[dataset]\nmax_references = 3\n")
-    path.write_text(text.replace("[panels]\nmax_pairs_per_grid = 12", "[panels]\nmax_pairs_per_grid = 72"))
-    return path
+    return write_datagen_config(out, identities, judge_url, layouts=tuple(layouts.split(",")), max_references=3,
+                                max_pairs_per_grid=72)
 
 
 def noisy(responder, p: float):

@@ -60,19 +60,25 @@ def _identities(heldout: bool):
     return [i for i in dom.all_identities() if dom.identity_split(i) == split]
 
 
-def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement: str = "panel", views: str = "whole") -> Path:
+def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement: str = "panel", views: str = "whole",
+                         layouts: tuple[str, ...] | None = None, max_references: int | None = None,
+                         max_pairs_per_grid: int = 12) -> Path:  # fmt: skip
     """The datagen config of the loop; ``views`` "sides" (issue 20's proof): 3x3 grids of whole panels and single
-    sides, tuples of up to three references -> one target in the dataset."""
+    sides, tuples of up to three references -> one target in the dataset (12 per grid and k)."""
     ids = _identities(heldout=False)
     random.Random(0).shuffle(ids)
     (out / "captions.txt").write_text("".join(f"{i.text}\n" for i in ids[:n_identities]))
-    layout, side, refs = ("3x3", 432, 3) if views == "sides" else ("2x2", 288, 1)  # 128 px panels either way
+    sides = views == "sides"
+    layouts = layouts or (("3x3",) if sides else ("2x2",))
+    side = 432 if sides else 288  # 128 px panels in the grid's layout (3x3 or 2x2)
+    refs = max_references or (3 if sides else 1)
+    tuples = "max_tuples_per_grid = 12\n" if sides else ""
     cfg = f"""
 [captions]
 sources = ["captions.txt"]
 [prompts]
 mode = "template"
-layouts = ["{layout}"]
+layouts = {json.dumps(list(layouts))}
 seed = 0
 [teacher]
 backend = "toy"
@@ -82,14 +88,13 @@ seeds_per_prompt = 1
 toy_placement = "{placement}"
 toy_views = "{views}"
 [panels]
-max_pairs_per_grid = 12
+max_pairs_per_grid = {max_pairs_per_grid}
 min_panel_size = 64
 no_edge = "even"
 [curate]
 min_confidence = 0.7
 image_format = "png"
-max_tuples_per_grid = 12
-[dataset]
+{tuples}[dataset]
 shard_size = 256
 max_references = {refs}
 [vlm]
