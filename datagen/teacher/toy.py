@@ -6,7 +6,8 @@ line a context (the pose words pick position and size, the setting words the bac
 is drawn at the grid's layout with a white gutter and a little placement jitter, so the real panels
 stage has real cutting to do. Like FLUX, the teacher is not always consistent: a seeded share of the
 grids (``INCONSISTENT_SHARE``) shows another identity in one panel, which curation should reject.
-Everything depends on (prompt, seed) only.
+With ``teacher.toy_views = "sides"`` (issue 20) half the panels show the whole object and the others one
+of its sides (``SIDES_WEIGHTS``, ``toy_domain.VIEWS``). Everything depends on (prompt, seed) only.
 """
 
 from __future__ import annotations
