@@ -45,7 +45,7 @@ def uncurated_dataset(out: Path, env: dict[str, str]) -> Path:
     if not (dest / "dataset" / "index.parquet").is_file():
         cmd = [sys.executable, "-m", "datagen", "dataset", "--config", str(out / "datagen.toml"), "--workdir", str(dest),
                "--set", "dataset.include_rejected=true", "--no-progress"]  # fmt: skip
-        loop._run(cmd, out / "logs" / "datagen_no_curation.log", env)
+        loop.run_stage(cmd, out / "logs" / "datagen_no_curation.log", env)
     return dest / "dataset"
 
 

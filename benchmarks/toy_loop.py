@@ -41,7 +41,7 @@ PRETRAIN_STEPS = 600  # the toy base's pretraining (tests/support/toy_pretrain.p
 VALIDATION_ITEMS = 24  # held-out identities (none of the benchmark's) that pick best.safetensors (8 were too noisy)
 
 
-def _run(cmd: list[str], log: Path, env: dict[str, str]) -> None:
+def run_stage(cmd: list[str], log: Path, env: dict[str, str]) -> None:
     """One shipped CLI, its output kept in ``log``; a failure stops the loop with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as fh:
@@ -108,7 +108,7 @@ api_key_env = "{KEY_ENV}"
     return path
 
 
-def _heldout_identities():
+def heldout_identities():
     ids = _identities(heldout=True)
     random.Random(1).shuffle(ids)
     return ids
@@ -124,7 +124,7 @@ def write_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subj
 
     bench, oracle = out / "bench", out / "oracle"
     rng = random.Random(1)
-    ids = _heldout_identities()[:n_subjects]
+    ids = heldout_identities()[:n_subjects]
     records, swapped = [], out / "bench_other_ref"
     for identity, other in zip(ids, ids[1:] + ids[:1], strict=True):
         ref_ctx, asked = dom.draw_contexts(rng, prompts_per_subject, placement)
@@ -149,7 +149,7 @@ def write_validation(out: Path, n_bench: int, placement: str) -> list[str]:
     from tests.support.toy_vision import reading_of
 
     rng, refs, prompts = random.Random(2), [], []
-    for identity in _heldout_identities()[n_bench : n_bench + VALIDATION_ITEMS]:
+    for identity in heldout_identities()[n_bench : n_bench + VALIDATION_ITEMS]:
         ref_ctx, (asked,) = dom.draw_contexts(rng, 1, placement)
         path = out / "validation" / f"{identity.key}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,13 +182,13 @@ def train(out: Path, steps: int | None, validation: list[str], env: dict[str, st
         sets += [f"training.steps={steps}", f"saving.save_every={max(steps // 4, 1)}"]
     flags = ["--config", str(CONFIG), *[x for s in sets for x in ("--set", s)], "--no-progress"]
     log = out / "logs" / ("training.log" if run == "train" else f"{run}.log")
-    _run([sys.executable, "-m", "training", "cache", *flags], log, env)
-    _run([sys.executable, "-m", "training", "train", *flags], log, env)
+    run_stage([sys.executable, "-m", "training", "cache", *flags], log, env)
+    run_stage([sys.executable, "-m", "training", "train", *flags], log, env)
     adapters, prefix = [], "" if run == "train" else f"{run}_"
     for ckpt in sorted((out / run / "checkpoints").glob("step-*")):
         dest = out / "adapters" / f"{prefix}step_{int(ckpt.name.split('-')[1]):06d}.safetensors"
         if not dest.is_file():
-            _run([sys.executable, "-m", "training", "export", *flags, "--checkpoint", str(ckpt), "--out", str(dest)], log, env)
+            run_stage([sys.executable, "-m", "training", "export", *flags, "--checkpoint", str(ckpt), "--out", str(dest)], log, env)
         adapters.append(dest)
     return adapters
 
@@ -199,7 +199,7 @@ def evaluate(out: Path, name: str, systems: list[str], judge_url: str, env: dict
     cmd = [sys.executable, "-m", "dsd", "eval", "--bench", str(out / bench), "--out", str(out / name),
            "--flux", str(out / "flux"), *systems, *EVAL_SAMPLING, *extra, "--judge", "openai", "--judge-model", "toy-judge",
            "--judge-base-url", judge_url, "--title", f"toy loop: {name}"]  # fmt: skip
-    _run(cmd, out / "logs" / f"{name}.log", {**env, "OPENAI_API_KEY": env[KEY_ENV]})
+    run_stage(cmd, out / "logs" / f"{name}.log", {**env, "OPENAI_API_KEY": env[KEY_ENV]})
     return out / name / "report" / "scores.parquet"
 
 
@@ -328,7 +328,7 @@ def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whol
 
 
 def run_datagen(out: Path, cfg: Path, env: dict[str, str]) -> None:
-    _run([sys.executable, "-m", "datagen", "run", "--config", str(cfg), "--workdir", str(out / "datagen"), "--no-progress"],
+    run_stage([sys.executable, "-m", "datagen", "run", "--config", str(cfg), "--workdir", str(out / "datagen"), "--no-progress"],
          out / "logs" / "datagen.log", env)  # fmt: skip
 
 

@@ -54,7 +54,7 @@ def write_sides_benchmark(out: Path, n_subjects: int, placement: str, prompts_pe
 
     bench, oracle = out / "bench_sides", out / "oracle_sides"
     rng, records = random.Random(3), []
-    for identity in loop._heldout_identities()[:n_subjects]:
+    for identity in loop.heldout_identities()[:n_subjects]:
         first, others = dom.draw_contexts(rng, k + prompts_per_subject, placement)
         contexts = [first, *others]  # k references, the judge's whole view, then the asked contexts
         folder = bench / "subjects" / identity.key

@@ -61,7 +61,7 @@ def test_grid_benchmark_asks_the_reference_placement_and_swaps_references(tmp_pa
 def test_validation_set_is_held_out_and_loads_as_training_config(tmp_path) -> None:
     sets = toy_loop.write_validation(tmp_path, 4, "grid")
     cfg = load_config(toy_loop.CONFIG, sets)
-    bench_subjects = {i.key for i in toy_loop._heldout_identities()[:4]}
+    bench_subjects = {i.key for i in toy_loop.heldout_identities()[:4]}
     names = {p.rsplit("/", 1)[-1].removesuffix(".png") for p in cfg.sampling.references}
     assert len(names) == toy_loop.VALIDATION_ITEMS and not names & bench_subjects
     assert all(dom.identity_split(dom.Identity(*n.split("-"))) == "heldout" for n in names)
