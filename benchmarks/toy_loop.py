@@ -70,7 +70,8 @@ def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement
     (out / "captions.txt").write_text("".join(f"{i.text}\n" for i in ids[:n_identities]))
     sides = views == "sides"
     layouts = layouts or (("3x3",) if sides else ("2x2",))
-    side = 432 if sides else 288  # 128 px panels in the grid's layout (3x3 or 2x2)
+    cells = max(int(n) for layout in layouts for n in layout.split("x"))
+    side = 144 * cells  # 128 px panels (after the gutters) in the largest of the layouts (3x3: 432, 2x2: 288)
     refs = max_references or (3 if sides else 1)
     tuples = "max_tuples_per_grid = 12\n" if sides else ""
     cfg = f"""

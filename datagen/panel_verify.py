@@ -7,6 +7,8 @@ was found, is checked afterwards on both axes, and any doubt rejects the grid:
    (or a column) of the layout, at the same line in each of them, is a panel boundary the layout
    does not have (a 3x3 labelled 1x3: each "panel" holds three photos). A lone panel (touching
    panels only) needs a stronger, near-complete edge (a photo's own straight lines rarely cross all of it).
+   Between touching panels such an edge counts only at an even split of the grid, where an evenly drawn
+   wrong layout puts its seams: same-subject panels share their horizon at one line too.
 2. *Touching panels (cut at colour edges) only:* the panels are equal (the teacher draws equal
    panels; a cut at an object's edge, or at one side of a gutter swallowed by a panel of its
    colour, makes unequal ones), and no panel's side is a uniform line (a gutter or border strip
@@ -24,6 +26,10 @@ _HIDDEN_GROUP = 0.35  # mean share of the span of an edge shared by the panels o
 _HIDDEN_EACH = 0.3  # ... and its share in at least two thirds of them (touching panels)
 _HIDDEN_GAPPED = 0.6  # ... panels cut at gutters: mean share, the edge in every one of them
 _HIDDEN_SINGLE = 0.85  # a lone panel's edge (touching panels only)
+# A hidden seam of touching panels lies at an even split of the grid into up to _MAX_HIDDEN panels per
+# axis (one more than the largest layout drawn), as near as touching panels must be equal
+# (panels.max_edge_spread of the span), or within these pixels.
+_MAX_HIDDEN, _SPLIT_TOLERANCE_PX = 4, 6
 _BACKGROUND_SHARE = 0.4  # a colour covering this share of a panel is its background
 _MIN_SIDE_BAND = 3  # a uniform band along a panel's side this wide (px) is a gutter or border strip
 
@@ -60,6 +66,19 @@ def _panel_lines(a: np.ndarray, box: Box, axis: int, i0: int, i1: int) -> np.nda
     return np.ascontiguousarray(lines[i0 - 2 : i1 + 3])
 
 
+def _at_even_split(lines: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: PanelsConfig) -> np.ndarray:
+    """Which ``lines`` (grid coordinates along ``axis``) lie where a seam of an evenly drawn grid of 2 to
+    _MAX_HIDDEN panels falls. The teacher draws equal panels (the touching cut must be equal too), so a hidden
+    seam of a wrong layout sits at such a split; a same-subject grid's horizon or pole, straight and at
+    the same line in every panel of a row, mostly does not, and must not cost the grid."""
+    lo = min(b.y0 if axis == 0 else b.x0 for b in boxes)
+    hi = max(b.y1 if axis == 0 else b.x1 for b in boxes)
+    span = hi - lo
+    splits = np.array([lo + span * i / n for n in range(2, _MAX_HIDDEN + 1) for i in range(1, n)])
+    tolerance = max(_SPLIT_TOLERANCE_PX, cfg.max_edge_spread * span)
+    return np.abs(lines[:, None] - splits[None, :]).min(axis=1) <= tolerance
+
+
 def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: PanelsConfig, single: bool) -> str:
     """Why the panels sharing a row (axis 0) or column (axis 1) hide a boundary ("" when none do);
     ``single``: judge lone panels too (touching panels; between gutters a hidden boundary of a
@@ -81,6 +100,7 @@ def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: Pane
             mean = pooled.mean(axis=0)
             if single:  # touching panels: a hidden seam may fade where photos meet in like colours
                 hit = (mean >= _HIDDEN_GROUP) & ((pooled >= _HIDDEN_EACH).sum(axis=0) >= max(2, -(-2 * len(members) // 3)))
+                hit &= _at_even_split(lo + i0 + np.arange(hit.size), boxes, axis, cfg)
             else:  # between gutters a wrong layout shows as gutters: only a strong shared edge counts
                 mean = profiles.mean(axis=0)
                 hit = (mean >= _HIDDEN_GAPPED) & (profiles.min(axis=0) >= _HIDDEN_EACH)

@@ -202,3 +202,24 @@ def test_two_by_two_touching_photos_labelled_one_by_two_show_their_faint_row_sea
             analyse_panels(grid.image, grid.rows, grid.cols)
     right_or_rejected(bench_grid("mismatch", 4, seed=5))  # the benchmark's case (seed 5)
     assert right_or_rejected(bench_grid("seam_matched", 31)) == "right"  # a brick photo beside others
+
+
+def _with_ledge(panel: np.ndarray, y: int) -> np.ndarray:
+    """``panel`` with its lower left part darker from line ``y`` on: a table's edge, straight across half of
+    it, blurred over three lines as a photographed edge is."""
+    out = panel.astype(np.float32)
+    shade = np.clip((np.arange(panel.shape[0]) - y + 2) / 3, 0, 1)[:, None, None]
+    out[:, : int(0.55 * panel.shape[1])] -= 70 * shade
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def test_a_straight_edge_shared_by_touching_panels_off_every_even_split_is_no_hidden_seam() -> None:
+    """Same-subject panels share their horizon or table edge at one line: off every even split of the grid
+    (where a seam of an evenly drawn wrong layout would be) it does not reject the grid; at the half it does."""
+    base = photos(["coffee.png", "chelsea.png"], 300, 340, 0)
+    off = assemble([_with_ledge(p, 126) for p in base], 1, 2, gutter=0)
+    assert right_or_rejected(off) == "right"
+    at_half = assemble([_with_ledge(p, 150) for p in base], 1, 2, gutter=0)
+    with pytest.raises(PanelDetectionError, match="more panels than the layout"):
+        analyse_panels(at_half.image, 1, 2)
+    assert right_or_rejected(bench_grid("seam_matched", 8, seed=1)) == "right"  # the benchmark's case
