@@ -233,6 +233,7 @@ def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], psn
     table = pd.DataFrame(rows)
     lines = ["| run | system | CP | PF | images |", "|---|---|---|---|---|"]
     lines += [f"| {r.run} | {r.system} | {r.CP:.3f} | {r.PF:.3f} | {r.images} |" for r in table.itertuples()]
+    lines += _attribute_lines(pd.read_parquet(tables["eval"]))
     val = validation_curve(out)
     if val:
         lines += ["", "validation during training (toy judge, held-out identities outside the benchmark):",
@@ -247,6 +248,17 @@ def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], psn
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text
+
+
+def _attribute_lines(scores) -> list[str]:
+    """The eval's CP by identity attribute (tests/support/toy_judge.py ``attribute_shares``)."""
+    from tests.support.toy_judge import IDENTITY_ATTRIBUTES, attribute_shares
+
+    shares = attribute_shares(scores[~scores.system.str.startswith("step_")])
+    head = " | ".join(IDENTITY_ATTRIBUTES)
+    return ["", "what CP is made of (share of the eval's images showing the reference's attribute):",
+            f"| system | {head} |", "|---" * (len(IDENTITY_ATTRIBUTES) + 1) + "|",
+            *[f"| {s} | " + " | ".join(f"{v[k]:.2f}" for k in IDENTITY_ATTRIBUTES) + " |" for s, v in shares.items()]]  # fmt: skip
 
 
 def validation_curve(out: Path) -> list[tuple[int, float, float]]:

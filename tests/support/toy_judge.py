@@ -143,3 +143,24 @@ def curation_scores(workdir) -> dict[str, float]:
     return {"pairs": tp + fp + fn + tn, "inconsistent_pairs": fp + tn, "rejected_inconsistent": tn,
             "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1),
             "inconsistent_grids": sum(o is not None for o in odd.values()), "grids": len(odd)}  # fmt: skip
+
+
+IDENTITY_ATTRIBUTES = ("shape", "body", "accent", "pattern")
+
+
+def attribute_shares(scores) -> dict[str, dict[str, float]]:
+    """system -> attribute -> share of its samples whose target frame shows the reference's attribute: what
+    CP's four quarters are made of (``scores``: ``dsd eval``'s scores table; frames are square, the target last)."""
+    shares: dict[str, dict[str, float]] = {}
+    for system, rows in scores.groupby("system"):
+        hits = dict.fromkeys(IDENTITY_ATTRIBUTES, 0)
+        for path, reference in zip(rows.path, rows.reference, strict=True):
+            with Image.open(path) as im:
+                side = im.height
+                out = read_picture(im.crop((im.width - side, 0, im.width, side)))
+            with Image.open(reference) as im:
+                ref = read_picture(im)
+            for k in IDENTITY_ATTRIBUTES:
+                hits[k] += bool(out.found and ref.found and getattr(out, k) == getattr(ref, k))
+        shares[str(system)] = {k: v / max(len(rows), 1) for k, v in hits.items()}
+    return shares

@@ -103,3 +103,25 @@ def test_judge_known_answers_through_the_openai_client() -> None:
             return ask(req)["score"]
 
         assert (cp(same), cp(other), cp(blank)) == (4, 0, 0)
+
+
+def test_attribute_shares_split_cp_into_the_four_attributes(tmp_path) -> None:
+    """A sample whose target frame shows the reference's identity counts on every attribute; one with another
+    body colour on all but the body (the canvas's first frame, a reconstruction, is not read)."""
+    import pandas as pd
+
+    from tests.support.toy_judge import attribute_shares
+
+    ident = dom.Identity("triangle", "green", "pink", "dot")
+    other = dom.Identity("triangle", "blue", "pink", "dot")
+    dom.draw_panel(ident, dom.Context("center", "large", "grey")).save(tmp_path / "ref.png")
+    rows = []
+    for name, shown in (("same", ident), ("body", other)):
+        canvas = Image.new("RGB", (256, 128))
+        canvas.paste(dom.draw_panel(other, dom.Context()), (0, 0))
+        canvas.paste(dom.draw_panel(shown, dom.Context("center", "large", "sand")), (128, 0))
+        canvas.save(tmp_path / f"{name}.png")
+        rows.append({"system": name, "path": str(tmp_path / f"{name}.png"), "reference": str(tmp_path / "ref.png")})
+    shares = attribute_shares(pd.DataFrame(rows))
+    assert shares["same"] == {"shape": 1.0, "body": 1.0, "accent": 1.0, "pattern": 1.0}
+    assert shares["body"] == {"shape": 1.0, "body": 0.0, "accent": 1.0, "pattern": 1.0}
