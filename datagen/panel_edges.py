@@ -18,12 +18,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .panel_detect import _SAMPLES, _Band, _boxes, _Grid, _lines, _same_colour, _spread, _trim_borders
 from .panel_types import Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
-from .panel_verify import channel_max, edge_profile
+from .panel_verify import _BAND_REACH, channel_max, edge_profile
 
 # A line step: in _STEP_MIN_SHARE of the span's stretches at least (3 of 8: crops of a dark sky meet in
 # noise), the step into the line is _STEP_RATIO times the usual one; it must beat rivals by that share too.
 _STEP_CHUNKS, _STEP_RATIO, _STEP_MIN_SHARE = 8, 2.0, 0.375
-_STEP_HIDDEN, _BAND_REACH = 0.75, 15  # ... in this share inside a panel, alone: a seam the layout does not have
+_STEP_HIDDEN = 0.75  # ... in this share inside a panel, alone (no step within _BAND_REACH): a seam the layout lacks
 
 
 def _pick_edge(

@@ -8,7 +8,8 @@ was found, is checked afterwards on both axes, and any doubt rejects the grid:
    does not have (a 3x3 labelled 1x3: each "panel" holds three photos). A lone panel (touching
    panels only) needs a stronger, near-complete edge (a photo's own straight lines rarely cross all of it).
    Between touching panels such an edge counts only at an even split of the grid, where an evenly drawn
-   wrong layout puts its seams: same-subject panels share their horizon at one line too.
+   wrong layout puts its seams (same-subject panels share their horizon at one line too); there a sharp
+   unpaired edge across one panel is enough (one photo meets another in a clean line, beside a faint one).
 2. *Touching panels (cut at colour edges) only:* the panels are equal (the teacher draws equal
    panels; a cut at an object's edge, or at one side of a gutter swallowed by a panel of its
    colour, makes unequal ones), and no panel's side is a uniform line (a gutter or border strip
@@ -31,6 +32,7 @@ _HIDDEN_SINGLE = 0.85  # a lone panel's edge (touching panels only)
 # (panels.max_edge_spread of the span), or within these pixels.
 _MAX_HIDDEN, _SPLIT_TOLERANCE_PX = 4, 6
 _BACKGROUND_SHARE = 0.4  # a colour covering this share of a panel is its background
+_BAND_REACH = 15  # an edge this near another parallel one is a thin band's (px)
 _MIN_SIDE_BAND = 3  # a uniform band along a panel's side this wide (px) is a gutter or border strip
 
 
@@ -79,6 +81,15 @@ def _at_even_split(lines: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: Pa
     return np.abs(lines[:, None] - splits[None, :]).min(axis=1) <= tolerance
 
 
+def _lone_strong(profiles: np.ndarray) -> np.ndarray:
+    """Lines where some panel's edge crosses _HIDDEN_SINGLE of it with no edge half as strong within
+    _BAND_REACH lines: a seam. A thin band's two edges (a brick wall's mortar, a flat strip) are the photo's."""
+    beside = np.zeros_like(profiles)
+    for k in range(3, _BAND_REACH + 1):
+        beside = np.maximum(beside, np.maximum(np.roll(profiles, k, axis=1), np.roll(profiles, -k, axis=1)))
+    return ((profiles >= _HIDDEN_SINGLE) & (beside < 0.5 * profiles)).any(axis=0)
+
+
 def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: PanelsConfig, single: bool) -> str:
     """Why the panels sharing a row (axis 0) or column (axis 1) hide a boundary ("" when none do);
     ``single``: judge lone panels too (touching panels; between gutters a hidden boundary of a
@@ -99,8 +110,10 @@ def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: Pane
             pooled = np.max([np.roll(profiles, k, axis=1) for k in range(-2, 3)], axis=0)
             mean = pooled.mean(axis=0)
             if single:  # touching panels: a hidden seam may fade where photos meet in like colours
-                hit = (mean >= _HIDDEN_GROUP) & ((pooled >= _HIDDEN_EACH).sum(axis=0) >= max(2, -(-2 * len(members) // 3)))
-                hit &= _at_even_split(lo + i0 + np.arange(hit.size), boxes, axis, cfg)
+                shared = (mean >= _HIDDEN_GROUP) & ((pooled >= _HIDDEN_EACH).sum(axis=0) >= max(2, -(-2 * len(members) // 3)))
+                # ... or where one photo meets another in a sharp line, the seam beside it faint (a lone
+                # panel's rule, kept to the even splits)
+                hit = (shared | _lone_strong(profiles)) & _at_even_split(lo + i0 + np.arange(mean.size), boxes, axis, cfg)
             else:  # between gutters a wrong layout shows as gutters: only a strong shared edge counts
                 mean = profiles.mean(axis=0)
                 hit = (mean >= _HIDDEN_GAPPED) & (profiles.min(axis=0) >= _HIDDEN_EACH)

@@ -193,10 +193,11 @@ def test_two_by_two_touching_photos_labelled_one_by_two_show_their_faint_row_sea
     only (the camera's grey lawn meets a grey photo): the column cut is clean, but the row seam is
     a lone one-line step across the image, so the grid is rejected (seeds 2 and 4 were cut into two
     tall panels of two photos each). A brick wall's mortar lines step like that too, but in pairs.
-    Known limit: seed 3's seam steps in 5 of 8 stretches of the width only, as a drawn shape's edge
-    in a flat illustration does, and it is still cut."""
+    Seed 3's seam steps in 5 of 8 stretches of the width only, as a drawn shape's edge in a flat
+    illustration does; it was cut until a sharp edge across one panel at the even split (the horse
+    meeting the gravel), unpaired, counted as the hidden seam however faint it is beside it."""
     names = ["camera.png", "horse.png", "clock_motion.png", "gravel.png"]
-    for seed in (0, 1, 2, 4, 5):
+    for seed in (0, 1, 2, 3, 4, 5):
         grid = assemble(photos(names, 410, 400, seed), 2, 2, gutter=0, label=(1, 2))
         with pytest.raises(PanelDetectionError, match="one-line step|more panels than the layout"):
             analyse_panels(grid.image, grid.rows, grid.cols)
