@@ -381,7 +381,7 @@ def _read(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, frame):
     skip, layouts = _unexplained_edge(g, layouts, colour)
     if skip or (len(gutters) + own < 2 and not any(gutters[0][2:])):
         return None  # an edge line left may be a border; a lone band may be a photo's flat strip
-    bw = _agreed([e - s for s, e, cs, ce in borders if cs and ce])
+    bw = _agreed(_border_widths(g, axes, layouts))
     # gutter widths are inferred per axis (a grid's rows and columns may have different gutters)
     segs = [_segments(ax, g.n[i], *layouts[i][:2], _agreed([e - s for s, e, cs, ce in layouts[i][1] if cs and ce]), bw)
             for i, ax in enumerate(axes)]  # fmt: skip
@@ -397,6 +397,15 @@ def _read(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, frame):
     if any(min(sz) < g.cfg.min_panel_size or (max(sz) - min(sz)) / max(sz) > spreads[i] for i, sz in enumerate(sizes)):
         return None
     return segs, inferred
+
+
+def _border_widths(g: _Grid, axes: list[_Axis], layouts) -> list[int]:
+    """Widths of the clean borders, which the unclean ones take. A lone clean one must be drawn (every
+    line of the colour): lines mostly of it at an image end (a subject crossing a border) may as well be
+    a photo's own light ground cut off by a flat strip, and would carve a frame out of every panel."""
+    clean = [(i, s, e) for i, lay in enumerate(layouts) for s, e, cs, ce in lay[0] if cs and ce]
+    drawn = all(bool((axes[i].share[s:e] >= g.cfg.uniform_fraction).all()) for i, s, e in clean)
+    return [e - s for _, s, e in clean] if len(clean) > 1 or drawn else []
 
 
 def _unequal_px_of(segs) -> int:

@@ -66,6 +66,7 @@ _SAMPLES = 256  # pixels sampled along each line to judge it
 # a band at one edge only is a panel's own side when it is wider than _BAND_PX (a cut that far off is
 # wrong) and leaves panels equal to _EQUAL_PX with that panel, not without it
 _BAND_PX, _EQUAL_PX = 3, 2
+_FRAME_PX = 2  # a frame's four sides agree on their width within this (resampling)
 _BRIDGE = 2  # non-uniform lines inside a gutter that are still one gutter (JPEG block seams)
 
 
@@ -289,10 +290,22 @@ class _Grid:
         limit = self.cfg.max_gutter_fraction * (hi - lo) / n
         return [b for b in bands if b.touches_start or b.touches_end or b.width <= limit]
 
-    def _not_background(self, bands: list[_Band], background: list[np.ndarray]) -> list[_Band]:
+    def _not_background(self, bands: list[_Band], background: list[np.ndarray], frame: list[_Band]) -> list[_Band]:
         """A colour that is some panel's background (it continues into content somewhere) cannot be
-        told from a margin of that background anywhere else: only other colours separate."""
-        return [b for b in bands if not any(_same_colour(b.colour, tuple(c), self.cfg) for c in background)]
+        told from a margin of that background anywhere else: only other colours separate, and a
+        ``frame`` (the same band on all four sides: a panel's own colour does not frame the grid evenly)."""
+        return [b for b in bands if b in frame or not any(_same_colour(b.colour, tuple(c), self.cfg) for c in background)]
+
+    def _frame(self, rows: list[_Band], cols: list[_Band]) -> list[_Band]:
+        """The bands at the four image edges when they are one colour and one width (within _FRAME_PX)."""
+        sides = [next((b for b in bands if (b.touches_start if first else b.touches_end)), None)
+                 for bands in (rows, cols) for first in (True, False)]  # fmt: skip
+        if any(b is None for b in sides):
+            return []
+        widths = [b.width for b in sides]
+        if max(widths) - min(widths) > _FRAME_PX or not all(_same_colour(b.colour, sides[0].colour, self.cfg) for b in sides):
+            return []
+        return sides
 
     def _analyse(self, y0: int, y1: int, x0: int, x1: int):
         """Separators of rows measured between columns x0:x1, of columns between rows y0:y1."""
@@ -301,8 +314,8 @@ class _Grid:
         cols = self.lines(1) if full_y else _lines(self.a[y0:y1], 1, _SAMPLES)
         row_runs, col_runs = _uniform_runs(rows, self.cfg), _uniform_runs(cols, self.cfg)
         found = (_separators(rows, row_runs, self.cfg), _separators(cols, col_runs, self.cfg))
-        background = found[0][1] + found[1][1]
-        seps = (self._not_background(found[0][0], background), self._not_background(found[1][0], background))
+        background, frame = found[0][1] + found[1][1], self._frame(found[0][0], found[1][0])
+        seps = tuple(self._not_background(found[i][0], background, frame) for i in (0, 1))
         return seps, (_trim_borders(seps[0], 0, self.h, self.cfg), _trim_borders(seps[1], 0, self.w, self.cfg))
 
 

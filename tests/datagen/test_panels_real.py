@@ -224,3 +224,18 @@ def test_a_straight_edge_shared_by_touching_panels_off_every_even_split_is_no_hi
     with pytest.raises(PanelDetectionError, match="more panels than the layout"):
         analyse_panels(at_half.image, 1, 2)
     assert right_or_rejected(bench_grid("seam_matched", 8, seed=1)) == "right"  # the benchmark's case
+
+
+def test_a_thin_frame_in_a_panels_own_colour_is_still_the_border() -> None:
+    """A 1x3 framed by an 8 px border of the retina photo's orange (the middle panel): that colour goes on
+    into content there, so it counts as a panel's background, yet the same band on all four sides is the
+    frame and is trimmed (the benchmark's seed 7 case was cut with the frame left on every panel)."""
+    assert right_or_rejected(bench_grid("thin_border", 7, seed=7)) == "right"
+
+
+def test_a_lone_crossed_border_lends_no_width_to_the_other_edges() -> None:
+    """Horse silhouettes on white between white gutters: the bottom lines, mostly white (legs cross them)
+    and cut off by a planted flat strip, look like a border crossed by a subject; their 14 px were taken as
+    every edge's border and a frame carved out of every panel (seed 7). A lone border must be drawn to
+    give its width: the grid is now rejected or cut right."""
+    right_or_rejected(bench_grid("same_subject", 16, seed=7))
