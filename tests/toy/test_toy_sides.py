@@ -112,3 +112,29 @@ def test_pretraining_rows_of_sides_and_several_widths() -> None:
     ids = [i for i in dom.all_identities() if dom.identity_split(i) == "train"]
     first, (second,) = dom.draw_contexts(rng, 1, "grid")
     assert plain[0][:2] == (rng.choice(ids), (first, second))
+
+
+def test_sides_diagnosis_datasets_split_the_pairs_by_view(tmp_path, monkeypatch) -> None:
+    """benchmarks/toy_sides_diagnosis.py's datasets, through the real stages: the sides grids' pairs, those
+    with a whole target, those whole on both ends (nested, views as the toy judge described them), and as
+    many of the whole-view loop's own pairs."""
+    import pandas as pd
+
+    from benchmarks import toy_loop as loop
+    from benchmarks.toy_sides_diagnosis import datasets, sides_datagen
+    from datagen.cli import main as datagen_main
+    from tests.support.llm_server import FakeLLMServer
+    from tests.support.toy_judge import toy_responder
+
+    monkeypatch.setenv(loop.KEY_ENV, "toy")
+    env = loop.loop_env()
+    with FakeLLMServer(responder=toy_responder) as srv:
+        cfg = loop.write_datagen_config(tmp_path, 12, srv.openai_base_url, "grid")
+        assert datagen_main(["run", "--config", str(cfg), "--workdir", str(tmp_path / "datagen"), "--no-progress", "-q"]) == 0
+        paths = datasets(tmp_path, sides_datagen(tmp_path, srv.openai_base_url, env), env)
+    frames = {name: pd.read_parquet(p / "index.parquet") for name, p in paths.items()}
+    keys = {name: set(f.key) for name, f in frames.items()}
+    assert keys["whole_pairs"] < keys["whole_targets"] < keys["sides"]
+    assert not frames["whole_targets"].caption.str.contains("its ").any()  # ("side view" is a pose)
+    assert frames["sides"].caption.str.contains("its plain side").any()
+    assert len(frames["loop_subset"]) == len(frames["whole_pairs"]) > 0

@@ -1,0 +1,145 @@
+"""Issue 20's diagnosis: why pairs with the toy's sides do not teach the copy that whole views teach.
+
+    python -m benchmarks.toy_sides_diagnosis --loop DIR [--only NAME ...] [--steps N]
+
+``DIR`` is a finished ``python -m benchmarks.toy_loop`` folder: its base (pretrained on whole views only)
+and its dataset. The diagnosis draws the same identities' 2x2 grids again with sides (``teacher.toy_views =
+"sides"``: half the panels whole, the rest one side), cuts and curates them into pairs (``DIR/sides``), and
+trains k = 1 from the loop's base with the loop's recipe on one dataset per variant, each validated by the
+toy judge on the loop's held-out identities with *whole* references (the loop's own validation):
+
+* ``sides``: every curated pair of the sides grids (references and targets of any view)
+* ``whole_targets``: its pairs whose target is whole (references of any view)
+* ``whole_pairs``: its pairs whose reference and target are both whole
+* ``loop_subset``: as many of the loop's own (whole-view) pairs as ``whole_pairs`` has, drawn at random
+
+-> DIR/sides_diagnosis.md: pairs and the best validation CP of each, and the loop's own run.
+A view is what the toy judge described at curation ("the plain side of ...").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import toy_loop as loop
+
+VARIANTS = ("sides", "whole_targets", "whole_pairs", "loop_subset")
+
+
+def _whole(description: str) -> bool:
+    return not description.startswith("the ")  # "the plain side of ...", "the patterned side of ..."
+
+
+def filtered_dataset(out: Path, src: Path, name: str, keep: Callable[[dict], bool], env: dict[str, str]) -> Path:
+    """A datagen workdir ``out / f"datagen_{name}"`` whose dataset holds ``src``'s accepted pairs that ``keep``
+    (the stages before curation linked; the verdicts copied with the others turned into rejects)."""
+    from dsd.manifest import read_records
+
+    dest = out / f"datagen_{name}"
+    (dest / "curate").mkdir(parents=True, exist_ok=True)
+    for part in ("captions", "prompts", "teacher", "panels"):
+        if not (dest / part).exists():
+            os.symlink(src / part, dest / part, target_is_directory=True)
+    if not (dest / "dataset" / "index.parquet").is_file():
+        rows = []
+        for v in read_records(src / "curate" / "verdicts.jsonl"):
+            if v.get("accepted") and not keep(v):
+                v = {**v, "accepted": False, "reason": f"left out by the sides diagnosis ({name})"}
+            rows.append(json.dumps(v) + "\n")
+        (dest / "curate" / "verdicts.jsonl").write_text("".join(rows))
+        cmd = [sys.executable, "-m", "datagen", "dataset", "--config", str(src.parent / "datagen.toml"), "--workdir",
+               str(dest), "--no-progress"]  # fmt: skip
+        loop.run_stage(cmd, out / "logs" / f"datagen_{name}.log", env)
+    return dest / "dataset"
+
+
+def sides_datagen(out: Path, judge_url: str, env: dict[str, str]) -> Path:
+    """The loop's identities drawn again on 2x2 grids with sides, cut and curated into pairs (``out / "sides"``)."""
+    sides = out / "sides"
+    sides.mkdir(exist_ok=True)
+    identities = len((out / "captions.txt").read_text().splitlines())
+    cfg = loop.write_datagen_config(sides, identities, judge_url, "grid", views="sides", layouts=("2x2",), max_references=1)
+    loop.run_stage([sys.executable, "-m", "datagen", "run", "--config", str(cfg), "--workdir", str(sides / "datagen"),
+                    "--no-progress"], out / "logs" / "sides_datagen.log", env)  # fmt: skip
+    return sides / "datagen"
+
+
+def datasets(out: Path, sides: Path, env: dict[str, str]) -> dict[str, Path]:
+    whole_pairs = filtered_dataset(out, sides, "whole_pairs", lambda v: _whole(v["description_a"]) and _whole(v["description_b"]), env)
+    n = len(_index(whole_pairs))
+    accepted = [v["id"] for v in _verdicts(out / "datagen") if v.get("accepted")]
+    subset = set(random.Random(0).sample(accepted, min(n, len(accepted))))
+    return {"sides": sides / "dataset",
+            "whole_targets": filtered_dataset(out, sides, "whole_targets", lambda v: _whole(v["description_b"]), env),
+            "whole_pairs": whole_pairs,
+            "loop_subset": filtered_dataset(out, out / "datagen", "loop_subset", lambda v: v["id"] in subset, env)}  # fmt: skip
+
+
+def _verdicts(workdir: Path) -> list[dict]:
+    from dsd.manifest import read_records
+
+    return list(read_records(workdir / "curate" / "verdicts.jsonl"))
+
+
+def _index(dataset: Path):
+    import pandas as pd
+
+    return pd.read_parquet(dataset / "index.parquet")
+
+
+def best_validation(run_dir: Path) -> tuple[int, float]:
+    """(step, CP) of a training run's best validation (``best.json``)."""
+    best = json.loads((run_dir / "best.json").read_text())
+    return int(best["step"]), float(best["value"])
+
+
+def summarise(out: Path, paths: dict[str, Path], names: list[str]) -> str:
+    lines = ["| training data (k = 1, the loop's base and recipe) | pairs | best validation CP (step) | CP at each validation |",
+             "|---|---|---|---|"]  # fmt: skip
+    runs = [("the loop's own run (whole views)", out / "datagen" / "dataset", out / "train")]
+    runs += [(name, paths[name], out / f"diagnosis_{name}") for name in names]
+    for label, dataset, run in runs:
+        step, cp = best_validation(run)
+        curve = ", ".join(f"{json.loads(p.read_text())['mean']['judge_cp']:.2f}" for p in sorted((run / "validation").glob("step-*.json")))
+        lines.append(f"| {label} | {len(_index(dataset))} | {cp:.3f} ({step}) | {curve} |")
+    text = "\n".join(lines) + "\n"
+    (out / "sides_diagnosis.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.toy_sides_diagnosis", description=__doc__.split("\n\n")[0])
+    p.add_argument("--loop", type=Path, required=True, help="a finished toy loop folder (benchmarks.toy_loop --out)")
+    p.add_argument("--only", nargs="*", choices=VARIANTS, help="these variants only (default: all)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: toy_cpu.toml's, as the loop)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = args.loop.resolve()
+    if not (out / "train" / "best.json").is_file():
+        raise SystemExit(f"{out} is not a finished toy loop: run python -m benchmarks.toy_loop --out {out} first")
+    env, t0, names = loop.loop_env(), time.perf_counter(), list(args.only or VARIANTS)
+    with loop.judge_server(env) as judge_url:
+        paths = datasets(out, sides_datagen(out, judge_url, env), env)
+        heldout = len(list((out / "bench" / "subjects").iterdir()))
+
+        def train(name: str) -> list[Path]:
+            sets = [*loop.validation_sets(out, heldout, "grid", judge_url), f"dataset.paths=['{paths[name]}']"]
+            return loop.train(out, args.steps, sets, {**env, "OPENAI_API_KEY": env[loop.KEY_ENV]}, f"diagnosis_{name}")
+
+        with ThreadPoolExecutor(2) as pool:  # two runs at a time, one thread each (loop_env)
+            list(pool.map(train, names))
+    print(summarise(out, paths, names) + f"\ndiagnosis: {time.perf_counter() - t0:.0f} s")  # noqa: T201 - the benchmark's report
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
