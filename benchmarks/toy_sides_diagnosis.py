@@ -13,7 +13,8 @@ toy judge on the loop's held-out identities with *whole* references (the loop's 
 * ``whole_pairs``: its pairs whose reference and target are both whole
 * ``loop_subset``: as many of the loop's own (whole-view) pairs as ``whole_pairs`` has, drawn at random
 
--> DIR/sides_diagnosis.md: pairs and the best validation CP of each, and the loop's own run.
+-> DIR/sides_diagnosis.md: pairs, the best validation CP and the mean over the second half of training
+(24 identities per validation: one point is noisy), for each and for the loop's own run.
 A view is what the toy judge described at curation ("the plain side of ...").
 """
 
@@ -103,14 +104,15 @@ def best_validation(run_dir: Path) -> tuple[int, float]:
 
 
 def summarise(out: Path, paths: dict[str, Path], names: list[str]) -> str:
-    lines = ["| training data (k = 1, the loop's base and recipe) | pairs | best validation CP (step) | CP at each validation |",
-             "|---|---|---|---|"]  # fmt: skip
+    lines = ["| training data (k = 1, the loop's base and recipe) | pairs | best validation CP (step) | mean CP, second half "
+             "| CP at each validation |", "|---|---|---|---|---|"]  # fmt: skip
     runs = [("the loop's own run (whole views)", out / "datagen" / "dataset", out / "train")]
     runs += [(name, paths[name], out / f"diagnosis_{name}") for name in names]
     for label, dataset, run in runs:
         step, cp = best_validation(run)
-        curve = ", ".join(f"{json.loads(p.read_text())['mean']['judge_cp']:.2f}" for p in sorted((run / "validation").glob("step-*.json")))
-        lines.append(f"| {label} | {len(_index(dataset))} | {cp:.3f} ({step}) | {curve} |")
+        curve = [json.loads(p.read_text())["mean"]["judge_cp"] for p in sorted((run / "validation").glob("step-*.json"))]
+        late = sum(curve[len(curve) // 2 :]) / max(len(curve) - len(curve) // 2, 1)  # steadier than one best point
+        lines.append(f"| {label} | {len(_index(dataset))} | {cp:.3f} ({step}) | {late:.3f} | {', '.join(f'{c:.2f}' for c in curve)} |")
     text = "\n".join(lines) + "\n"
     (out / "sides_diagnosis.md").write_text(text)
     return text
