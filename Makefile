@@ -38,7 +38,7 @@ lint: install
 	$(PY) -m ruff check .
 
 bench: install host
-	for b in benchmarks/*.py; do case $$b in */__init__.py|*_host.py|*/gpu_*.py|*/throughput_table.py|*/toy_loop.py|*/toy_recipe.py|*/toy_multiref.py|*/toy_ablations.py) continue;; esac; m=$$(basename $$b .py); \
+	for b in benchmarks/*.py; do case $$b in */__init__.py|*_host.py|*/gpu_*.py|*/throughput_table.py|*/toy_loop.py|*/toy_recipe.py|*/toy_multiref.py|*/toy_ablations.py|*/toy_sides_diagnosis.py) continue;; esac; m=$$(basename $$b .py); \
 	  echo "== benchmarks.$$m"; $(PY) -m benchmarks.$$m || exit 1; done
 
 # The one prepared GPU measurement (needs CUDA; GPU_SUITE_ARGS=--tiny runs it on the CPU at toy shapes).
