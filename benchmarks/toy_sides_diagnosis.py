@@ -12,6 +12,8 @@ toy judge on the loop's held-out identities with *whole* references (the loop's 
 * ``whole_targets``: its pairs whose target is whole (references of any view)
 * ``whole_pairs``: its pairs whose reference and target are both whole
 * ``loop_subset``: as many of the loop's own (whole-view) pairs as ``whole_pairs`` has, drawn at random
+* ``covered``: its pairs whose reference shows all that the target shows (a whole reference, or the same
+  side): no pair asks for what its reference does not show
 
 -> DIR/sides_diagnosis.md: pairs, the best validation CP and the mean over the second half of training
 (24 identities per validation: one point is noisy), for each and for the loop's own run.
@@ -33,11 +35,20 @@ from pathlib import Path
 
 from . import toy_loop as loop
 
-VARIANTS = ("sides", "whole_targets", "whole_pairs", "loop_subset")
+VARIANTS = ("sides", "whole_targets", "whole_pairs", "loop_subset", "covered")
+
+
+def _view(description: str) -> str:
+    """"plain" or "patterned" for the toy judge's "the plain side of ...", else "whole"."""
+    return description.split()[1] if description.startswith("the ") else "whole"
 
 
 def _whole(description: str) -> bool:
-    return not description.startswith("the ")  # "the plain side of ...", "the patterned side of ..."
+    return _view(description) == "whole"
+
+
+def _covered(v: dict) -> bool:
+    return _whole(v["description_a"]) or _view(v["description_a"]) == _view(v["description_b"])
 
 
 def filtered_dataset(out: Path, src: Path, name: str, keep: Callable[[dict], bool], env: dict[str, str]) -> Path:
@@ -82,7 +93,8 @@ def datasets(out: Path, sides: Path, env: dict[str, str]) -> dict[str, Path]:
     return {"sides": sides / "dataset",
             "whole_targets": filtered_dataset(out, sides, "whole_targets", lambda v: _whole(v["description_b"]), env),
             "whole_pairs": whole_pairs,
-            "loop_subset": filtered_dataset(out, out / "datagen", "loop_subset", lambda v: v["id"] in subset, env)}  # fmt: skip
+            "loop_subset": filtered_dataset(out, out / "datagen", "loop_subset", lambda v: v["id"] in subset, env),
+            "covered": filtered_dataset(out, sides, "covered", _covered, env)}  # fmt: skip
 
 
 def _verdicts(workdir: Path) -> list[dict]:

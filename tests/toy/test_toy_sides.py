@@ -135,6 +135,7 @@ def test_sides_diagnosis_datasets_split_the_pairs_by_view(tmp_path, monkeypatch)
     frames = {name: pd.read_parquet(p / "index.parquet") for name, p in paths.items()}
     keys = {name: set(f.key) for name, f in frames.items()}
     assert keys["whole_pairs"] < keys["whole_targets"] < keys["sides"]
+    assert keys["whole_pairs"] < keys["covered"] < keys["sides"] and not keys["covered"] <= keys["whole_targets"]
     assert not frames["whole_targets"].caption.str.contains("its ").any()  # ("side view" is a pose)
     assert frames["sides"].caption.str.contains("its plain side").any()
     assert len(frames["loop_subset"]) == len(frames["whole_pairs"]) > 0
