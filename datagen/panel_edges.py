@@ -18,7 +18,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .panel_detect import _SAMPLES, _Band, _boxes, _Grid, _lines, _same_colour, _spread, _trim_borders
 from .panel_types import Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
-from .panel_verify import _BAND_REACH, channel_max, edge_profile
+from .panel_verify import band_partner, channel_max, edge_profile
 
 # A line step: in _STEP_MIN_SHARE of the span's stretches at least (3 of 8: crops of a dark sky meet in
 # noise), the step into the line is _STEP_RATIO times the usual one; it must beat rivals by that share too.
@@ -298,12 +298,9 @@ def _no_step_inside_panels(region: np.ndarray, g: _Grid, axis: int, lo: int, seg
     two edges step like that."""
     lines = _lines(region, axis, 2 * _SAMPLES)
     s = _step_profile(lines)
-    # a thin band's two edges (a flat strip, a brick wall's mortar line) are the photo's own line
-    beside = np.zeros_like(s)
-    for k in range(3, _BAND_REACH + 1):
-        beside = np.maximum(beside, np.maximum(np.roll(s, k), np.roll(s, -k)))
-    # ... and a step out of a flat line (a flat margin meeting drawn content) is a drawing's edge
-    lone = np.where((beside < 0.5 * s) & ~_flat_band_edges(lines), s, 0.0)
+    # a thin band's two edges are the photo's own line, and a step out of a flat line (a flat margin
+    # meeting drawn content) is a drawing's edge
+    lone = np.where((band_partner(s) < 0.5 * s) & ~_flat_band_edges(lines), s, 0.0)
     for a, b in segments:
         i0 = a - lo + (b - a) // 4
         mid = lone[i0 : a - lo + 3 * (b - a) // 4]

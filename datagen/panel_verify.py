@@ -81,13 +81,19 @@ def _at_even_split(lines: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: Pa
     return np.abs(lines[:, None] - splits[None, :]).min(axis=1) <= tolerance
 
 
-def _lone_strong(profiles: np.ndarray) -> np.ndarray:
-    """Lines where some panel's edge crosses _HIDDEN_SINGLE of it with no edge half as strong within
-    _BAND_REACH lines: a seam. A thin band's two edges (a brick wall's mortar, a flat strip) are the photo's."""
-    beside = np.zeros_like(profiles)
+def band_partner(profile: np.ndarray) -> np.ndarray:
+    """The strongest value 3 to _BAND_REACH lines either side of each line of ``profile`` (lines along the
+    last axis): a thin band's other edge. A seam stands alone; a band's two edges (a flat strip, a brick
+    wall's mortar) are the photo's own line."""
+    beside = np.zeros_like(profile)
     for k in range(3, _BAND_REACH + 1):
-        beside = np.maximum(beside, np.maximum(np.roll(profiles, k, axis=1), np.roll(profiles, -k, axis=1)))
-    return ((profiles >= _HIDDEN_SINGLE) & (beside < 0.5 * profiles)).any(axis=0)
+        beside = np.maximum(beside, np.maximum(np.roll(profile, k, axis=-1), np.roll(profile, -k, axis=-1)))
+    return beside
+
+
+def _lone_strong(profiles: np.ndarray) -> np.ndarray:
+    """Lines where some panel's edge crosses _HIDDEN_SINGLE of it with no band partner half as strong: a seam."""
+    return ((profiles >= _HIDDEN_SINGLE) & (band_partner(profiles) < 0.5 * profiles)).any(axis=0)
 
 
 def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: PanelsConfig, single: bool) -> str:
