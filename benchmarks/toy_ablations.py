@@ -17,8 +17,6 @@ Each ablation is one more ``python -m training`` run from the same base with one
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 import time
@@ -55,15 +53,10 @@ def run_ablation(out: Path, name: str, judge_url: str, env: dict[str, str], step
     if name == "no_curation":
         sets.append(f"dataset.paths=['{uncurated_dataset(out, env)}']")
     run = f"ablation_{name}"
-    validation = [*loop.validation_sets(out, _heldout(out), "grid", judge_url), *sets]
+    validation = [*loop.validation_sets(out, loop.bench_subjects(out), "grid", judge_url), *sets]
     adapters = loop.train(out, steps, validation, {**env, "OPENAI_API_KEY": env[loop.KEY_ENV]}, run)
     best = out / run / "best.safetensors"
     return loop.evaluate(out, f"eval_{run}", ["--adapter", f"{name}={best if best.is_file() else adapters[-1]}"], judge_url, env)
-
-
-def _heldout(out: Path) -> int:
-    """The loop's benchmark size (subjects), so the validation identities are the loop's own."""
-    return len(list((out / "bench" / "subjects").iterdir()))
 
 
 def summarise(out: Path, tables: dict[str, Path]) -> str:
@@ -90,15 +83,7 @@ def summarise(out: Path, tables: dict[str, Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.toy_ablations", description=__doc__.split("\n\n")[0])
-    p.add_argument("--loop", type=Path, required=True, help="a finished toy loop folder (benchmarks.toy_loop --out)")
-    p.add_argument("--only", nargs="*", choices=list(ABLATIONS), help="these ablations only (default: all)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: toy_cpu.toml's, as the loop)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    out = args.loop.resolve()
-    if not (out / "eval" / "report" / "scores.parquet").is_file():
-        raise SystemExit(f"{out} is not a finished toy loop: run python -m benchmarks.toy_loop --out {out} first")
+    args, out = loop.finished_loop_args(argv, "python -m benchmarks.toy_ablations", __doc__, list(ABLATIONS), "ablations")
     env, tables, t0 = loop.loop_env(), {}, time.perf_counter()
     with loop.judge_server(env) as judge_url:
         for name in args.only or list(ABLATIONS):

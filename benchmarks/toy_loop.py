@@ -261,10 +261,10 @@ def _attribute_lines(scores) -> list[str]:
             *[f"| {s} | " + " | ".join(f"{v[k]:.2f}" for k in IDENTITY_ATTRIBUTES) + " |" for s, v in shares.items()]]  # fmt: skip
 
 
-def validation_curve(out: Path) -> list[tuple[int, float, float]]:
-    """(step, CP, PF) of training's validation records (``train/validation/step-*.json``)."""
+def validation_curve(out: Path, run: str = "train") -> list[tuple[int, float, float]]:
+    """(step, CP, PF) of a training run's validation records (``<run>/validation/step-*.json``)."""
     rows = []
-    for path in sorted((out / "train" / "validation").glob("step-*.json")):
+    for path in sorted((out / run / "validation").glob("step-*.json")):
         mean = json.loads(path.read_text())["mean"]
         if "judge_cp" in mean:
             rows.append((int(path.stem.split("-")[1]), mean["judge_cp"], mean.get("judge_pf", float("nan"))))
@@ -378,6 +378,26 @@ def run_loop(out: Path, identities: int, heldout: int, steps: int | None, placem
         tables = evaluate_all(out, adapters, judge_url, env)
         timings["eval"] = time.perf_counter() - t
     return summarise(out, tables, timings, float(info["vae_psnr_db"]))
+
+
+def bench_subjects(out: Path) -> int:
+    """A finished loop's benchmark size (subjects), so later runs validate on the loop's own identities."""
+    return len(list((out / "bench" / "subjects").iterdir()))
+
+
+def finished_loop_args(argv: list[str] | None, prog: str, doc: str, choices: list[str], what: str):
+    """(args, loop folder) of a benchmark that trains more runs from a finished loop (``--loop``, ``--only``
+    one of ``choices``, ``--steps``); logging set up, and a clear exit when the folder is no finished loop."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    p.add_argument("--loop", type=Path, required=True, help="a finished toy loop folder (benchmarks.toy_loop --out)")
+    p.add_argument("--only", nargs="*", choices=choices, help=f"these {what} only (default: all)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: toy_cpu.toml's, as the loop)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = args.loop.resolve()
+    if not (out / "eval" / "report" / "scores.parquet").is_file():
+        raise SystemExit(f"{out} is not a finished toy loop: run python -m benchmarks.toy_loop --out {out} first")
+    return args, out
 
 
 def main(argv: list[str] | None = None) -> int:

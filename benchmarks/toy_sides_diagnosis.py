@@ -22,9 +22,7 @@ A view is what the toy judge described at curation ("the plain side of ...").
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import random
 import sys
@@ -54,8 +52,6 @@ def _covered(v: dict) -> bool:
 def filtered_dataset(out: Path, src: Path, name: str, keep: Callable[[dict], bool], env: dict[str, str]) -> Path:
     """A datagen workdir ``out / f"datagen_{name}"`` whose dataset holds ``src``'s accepted pairs that ``keep``
     (the stages before curation linked; the verdicts copied with the others turned into rejects)."""
-    from dsd.manifest import read_records
-
     dest = out / f"datagen_{name}"
     (dest / "curate").mkdir(parents=True, exist_ok=True)
     for part in ("captions", "prompts", "teacher", "panels"):
@@ -63,7 +59,7 @@ def filtered_dataset(out: Path, src: Path, name: str, keep: Callable[[dict], boo
             os.symlink(src / part, dest / part, target_is_directory=True)
     if not (dest / "dataset" / "index.parquet").is_file():
         rows = []
-        for v in read_records(src / "curate" / "verdicts.jsonl"):
+        for v in _verdicts(src):
             if v.get("accepted") and not keep(v):
                 v = {**v, "accepted": False, "reason": f"left out by the sides diagnosis ({name})"}
             rows.append(json.dumps(v) + "\n")
@@ -80,8 +76,7 @@ def sides_datagen(out: Path, judge_url: str, env: dict[str, str]) -> Path:
     sides.mkdir(exist_ok=True)
     identities = len((out / "captions.txt").read_text().splitlines())
     cfg = loop.write_datagen_config(sides, identities, judge_url, "grid", views="sides", layouts=("2x2",), max_references=1)
-    loop.run_stage([sys.executable, "-m", "datagen", "run", "--config", str(cfg), "--workdir", str(sides / "datagen"),
-                    "--no-progress"], out / "logs" / "sides_datagen.log", env)  # fmt: skip
+    loop.run_datagen(sides, cfg, env)
     return sides / "datagen"
 
 
@@ -122,7 +117,7 @@ def summarise(out: Path, paths: dict[str, Path], names: list[str]) -> str:
     runs += [(name, paths[name], out / f"diagnosis_{name}") for name in names]
     for label, dataset, run in runs:
         step, cp = best_validation(run)
-        curve = [json.loads(p.read_text())["mean"]["judge_cp"] for p in sorted((run / "validation").glob("step-*.json"))]
+        curve = [c for _, c, _ in loop.validation_curve(out, run.name)]
         late = sum(curve[len(curve) // 2 :]) / max(len(curve) - len(curve) // 2, 1)  # steadier than one best point
         lines.append(f"| {label} | {len(_index(dataset))} | {cp:.3f} ({step}) | {late:.3f} | {', '.join(f'{c:.2f}' for c in curve)} |")
     text = "\n".join(lines) + "\n"
@@ -131,19 +126,11 @@ def summarise(out: Path, paths: dict[str, Path], names: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.toy_sides_diagnosis", description=__doc__.split("\n\n")[0])
-    p.add_argument("--loop", type=Path, required=True, help="a finished toy loop folder (benchmarks.toy_loop --out)")
-    p.add_argument("--only", nargs="*", choices=VARIANTS, help="these variants only (default: all)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: toy_cpu.toml's, as the loop)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    out = args.loop.resolve()
-    if not (out / "train" / "best.json").is_file():
-        raise SystemExit(f"{out} is not a finished toy loop: run python -m benchmarks.toy_loop --out {out} first")
+    args, out = loop.finished_loop_args(argv, "python -m benchmarks.toy_sides_diagnosis", __doc__, list(VARIANTS), "variants")
     env, t0, names = loop.loop_env(), time.perf_counter(), list(args.only or VARIANTS)
     with loop.judge_server(env) as judge_url:
         paths = datasets(out, sides_datagen(out, judge_url, env), env)
-        heldout = len(list((out / "bench" / "subjects").iterdir()))
+        heldout = loop.bench_subjects(out)
 
         def train(name: str) -> list[Path]:
             sets = [*loop.validation_sets(out, heldout, "grid", judge_url), f"dataset.paths=['{paths[name]}']"]
