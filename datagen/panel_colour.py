@@ -14,6 +14,10 @@ where a wall of the colour covers part of it, if the colour stops sharply wherev
 (the gutter is straight). Anything else unsure (no clean side, a run narrower than the width it
 should have, too many or too few runs) finds nothing, and the grid goes on to colour edges.
 
+A border wider than all the others, which agree, that stops cleanly but whose extra lines are not drawn
+(exactly flat) takes the others' width, and equal panels must confirm the cut (a product shot's white
+ground beside a white border, cut off by a flat strip of the photo, looks like a wider border).
+
 The teacher frames a grid evenly on every side, so runs at the image's edges that frame nothing
 (one edge only, or two that fade into the panels) are panels' own content, as is an edge line of
 another colour on fewer than three sides; a frame of another colour on all four sides is the
@@ -35,20 +39,24 @@ from __future__ import annotations
 import numpy as np
 
 from .panel_detect import (
+    _AGREE_PX,
     _BAND_PX,
     _EQUAL_PX,
+    _FLAT_SHARE,
     _boxes,
     _Grid,
     _same_colour,
     _seam_beside,
     _unequal_px,
     _uniform_runs,
+    extra_drawn,
+    flat_share,
+    odd_border,
 )
 from .panel_types import Detection
 from .panel_verify import channel_max
 
 _CLEAN_NEAR = 0.5  # the colour covers at most this share of the line beside a clean side
-_AGREE_PX = 3
 _EXACT_PX = 2  # panels beside a gutter placed by equal sizes alone differ by at most this (rounding)
 _SHOWN_MIN = 0.15  # share of the span where a panel beside a gutter must show (not the gutter's colour)
 _STRAY_PX = 6  # a run narrower than this with no clean side near a gutter gives way to a clean one
@@ -58,9 +66,8 @@ _SURE, _EQUAL, _STRICT = 1, 2, 3
 # where a wall of the colour hides part of a gutter's side, the panel shows beside the gutter on at
 # least this share of the stretch where it shows _RECEDE_PX lines out
 _RECEDE_PX, _RECEDE_KEEP = 8, 0.7
-_FLAT_SHARE = 0.99  # a drawn gutter's line: this share within 1 level of its median (no grain)
 _GRAIN_SHARE = 0.9  # every other line of the run has grain: at most this share so flat
-_BORDER_SHARE = 0.6  # lines at the image's ends this much of the colour are border (a subject may cross it)  # clean gutters (borders) of one grid agree on their width within this
+_BORDER_SHARE = 0.6  # lines at the image's ends this much of the colour are border (a subject may cross it)
 
 
 def _candidates(g: _Grid) -> list[np.ndarray]:
@@ -152,7 +159,7 @@ class _Axis:
         clean = (self.clean(s, -1), self.clean(e, 1))
         if all(clean):
             return s, e, False
-        share = self.flat_share(s, e)
+        share = flat_share(self.lines[s:e])
         flat = share >= _FLAT_SHARE
         edges = np.flatnonzero(np.diff(np.concatenate([[0], flat.astype(np.int8), [0]])))
         cores = [(s + int(a), s + int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)
@@ -175,11 +182,6 @@ class _Axis:
         at = s if clean[0] else e
         slot = round(at / pitch)
         return 1 <= slot < n and abs(at - slot * pitch) <= self.cfg.gutter_tolerance * pitch
-
-    def flat_share(self, s: int, e: int) -> np.ndarray:
-        lines = self.lines[s:e]
-        median = np.median(lines, axis=1, keepdims=True)
-        return (channel_max(np.abs(lines - median)) <= 1).mean(axis=1)
 
     def layout(self, n: int, edge: tuple[int, int] | None = None):
         """(borders, gutters, content) or None: borders and gutters as lists of (start, end,
@@ -376,6 +378,7 @@ def _read(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, frame):
     own = sum(len(lay[0]) for lay in layouts)  # borders of the gutters' colour (a frame confirms no gutter)
     if frame:  # the frame, then any margin of the gutters' colour inside it
         layouts = [(frame[i] + lay[0], lay[1], lay[2]) for i, lay in enumerate(layouts)]
+    layouts, evened = _odd_border(axes, layouts)
     gutters = [run for lay in layouts for run in lay[1]]
     borders = [run for lay in layouts for run in lay[0]]
     skip, layouts = _unexplained_edge(g, layouts, colour)
@@ -392,11 +395,32 @@ def _read(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, frame):
     # a border's width from two clean borders or more is sure (the teacher frames evenly); a
     # gutter's from the clean ones must also give equal panels
     clean_borders = sum(cs and ce for _, _, cs, ce in borders)
-    unsure = not all(cs and ce for _, _, cs, ce in gutters) or (clean_borders < 2 and clean_borders < len(borders))
+    unsure = evened or not all(cs and ce for _, _, cs, ce in gutters) or (clean_borders < 2 and clean_borders < len(borders))
     spreads = _allowed_spreads(g, axes, layouts, colour, unsure, lone=len(gutters) + own < 2)
     if any(min(sz) < g.cfg.min_panel_size or (max(sz) - min(sz)) / max(sz) > spreads[i] for i, sz in enumerate(sizes)):
         return None
     return segs, inferred
+
+
+def _odd_border(axes: list[_Axis], layouts) -> tuple[list, bool]:
+    """(layouts, evened): a border wider than all the others (``panel_detect.odd_border``) that stops cleanly
+    but whose extra lines are not drawn gets an unclean inner side, so it takes the others' width, and equal
+    panels must confirm the cut (``evened``). (An unclean one already takes the clean ones' width.)"""
+    sides = {}
+    for i, lay in enumerate(layouts):
+        for run in lay[0]:
+            sides.setdefault((i, run[0] < axes[i].length / 2), []).append(run)
+    odd = None if any(len(runs) > 1 for runs in sides.values()) else odd_border({k: r[0][1] - r[0][0] for k, r in sides.items()})
+    if odd is None:
+        return list(layouts), False
+    (axis, first), agreed = odd
+    run = sides[(axis, first)][0]
+    if not run[3 if first else 2] or extra_drawn(axes[axis].lines, run[0], run[1], agreed, first):
+        return list(layouts), False
+    unclean = (*run[:3], False) if first else (run[0], run[1], False, run[3])
+    out = list(layouts)
+    out[axis] = ([unclean if r is run else r for r in out[axis][0]], *out[axis][1:])
+    return out, True
 
 
 def _border_widths(g: _Grid, axes: list[_Axis], layouts) -> list[int]:

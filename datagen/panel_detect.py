@@ -41,7 +41,9 @@ gutter's neighbours are panel content or other panels' margins.
 
 7. *Doubts about gutters* (issue 16, real photographs): a gutter whose colour fades into a panel
    (a white studio wall) may hold part of it, so its width must match the clean gutters'; a
-   border likewise must match a clean border; a lone coloured band cutting unequal panels is a
+   border likewise must match a clean border, and a border wider than all the others (which agree)
+   must be drawn (exactly flat lines), else it may hold the flat side of the panel beside it (a
+   product shot's white ground cut off by a shelf); a lone coloured band cutting unequal panels is a
    photo's flat strip. When the separator analysis lost the gutters (their colour taken for
    background), they are looked for by colour (datagen/panel_colour.py) before colour edges.
 8. Every cut, however found, is verified (datagen/panel_verify.py): no straight edge hidden across
@@ -68,6 +70,8 @@ _SAMPLES = 256  # pixels sampled along each line to judge it
 _BAND_PX, _EQUAL_PX = 3, 2
 _FRAME_PX = 2  # a frame's four sides agree on their width within this (resampling)
 _BRIDGE = 2  # non-uniform lines inside a gutter that are still one gutter (JPEG block seams)
+_AGREE_PX = 3  # clean gutters (borders) of one grid agree on their width within this
+_FLAT_SHARE = 0.99  # a drawn line (gutter, border): this share within 1 level of its median (no grain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,12 +480,37 @@ def _gutter_doubt(g: _Grid, segs) -> str:
     return ""
 
 
+def flat_share(lines: np.ndarray) -> np.ndarray:
+    """Per line, the share of its pixels within 1 level of its median: 1 for a drawn line, less with grain."""
+    median = np.median(lines, axis=1, keepdims=True)
+    return (channel_max(np.abs(lines - median)) <= 1).mean(axis=1)
+
+
+def odd_border(widths: dict[tuple[int, bool], int]) -> tuple[tuple[int, bool], int] | None:
+    """(side, the others' width) of the one border wider than all the others, which agree (three sides at
+    least; sides are (axis, at the start)), or None. The teacher frames a grid evenly: the extra lines may
+    be the flat side of the panel beside it (a product shot's white ground beside a white border, cut off
+    by a flat strip of the photo), unless they are drawn (see ``extra_drawn``)."""
+    for side, width in widths.items():
+        others = [w for o, w in widths.items() if o != side]
+        if len(others) >= 2 and max(others) - min(others) <= _AGREE_PX and width - max(others) > _AGREE_PX:
+            return side, min(others)
+    return None
+
+
+def extra_drawn(lines: np.ndarray, s: int, e: int, agreed: int, first: bool) -> bool:
+    """Whether the lines of border run ``s:e`` beyond the others' width ``agreed`` are drawn (exactly flat)."""
+    extra = lines[s + agreed : e] if first else lines[s : e - agreed]
+    return bool((flat_share(extra) >= _FLAT_SHARE).all())
+
+
 def _border_doubt(g: _Grid, f: list[np.ndarray]) -> str:
     """Why a trimmed border may hold part of a panel ("" when none may): a border whose colour does
     not stop cleanly at the panel (a white wall beside a white border) must be as wide as a clean
-    border on another side (within 3 px); the teacher frames a grid evenly."""
+    border on another side (within _AGREE_PX), and a border wider than all the others (``odd_border``)
+    must be drawn; the teacher frames a grid evenly."""
     (y0, y1, _), (x0, x1, _) = g.trim
-    sides = []  # (axis, inner edge, outwards step, width, band slice)
+    sides = {}  # (axis, at the start) -> (width, clean, run)
     for axis, lo, hi in ((0, y0, y1), (1, x0, x1)):
         across = slice(g.trim[1 - axis][0], g.trim[1 - axis][1], 2)
         for edge, step, width in ((lo, 1, lo), (hi, -1, g.n_px(axis) - hi)):
@@ -490,12 +519,17 @@ def _border_doubt(g: _Grid, f: list[np.ndarray]) -> str:
                 strip = g.a[band, across] if axis == 0 else g.a[across, band]
                 colour = strip.reshape(-1, 3).mean(axis=0)
                 # _clean_side looks outwards from a gutter: here from the border into the panel
-                sides.append((width, _clean_side(g, axis, across, colour, edge, f[axis], step)))
-    clean = [w for w, ok in sides if ok]
-    for width, ok in sides:
-        if not ok and not any(abs(width - w) <= 3 for w in clean):
+                run = (0, lo) if step > 0 else (hi, g.n_px(axis))
+                sides[(axis, step > 0)] = (width, _clean_side(g, axis, across, colour, edge, f[axis], step), run)
+    clean = [w for w, ok, _ in sides.values() if ok]
+    for width, ok, _ in sides.values():
+        if not ok and not any(abs(width - w) <= _AGREE_PX for w in clean):
             return (f"a border {width} px wide has the colour of the panel beside it and no clean border of its "
                     "width confirms it: it may hold part of that panel")  # fmt: skip
+    odd = odd_border({side: v[0] for side, v in sides.items()})
+    if odd and not extra_drawn(g.lines(odd[0][0]), *sides[odd[0]][2], odd[1], odd[0][1]):
+        return (f"a border {sides[odd[0]][0]} px wide where the others are {odd[1]} px, its extra lines not drawn: "
+                "it may hold the flat side of the panel beside it")  # fmt: skip
     return ""
 
 

@@ -14,6 +14,11 @@ was found, is checked afterwards on both axes, and any doubt rejects the grid:
    panels; a cut at an object's edge, or at one side of a gutter swallowed by a panel of its
    colour, makes unequal ones), and no panel's side is a uniform line (a gutter or border strip
    left inside the panel).
+3. *Panels cut at gutters:* a gutter wider than another of its row (column), beside a panel smaller than
+   the others by that difference whose side merges into the gutter's colour, has swallowed that panel's
+   side (a wall fading into a black gutter: its last step reads as a clean edge; a product shot's white
+   ground beside a white gutter). And the panels along two image edges or more do not all start with a
+   band of one colour (a frame whose colour a panel's background shares is not found as a border).
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ _HIDDEN_SINGLE = 0.85  # a lone panel's edge (touching panels only)
 _MAX_HIDDEN, _SPLIT_TOLERANCE_PX = 4, 6
 _BACKGROUND_SHARE = 0.4  # a colour covering this share of a panel is its background
 _BAND_REACH = 15  # an edge this near another parallel one is a thin band's (px)
+# a gutter over _SWALLOW_PX wider than the narrowest, beside a panel short by that much (a pixel less, or up
+# to _SWALLOW_PX or _SWALLOW_FIT of it more) that merges into it (_MERGE_SHARE of its side line of the gutter's colour, or that
+# line _MERGE_NEARER times the usual distance from it), has swallowed that panel's side
+_SWALLOW_PX, _SWALLOW_FIT, _MERGE_SHARE, _MERGE_NEARER = 3, 0.25, 0.4, 0.75
 _MIN_SIDE_BAND = 3  # a uniform band along a panel's side this wide (px) is a gutter or border strip
 
 
@@ -143,6 +152,59 @@ def _unequal(boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
     return ""
 
 
+def _lines_of_panels(boxes: tuple[Box, ...], axis: int) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Per column (row) of the cut, its extent across, and its panels' extents along ``axis`` (0: y), in order."""
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for b in boxes:
+        key, seg = ((b.x0, b.x1), (b.y0, b.y1)) if axis == 0 else ((b.y0, b.y1), (b.x0, b.x1))
+        groups.setdefault(key, []).append(seg)
+    return {key: sorted(segs) for key, segs in groups.items()}
+
+
+def _merges_into(a: np.ndarray, axis: int, across: tuple[int, int], gutter: tuple[int, int], side: int, depth: int,
+                 tolerance: int) -> bool:  # fmt: skip
+    """Whether the panel on ``side`` (-1: before the gutter, +1: after) merges into the gutter's colour: its
+    line next to the gutter is much of that colour (_MERGE_SHARE within ``tolerance``: a product shot's white
+    ground beside a white gutter), or clearly nearer it than the panel's lines up to ``depth`` px further out
+    (a wall's soft edge, an anti-aliased ground: their last step reads as a clean edge). A drawn gutter meets
+    the panel's own content."""
+
+    def line(i: int) -> np.ndarray:
+        return (a[i, across[0] : across[1]] if axis == 0 else a[across[0] : across[1], i]).astype(np.float32)
+
+    colour = np.mean([line(i).mean(axis=0) for i in range(*gutter)], axis=0)
+    edge = gutter[0] if side < 0 else gutter[1] - 1
+    out = [edge + side * d for d in range(1, depth + 3)]
+    if not all(0 <= i < a.shape[axis] for i in out):
+        return False
+    if float((channel_max(np.abs(line(out[0]) - colour)) <= tolerance).mean()) >= _MERGE_SHARE:
+        return True
+    distance = [float(np.abs(line(i) - colour).mean()) for i in out]
+    return distance[0] < _MERGE_NEARER * float(np.median(distance[1:]))
+
+
+def _swallowed_side(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
+    """Why a gutter may hold part of a panel ("" when none may): see the module docstring (3)."""
+    for axis in (0, 1):
+        for across, segs in _lines_of_panels(boxes, axis).items():
+            gaps = [b0 - a1 for (_, a1), (b0, _) in zip(segs, segs[1:], strict=False)]
+            if len(gaps) < 2:  # (one gutter: no other to compare its width with)
+                continue
+            sizes = [b - a for a, b in segs]
+            usual = float(np.median(sizes))
+            for k, gap in enumerate(gaps):
+                excess, side = gap - min(gaps), -1 if sizes[k] < sizes[k + 1] else 1
+                short = usual - min(sizes[k], sizes[k + 1])
+                fits = excess - 1 <= short <= excess + max(_SWALLOW_PX, _SWALLOW_FIT * excess)
+                if not (excess > _SWALLOW_PX and fits):
+                    continue
+                if _merges_into(a, axis, across, (segs[k][1], segs[k + 1][0]), side, excess, cfg.uniform_tolerance):
+                    return (f"the gutter at {segs[k][1]}-{segs[k + 1][0]} px is {excess} px wider than another, and the "
+                            f"panel beside it, {short:.0f} px smaller than the others, merges into its colour: it may "
+                            "hold part of that panel")  # fmt: skip
+    return ""
+
+
 def _uniform(line: np.ndarray, cfg: PanelsConfig) -> bool:
     mean = line.mean(axis=0)
     return float((channel_max(np.abs(line - mean)) <= cfg.uniform_tolerance).mean()) >= cfg.uniform_fraction
@@ -187,11 +249,39 @@ def _uniform_side(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> s
     return ""
 
 
+def _border_inside(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
+    """Why the panels may hold an untrimmed frame ("" when they do not): along two image edges or more, every
+    panel there starts with a uniform line of one colour (the same at every such edge), and at least one
+    shows it as a band that stops (``_side_band``; the others may go on in that colour: a product shot's
+    white ground). A frame whose colour a panel's background shares is not found as a border; a band at one
+    edge only is a panel's own (the teacher frames a grid on every side)."""
+    h, w = a.shape[:2]
+    at_edge = {"top": [b for b in boxes if b.y0 == 0], "bottom": [b for b in boxes if b.y1 == h],
+               "left": [b for b in boxes if b.x0 == 0], "right": [b for b in boxes if b.x1 == w]}  # fmt: skip
+    framed = []  # (side, colour, band width) of the edges that show the band
+    for side, panels in at_edge.items():
+        crops = [a[b.y0 : b.y1, b.x0 : b.x1] for b in panels]
+        outer = [_side_lines(c, side, 0) for c in crops]
+        if not outer or not all(_uniform(line, cfg) for line in outer):
+            continue
+        colour = outer[0].mean(axis=0)
+        width = max(_side_band(c, side, cfg) for c in crops)
+        if width >= _MIN_SIDE_BAND and all(float(np.abs(line.mean(axis=0) - colour).max()) <= cfg.colour_tolerance for line in outer):
+            framed.append((side, colour, width))
+    same = [f for f in framed if float(np.abs(f[1] - framed[0][1]).max()) <= cfg.colour_tolerance] if framed else []
+    if len(same) >= 2:
+        sides = ", ".join(f"{side} ({width} px)" for side, _, width in same)
+        return f"the panels along the image's {sides} edges start with a band of one colour: a frame left inside them"
+    return ""
+
+
 def verify(a: np.ndarray, found: Detection, rows: int, cols: int, cfg: PanelsConfig) -> None:
     """Raise PanelDetectionError when ``found`` fails a check of the module docstring."""
     single = found.method == "edges"
     why = _hidden_boundary(a, found.boxes, 0, cfg, single) or _hidden_boundary(a, found.boxes, 1, cfg, single)
     if not why and found.method == "edges":
         why = _unequal(found.boxes, cfg) or _uniform_side(a, found.boxes, cfg)
+    elif not why:
+        why = _swallowed_side(a, found.boxes, cfg) or _border_inside(a, found.boxes, cfg)
     if why:
         raise PanelDetectionError(f"cannot cut the grid into {rows}x{cols} panels: {why}; rejected rather than guessed")

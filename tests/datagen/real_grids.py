@@ -5,7 +5,8 @@ Test-only code: the detector tests and ``benchmarks.datagen_panels --real`` impo
 The photographs are the ones shipped inside the scikit-image wheel (``skimage/data``: astronaut,
 coffee, chelsea, rocket, motorcycles, retina, hubble, ...) and matplotlib's sample data
 (grace_hopper.jpg); nothing is downloaded and no image is kept in git. No installed package ships
-diffusion-generated pictures, so the set has photographs only.
+diffusion-generated pictures, so the set has photographs only. ``use_photos(folder)`` swaps in the photos
+of any folder (the same kinds and seeds from other pictures: a held-out check of the detector).
 
 Kinds (``KINDS``) follow issue 16's table. Each grid is seeded; some panels are made hard on purpose:
 a white studio wall at the side next to a white gutter, a dark photo (or a side fading to black)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import io
 from functools import cache
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -36,6 +38,23 @@ _SKIMAGE = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcy
             "grass.png", "gravel.png", "cell.png", "page.png", "horse.png", "clock_motion.png", "color.png")  # fmt: skip
 DARK = ("rocket.jpg", "retina.jpg", "hubble_deep_field.jpg", "moon.png", "cell.png")
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+_FOLDER: list[Path] = []  # use_photos' folder, when one is in use
+_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def use_photos(folder: Path | None) -> None:
+    """Build the grids from every picture in ``folder`` from now on (None: the packages' photos again)."""
+    _FOLDER[:] = [Path(folder)] if folder is not None else []
+    photos.cache_clear()
+    dark_photos.cache_clear()
+
+
+@cache
+def dark_photos() -> tuple[str, ...]:
+    """The photos put next to black gutters: DARK, or for a folder's pictures the darkest (mean below 60)."""
+    if not _FOLDER:
+        return DARK
+    return tuple(name for name, img in photos().items() if float(img.mean()) < 60)
 
 
 @cache
@@ -43,8 +62,13 @@ def photos() -> dict[str, np.ndarray]:
     """name -> RGB uint8 array of every photograph used (greyscale ones as grey RGB, alpha over white)."""
     import matplotlib.cbook
 
-    sources = {name: files("skimage") / "data" / name for name in _SKIMAGE}
-    sources["grace_hopper.jpg"] = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    if _FOLDER:
+        sources = {p.name: p for p in sorted(_FOLDER[0].iterdir()) if p.suffix.lower() in _SUFFIXES}
+        if not sources:
+            raise FileNotFoundError(f"{_FOLDER[0]}: no {'/'.join(_SUFFIXES)} picture to build grids from")
+    else:
+        sources = {name: files("skimage") / "data" / name for name in _SKIMAGE}
+        sources["grace_hopper.jpg"] = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     out = {}
     for name, path in sources.items():
         with Image.open(str(path)) as im:
@@ -162,7 +186,7 @@ def _hard(panel: np.ndarray, kind: str, style: dict, name: str, rng: np.random.G
     roll = rng.random()
     if style["gutter"] and style["colour"] == WHITE and roll < 0.35:
         return wall(panel, side, (int(rng.integers(246, 256)),) * 3, rng, full=rng.random() < 0.5)
-    if style["gutter"] and style["colour"] == BLACK and roll < 0.35 and name not in DARK:
+    if style["gutter"] and style["colour"] == BLACK and roll < 0.35 and name not in dark_photos():
         return wall(panel, side, (int(rng.integers(0, 10)),) * 3, rng, full=rng.random() < 0.5)
     if roll > 0.8:
         return strip(panel, side, rng)
@@ -209,7 +233,7 @@ def make_real_grid(kind: str, layout: tuple[int, int], seed: int, size: int = 76
     img[border : height - border, border : width - border] = style["colour"]
     chosen = rng.permutation(len(names))
     if style["colour"] == BLACK and rng.random() < 0.5:  # dark photos next to black gutters
-        dark = [i for i, n in enumerate(names) if n in DARK]
+        dark = [i for i, n in enumerate(names) if n in dark_photos()]
         chosen = np.concatenate([rng.permutation(dark), chosen])
     subject = names[int(rng.integers(0, len(names)))]
     boxes, y, k = [], border, 0
