@@ -451,7 +451,8 @@ def _gutter_doubt(g: _Grid, segs) -> str:
     side: its width must then match the clean gutters' (colour stopping sharply on both sides). A
     lone gutter whose colour shows nowhere else (no other gutter or border) may be a flat strip of
     a photo: unless it cuts equal panels (the teacher draws equal panels), it must be neutral (white,
-    grey, black) with no seam of touching photos running beside it."""
+    grey, black) with no seam of touching photos running beside it; coloured gutters cutting unequal
+    panels must have no such seam beside them either (``_strips_beside_seams``)."""
     cfg, gaps = g.cfg, []
     f = [g.profile(0), g.profile(1)]
     for axis in (0, 1):
@@ -477,6 +478,25 @@ def _gutter_doubt(g: _Grid, segs) -> str:
             sizes = ", ".join(str(b - a) for a, b in segs[axis])
             return (f"a lone band at {gaps[0][1]}-{gaps[0][2]} px, its colour nowhere else in the grid, cuts unequal "
                     f"panels ({sizes} px): a flat strip of a photo, not a gutter")  # fmt: skip
+    return _strips_beside_seams(g, _boxes(segs[0], [segs[1]] * g.rows))
+
+
+def _strips_beside_seams(g: _Grid, boxes: tuple[Box, ...]) -> str:
+    """Why coloured gutters that cut unequal panels may be photos' flat strips ("" when they may not): the
+    seam of touching photos runs beside one of them (two strips of one colour near two seams look like
+    the gutters of a 3x1). A gutter's colours are white, grey and black; a drawn coloured one cuts equal panels."""
+    for axis in (0, 1):
+        segs = sorted({(b.y0, b.y1) if axis == 0 else (b.x0, b.x1) for b in boxes})
+        if _spread(tuple(segs)) <= g.cfg.max_edge_spread:
+            continue
+        across = slice(g.trim[1 - axis][0], g.trim[1 - axis][1], 2)
+        for (_, a1), (b0, _) in zip(segs, segs[1:], strict=False):
+            band = g.a[a1:b0, across] if axis == 0 else g.a[across, a1:b0]
+            neutral = b0 <= a1 or float(np.ptp(band.reshape(-1, 3).mean(axis=0))) <= g.cfg.colour_tolerance
+            if not neutral and _seam_beside(g, axis, a1, b0):
+                sizes = ", ".join(str(b - a) for a, b in segs)
+                return (f"the coloured band at {a1}-{b0} px, with the seam of touching photos beside it, cuts unequal "
+                        f"panels ({sizes} px): a flat strip of a photo, not a gutter")  # fmt: skip
     return ""
 
 
@@ -617,7 +637,7 @@ def _by_colour(g: _Grid) -> Detection | None:
     from .panel_colour import by_gutter_colour  # it builds on this module's line statistics
 
     found = by_gutter_colour(g)
-    if found is None:
+    if found is None or _strips_beside_seams(g, found.boxes):
         return None
     try:
         verify(g.a, found, g.rows, g.cols, g.cfg)

@@ -328,3 +328,19 @@ def test_a_thin_frame_merged_with_a_panels_white_ground_is_never_left_on_the_pan
         grid = assemble(panels, 2, 2, gutter=12, colour=BLACK, border=4)
         grid.image[:4], grid.image[-4:], grid.image[:, :4], grid.image[:, -4:] = WHITE, WHITE, WHITE, WHITE
         right_or_rejected(grid)
+
+
+def test_two_flat_strips_of_one_colour_beside_the_seams_are_no_gutters() -> None:
+    """Found on photos outside the benchmark's set: a 3x1 of touching photos where the first two each have a
+    flat mauve strip (a shelf, a banner) a few px above their bottom, by chance of one colour: two bands of
+    one colour near the even split read as the gutters of a 3x1, cutting 22 and 18 px off the truth. Coloured
+    gutters cutting unequal panels with the seam of touching photos beside them are strips: the grid is cut
+    at its seams (or rejected)."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        panels = photos(["astronaut.png", "chelsea.png", "coffee.png"], 347, 1037, seed)
+        for k, (offset, width) in enumerate(((8, 14), (18, 11))):
+            mauve = np.clip(np.array([164, 112, 116]) + rng.integers(-2, 3, (width, 1037, 3)), 0, 255)
+            panels[k] = panels[k].copy()
+            panels[k][347 - offset - width : 347 - offset] = mauve
+        right_or_rejected(assemble(panels, 3, 1, gutter=0))
