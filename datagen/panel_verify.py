@@ -105,14 +105,19 @@ def _lone_strong(profiles: np.ndarray) -> np.ndarray:
     return ((profiles >= _HIDDEN_SINGLE) & (band_partner(profiles) < 0.5 * profiles)).any(axis=0)
 
 
+def _sharing(boxes: tuple[Box, ...], axis: int) -> dict[tuple[int, int], list[Box]]:
+    """The panels that share a row (axis 0: same y0, y1) or a column (axis 1), by that extent."""
+    groups: dict[tuple[int, int], list[Box]] = {}
+    for b in boxes:
+        groups.setdefault((b.y0, b.y1) if axis == 0 else (b.x0, b.x1), []).append(b)
+    return groups
+
+
 def _hidden_boundary(a: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: PanelsConfig, single: bool) -> str:
     """Why the panels sharing a row (axis 0) or column (axis 1) hide a boundary ("" when none do);
     ``single``: judge lone panels too (touching panels; between gutters a hidden boundary of a
     wrong layout shows as gutters, and a subject's long straight side must not reject the grid)."""
-    groups: dict[tuple[int, int], list[Box]] = {}
-    for b in boxes:
-        groups.setdefault((b.y0, b.y1) if axis == 0 else (b.x0, b.x1), []).append(b)
-    for (lo, hi), members in groups.items():
+    for (lo, hi), members in _sharing(boxes, axis).items():
         length = hi - lo
         i0, i1 = int(_INNER[0] * length), int(_INNER[1] * length)
         if i1 - i0 < 4 or (len(members) == 1 and not single):
@@ -152,15 +157,6 @@ def _unequal(boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
     return ""
 
 
-def _lines_of_panels(boxes: tuple[Box, ...], axis: int) -> dict[tuple[int, int], list[tuple[int, int]]]:
-    """Per column (row) of the cut, its extent across, and its panels' extents along ``axis`` (0: y), in order."""
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for b in boxes:
-        key, seg = ((b.x0, b.x1), (b.y0, b.y1)) if axis == 0 else ((b.y0, b.y1), (b.x0, b.x1))
-        groups.setdefault(key, []).append(seg)
-    return {key: sorted(segs) for key, segs in groups.items()}
-
-
 def _merges_into(a: np.ndarray, axis: int, across: tuple[int, int], gutter: tuple[int, int], side: int, depth: int,
                  tolerance: int) -> bool:  # fmt: skip
     """Whether the panel on ``side`` (-1: before the gutter, +1: after) merges into the gutter's colour: its
@@ -186,7 +182,8 @@ def _merges_into(a: np.ndarray, axis: int, across: tuple[int, int], gutter: tupl
 def _swallowed_side(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
     """Why a gutter may hold part of a panel ("" when none may): see the module docstring (3)."""
     for axis in (0, 1):
-        for across, segs in _lines_of_panels(boxes, axis).items():
+        for across, members in _sharing(boxes, 1 - axis).items():  # gutters along axis 0 lie in a column
+            segs = sorted((b.y0, b.y1) if axis == 0 else (b.x0, b.x1) for b in members)
             gaps = [b0 - a1 for (_, a1), (b0, _) in zip(segs, segs[1:], strict=False)]
             if len(gaps) < 2:  # (one gutter: no other to compare its width with)
                 continue
