@@ -36,7 +36,7 @@ import tomllib
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "toy_cpu.toml"
 KEY_ENV = "DSD_TOY_JUDGE_KEY"
-EVAL_SAMPLING = ["--steps", "16", "--width", "256", "--height", "128", "--seeds", "0", "--no-progress"]
+FRAME = 128  # px per panel: the loop's frames (>= 128 px carry an identity); the suite's short run uses 64
 PRETRAIN_STEPS = 600  # the toy base's pretraining (tests/support/toy_pretrain.py), FLUX's part of the story
 VALIDATION_ITEMS = 24  # held-out identities (none of the benchmark's) that pick best.safetensors (8 were too noisy)
 
@@ -62,16 +62,18 @@ def _identities(heldout: bool):
 
 def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement: str = "panel", views: str = "whole",
                          layouts: tuple[str, ...] | None = None, max_references: int | None = None,
-                         max_pairs_per_grid: int = 12) -> Path:  # fmt: skip
+                         max_pairs_per_grid: int = 12, frame: int = FRAME) -> Path:  # fmt: skip
     """The datagen config of the loop; ``views`` "sides" (issue 20's proof): 3x3 grids of whole panels and single
     sides, tuples of up to three references -> one target in the dataset (12 per grid and k)."""
     ids = _identities(heldout=False)
     random.Random(0).shuffle(ids)
     (out / "captions.txt").write_text("".join(f"{i.text}\n" for i in ids[:n_identities]))
+    from datagen.teacher.toy import GUTTER
+
     sides = views == "sides"
     layouts = layouts or (("3x3",) if sides else ("2x2",))
     cells = max(int(n) for layout in layouts for n in layout.split("x"))
-    side = 144 * cells  # 128 px panels (after the gutters) in the largest of the layouts (3x3: 432, 2x2: 288)
+    side = (frame + GUTTER) * cells  # ``frame`` px panels after the gutters in the largest layout (128: 2x2 288 px)
     refs = max_references or (3 if sides else 1)
     tuples = "max_tuples_per_grid = 12\n" if sides else ""
     cfg = f"""
@@ -90,7 +92,7 @@ toy_placement = "{placement}"
 toy_views = "{views}"
 [panels]
 max_pairs_per_grid = {max_pairs_per_grid}
-min_panel_size = 64
+min_panel_size = {frame // 2}
 no_edge = "even"
 [curate]
 min_confidence = 0.7
@@ -115,7 +117,8 @@ def heldout_identities():
     return ids
 
 
-def write_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subject: int = 3) -> tuple[Path, Path]:
+def write_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subject: int = 3,
+                    frame: int = FRAME) -> tuple[Path, Path]:  # fmt: skip
     """Held-out identities in the eval's ``dsd`` layout, and the teacher's own panels for them (the oracle);
     ``bench_other_ref``: the same prompts, each reference showing the next subject's identity in this one's
     reference context (only the identity differs, so CP against it asks: does the model copy what it is given?)."""
@@ -131,18 +134,18 @@ def write_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subj
         ref_ctx, asked = dom.draw_contexts(rng, prompts_per_subject, placement)
         for root, shown in ((bench, identity), (swapped, other)):  # the twin: another identity in the same context
             (root / "subjects" / identity.key).mkdir(parents=True, exist_ok=True)
-            dom.draw_panel(shown, ref_ctx).save(root / "subjects" / identity.key / "ref.png")
+            dom.draw_panel(shown, ref_ctx, frame).save(root / "subjects" / identity.key / "ref.png")
         (oracle / identity.key).mkdir(parents=True, exist_ok=True)
         for k, ctx in enumerate(asked):
             text = caption_for(reading_of(identity, ctx))
             records.append({"prompt": text, "subject": identity.key, "id": f"p{k:02d}"})
-            dom.draw_panel(identity, ctx).save(oracle / identity.key / f"p{k:02d}.png")
+            dom.draw_panel(identity, ctx, frame).save(oracle / identity.key / f"p{k:02d}.png")
     (bench / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     shutil.copyfile(bench / "prompts.jsonl", swapped / "prompts.jsonl")
     return bench, oracle
 
 
-def write_validation(out: Path, n_bench: int, placement: str) -> list[str]:
+def write_validation(out: Path, n_bench: int, placement: str, frame: int = FRAME) -> list[str]:
     """``--set`` values for training's validation: held-out identities the benchmark does not use, one
     reference and one asked context each, judged by the toy judge; the best step by CP -> best.safetensors."""
     from datagen.teacher import toy_domain as dom
@@ -154,7 +157,7 @@ def write_validation(out: Path, n_bench: int, placement: str) -> list[str]:
         ref_ctx, (asked,) = dom.draw_contexts(rng, 1, placement)
         path = out / "validation" / f"{identity.key}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        dom.draw_panel(identity, ref_ctx).save(path)
+        dom.draw_panel(identity, ref_ctx, frame).save(path)
         refs.append(str(path))
         prompts.append(caption_for(reading_of(identity, asked)))
     return [f"sampling.references={json.dumps(refs)}", f"sampling.prompts={json.dumps(prompts)}"]
@@ -170,17 +173,20 @@ def zero_embedder_copy(adapter: Path, dest: Path) -> Path:
     return save_adapter(DSDAdapter(zero, ad.lora), dest, extra_metadata=meta)
 
 
-def train(out: Path, steps: int | None, validation: list[str], env: dict[str, str], run: str = "train") -> list[Path]:
+def train(out: Path, steps: int | None, validation: list[str], env: dict[str, str], run: str = "train",
+          frame: int = FRAME) -> list[Path]:  # fmt: skip
     """``training cache`` + ``train`` on the curated dataset into ``out / run``, validated by the toy judge
-    (``validation``: --set values, see :func:`write_validation`, plus any other); every checkpoint exported as
-    ``adapters/[<run>_]step_<N>.safetensors``."""
+    (``validation``: --set values, see :func:`write_validation`, plus any other, applied last; without
+    ``sampling.references`` no validation); every checkpoint exported as ``adapters/[<run>_]step_<N>.safetensors``."""
     cache = "train_cache" if run == "train" else f"{run}_cache"  # a cache per run: its entries follow the k mix
     sets = [f"model.flux={out / 'flux'}", f"dataset.paths=['{out / 'datagen' / 'dataset'}']",
-            f"dataset.cache_dir={out / cache}", f"saving.output_dir={out / run}", *validation]  # fmt: skip
+            f"dataset.cache_dir={out / cache}", f"saving.output_dir={out / run}", f"dataset.frame_buckets=[[{frame}, {frame}]]"]  # fmt: skip
     total = steps or tomllib.loads(CONFIG.read_text())["training"]["steps"]
-    sets.append(f"sampling.every={max(total // 8, 1)}")  # eight validation points on the learning curve
+    validated = any(v.startswith("sampling.references=") for v in validation)
+    sets.append(f"sampling.every={max(total // 8, 1) if validated else 0}")  # eight validation points on the curve
     if steps:
         sets += [f"training.steps={steps}", f"saving.save_every={max(steps // 4, 1)}"]
+    sets += validation  # last: a caller's values win
     flags = ["--config", str(CONFIG), *[x for s in sets for x in ("--set", s)], "--no-progress"]
     log = out / "logs" / ("training.log" if run == "train" else f"{run}.log")
     run_stage([sys.executable, "-m", "training", "cache", *flags], log, env)
@@ -195,10 +201,11 @@ def train(out: Path, steps: int | None, validation: list[str], env: dict[str, st
 
 
 def evaluate(out: Path, name: str, systems: list[str], judge_url: str, env: dict[str, str], extra: list[str] = (),
-             bench: str = "bench") -> Path:
+             bench: str = "bench", frame: int = FRAME) -> Path:
     """``dsd eval`` on the held-out benchmark (``out / bench``) with the toy judge; returns its scores table."""
     cmd = [sys.executable, "-m", "dsd", "eval", "--bench", str(out / bench), "--out", str(out / name),
-           "--flux", str(out / "flux"), *systems, *EVAL_SAMPLING, *extra, "--judge", "openai", "--judge-model", "toy-judge",
+           "--flux", str(out / "flux"), *systems, "--steps", "16", "--width", str(2 * frame), "--height", str(frame),
+           "--seeds", "0", "--no-progress", *extra, "--judge", "openai", "--judge-model", "toy-judge",
            "--judge-base-url", judge_url, "--title", f"toy loop: {name}"]  # fmt: skip
     run_stage(cmd, out / "logs" / f"{name}.log", {**env, "OPENAI_API_KEY": env[KEY_ENV]})
     return out / name / "report" / "scores.parquet"
@@ -312,7 +319,8 @@ def judge_server(env: dict[str, str]) -> Iterator[str]:
         proc.wait(10)
 
 
-def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whole") -> dict:
+def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whole", frame: int = FRAME,
+             pretrain_lr: float = 1e-3) -> dict:  # fmt: skip
     """The toy FLUX folder: built (tests/support/toy_model.py) and pretrained as a text-to-grid model
     (tests/support/toy_pretrain.py) in a temporary folder that becomes ``flux`` only when complete. With
     ``views`` "sides" it pretrains on sides too, and on rows of 2 to 4 panels (multi-reference canvases)."""
@@ -328,11 +336,12 @@ def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whol
         import torch
 
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # in this process too (see run_loop's OMP_NUM_THREADS): ~3x faster here
+        torch.set_num_threads(stage_threads())  # in this process too (see loop_env)
         try:
             # sides: half the rows two panels (the k = 1 canvas keeps the two-panel base's training), the rest 3 and 4
             frames = (2, 2, 3, 4) if views == "sides" else (2,)
-            info.update(pretrain_toy_base(tmp, steps=pretrain_steps, placement=placement, views=views, frames=frames))
+            info.update(pretrain_toy_base(tmp, steps=pretrain_steps, placement=placement, views=views, frames=frames,
+                                          side=frame, lr=pretrain_lr))
         finally:
             torch.set_num_threads(threads)
     (tmp / "dsd_toy.json").write_text(json.dumps(info))
@@ -345,16 +354,23 @@ def run_datagen(out: Path, cfg: Path, env: dict[str, str]) -> None:
          out / "logs" / "datagen.log", env)  # fmt: skip
 
 
-def validation_sets(out: Path, heldout: int, placement: str, judge_url: str) -> list[str]:
+def validation_sets(out: Path, heldout: int, placement: str, judge_url: str, frame: int = FRAME) -> list[str]:
     """``--set`` values of training's validation by the toy judge (see :func:`write_validation`)."""
-    return [*write_validation(out, heldout, placement), "validation.judge_provider=openai", "validation.judge_model=toy-judge",
+    return [*write_validation(out, heldout, placement, frame), "validation.judge_provider=openai", "validation.judge_model=toy-judge",
             f"validation.judge_base_url={judge_url}", "validation.best_metric=judge_cp"]  # fmt: skip
 
 
+def stage_threads() -> int:
+    """Torch threads per stage: ``DSD_TOY_THREADS``, else every core this process may use. The stages run one
+    at a time, so they have the machine to themselves (a quiet 2-core machine: pretraining 0.16 s a step with 2
+    threads, 0.28 s with 1); set 1 where other work shares the cores (then 2 threads spin and run ~3x slower)."""
+    return int(os.environ.get("DSD_TOY_THREADS") or len(os.sched_getaffinity(0)))
+
+
 def loop_env() -> dict[str, str]:
-    """The stages' environment: the repo on the path, the judge's key, and one thread per process (on a
-    shared 2-core machine two threads per process run ~3x slower than one: spinning)."""
-    return {**os.environ, "PYTHONPATH": str(REPO), KEY_ENV: "toy", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    """The stages' environment: the repo on the path, the judge's key, and :func:`stage_threads` threads."""
+    return {**os.environ, "PYTHONPATH": str(REPO), KEY_ENV: "toy", "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": str(stage_threads())}  # fmt: skip
 
 
 def run_loop(out: Path, identities: int, heldout: int, steps: int | None, placement: str = "grid",

@@ -127,7 +127,7 @@ def summarise(out: Path, paths: dict[str, Path], names: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args, out = loop.finished_loop_args(argv, "python -m benchmarks.toy_sides_diagnosis", __doc__, list(VARIANTS), "variants")
-    env, t0, names = loop.loop_env(), time.perf_counter(), list(args.only or VARIANTS)
+    env, t0, names = {**loop.loop_env(), "OMP_NUM_THREADS": "1"}, time.perf_counter(), list(args.only or VARIANTS)
     with loop.judge_server(env) as judge_url:
         paths = datasets(out, sides_datagen(out, judge_url, env), env)
         heldout = loop.bench_subjects(out)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             sets = [*loop.validation_sets(out, heldout, "grid", judge_url), f"dataset.paths=['{paths[name]}']"]
             return loop.train(out, args.steps, sets, {**env, "OPENAI_API_KEY": env[loop.KEY_ENV]}, f"diagnosis_{name}")
 
-        with ThreadPoolExecutor(2) as pool:  # two runs at a time, one thread each (loop_env)
+        with ThreadPoolExecutor(2) as pool:  # two runs at a time, one thread each (env)
             list(pool.map(train, names))
     print(summarise(out, paths, names) + f"\ndiagnosis: {time.perf_counter() - t0:.0f} s")  # noqa: T201 - the benchmark's report
     return 0

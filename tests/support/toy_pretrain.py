@@ -49,9 +49,9 @@ def grid_pairs(n: int, placement: str, seed: int, views: str = "whole", frames: 
     return items
 
 
-def _encode_data(encoders, items: list[tuple]) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per panel count: canvas latents and, per row, the caption with and without the identity ([n, 2, SEQ, D],
-    [n, 2, P]); the caption describes the last panel."""
+def _encode_data(encoders, items: list[tuple], side: int) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per panel count: canvas latents (``side`` px panels) and, per row, the caption with and without the
+    identity ([n, 2, SEQ, D], [n, 2, P]); the caption describes the last panel."""
     from tests.support.toy_judge import caption_for
     from tests.support.toy_vision import reading_of
 
@@ -64,7 +64,7 @@ def _encode_data(encoders, items: list[tuple]) -> dict[int, tuple[torch.Tensor, 
         rows = [it for it in items if len(it[1]) == f]
         latents = []
         for k in range(0, len(rows), 64):
-            canvas = torch.stack([torch.cat([panel_tensor(i, c, view=v) for c, v in zip(cs, vs, strict=True)], -1)
+            canvas = torch.stack([torch.cat([panel_tensor(i, c, side, v) for c, v in zip(cs, vs, strict=True)], -1)
                                   for i, cs, vs in rows[k : k + 64]])  # fmt: skip
             latents.append(encoders.encode_canvas(canvas))
         context = [caption_for(reading_of(i, cs[-1], vs[-1])) for i, cs, vs in rows]
@@ -75,9 +75,9 @@ def _encode_data(encoders, items: list[tuple]) -> dict[int, tuple[torch.Tensor, 
 
 def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000, batch: int = 16, lr: float = 1e-3,
                       logit_mean: float = 1.5, placement: str = "grid", seed: int = 0, views: str = "whole",
-                      frames: tuple[int, ...] = (2,)) -> dict[str, float]:  # fmt: skip
-    """Pretrain ``flux_dir``'s transformer in place (see the module docstring) on rows of ``frames`` panels
-    (several: a base that knows wider canvases, as FLUX does); returns its last losses. The caller builds
+                      frames: tuple[int, ...] = (2,), side: int = 128) -> dict[str, float]:  # fmt: skip
+    """Pretrain ``flux_dir``'s transformer in place (see the module docstring) on rows of ``frames`` panels of
+    ``side`` px (several: a base that knows wider canvases, as FLUX does); returns its last losses. The caller builds
     ``flux_dir`` in a temporary folder and renames it when this returns (a crash leaves no base)."""
     from diffusers import FluxPipeline
 
@@ -90,7 +90,7 @@ def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000,
     pipe = FluxPipeline.from_pretrained(flux_dir, torch_dtype=torch.float32)
     encoders = FluxEncoders(pipe, max_sequence_length=SEQ)
     with torch.no_grad():
-        data = _encode_data(encoders, grid_pairs(pairs, placement, seed, views, frames))
+        data = _encode_data(encoders, grid_pairs(pairs, placement, seed, views, frames), side)
         empty = encoders.encode_prompt([""])
     model = DSDTransformer(pipe.transformer).requires_grad_(True).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
