@@ -38,6 +38,7 @@ CONFIG = REPO / "training" / "configs" / "toy_cpu.toml"
 KEY_ENV = "DSD_TOY_JUDGE_KEY"
 FRAME = 128  # px per panel: the loop's frames (>= 128 px carry an identity); the suite's short run uses 64
 PRETRAIN_STEPS = 600  # the toy base's pretraining (tests/support/toy_pretrain.py), FLUX's part of the story
+PRETRAIN_LR = 1e-3  # 2e-3 with the LoRA at 4e-3 ended lower (README "Toy learning loop")
 VALIDATION_ITEMS = 24  # held-out identities (none of the benchmark's) that pick best.safetensors (8 were too noisy)
 
 
@@ -320,7 +321,7 @@ def judge_server(env: dict[str, str]) -> Iterator[str]:
 
 
 def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whole", frame: int = FRAME,
-             pretrain_lr: float = 1e-3) -> dict:  # fmt: skip
+             pretrain_lr: float = PRETRAIN_LR) -> dict:  # fmt: skip
     """The toy FLUX folder: built (tests/support/toy_model.py) and pretrained as a text-to-grid model
     (tests/support/toy_pretrain.py) in a temporary folder that becomes ``flux`` only when complete. With
     ``views`` "sides" it pretrains on sides too, and on rows of 2 to 4 panels (multi-reference canvases)."""
