@@ -365,7 +365,10 @@ def stage_threads() -> int:
     """Torch threads per stage: ``DSD_TOY_THREADS``, else every core this process may use. The stages run one
     at a time, so they have the machine to themselves (a quiet 2-core machine: pretraining 0.16 s a step with 2
     threads, 0.28 s with 1); set 1 where other work shares the cores (then 2 threads spin and run ~3x slower)."""
-    return int(os.environ.get("DSD_TOY_THREADS") or len(os.sched_getaffinity(0)))
+    if os.environ.get("DSD_TOY_THREADS"):
+        return int(os.environ["DSD_TOY_THREADS"])
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only; macOS and Windows: every core
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def loop_env() -> dict[str, str]:

@@ -68,3 +68,10 @@ def test_validation_set_is_held_out_and_loads_as_training_config(tmp_path) -> No
     assert len(cfg.sampling.prompts) == len(cfg.sampling.references)
     assert all(dom.parse_identity(p) is None for p in cfg.sampling.prompts), "captions name the context only"
     assert cfg.training.logit_mean == 1.5 and "norm1.linear" in cfg.network.target_modules
+
+
+def test_stages_use_every_core_unless_told(monkeypatch) -> None:
+    monkeypatch.delenv("DSD_TOY_THREADS", raising=False)
+    assert toy_loop.stage_threads() >= 1 and toy_loop.loop_env()["OMP_NUM_THREADS"] == str(toy_loop.stage_threads())
+    monkeypatch.setenv("DSD_TOY_THREADS", "1")  # where other work shares the cores
+    assert toy_loop.loop_env()["OMP_NUM_THREADS"] == "1"
