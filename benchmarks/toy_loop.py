@@ -332,19 +332,21 @@ def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whol
         return json.loads((flux / "dsd_toy.json").read_text())
     tmp = flux.with_name(flux.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    info = make_toy_pipeline(tmp, config=TOY_LOOP_TRANSFORMER_CONFIG, adaln_zero=True)
-    if pretrain_steps:
-        import torch
+    import torch
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(stage_threads())  # in this process too (see loop_env)
-        try:
+    threads = torch.get_num_threads()
+    # in this process too (see loop_env), the build included: the VAE's fitted upsampling and so every later
+    # float depend on the thread count, so the same stage_threads() gives the same base whoever calls
+    torch.set_num_threads(stage_threads())
+    try:
+        info = make_toy_pipeline(tmp, config=TOY_LOOP_TRANSFORMER_CONFIG, adaln_zero=True)
+        if pretrain_steps:
             # sides: half the rows two panels (the k = 1 canvas keeps the two-panel base's training), the rest 3 and 4
             frames = (2, 2, 3, 4) if views == "sides" else (2,)
             info.update(pretrain_toy_base(tmp, steps=pretrain_steps, placement=placement, views=views, frames=frames,
                                           side=frame, lr=pretrain_lr))
-        finally:
-            torch.set_num_threads(threads)
+    finally:
+        torch.set_num_threads(threads)
     (tmp / "dsd_toy.json").write_text(json.dumps(info))
     tmp.rename(flux)
     return info
