@@ -66,11 +66,11 @@ def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement
                          max_pairs_per_grid: int = 12, frame: int = FRAME) -> Path:  # fmt: skip
     """The datagen config of the loop; ``views`` "sides" (issue 20's proof): 3x3 grids of whole panels and single
     sides, tuples of up to three references -> one target in the dataset (12 per grid and k)."""
+    from datagen.teacher.toy import GUTTER
+
     ids = _identities(heldout=False)
     random.Random(0).shuffle(ids)
     (out / "captions.txt").write_text("".join(f"{i.text}\n" for i in ids[:n_identities]))
-    from datagen.teacher.toy import GUTTER
-
     sides = views == "sides"
     layouts = layouts or (("3x3",) if sides else ("2x2",))
     cells = max(int(n) for layout in layouts for n in layout.split("x"))
@@ -367,8 +367,10 @@ def stage_threads() -> int:
     """Torch threads per stage: ``DSD_TOY_THREADS``, else every core this process may use. The stages run one
     at a time, so they have the machine to themselves (a quiet 2-core machine: pretraining 0.16 s a step with 2
     threads, 0.28 s with 1); set 1 where other work shares the cores (then 2 threads spin and run ~3x slower)."""
-    if os.environ.get("DSD_TOY_THREADS"):
-        return int(os.environ["DSD_TOY_THREADS"])
+    if value := os.environ.get("DSD_TOY_THREADS"):
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"DSD_TOY_THREADS must be a whole number of threads >= 1, not {value!r}")
+        return int(value)
     affinity = getattr(os, "sched_getaffinity", None)  # Linux only; macOS and Windows: every core
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from PIL import Image, ImageChops
 
@@ -75,3 +76,6 @@ def test_stages_use_every_core_unless_told(monkeypatch) -> None:
     assert toy_loop.stage_threads() >= 1 and toy_loop.loop_env()["OMP_NUM_THREADS"] == str(toy_loop.stage_threads())
     monkeypatch.setenv("DSD_TOY_THREADS", "1")  # where other work shares the cores
     assert toy_loop.loop_env()["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("DSD_TOY_THREADS", "two")
+    with pytest.raises(ValueError, match="DSD_TOY_THREADS must be a whole number"):
+        toy_loop.stage_threads()
