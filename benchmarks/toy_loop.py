@@ -37,8 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "toy_cpu.toml"
 KEY_ENV = "DSD_TOY_JUDGE_KEY"
 FRAME = 128  # px per panel: the loop's frames (>= 128 px carry an identity); the suite's short run uses 64
-PRETRAIN_STEPS = 600  # the toy base's pretraining (tests/support/toy_pretrain.py), FLUX's part of the story
+PRETRAIN_STEPS = 1500  # the toy base's pretraining (tests/support/toy_pretrain.py), FLUX's part of the story
 PRETRAIN_LR = 1e-3  # 2e-3 with the LoRA at 4e-3 ended lower (README "Toy learning loop")
+AGREEMENT_GRIDS = 48  # the base's own two-panel grids read for its panel-to-panel agreement (summary.md)
 VALIDATION_ITEMS = 24  # held-out identities (none of the benchmark's) that pick best.safetensors (8 were too noisy)
 
 
@@ -227,7 +228,7 @@ def evaluate_all(out: Path, adapters: list[Path], judge_url: str, env: dict[str,
                                        bench="bench_other_ref")}  # fmt: skip
 
 
-def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], psnr: float) -> str:
+def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], base: dict) -> str:
     import pandas as pd
 
     from tests.support.toy_judge import curation_scores
@@ -247,7 +248,10 @@ def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], psn
         lines += ["", "validation during training (toy judge, held-out identities outside the benchmark):",
                   "| step | CP | PF |", "|---|---|---|", *[f"| {st} | {cp:.3f} | {pf:.3f} |" for st, cp, pf in val]]  # fmt: skip
     cur = curation_scores(out / "datagen")
-    lines += ["", f"toy VAE reconstruction PSNR: {psnr:.2f} dB", "",
+    lines += ["", f"toy VAE reconstruction PSNR: {base['vae_psnr_db']:.2f} dB", "",
+              f"the toy base's own two-panel grids (context-only captions, {AGREEMENT_GRIDS} grids): panel two agrees "
+              f"with panel one at CP {base['grid_agreement_cp']:.3f}, shows the asked context at PF "
+              f"{base['grid_agreement_pf']:.3f}", "",
               f"curation (toy judge) against the teacher's plan: {cur['grids']} grids cut, {cur['inconsistent_grids']} of "
               f"them inconsistent; {cur['rejected_inconsistent']} of {cur['inconsistent_pairs']} inconsistent pairs "
               f"rejected; precision {cur['precision']:.3f}, recall {cur['recall']:.3f} over {cur['pairs']} pairs", "",
@@ -332,24 +336,26 @@ def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whol
         return json.loads((flux / "dsd_toy.json").read_text())
     tmp = flux.with_name(flux.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    import torch
-
-    threads = torch.get_num_threads()
-    # in this process too (see loop_env), the build included: the VAE's fitted upsampling and so every later
-    # float depend on the thread count, so the same stage_threads() gives the same base whoever calls
-    torch.set_num_threads(stage_threads())
-    try:
+    # the build included: the VAE's fitted upsampling and so every later float depend on the thread count, so the
+    # same stage_threads() gives the same base whoever calls
+    with stage_torch_threads():
         info = make_toy_pipeline(tmp, config=TOY_LOOP_TRANSFORMER_CONFIG, adaln_zero=True)
         if pretrain_steps:
             # sides: half the rows two panels (the k = 1 canvas keeps the two-panel base's training), the rest 3 and 4
             frames = (2, 2, 3, 4) if views == "sides" else (2,)
             info.update(pretrain_toy_base(tmp, steps=pretrain_steps, placement=placement, views=views, frames=frames,
                                           side=frame, lr=pretrain_lr))
-    finally:
-        torch.set_num_threads(threads)
     (tmp / "dsd_toy.json").write_text(json.dumps(info))
     tmp.rename(flux)
     return info
+
+
+def base_agreement(flux: Path) -> dict[str, float]:
+    """The base's own grid agreement (tests/support/toy_pretrain.py ``grid_agreement``), at the stage's threads."""
+    from tests.support.toy_pretrain import grid_agreement
+
+    with stage_torch_threads():
+        return grid_agreement(flux, AGREEMENT_GRIDS, FRAME)
 
 
 def run_datagen(out: Path, cfg: Path, env: dict[str, str]) -> None:
@@ -375,6 +381,19 @@ def stage_threads() -> int:
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def stage_torch_threads() -> Iterator[None]:
+    """torch in this process at the stages' thread count (see :func:`loop_env`), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(stage_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def loop_env() -> dict[str, str]:
     """The stages' environment: the repo on the path, the judge's key, and :func:`stage_threads` threads."""
     return {**os.environ, "PYTHONPATH": str(REPO), KEY_ENV: "toy", "TOKENIZERS_PARALLELISM": "false",
@@ -390,6 +409,9 @@ def run_loop(out: Path, identities: int, heldout: int, steps: int | None, placem
     t = time.perf_counter()
     info = toy_base(out / "flux", placement, pretrain_steps)
     timings["toy model (build + pretraining)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    info.update(base_agreement(out / "flux"))
+    timings["base's own grids (agreement)"] = time.perf_counter() - t
     with judge_server(env) as judge_url:
         t = time.perf_counter()
         run_datagen(out, write_datagen_config(out, identities, judge_url, placement), env)
@@ -401,7 +423,7 @@ def run_loop(out: Path, identities: int, heldout: int, steps: int | None, placem
         write_benchmark(out, heldout, placement)
         tables = evaluate_all(out, adapters, judge_url, env)
         timings["eval"] = time.perf_counter() - t
-    return summarise(out, tables, timings, float(info["vae_psnr_db"]))
+    return summarise(out, tables, timings, info)
 
 
 def bench_subjects(out: Path) -> int:

@@ -40,8 +40,9 @@ from . import toy_loop as loop
 MIX = "training.references={1 = 0.2, 2 = 0.3, 3 = 0.5}"
 SIDES = ("plain", "patterned")
 KS = "1,2,3"
-# Twice the two-panel base's steps: half of them on two-panel rows (as many as that base), the rest on 3 and 4.
-PRETRAIN_STEPS = 2 * loop.PRETRAIN_STEPS
+# The runs in the README ("Multi-reference proof"): a base of 1,200 steps, half of them on two-panel rows (as many
+# as the whole-view base had then), the rest on 3 and 4; 1,600 training steps per run.
+PRETRAIN_STEPS, STEPS = 1200, 1600
 
 
 def write_sides_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subject: int = 2,
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="work folder (rerun the same command to resume)")
     p.add_argument("--identities", type=int, default=200, help="training identities (one caption and grid each)")
     p.add_argument("--subjects", type=int, default=24, help="held-out subjects in the benchmark")
-    p.add_argument("--steps", type=int, default=None, help="training steps of each run (default: toy_cpu.toml's)")
+    p.add_argument("--steps", type=int, default=STEPS, help="training steps of each run")
     p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS, help="the toy base's pretraining steps")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

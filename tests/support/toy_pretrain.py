@@ -116,3 +116,29 @@ def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000,
                         time.perf_counter() - t0)  # fmt: skip
     model.transformer.eval().requires_grad_(False).save_pretrained(flux_dir / "transformer", safe_serialization=True)
     return {"pretrain_steps": steps, "pretrain_loss": float(np.mean(losses[-50:])), "pretrain_s": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def grid_agreement(flux_dir: str | Path, n: int = 24, side: int = 128, seed: int = 5) -> dict[str, float]:
+    """How consistent the base's own two-panel grids are, i.e. what DSD's copy starts from: ``n`` grids sampled by
+    plain FLUX (16 steps) from context-only captions (no identity named), read by the toy judge's reader: CP of
+    panel two against panel one, PF of panel two against the caption's context. A base whose panels disagree
+    gives the LoRA little to carry a reference with (README "Toy learning loop")."""
+    from diffusers import FluxPipeline
+
+    from datagen.teacher import toy_domain as dom
+    from tests.support.toy_judge import caption_for
+    from tests.support.toy_vision import context_score, identity_score, read_picture, reading_of
+
+    pipe = FluxPipeline.from_pretrained(Path(flux_dir), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    rng, cp, pf = random.Random(seed), [], []
+    anyone = dom.all_identities()[0]  # the caption names only the context
+    for k in range(n):
+        _, (ctx,) = dom.draw_contexts(rng, 1, "grid")
+        image = pipe(caption_for(reading_of(anyone, ctx)), height=side, width=2 * side, num_inference_steps=16,
+                     guidance_scale=1.0, max_sequence_length=SEQ, generator=torch.Generator().manual_seed(k)).images[0]  # fmt: skip
+        first, second = read_picture(image.crop((0, 0, side, side))), read_picture(image.crop((side, 0, 2 * side, side)))
+        cp.append(identity_score(first, second))
+        pf.append(context_score(second, ctx))
+    return {"grid_agreement_cp": float(np.mean(cp)), "grid_agreement_pf": float(np.mean(pf))}

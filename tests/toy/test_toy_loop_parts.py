@@ -23,7 +23,7 @@ def test_pretraining_trains_the_adaln_zero_base_in_place(tmp_path) -> None:
     from diffusers import FluxTransformer2DModel
 
     from tests.support.toy_model import TOY_LOOP_TRANSFORMER_CONFIG, make_toy_pipeline
-    from tests.support.toy_pretrain import pretrain_toy_base
+    from tests.support.toy_pretrain import grid_agreement, pretrain_toy_base
 
     make_toy_pipeline(tmp_path, config=TOY_LOOP_TRANSFORMER_CONFIG, adaln_zero=True)
     before = FluxTransformer2DModel.from_pretrained(tmp_path / "transformer")
@@ -33,6 +33,10 @@ def test_pretraining_trains_the_adaln_zero_base_in_place(tmp_path) -> None:
     assert info["pretrain_steps"] == 3 and torch.isfinite(torch.tensor(info["pretrain_loss"]))
     assert all(bool((w != 0).any()) for w in _modulations(after)), "pretraining moved every modulation"
     assert after.config.num_attention_heads == TOY_LOOP_TRANSFORMER_CONFIG["num_attention_heads"]
+    # the summary's measure of the base: its own two-panel grids, read by the toy judge's reader
+    agreement = grid_agreement(tmp_path, n=2, side=64)
+    assert set(agreement) == {"grid_agreement_cp", "grid_agreement_pf"}
+    assert all(0.0 <= v <= 1.0 for v in agreement.values()), agreement
 
 
 def test_grid_benchmark_asks_the_reference_placement_and_swaps_references(tmp_path) -> None:
