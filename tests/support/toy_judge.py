@@ -12,11 +12,17 @@ schema it asks for and reads the pictures with :mod:`tests.support.toy_vision`:
 
 Deterministic: the same pictures always get the same answer.
 
-    python -m tests.support.toy_judge        # serve on a free port, print its OpenAI base URL
+With ``--whole-targets`` (issue 20's sides) curation also rejects a pair or tuple whose *target* (the last
+picture) shows one side only: the eval asks for the whole object, so the training targets do too, while the
+references stay whatever view they show.
+
+    python -m tests.support.toy_judge [--whole-targets]   # serve on a free port, print its OpenAI base URL
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import io
 import itertools
 import re
@@ -54,27 +60,35 @@ def caption_for(r: Reading) -> str:
     return CAPTION_PREFIX + line + (f", {dom.VIEW_WORDS[r.view]}" if r.view in dom.VIEW_WORDS else "")
 
 
-def curate_answer(a: Reading, b: Reading) -> dict:
+SIDE_TARGET = "the target shows one side only"
+
+
+def curate_answer(a: Reading, b: Reading, whole_targets: bool = False) -> dict:
     same = same_identity(a, b)
     differences = [k for k in ("shape", "body", "accent", "pattern") if getattr(a, k) != getattr(b, k)]
+    reason = "every identity feature agrees" if same else f"they differ in {', '.join(differences) or 'presence'}"
+    if same and whole_targets and b.view != "whole":
+        same, reason = False, SIDE_TARGET
     return {
         "subject": "a flat shape" if a.found else "nothing",
         "description_a": describe(a),
         "description_b": describe(b),
         "same_identity": bool(same),
         "confidence": 0.95,
-        "reason": "every identity feature agrees" if same else f"they differ in {', '.join(differences) or 'presence'}",
+        "reason": reason,
         "caption": caption_for(b),
     }
 
 
-def tuple_answer(pictures: list[Reading]) -> dict:
+def tuple_answer(pictures: list[Reading], whole_targets: bool = False) -> dict:
     """Issue 20's tuple question: do all k + 1 pictures show one identity? The caption is the last one's."""
     same = all(same_identity(a, b) for a, b in itertools.combinations(pictures, 2))
     odd = [i + 1 for i, p in enumerate(pictures) if not all(same_identity(p, q) for q in pictures if q is not p)]
+    reason = "every identity feature agrees" if same else f"image(s) {odd} differ from image 1"
+    if same and whole_targets and pictures[-1].view != "whole":
+        same, reason = False, SIDE_TARGET
     return {"subject": "a flat shape", "descriptions": [describe(p) for p in pictures], "same_identity": bool(same),
-            "confidence": 0.95, "reason": "every identity feature agrees" if same else f"image(s) {odd} differ from image 1",
-            "caption": caption_for(pictures[-1])}  # fmt: skip
+            "confidence": 0.95, "reason": reason, "caption": caption_for(pictures[-1])}  # fmt: skip
 
 
 def cp_answer(ref: Reading, out: Reading) -> dict:
@@ -94,14 +108,14 @@ def pf_answer(out: Reading, prompt: str) -> dict:
     }  # fmt: skip
 
 
-def toy_responder(request) -> dict | str:
+def toy_responder(request, whole_targets: bool = False) -> dict | str:
     """The FakeLLMServer responder: curation verdicts, CP and PF scores from the pictures."""
     props = (request.json_schema or {}).get("properties", {})
     pictures = [_picture(b) for b in request.images]
     if "same_identity" in props and len(pictures) == 2:
-        return curate_answer(*pictures)
+        return curate_answer(*pictures, whole_targets=whole_targets)
     if "same_identity" in props and len(pictures) > 2:  # a tuple (issue 20)
-        return tuple_answer(pictures)
+        return tuple_answer(pictures, whole_targets=whole_targets)
     if "reference_features" in props and len(pictures) == 2:
         return cp_answer(*pictures)
     if "prompt_elements" in props and len(pictures) == 1:
@@ -115,7 +129,10 @@ def main() -> None:
 
     from .llm_server import FakeLLMServer
 
-    server = FakeLLMServer(responder=toy_responder).start()
+    p = argparse.ArgumentParser(prog="python -m tests.support.toy_judge", description=__doc__.split("\n\n")[0])
+    p.add_argument("--whole-targets", action="store_true", help="curation rejects targets that show one side only")
+    args = p.parse_args()
+    server = FakeLLMServer(responder=functools.partial(toy_responder, whole_targets=args.whole_targets)).start()
     print(server.openai_base_url, flush=True)  # noqa: T201 - the one line a caller reads
     threading.Event().wait()
 
@@ -126,7 +143,8 @@ if __name__ == "__main__":
 
 def curation_scores(workdir) -> dict[str, float]:
     """How curation did on a toy datagen workdir, against the teacher's own plan of every grid: precision
-    and recall of the accepted pairs (a pair is consistent when neither panel is the grid's odd one)."""
+    and recall of the accepted pairs (a pair is consistent when neither panel is the grid's odd one). Pairs
+    rejected by ``--whole-targets`` only (reason ``SIDE_TARGET``) are counted apart, as ``side_targets``."""
     from pathlib import Path
 
     from datagen.teacher.toy import grid_plan
@@ -134,15 +152,18 @@ def curation_scores(workdir) -> dict[str, float]:
 
     root = Path(workdir)
     odd = {str(g["id"]): grid_plan(g["prompt"], int(g["seed"])).odd_panel for g in read_records(root / "teacher" / "grids.jsonl")}
-    tp = fp = fn = tn = 0
+    tp = fp = fn = tn = side = 0
     for v in read_records(root / "curate" / "verdicts.jsonl"):
+        if v.get("reason") == SIDE_TARGET:
+            side += 1
+            continue
         consistent = odd[str(v["grid_id"])] not in (v["ref_index"], v["target_index"])
         accepted = bool(v.get("accepted"))
         tp, fp = tp + (accepted and consistent), fp + (accepted and not consistent)
         fn, tn = fn + (not accepted and consistent), tn + (not accepted and not consistent)
     return {"pairs": tp + fp + fn + tn, "inconsistent_pairs": fp + tn, "rejected_inconsistent": tn,
             "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1),
-            "inconsistent_grids": sum(o is not None for o in odd.values()), "grids": len(odd)}  # fmt: skip
+            "inconsistent_grids": sum(o is not None for o in odd.values()), "grids": len(odd), "side_targets": side}  # fmt: skip
 
 
 IDENTITY_ATTRIBUTES = ("shape", "body", "accent", "pattern")

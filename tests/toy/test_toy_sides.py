@@ -12,7 +12,7 @@ from datagen.config import PromptsConfig
 from datagen.prompts import template_prompt
 from datagen.teacher import toy_domain as dom
 from datagen.teacher.toy import draw_grid, grid_plan
-from tests.support.toy_judge import caption_for, tuple_answer
+from tests.support.toy_judge import SIDE_TARGET, caption_for, curate_answer, tuple_answer
 from tests.support.toy_vision import identity_score, read_picture, reading_of, same_identity
 
 RED_STRIPES = dom.Identity("circle", "red", "blue", "stripes")
@@ -53,6 +53,18 @@ def test_tuple_verdict_over_sides() -> None:
     odd = read_picture(dom.draw_panel(dom.Identity("circle", "red", "green", "stripes"), CTX, view="patterned"))
     verdict = tuple_answer([*views[:2], odd])
     assert verdict["same_identity"] is False and "[2, 3]" in verdict["reason"]  # the two patterned sides disagree
+
+
+def test_whole_targets_rejects_a_side_as_the_target_only() -> None:
+    plain, patterned, whole = (read_picture(dom.draw_panel(RED_STRIPES, CTX, view=v)) for v in ("plain", "patterned", "whole"))
+    assert curate_answer(plain, whole, whole_targets=True)["same_identity"] is True  # a side as the reference is kept
+    assert curate_answer(whole, plain)["same_identity"] is True
+    verdict = curate_answer(whole, plain, whole_targets=True)
+    assert verdict["same_identity"] is False and verdict["reason"] == SIDE_TARGET
+    assert tuple_answer([plain, patterned, whole], whole_targets=True)["same_identity"] is True
+    assert tuple_answer([plain, whole, patterned], whole_targets=True)["reason"] == SIDE_TARGET
+    other = read_picture(dom.draw_panel(dom.Identity("circle", "green", "blue", "stripes"), CTX))
+    assert "differ" in curate_answer(other, whole, whole_targets=True)["reason"]  # another identity stays that reject
 
 
 def test_teacher_sides_keep_the_whole_grids_draws() -> None:
