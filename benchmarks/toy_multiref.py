@@ -1,6 +1,6 @@
 """Issue 20's proof: do several references carry more of an identity than one? On the toy domain's sides.
 
-    python -m benchmarks.toy_multiref --out DIR [--identities 200] [--subjects 24] [--steps N]
+    python -m benchmarks.toy_multiref --out DIR [--identities 200] [--subjects 24] [--steps N] [--whole-targets]
 
 The toy loop (benchmarks/toy_loop.py) with ``views = "sides"``: a panel shows the whole object or one of its
 two sides (the plain side: shape and body colour; the patterned side: pattern and accent colour on ivory),
@@ -18,6 +18,9 @@ so one side carries half the identity and several sides more of it.
 5. ``python -m dsd eval --references 1,2,3``: both models (and the multi model with a zero embedder) at
    k = 1, 2, 3; the oracle is the teacher's whole panels
 -> DIR/summary_multiref.md (CP/PF per system and k), DIR/cp_per_k.png.
+
+``--whole-targets`` starts the toy judge with that flag: curation then keeps only pairs and tuples whose target
+(the last picture) shows the whole object, as the eval's prompts ask; the references stay any view.
 
 What an ideal model can reach: with k random sides the chance that both sides were shown is 1 - 2^(1 - k),
 so CP is at most 0.625 / 0.81 / 0.91 for k = 1 / 2 / 3 (a plain side leaves accent and pattern unknown,
