@@ -63,12 +63,18 @@ def caption_for(r: Reading) -> str:
 SIDE_TARGET = "the target shows one side only"
 
 
+def _whole_target(same: bool, reason: str, target: Reading, whole_targets: bool) -> tuple[bool, str]:
+    """``--whole-targets``: a verdict of one identity becomes a reject when its target shows one side only."""
+    if same and whole_targets and target.view != "whole":
+        return False, SIDE_TARGET
+    return same, reason
+
+
 def curate_answer(a: Reading, b: Reading, whole_targets: bool = False) -> dict:
     same = same_identity(a, b)
     differences = [k for k in ("shape", "body", "accent", "pattern") if getattr(a, k) != getattr(b, k)]
     reason = "every identity feature agrees" if same else f"they differ in {', '.join(differences) or 'presence'}"
-    if same and whole_targets and b.view != "whole":
-        same, reason = False, SIDE_TARGET
+    same, reason = _whole_target(same, reason, b, whole_targets)
     return {
         "subject": "a flat shape" if a.found else "nothing",
         "description_a": describe(a),
@@ -85,8 +91,7 @@ def tuple_answer(pictures: list[Reading], whole_targets: bool = False) -> dict:
     same = all(same_identity(a, b) for a, b in itertools.combinations(pictures, 2))
     odd = [i + 1 for i, p in enumerate(pictures) if not all(same_identity(p, q) for q in pictures if q is not p)]
     reason = "every identity feature agrees" if same else f"image(s) {odd} differ from image 1"
-    if same and whole_targets and pictures[-1].view != "whole":
-        same, reason = False, SIDE_TARGET
+    same, reason = _whole_target(same, reason, pictures[-1], whole_targets)
     return {"subject": "a flat shape", "descriptions": [describe(p) for p in pictures], "same_identity": bool(same),
             "confidence": 0.95, "reason": reason, "caption": caption_for(pictures[-1])}  # fmt: skip
 
