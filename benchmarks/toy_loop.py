@@ -351,11 +351,17 @@ def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whol
 
 
 def base_agreement(flux: Path) -> dict[str, float]:
-    """The base's own grid agreement (tests/support/toy_pretrain.py ``grid_agreement``), at the stage's threads."""
+    """The base's own grid agreement (tests/support/toy_pretrain.py ``grid_agreement``), at the stage's threads;
+    measured once and kept in the base's ``dsd_toy.json``, so a resumed loop does not sample it again."""
+    from dsd.io import atomic_write_json
     from tests.support.toy_pretrain import grid_agreement
 
-    with stage_torch_threads():
-        return grid_agreement(flux, AGREEMENT_GRIDS, FRAME)
+    info = json.loads((flux / "dsd_toy.json").read_text())
+    if "grid_agreement_cp" not in info:
+        with stage_torch_threads():
+            info.update(grid_agreement(flux, AGREEMENT_GRIDS, FRAME))
+        atomic_write_json(flux / "dsd_toy.json", info)
+    return {k: info[k] for k in ("grid_agreement_cp", "grid_agreement_pf")}
 
 
 def run_datagen(out: Path, cfg: Path, env: dict[str, str]) -> None:

@@ -87,7 +87,7 @@ def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000,
     from training.objective import Batch, flow_matching_loss
 
     flux_dir = Path(flux_dir)
-    pipe = FluxPipeline.from_pretrained(flux_dir, torch_dtype=torch.float32)
+    pipe = FluxPipeline.from_pretrained(flux_dir, dtype=torch.float32)
     encoders = FluxEncoders(pipe, max_sequence_length=SEQ)
     with torch.no_grad():
         data = _encode_data(encoders, grid_pairs(pairs, placement, seed, views, frames), side)
@@ -130,7 +130,7 @@ def grid_agreement(flux_dir: str | Path, n: int = 24, side: int = 128, seed: int
     from tests.support.toy_judge import caption_for
     from tests.support.toy_vision import context_score, identity_score, read_picture, reading_of
 
-    pipe = FluxPipeline.from_pretrained(Path(flux_dir), torch_dtype=torch.float32)
+    pipe = FluxPipeline.from_pretrained(Path(flux_dir), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     rng, cp, pf = random.Random(seed), [], []
     anyone = dom.all_identities()[0]  # the caption names only the context

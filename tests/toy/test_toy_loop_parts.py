@@ -39,6 +39,12 @@ def test_pretraining_trains_the_adaln_zero_base_in_place(tmp_path) -> None:
     assert all(0.0 <= v <= 1.0 for v in agreement.values()), agreement
 
 
+def test_base_agreement_is_kept_with_the_base_and_not_sampled_again(tmp_path) -> None:
+    kept = {"vae_psnr_db": 26.0, "grid_agreement_cp": 0.3, "grid_agreement_pf": 0.7}
+    (tmp_path / "dsd_toy.json").write_text(json.dumps(kept))  # no model here: sampling would fail
+    assert toy_loop.base_agreement(tmp_path) == {"grid_agreement_cp": 0.3, "grid_agreement_pf": 0.7}
+
+
 def test_grid_benchmark_asks_the_reference_placement_and_swaps_references(tmp_path) -> None:
     bench, oracle = toy_loop.write_benchmark(tmp_path, 4, "grid")
     records = [json.loads(line) for line in (bench / "prompts.jsonl").read_text().splitlines()]
