@@ -8,7 +8,10 @@ step across most of the span inside a panel (the faint seam of photos a wrong la
 spans enough of the image (crops of one photo meeting in similar colours), a jump of the local
 averages alone at the even split, with no rival near it, is the seam; failing that, a one-line step
 (the pixels either side unrelated) standing out over the usual line-to-line step across much of
-the span, with no rival near it (crops of a grainy photo: gravel, the moon's surface).
+the span, with no rival near it (crops of a grainy photo: gravel, the moon's surface); failing that,
+the line where neighbouring lines stop being correlated along most of the span (crops of grass, of a
+cell culture: their steps are as large as the texture's own, but within a photo each line still
+resembles the one before).
 """
 
 from __future__ import annotations
@@ -24,6 +27,18 @@ from .panel_verify import band_partner, channel_max, edge_profile
 # noise), the step into the line is _STEP_RATIO times the usual one; it must beat rivals by that share too.
 _STEP_CHUNKS, _STEP_RATIO, _STEP_MIN_SHARE = 8, 2.0, 0.375
 _STEP_HIDDEN = 0.75  # ... in this share inside a panel, alone (no step within _BAND_REACH): a seam the layout lacks
+# Unrelated lines (_unrelated_profile): of a line's _DECOR_CHUNKS stretches, those with content (grey spread
+# over _DECOR_MIN_SD levels on both lines, and at least _DECOR_MIN_CONTENT such stretches: a sliver between a
+# silhouette's legs is no span) whose 1 - correlation with the line before is over _DECOR_DROP and
+# _DECOR_RATIO times the usual one there (the median within 8 lines).
+_DECOR_CHUNKS, _DECOR_MIN_SD, _DECOR_MIN_CONTENT, _DECOR_DROP, _DECOR_RATIO = 16, 1.0, 6, 0.4, 3.0
+# A seam shows in _DECOR_MIN of them, any rival within a tenth of a pitch in at most _DECOR_RIVAL of that
+# share or _DECOR_RIVAL_GAP below it (the moon's grain keeps every line of it near 0.6).
+_DECOR_MIN, _DECOR_RIVAL, _DECOR_RIVAL_GAP = 0.5, 0.4, 0.35
+# A seam the layout lacks, at an even split inside a cut panel: half as marked as the weakest cut and in
+# _DECOR_HIDDEN at least, and either _HID_ALONE, or 1 / _HID_STANDOUT times every line within a tenth of the
+# span, or on a one-line step in _HID_STEP of the span (two cues at one line).
+_DECOR_HIDDEN, _HID_ALONE, _HID_STANDOUT, _HID_STEP = 0.3, 0.6, 0.4, 0.5
 
 
 def _pick_edge(
@@ -164,6 +179,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
         segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
         _no_edge_inside_panels(f, g, axis, lo, segs[-1], max(cfg_strong(cfg), min(strengths, default=0.0)))
         _no_step_inside_panels(region, g, axis, lo, segs[-1])
+    _no_unrelated_lines_inside_panels(g, span, segs)
     small = [b - a for s in segs for a, b in s if b - a < cfg.min_panel_size]
     if small:
         raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: panel of {small[0]} px "
@@ -224,7 +240,46 @@ def _weak_seam(lines: np.ndarray, expected: float, window: float, pitch: float) 
     if strength:
         return cut, strength, conf, f", a texture seam across {strength:.0%}"
     cut, strength, conf = _step_seam(lines, expected, window, pitch)
-    return cut, strength, conf, f", a one-line step standing out in {strength:.0%} of the span"
+    if strength:
+        return cut, strength, conf, f", a one-line step standing out in {strength:.0%} of the span"
+    cut, strength, conf = _unrelated_seam(lines, expected, window, pitch)
+    return cut, strength, conf, f", unrelated lines in {strength:.0%} of the span"
+
+
+def _unrelated_profile(lines: np.ndarray, reach: int = 8) -> np.ndarray:
+    """u[y]: share of the span's stretches with content where line y is unrelated to line y-1: their
+    correlation along the stretch falls well below the usual one between neighbouring lines there.
+    Within a photo, however grainy, each line resembles the one before (resampling alone sees to
+    that); two photos placed edge to edge do not. Flat stretches (a night sky, a wall) have no say."""
+    grey = lines.astype(np.float32).mean(axis=2)
+    u = np.zeros(len(grey), np.float32)
+    usable = grey.shape[1] // _DECOR_CHUNKS * _DECOR_CHUNKS
+    if len(grey) < 2 * reach + 2 or usable == 0:
+        return u
+    c = grey[:, :usable].reshape(len(grey), _DECOR_CHUNKS, -1)
+    c = c - c.mean(axis=2, keepdims=True)
+    sd = np.sqrt((c**2).mean(axis=2))
+    content = (sd[1:] > _DECOR_MIN_SD) & (sd[:-1] > _DECOR_MIN_SD)
+    d = np.where(content, 1.0 - (c[1:] * c[:-1]).mean(axis=2) / np.maximum(sd[1:] * sd[:-1], 1e-6), 0.0)
+    padded = np.pad(d, ((reach, reach), (0, 0)), mode="edge")
+    usual = np.median(sliding_window_view(padded, 2 * reach + 1, axis=0), axis=2)
+    hits = (content & (d > np.maximum(_DECOR_DROP, _DECOR_RATIO * usual))).sum(axis=1)
+    counted = content.sum(axis=1)
+    u[1:] = np.where(counted >= _DECOR_MIN_CONTENT, hits / np.maximum(counted, 1), 0.0)
+    return u
+
+
+def _unrelated_seam(lines: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float]:
+    """(cut, strength, confidence) of unrelated lines at the even split (``_unrelated_profile``): the
+    strongest within ``window`` must show in _DECOR_MIN of the stretches with content, and any other within
+    a tenth of a pitch in at most _DECOR_RIVAL of its share; else strength 0."""
+    peak = _peak_near(_unrelated_profile(lines), expected, window, pitch)
+    if peak is None:
+        return -1, 0.0, 0.0
+    best, strength, second = peak
+    if strength < _DECOR_MIN or second > max(_DECOR_RIVAL * strength, strength - _DECOR_RIVAL_GAP):
+        return best, 0.0, 0.0
+    return best, strength, 1.0 - second / strength
 
 
 def _step_profile(lines: np.ndarray, chunks: int = _STEP_CHUNKS, reach: int = 8) -> np.ndarray:
@@ -311,6 +366,46 @@ def _no_step_inside_panels(region: np.ndarray, g: _Grid, axis: int, lo: int, seg
                 f"{float(mid.max()):.0%} of the image inside the panel at {a}-{b} px ({'y' if axis == 0 else 'x'}={at} px): "
                 "the seam of photos the layout does not have; rejected rather than guessed"
             )
+
+
+def _stands_out(u: np.ndarray, reach: int) -> np.ndarray:
+    """Where ``u`` is _HID_ALONE or more, or 1 / _HID_STANDOUT times every other value within ``reach``
+    lines (3 lines either side excluded)."""
+    padded = np.pad(u, reach)
+    near = np.zeros_like(u)
+    for k in range(4, reach + 1):
+        near = np.maximum(near, np.maximum(padded[reach - k : reach - k + len(u)], padded[reach + k : reach + k + len(u)]))
+    return (u >= _HID_ALONE) | (near <= _HID_STANDOUT * u)
+
+
+def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int], segs) -> None:
+    """Unrelated lines in the middle of a cut panel, at an even split of the grid into 2 or 3 panels (the
+    largest layout drawn), marked as _DECOR_HIDDEN's comment says: the seam of two crops of one grainy photo
+    where the layout has none (a 3x3 of grass labelled 1x3), which neither a sharp edge nor a step shows.
+    The cuts' own seams set the bar: grain that hides one seam hides them all alike, and a wrong layout
+    is worse than a lost grid."""
+    y0, y1, x0, x1 = span
+    lines = [_lines(g.a[y0:y1, x0:x1], axis, 2 * _SAMPLES) for axis in (0, 1)]
+    profiles = [_unrelated_profile(v) for v in lines]
+    at_cuts = [float(u[max(0, a - lo - 2) : a - lo + 3].max())
+               for u, lo, axis_segs in zip(profiles, (y0, x0), segs, strict=True) for a, _ in axis_segs[1:]]  # fmt: skip
+    bar = max(_DECOR_HIDDEN, 0.5 * min(at_cuts, default=1.0))
+    for axis, (u, lo, axis_segs) in enumerate(zip(profiles, (y0, x0), segs, strict=True)):
+        length = len(u)
+        splits = np.array([length * i / n for n in (2, 3) for i in range(1, n)])
+        at_split = np.abs(np.arange(length)[:, None] - splits[None, :]).min(axis=1) <= max(6, g.cfg.max_edge_spread * length)
+        steps = sliding_window_view(np.pad(_step_profile(lines[axis]), 2), 5, axis=0).max(axis=1)
+        marked = np.where(at_split & (_stands_out(u, max(4, length // 10)) | (steps >= _HID_STEP)), u, 0.0)
+        for a, b in axis_segs:
+            i0 = a - lo + (b - a) // 4
+            hit = marked[i0 : a - lo + 3 * (b - a) // 4]
+            if hit.size and float(hit.max()) >= bar:
+                at = a + (b - a) // 4 + int(np.argmax(hit))
+                raise PanelDetectionError(
+                    f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and the lines either side of "
+                    f"{'y' if axis == 0 else 'x'}={at} px are unrelated across {float(hit.max()):.0%} of the image inside "
+                    f"the panel at {a}-{b} px: the seam of photos the layout does not have; rejected rather than guessed"
+                )
 
 
 def _flat_band_edges(lines: np.ndarray, tolerance: int = 20, share: float = 0.9) -> np.ndarray:

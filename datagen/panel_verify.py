@@ -19,9 +19,14 @@ was found, is checked afterwards on both axes, and any doubt rejects the grid:
    side (a wall fading into a black gutter: its last step reads as a clean edge; a product shot's white
    ground beside a white gutter). And the panels along two image edges or more do not all start with a
    band of one colour (a frame whose colour a panel's background shares is not found as a border).
+   Nor does a band of the gutters' colour, as wide as they are, cross every panel of a row (column) at one
+   even split of them: a gutter the layout does not have, hidden where the panels' background has its
+   colour (horse silhouettes on white between white gutters, a 2x2 labelled 1x2).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -43,6 +48,7 @@ _BAND_REACH = 15  # an edge this near another parallel one is a thin band's (px)
 # line _MERGE_NEARER times the usual distance from it), has swallowed that panel's side
 _SWALLOW_PX, _SWALLOW_FIT, _MERGE_SHARE, _MERGE_NEARER = 3, 0.25, 0.4, 0.75
 _MIN_SIDE_BAND = 3  # a uniform band along a panel's side this wide (px) is a gutter or border strip
+_AGREE_PX = 3  # gutters of one grid agree on their width within this (resampling, JPEG)
 
 
 def channel_max(x: np.ndarray) -> np.ndarray:
@@ -272,6 +278,56 @@ def _border_inside(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> 
     return ""
 
 
+def _gutter_colour(a: np.ndarray, boxes: tuple[Box, ...]) -> tuple[np.ndarray, int] | None:
+    """(colour, width) of the narrowest gap between two panels of a row or column; None when they touch."""
+    gaps = []
+    for axis in (0, 1):
+        for members in _sharing(boxes, axis).values():
+            ordered = sorted(members, key=lambda b: b.x0 if axis == 0 else b.y0)
+            for p, q in itertools.pairwise(ordered):
+                if axis == 0 and q.x0 > p.x1:
+                    gaps.append((q.x0 - p.x1, a[p.y0 : p.y1, p.x1 : q.x0]))
+                elif axis == 1 and q.y0 > p.y1:
+                    gaps.append((q.y0 - p.y1, a[p.y1 : q.y0, p.x0 : p.x1]))
+    if not gaps:
+        return None
+    width, gap = min(gaps, key=lambda g: g[0])
+    return np.median(gap.reshape(-1, 3), axis=0), width
+
+
+def _hidden_gutter(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
+    """Why the panels sharing a row (column) hide a gutter ("" when they do not): lines uniform in the found
+    gutters' colour across every one of them, a run at least as wide as the narrowest gutter (less
+    _AGREE_PX) and at most twice as wide (with the panels' margins of its colour), at an even split of their
+    extent into 2 or 3: a wrong layout's gutter, where every panel's background has the gutter's colour and
+    no separator showed it. A lone panel is not judged (a white wall across a photo)."""
+    found = _gutter_colour(a, boxes)
+    if found is None:
+        return ""
+    colour, width = found
+    for axis in (0, 1):
+        for (lo, hi), members in _sharing(boxes, axis).items():
+            if len(members) < 2:  # a lone panel's flat wall is no gutter: one across several panels at one line is
+                continue
+            length = hi - lo
+            i0, i1 = int(_INNER[0] * length), int(_INNER[1] * length)
+            flat = np.ones(i1 - i0, bool)
+            for b in members:
+                panel = a[lo + i0 : lo + i1, b.x0 : b.x1] if axis == 0 else a[b.y0 : b.y1, lo + i0 : lo + i1].transpose(1, 0, 2)
+                near = channel_max(np.abs(panel[:, ::2].astype(np.int16) - colour.astype(np.int16))) <= cfg.uniform_tolerance
+                flat &= near.mean(axis=1) >= cfg.uniform_fraction
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], flat.astype(np.int8), [0]])))
+            for s, e in zip(edges[::2], edges[1::2], strict=True):
+                centre = i0 + (s + e) / 2
+                at_split = min(abs(centre - length * i / n) for n in (2, 3) for i in range(1, n))
+                wide = max(3, width - _AGREE_PX) <= e - s <= 2 * (width + _AGREE_PX)  # a gutter's width, or with a margin
+                if wide and at_split <= max(_SPLIT_TOLERANCE_PX, (e - s) / 2):
+                    where = f"{'y' if axis == 0 else 'x'}={lo + i0 + s}-{lo + i0 + e} px"
+                    return (f"a band of the gutters' colour crosses every panel at {lo}-{hi} px ({where}, {e - s} px "
+                            f"wide, the gutters {width} px): a gutter the layout does not have")  # fmt: skip
+    return ""
+
+
 def verify(a: np.ndarray, found: Detection, rows: int, cols: int, cfg: PanelsConfig) -> None:
     """Raise PanelDetectionError when ``found`` fails a check of the module docstring."""
     single = found.method == "edges"
@@ -279,6 +335,6 @@ def verify(a: np.ndarray, found: Detection, rows: int, cols: int, cfg: PanelsCon
     if not why and found.method == "edges":
         why = _unequal(found.boxes, cfg) or _uniform_side(a, found.boxes, cfg)
     elif not why:
-        why = _swallowed_side(a, found.boxes, cfg) or _border_inside(a, found.boxes, cfg)
+        why = _swallowed_side(a, found.boxes, cfg) or _border_inside(a, found.boxes, cfg) or _hidden_gutter(a, found.boxes, cfg)
     if why:
         raise PanelDetectionError(f"cannot cut the grid into {rows}x{cols} panels: {why}; rejected rather than guessed")

@@ -14,7 +14,17 @@ from PIL import Image
 from datagen.panel_edges import _pick_edge
 from datagen.panels import Box, PanelDetectionError, PanelsConfig, analyse_panels, run_panels
 from dsd.manifest import read_records
-from tests.datagen.real_grids import BLACK, WHITE, bench_grid, make_real_grid, photo_panel, strip, wall
+from tests.datagen import real_grids as photos_module
+from tests.datagen.real_grids import (
+    BLACK,
+    MISMATCHES,
+    WHITE,
+    bench_grid,
+    make_real_grid,
+    photo_panel,
+    strip,
+    wall,
+)
 from tests.datagen.synthetic_grids import SynthGrid, cut_is_right
 
 
@@ -189,6 +199,40 @@ def test_touching_crops_of_one_grainy_photo_meet_at_a_one_line_step() -> None:
     assert sum("one-line step" in d for d in details) >= 4, details
 
 
+def test_touching_crops_of_grass_and_gravel_meet_where_neighbouring_lines_stop_being_alike() -> None:
+    """Benchmark grids (seeds 0-8) of touching crops of one grainy photo that every other cue rejected: no
+    sharp edge, no jump of the local averages, steps no larger than the grain's own; yet each line of a
+    photo resembles the one before, and across the seam it does not. Cut right, by that cue."""
+    details = []
+    for seed, i in ((0, 28), (4, 10), (4, 16), (5, 8), (6, 11), (6, 46)):
+        grid = bench_grid("same_subject", seed=seed, i=i)
+        assert right_or_rejected(grid) == "right", (seed, i)
+        details.append(analyse_panels(grid.image, grid.rows, grid.cols).detail)
+    assert all("unrelated lines" in d for d in details), details
+
+
+def test_one_photo_with_a_thin_sliver_of_content_is_never_cut_at_it() -> None:
+    """A horse's silhouette on white, labelled 1x2: at x=419 only three stretches of the column have content
+    (the gap between two legs), and there the lines are unrelated. Three stretches are no seam: the cue counts
+    only where content covers enough of the span (it cut this one photo in two before)."""
+    src = photos_module.photos()["horse.png"]
+    one = np.array(Image.fromarray(src[74 : 74 + 232, 148 : 148 + 248]).resize((841, 787), Image.LANCZOS))
+    with pytest.raises(PanelDetectionError):
+        analyse_panels(one, 1, 2)
+
+
+@pytest.mark.parametrize("i", [51, 150, 202, 250, 292])
+def test_same_subject_grids_drawn_at_another_layout_are_rejected(i: int) -> None:
+    """Crops of one photo (moon, grass, clock, Hubble, horses on white) drawn at one layout and labelled
+    another (a 3x3 as 1x3, a 2x2 as 1x2): each was cut into panels holding several photos. The hidden seams
+    are as faint as the cut ones (unrelated lines at an even split, as marked as at the cuts; case 292: a
+    white gutter hidden by white backgrounds, a band of the gutters' colour across both panels); rejected."""
+    drawn, label = MISMATCHES[i % len(MISMATCHES)]
+    grid = make_real_grid("same_subject", label, 777_000 + i, (768, 1024)[i % 2], drawn=drawn)
+    with pytest.raises(PanelDetectionError):
+        analyse_panels(grid.image, grid.rows, grid.cols)
+
+
 def test_two_by_two_touching_photos_labelled_one_by_two_show_their_faint_row_seam() -> None:
     """A 2x2 of touching photos labelled 1x2 whose row seam is a sharp edge across half the width
     only (the camera's grey lawn meets a grey photo): the column cut is clean, but the row seam is
@@ -200,7 +244,7 @@ def test_two_by_two_touching_photos_labelled_one_by_two_show_their_faint_row_sea
     names = ["camera.png", "horse.png", "clock_motion.png", "gravel.png"]
     for seed in (0, 1, 2, 3, 4, 5):
         grid = assemble(photos(names, 410, 400, seed), 2, 2, gutter=0, label=(1, 2))
-        with pytest.raises(PanelDetectionError, match="one-line step|more panels than the layout"):
+        with pytest.raises(PanelDetectionError, match="one-line step|more panels than the layout|unrelated across"):
             analyse_panels(grid.image, grid.rows, grid.cols)
     right_or_rejected(bench_grid("mismatch", 4, seed=5))  # the benchmark's case (seed 5)
     assert right_or_rejected(bench_grid("seam_matched", 31)) == "right"  # a brick photo beside others
