@@ -51,8 +51,12 @@ gutter's neighbours are panel content or other panels' margins.
    gutter or border strip left along a side. Any doubt rejects: a mis-cut is worse than a reject.
 
 Known limits (they reject, never mis-cut): gutters of the same colour as the panels' background
-are invisible; gutters that are neither aligned across the grid nor within strips; touching panels
-whose content is noise at the pixel level (no edge stands out).
+are invisible (horse silhouettes on white between white gutters); gutters that are neither aligned
+across the grid nor within strips; touching panels whose seam crosses mostly flat or noisy content (crops
+of a starfield on black, of the moon's faint grain: no cue stands out over its rivals). Where no edge
+stands out, datagen/panel_edges.py's weaker cues (a jump of local averages, a one-line step, lines that
+stop being alike) cut only at the even split with no rival near, and the same cues, fainter still, at an
+even split inside a cut panel reject it.
 """
 
 from __future__ import annotations

@@ -246,6 +246,13 @@ def _weak_seam(lines: np.ndarray, expected: float, window: float, pitch: float) 
     return cut, strength, conf, f", unrelated lines in {strength:.0%} of the span"
 
 
+def _running_median(x: np.ndarray, reach: int) -> np.ndarray:
+    """The median of ``x`` over the ``reach`` lines either side of each line (axis 0, edges repeated): the
+    middle of each window by ``np.partition``, which is ~8x faster than ``np.median`` on these windows."""
+    windows = sliding_window_view(np.pad(x, ((reach, reach), (0, 0)), mode="edge"), 2 * reach + 1, axis=0)
+    return np.partition(windows, reach, axis=2)[..., reach]
+
+
 def _unrelated_profile(lines: np.ndarray, reach: int = 8) -> np.ndarray:
     """u[y]: share of the span's stretches with content where line y is unrelated to line y-1: their
     correlation along the stretch falls well below the usual one between neighbouring lines there.
@@ -261,8 +268,7 @@ def _unrelated_profile(lines: np.ndarray, reach: int = 8) -> np.ndarray:
     sd = np.sqrt((c**2).mean(axis=2))
     content = (sd[1:] > _DECOR_MIN_SD) & (sd[:-1] > _DECOR_MIN_SD)
     d = np.where(content, 1.0 - (c[1:] * c[:-1]).mean(axis=2) / np.maximum(sd[1:] * sd[:-1], 1e-6), 0.0)
-    padded = np.pad(d, ((reach, reach), (0, 0)), mode="edge")
-    usual = np.median(sliding_window_view(padded, 2 * reach + 1, axis=0), axis=2)
+    usual = _running_median(d, reach)
     hits = (content & (d > np.maximum(_DECOR_DROP, _DECOR_RATIO * usual))).sum(axis=1)
     counted = content.sum(axis=1)
     u[1:] = np.where(counted >= _DECOR_MIN_CONTENT, hits / np.maximum(counted, 1), 0.0)
@@ -295,8 +301,7 @@ def _step_profile(lines: np.ndarray, chunks: int = _STEP_CHUNKS, reach: int = 8)
     d = channel_max(np.abs(a[1:] - a[:-1])).astype(np.float32)
     usable = d.shape[1] // chunks * chunks
     dc = d[:, :usable].reshape(len(d), chunks, -1).mean(axis=2)
-    padded = np.pad(dc, ((reach, reach), (0, 0)), mode="edge")
-    usual = np.median(sliding_window_view(padded, 2 * reach + 1, axis=0), axis=2)
+    usual = _running_median(dc, reach)
     s[1:] = (dc > _STEP_RATIO * (usual + 2)).mean(axis=1)  # + 2 grey levels: flat stretches' noise
     return s
 
