@@ -66,7 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .panel_types import Box, Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
-from .panel_verify import channel_max, edge_profile, verify
+from .panel_verify import _AGREE_PX, channel_max, edge_profile, verify
 
 _SAMPLES = 256  # pixels sampled along each line to judge it
 # a band at one edge only is a panel's own side when it is wider than _BAND_PX (a cut that far off is
@@ -74,7 +74,6 @@ _SAMPLES = 256  # pixels sampled along each line to judge it
 _BAND_PX, _EQUAL_PX = 3, 2
 _FRAME_PX = 2  # a frame's four sides agree on their width within this (resampling)
 _BRIDGE = 2  # non-uniform lines inside a gutter that are still one gutter (JPEG block seams)
-_AGREE_PX = 3  # clean gutters (borders) of one grid agree on their width within this
 _FLAT_SHARE = 0.99  # a drawn line (gutter, border): this share within 1 level of its median (no grain)
 
 

@@ -48,7 +48,7 @@ _BAND_REACH = 15  # an edge this near another parallel one is a thin band's (px)
 # line _MERGE_NEARER times the usual distance from it), has swallowed that panel's side
 _SWALLOW_PX, _SWALLOW_FIT, _MERGE_SHARE, _MERGE_NEARER = 3, 0.25, 0.4, 0.75
 _MIN_SIDE_BAND = 3  # a uniform band along a panel's side this wide (px) is a gutter or border strip
-_AGREE_PX = 3  # gutters of one grid agree on their width within this (resampling, JPEG)
+_AGREE_PX = 3  # clean gutters (borders) of one grid agree on their width within this (resampling, JPEG)
 
 
 def channel_max(x: np.ndarray) -> np.ndarray:
