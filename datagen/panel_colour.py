@@ -238,7 +238,7 @@ def _one_per_slot(gutters: list, pitch: float) -> list:
 def _unexplained_edge(g: _Grid, layouts, colour: np.ndarray) -> tuple[bool, list]:
     """(skip, layouts): whether an image edge line is uniform in another colour (a border of another
     colour, or a flat edge) where this colour shows no border, the same colour showing on three
-    edges at least (a frame: the panel there would start unsure); fewer such lines are panels' flat
+    edges at least as bands of one width (a frame: the panel there would start unsure); fewer such lines are panels' flat
     edges, which equal panels must confirm (their axis gets content ``_STRICT``) when they end in a
     sharp edge past the tolerance of a cut (a border shown on one side). A line of this colour
     there is a panel's own (see ``_Axis.layout``'s content)."""
@@ -249,15 +249,26 @@ def _unexplained_edge(g: _Grid, layouts, colour: np.ndarray) -> tuple[bool, list
             line = g.a[at, ::2] if axis == 0 else g.a[::2, at]
             mean = line.mean(axis=0)
             uniform = float((channel_max(np.abs(line - mean)) <= g.cfg.uniform_tolerance).mean()) >= g.cfg.uniform_fraction
-            lines.append((axis, tuple(mean), uniform and not _same_colour(tuple(mean), tuple(colour), g.cfg), touches, at))
+            odd = uniform and not _same_colour(tuple(mean), tuple(colour), g.cfg)
+            lines.append((axis, tuple(mean), odd, touches, at, _edge_band(g, axis, mean, at == 0) if odd else 0))
     out = list(layouts)
-    for axis, mean, odd, touches, at in lines:
+    for axis, mean, odd, touches, at, _ in lines:
         if odd and not touches:
-            if sum(o[2] and _same_colour(mean, o[1], g.cfg) for o in lines) >= 3:
+            widths = [o[5] for o in lines if o[2] and _same_colour(mean, o[1], g.cfg)]
+            if sum(abs(w - float(np.median(widths))) <= _AGREE_PX for w in widths) >= 3:
                 return True, out
             if _sharp_edge_band(g, axis, np.array(mean), at == 0):
                 out[axis] = (out[axis][0], out[axis][1], _STRICT)
     return False, out
+
+
+def _edge_band(g: _Grid, axis: int, colour: np.ndarray, first: bool) -> int:
+    """Width of the run of ``colour`` at the image's edge (0: none). A frame's sides agree on theirs; a
+    low-contrast photo (the moon's grey, uniform within ``uniform_tolerance``) goes on in it as far as it
+    happens to, a different width at each edge."""
+    ax = _Axis(g, axis, colour)
+    run = next((r for r in ax.runs if (r[0] == 0 if first else r[1] == ax.length)), None)
+    return 0 if run is None else run[1] - run[0]
 
 
 def _sharp_edge_band(g: _Grid, axis: int, colour: np.ndarray, first: bool) -> bool:

@@ -221,6 +221,15 @@ def test_one_photo_with_a_thin_sliver_of_content_is_never_cut_at_it() -> None:
         analyse_panels(one, 1, 2)
 
 
+def test_a_low_contrast_photos_grey_edges_are_no_frame_of_another_colour() -> None:
+    """Moon crops between white gutters, the top one with a white wall fading into its gutter (seed 4): the
+    grey photo is uniform within the tolerance at three image edges, which read as a grey frame and stopped
+    the gutters found by colour. A frame's sides are bands of one width; the moon's run 3, 11 and 76 px in."""
+    grid = bench_grid("same_subject", 44, seed=4)
+    assert right_or_rejected(grid) == "right"
+    assert "gutters found by colour" in analyse_panels(grid.image, grid.rows, grid.cols).detail
+
+
 @pytest.mark.parametrize("i", [51, 150, 202, 250, 292])
 def test_same_subject_grids_drawn_at_another_layout_are_rejected(i: int) -> None:
     """Crops of one photo (moon, grass, clock, Hubble, horses on white) drawn at one layout and labelled
