@@ -14,7 +14,8 @@ table, layouts 1x2 .. 3x3, ~768 and ~1024 px, hard panels on purpose), ours agai
 BASELINE (the one before issue 16, read from git), per kind: right (every box within 3 px) /
 rejected / mis-cut, crashes (an exception other than a detection error), the pairs mis-cut grids
 would send to curation, and detection speed. Same-subject grids are also split into those with
-gutters and those of touching photos (40 %), which the touching goal judges.
+gutters and those of touching photos (40 %), which the touching goal judges. Layout mismatches come
+twice: panels of different photos, and crops of one photo (their hidden seams as faint as the cut ones).
 
 Run: `.venv/bin/python -m benchmarks.datagen_panels [--per-style 20] [--size 1024]`,
 `nice .venv/bin/python -m benchmarks.datagen_panels --real [--per-kind 48] [--photos FOLDER]` (``--photos``:

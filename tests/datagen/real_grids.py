@@ -8,7 +8,9 @@ coffee, chelsea, rocket, motorcycles, retina, hubble, ...) and matplotlib's samp
 diffusion-generated pictures, so the set has photographs only. ``use_photos(folder)`` swaps in the photos
 of any folder (the same kinds and seeds from other pictures: a held-out check of the detector).
 
-Kinds (``KINDS``) follow issue 16's table. Each grid is seeded; some panels are made hard on purpose:
+Kinds (``KINDS``) follow issue 16's table, plus same-subject grids drawn at a wrong layout (crops of one
+photo hide their seams as well as they hide the right layout's; 4 in 600 were cut before the hidden-seam
+checks). Each grid is seeded; some panels are made hard on purpose:
 a white studio wall at the side next to a white gutter, a dark photo (or a side fading to black)
 next to a black gutter, a flat strip inside a photo near its edge (a pilaster), and, for touching
 photos, panels whose colours are pulled together at the seam.
@@ -28,7 +30,9 @@ from datagen.panels import Box
 from tests.datagen.synthetic_grids import SynthGrid
 
 KINDS = ("white_gutter", "black_gutter", "coloured_gutter", "touching", "uneven_gutter", "thin_border",
-         "jpeg_noise", "same_subject", "seam_matched", "mismatch")  # fmt: skip
+         "jpeg_noise", "same_subject", "seam_matched", "mismatch", "same_subject_mismatch")  # fmt: skip
+SAME_SUBJECT = ("same_subject", "same_subject_mismatch")  # every panel a crop of one photo
+MISMATCH_KINDS = ("mismatch", "same_subject_mismatch")  # drawn at one layout, labelled another: must reject
 LAYOUTS = ((1, 2), (2, 1), (2, 2), (1, 3), (3, 1), (3, 3))
 # (drawn as, labelled as)
 MISMATCHES = (((3, 3), (1, 3)), ((3, 3), (3, 1)), ((2, 2), (1, 2)), ((1, 3), (1, 2)), ((2, 1), (2, 2)),
@@ -171,7 +175,7 @@ def _style(kind: str, rng: np.random.Generator) -> dict:
         style["colour"] = WHITE if rng.random() < 0.6 else BLACK
     elif kind == "jpeg_noise":
         style.update(jpeg=True, colour=[WHITE, BLACK, tuple(int(v) for v in rng.integers(0, 256, 3))][int(rng.integers(0, 3))])
-    elif kind in ("same_subject", "mismatch"):
+    elif kind in (*SAME_SUBJECT, "mismatch"):
         style["gutter"] = 0 if rng.random() < 0.4 else gutter
     if kind in ("white_gutter", "black_gutter", "coloured_gutter", "uneven_gutter", "jpeg_noise") and rng.random() < 0.3:
         style["border"] = int(rng.integers(4, 21))
@@ -240,7 +244,7 @@ def make_real_grid(kind: str, layout: tuple[int, int], seed: int, size: int = 76
     for r, h in enumerate(row_h):
         x = border
         for c, w in enumerate(col_w):
-            name = subject if kind == "same_subject" else names[int(chosen[k % len(chosen)])]
+            name = subject if kind in SAME_SUBJECT else names[int(chosen[k % len(chosen)])]
             panel = photo_panel(name, h, w, rng)
             if kind not in ("seam_matched",):
                 panel = _hard(panel, kind, style, name, rng)
@@ -263,7 +267,7 @@ def bench_grid(kind: str, i: int, sizes: tuple[int, ...] = (768, 1024), seed: in
     """The ``i``-th grid of ``kind`` in ``real_grid_set(..., sizes, seed)`` (a benchmark case for a test)."""
     size = sizes[i % len(sizes)]
     s = seed * 1_000_003 + KINDS.index(kind) * 10_007 + i
-    if kind == "mismatch":
+    if kind in MISMATCH_KINDS:
         drawn, label = MISMATCHES[(i // len(sizes)) % len(MISMATCHES)]
         return make_real_grid(kind, label, s, size, drawn=drawn)
     return make_real_grid(kind, LAYOUTS[(i // len(sizes)) % len(LAYOUTS)], s, size)
