@@ -262,20 +262,24 @@ def _unexplained_edge(g: _Grid, layouts, colour: np.ndarray) -> tuple[bool, list
     return False, out
 
 
+def _edge_run(g: _Grid, axis: int, colour: np.ndarray, first: bool) -> tuple[_Axis, tuple[int, int] | None]:
+    """The axis read for ``colour``, and its run at the image's first (last) edge line, if any."""
+    ax = _Axis(g, axis, colour)
+    return ax, next((r for r in ax.runs if (r[0] == 0 if first else r[1] == ax.length)), None)
+
+
 def _edge_band(g: _Grid, axis: int, colour: np.ndarray, first: bool) -> int:
     """Width of the run of ``colour`` at the image's edge (0: none). A frame's sides agree on theirs; a
     low-contrast photo (the moon's grey, uniform within ``uniform_tolerance``) goes on in it as far as it
     happens to, a different width at each edge."""
-    ax = _Axis(g, axis, colour)
-    run = next((r for r in ax.runs if (r[0] == 0 if first else r[1] == ax.length)), None)
+    _, run = _edge_run(g, axis, colour, first)
     return 0 if run is None else run[1] - run[0]
 
 
 def _sharp_edge_band(g: _Grid, axis: int, colour: np.ndarray, first: bool) -> bool:
     """Whether a band of ``colour`` at the image's edge is wider than a cut may be off and stops
     sharply (a one-sided border would; a panel's flat edge mostly fades into the photo)."""
-    ax = _Axis(g, axis, colour)
-    run = next((r for r in ax.runs if (r[0] == 0 if first else r[1] == ax.length)), None)
+    ax, run = _edge_run(g, axis, colour, first)
     if run is None or run[1] - run[0] <= _AGREE_PX:
         return False
     return ax.clean(run[1], 1) if first else ax.clean(run[0], -1)

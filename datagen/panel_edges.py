@@ -16,6 +16,8 @@ resembles the one before).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -126,11 +128,15 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
     cfg = g.cfg
     segs: list[tuple[tuple[int, int], ...]] = []
     confidences, notes = [], []
+    fine: list[np.ndarray] = []  # per axis: the sampled lines every fine cue reads, and their step profile
+    steps: list[np.ndarray] = []
     y0, y1, x0, x1 = span
     for axis, n in ((0, g.rows), (1, g.cols)):
         lo, hi = (y0, y1) if axis == 0 else (x0, x1)
         region = g.a[y0:y1, x0:x1]
-        f = edge_profile(_lines(region, axis, 2 * _SAMPLES), cfg)
+        fine.append(_lines(region, axis, 2 * _SAMPLES))
+        steps.append(_step_profile(fine[axis]))
+        f = edge_profile(fine[axis], cfg)
         pitch = (hi - lo) / n
         name = "row" if axis == 0 else "column"
         if pitch < cfg.min_panel_size:
@@ -141,7 +147,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
         if n == 1:
             _no_edge_where_none_expected(f, g, axis, lo)
             segs.append(((lo, hi),))
-            _no_step_inside_panels(region, g, axis, lo, segs[-1])
+            _no_step_inside_panels(fine[axis], steps[axis], g, axis, lo, segs[-1])
             continue
         cuts, strengths = [lo], []
         for i in range(1, n):
@@ -159,7 +165,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
                 continue
             texture = 0.0
             if strength < cfg.min_edge_fraction:
-                cut, texture, conf, how = _weak_seam(_lines(region, axis, 2 * _SAMPLES), i * pitch, window, pitch)
+                cut, texture, conf, how = _weak_seam(fine[axis], i * pitch, window, pitch)
             if strength < cfg.min_edge_fraction and not texture:
                 raise PanelDetectionError(
                     f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and no colour edge across the "
@@ -178,8 +184,8 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
         cuts.append(hi)
         segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
         _no_edge_inside_panels(f, g, axis, lo, segs[-1], max(cfg_strong(cfg), min(strengths, default=0.0)))
-        _no_step_inside_panels(region, g, axis, lo, segs[-1])
-    _no_unrelated_lines_inside_panels(g, span, segs)
+        _no_step_inside_panels(fine[axis], steps[axis], g, axis, lo, segs[-1])
+    _no_unrelated_lines_inside_panels(g, span, segs, fine, steps)
     small = [b - a for s in segs for a, b in s if b - a < cfg.min_panel_size]
     if small:
         raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: panel of {small[0]} px "
@@ -219,19 +225,26 @@ def _peak_near(profile: np.ndarray, expected: float, window: float, pitch: float
     return best, float(profile[best]), float(rest.max()) if rest.size else 0.0
 
 
+def _seam(profile: np.ndarray, expected: float, window: float, pitch: float, floor: float,
+          allowed: Callable[[float], float]) -> tuple[int, float, float]:
+    """(cut, strength, confidence) of ``profile``'s peak near the even split (``_peak_near``) when it reaches
+    ``floor`` and its rival is at most ``allowed(strength)``; else strength 0 (no seam by this cue)."""
+    peak = _peak_near(profile, expected, window, pitch)
+    if peak is None:
+        return -1, 0.0, 0.0
+    best, strength, second = peak
+    if strength < floor or second > allowed(strength):
+        return best, 0.0, 0.0
+    return best, strength, 1.0 - second / strength
+
+
 def _texture_seam(lines: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float]:
     """(cut, strength, confidence) of a texture seam at the even split: the strongest block-mean jump
     within ``window`` of it must reach over a quarter of the span and be 2.5x any other within a
     tenth of a pitch (where an object's edge would rival it); else its strength is 0 (no seam).
     Used only where no sharp edge reaches min_edge_fraction; the cut panels are still checked for
     hidden sharp edges as any edge cut is."""
-    peak = _peak_near(_texture_profile(lines), expected, window, pitch)
-    if peak is None:
-        return -1, 0.0, 0.0
-    best, strength, second = peak
-    if strength < 0.25 or second > 0.4 * strength:
-        return best, 0.0, 0.0
-    return best, strength, 1.0 - second / strength
+    return _seam(_texture_profile(lines), expected, window, pitch, 0.25, lambda strength: 0.4 * strength)
 
 
 def _weak_seam(lines: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float, str]:
@@ -279,13 +292,8 @@ def _unrelated_seam(lines: np.ndarray, expected: float, window: float, pitch: fl
     """(cut, strength, confidence) of unrelated lines at the even split (``_unrelated_profile``): the
     strongest within ``window`` must show in _DECOR_MIN of the stretches with content, and any other within
     a tenth of a pitch in at most _DECOR_RIVAL of its share; else strength 0."""
-    peak = _peak_near(_unrelated_profile(lines), expected, window, pitch)
-    if peak is None:
-        return -1, 0.0, 0.0
-    best, strength, second = peak
-    if strength < _DECOR_MIN or second > max(_DECOR_RIVAL * strength, strength - _DECOR_RIVAL_GAP):
-        return best, 0.0, 0.0
-    return best, strength, 1.0 - second / strength
+    return _seam(_unrelated_profile(lines), expected, window, pitch, _DECOR_MIN,
+                 lambda strength: max(_DECOR_RIVAL * strength, strength - _DECOR_RIVAL_GAP))
 
 
 def _step_profile(lines: np.ndarray, chunks: int = _STEP_CHUNKS, reach: int = 8) -> np.ndarray:
@@ -311,13 +319,8 @@ def _step_seam(lines: np.ndarray, expected: float, window: float, pitch: float) 
     strongest within ``window`` must stand out in _STEP_MIN_SHARE of the span, and above any other
     within a tenth of a pitch (a flat strip's edges, an object's) by that share and twice; else
     strength 0."""
-    peak = _peak_near(_step_profile(lines), expected, window, pitch)
-    if peak is None:
-        return -1, 0.0, 0.0
-    best, strength, second = peak
-    if strength < _STEP_MIN_SHARE or second > min(0.5 * strength, strength - _STEP_MIN_SHARE):
-        return best, 0.0, 0.0
-    return best, strength, 1.0 - second / strength
+    return _seam(_step_profile(lines), expected, window, pitch, _STEP_MIN_SHARE,
+                 lambda strength: min(0.5 * strength, strength - _STEP_MIN_SHARE))
 
 
 def _no_edge_where_none_expected(f: np.ndarray, g: _Grid, axis: int, lo: int) -> None:
@@ -350,14 +353,12 @@ def _no_edge_inside_panels(f: np.ndarray, g: _Grid, axis: int, lo: int, segments
             )
 
 
-def _no_step_inside_panels(region: np.ndarray, g: _Grid, axis: int, lo: int, segments) -> None:
+def _no_step_inside_panels(lines: np.ndarray, s: np.ndarray, g: _Grid, axis: int, lo: int, segments) -> None:
     """A one-line step across most of the span (``_step_profile`` at least _STEP_HIDDEN) in the middle
     of a panel, with no other step within _BAND_REACH lines, is the seam of two photos placed edge to
     edge where the layout has none (a 2x2 of touching photos labelled 1x2, its row seam faint where
     two grey photos meet): within one photo, neighbouring lines are alike, and only a thin band's
-    two edges step like that."""
-    lines = _lines(region, axis, 2 * _SAMPLES)
-    s = _step_profile(lines)
+    two edges step like that. ``lines``: the axis's sampled lines; ``s``: their ``_step_profile``."""
     # a thin band's two edges are the photo's own line, and a step out of a flat line (a flat margin
     # meeting drawn content) is a drawing's edge
     lone = np.where((band_partner(s) < 0.5 * s) & ~_flat_band_edges(lines), s, 0.0)
@@ -374,23 +375,17 @@ def _no_step_inside_panels(region: np.ndarray, g: _Grid, axis: int, lo: int, seg
 
 
 def _stands_out(u: np.ndarray, reach: int) -> np.ndarray:
-    """Where ``u`` is _HID_ALONE or more, or 1 / _HID_STANDOUT times every other value within ``reach``
-    lines (3 lines either side excluded)."""
-    padded = np.pad(u, reach)
-    near = np.zeros_like(u)
-    for k in range(4, reach + 1):
-        near = np.maximum(near, np.maximum(padded[reach - k : reach - k + len(u)], padded[reach + k : reach + k + len(u)]))
-    return (u >= _HID_ALONE) | (near <= _HID_STANDOUT * u)
+    """Where ``u`` is _HID_ALONE or more, or 1 / _HID_STANDOUT times every other value 4 to ``reach`` lines away."""
+    return (u >= _HID_ALONE) | (band_partner(u, first=4, reach=reach) <= _HID_STANDOUT * u)
 
 
-def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int], segs) -> None:
+def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int], segs, lines, steps) -> None:
     """Unrelated lines in the middle of a cut panel, at an even split of the grid into 2 or 3 panels (the
     largest layout drawn), marked as _DECOR_HIDDEN's comment says: the seam of two crops of one grainy photo
     where the layout has none (a 3x3 of grass labelled 1x3), which neither a sharp edge nor a step shows.
     The cuts' own seams set the bar: grain that hides one seam hides them all alike, and a wrong layout
     is worse than a lost grid."""
-    y0, y1, x0, x1 = span
-    lines = [_lines(g.a[y0:y1, x0:x1], axis, 2 * _SAMPLES) for axis in (0, 1)]
+    y0, _, x0, _ = span
     profiles = [_unrelated_profile(v) for v in lines]
     at_cuts = [float(u[max(0, a - lo - 2) : a - lo + 3].max())
                for u, lo, axis_segs in zip(profiles, (y0, x0), segs, strict=True) for a, _ in axis_segs[1:]]  # fmt: skip
@@ -399,8 +394,8 @@ def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int],
         length = len(u)
         splits = np.array([length * i / n for n in (2, 3) for i in range(1, n)])
         at_split = np.abs(np.arange(length)[:, None] - splits[None, :]).min(axis=1) <= max(6, g.cfg.max_edge_spread * length)
-        steps = sliding_window_view(np.pad(_step_profile(lines[axis]), 2), 5, axis=0).max(axis=1)
-        marked = np.where(at_split & (_stands_out(u, max(4, length // 10)) | (steps >= _HID_STEP)), u, 0.0)
+        stepped = sliding_window_view(np.pad(steps[axis], 2), 5, axis=0).max(axis=1)
+        marked = np.where(at_split & (_stands_out(u, max(4, length // 10)) | (stepped >= _HID_STEP)), u, 0.0)
         for a, b in axis_segs:
             i0 = a - lo + (b - a) // 4
             hit = marked[i0 : a - lo + 3 * (b - a) // 4]

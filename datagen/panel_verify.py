@@ -96,12 +96,12 @@ def _at_even_split(lines: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: Pa
     return np.abs(lines[:, None] - splits[None, :]).min(axis=1) <= tolerance
 
 
-def band_partner(profile: np.ndarray) -> np.ndarray:
-    """The strongest value 3 to _BAND_REACH lines either side of each line of ``profile`` (lines along the
-    last axis): a thin band's other edge. A seam stands alone; a band's two edges (a flat strip, a brick
-    wall's mortar) are the photo's own line."""
+def band_partner(profile: np.ndarray, first: int = 3, reach: int = _BAND_REACH) -> np.ndarray:
+    """The strongest value ``first`` to ``reach`` lines either side of each line of ``profile`` (lines along
+    the last axis; the ends wrap): a thin band's other edge. A seam stands alone; a band's two edges (a flat
+    strip, a brick wall's mortar) are the photo's own line."""
     beside = np.zeros_like(profile)
-    for k in range(3, _BAND_REACH + 1):
+    for k in range(first, reach + 1):
         beside = np.maximum(beside, np.maximum(np.roll(profile, k, axis=-1), np.roll(profile, -k, axis=-1)))
     return beside
 
