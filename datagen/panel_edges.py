@@ -29,6 +29,7 @@ from .panel_verify import band_partner, channel_max, edge_profile
 # noise), the step into the line is _STEP_RATIO times the usual one; it must beat rivals by that share too.
 _STEP_CHUNKS, _STEP_RATIO, _STEP_MIN_SHARE = 8, 2.0, 0.375
 _STEP_HIDDEN = 0.75  # ... in this share inside a panel, alone (no step within _BAND_REACH): a seam the layout lacks
+_STEP_EVERY = 0.25  # ... and out of a flat line, in this share of every panel across (a silhouette on white: most is white)
 # Unrelated lines (_unrelated_profile): of a line's _DECOR_CHUNKS stretches, those with content (grey spread
 # over _DECOR_MIN_SD levels on both lines, and at least _DECOR_MIN_CONTENT such stretches: a sliver between a
 # silhouette's legs is no span) whose 1 - correlation with the line before is over _DECOR_DROP and
@@ -147,7 +148,6 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
         if n == 1:
             _no_edge_where_none_expected(f, g, axis, lo)
             segs.append(((lo, hi),))
-            _no_step_inside_panels(fine[axis], steps[axis], g, axis, lo, segs[-1])
             continue
         cuts, strengths = [lo], []
         for i in range(1, n):
@@ -184,7 +184,8 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
         cuts.append(hi)
         segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
         _no_edge_inside_panels(f, g, axis, lo, segs[-1], max(cfg_strong(cfg), min(strengths, default=0.0)))
-        _no_step_inside_panels(fine[axis], steps[axis], g, axis, lo, segs[-1])
+    for axis, lo in ((0, y0), (1, x0)):
+        _no_step_inside_panels(fine[axis], steps[axis], g, axis, lo, segs[axis], (segs[1 - axis], (x0, y0)[axis]))
     _no_unrelated_lines_inside_panels(g, span, segs, fine, steps)
     small = [b - a for s in segs for a, b in s if b - a < cfg.min_panel_size]
     if small:
@@ -353,15 +354,20 @@ def _no_edge_inside_panels(f: np.ndarray, g: _Grid, axis: int, lo: int, segments
             )
 
 
-def _no_step_inside_panels(lines: np.ndarray, s: np.ndarray, g: _Grid, axis: int, lo: int, segments) -> None:
+def _no_step_inside_panels(lines: np.ndarray, s: np.ndarray, g: _Grid, axis: int, lo: int, segments,
+                           across: tuple[tuple[tuple[int, int], ...], int]) -> None:  # fmt: skip
     """A one-line step across most of the span (``_step_profile`` at least _STEP_HIDDEN) in the middle
     of a panel, with no other step within _BAND_REACH lines, is the seam of two photos placed edge to
     edge where the layout has none (a 2x2 of touching photos labelled 1x2, its row seam faint where
     two grey photos meet): within one photo, neighbouring lines are alike, and only a thin band's
-    two edges step like that. ``lines``: the axis's sampled lines; ``s``: their ``_step_profile``."""
+    two edges step like that. ``lines``: the axis's sampled lines; ``s``: their ``_step_profile``;
+    ``across``: the other axis's panels and where its span starts."""
     # a thin band's two edges are the photo's own line, and a step out of a flat line (a flat margin
-    # meeting drawn content) is a drawing's edge
-    lone = np.where((band_partner(s) < 0.5 * s) & ~_flat_band_edges(lines), s, 0.0)
+    # meeting drawn content) is a drawing's edge, unless it steps in every panel across at once: one
+    # drawing's edge does not continue through the next panel, a row of crops that end on one line does
+    # (a 3x3 of a silhouette on white labelled 1x3, the silhouettes cut off on the hidden row seams)
+    drawn = _flat_band_edges(lines) & ~_steps_in_every_panel(lines, *across)
+    lone = np.where((band_partner(s) < 0.5 * s) & ~drawn, s, 0.0)
     for a, b in segments:
         i0 = a - lo + (b - a) // 4
         mid = lone[i0 : a - lo + 3 * (b - a) // 4]
@@ -372,6 +378,18 @@ def _no_step_inside_panels(lines: np.ndarray, s: np.ndarray, g: _Grid, axis: int
                 f"{float(mid.max()):.0%} of the image inside the panel at {a}-{b} px ({'y' if axis == 0 else 'x'}={at} px): "
                 "the seam of photos the layout does not have; rejected rather than guessed"
             )
+
+
+def _steps_in_every_panel(lines: np.ndarray, panels: tuple[tuple[int, int], ...], lo: int) -> np.ndarray:
+    """e[y]: whether the step into line y stands out in _STEP_EVERY of each of two or more ``panels`` along
+    the lines (their (start, end) px; the span starts at ``lo``), each judged on its own stretch."""
+    every = np.full(len(lines), len(panels) > 1)
+    if len(panels) < 2:
+        return every
+    scale = lines.shape[1] / (panels[-1][1] - lo)  # the lines are sampled along their length
+    for a, b in panels:
+        every &= _step_profile(lines[:, round((a - lo) * scale) : round((b - lo) * scale)]) >= _STEP_EVERY
+    return every
 
 
 def _stands_out(u: np.ndarray, reach: int) -> np.ndarray:

@@ -242,6 +242,17 @@ def test_same_subject_grids_drawn_at_another_layout_are_rejected(i: int) -> None
         analyse_panels(grid.image, grid.rows, grid.cols)
 
 
+def test_silhouettes_cut_off_on_one_line_in_every_panel_across_are_a_hidden_seam() -> None:
+    """A 3x3 of crops of the horse silhouette on white labelled 1x3 (the benchmark's ``same_subject_mismatch``,
+    seed 0): the column cuts are clean, and at the hidden row seam y=644 the horses of all three columns end
+    on one line, a one-line step in 7 of 8 stretches of the width into an all-white line. A step out of a
+    flat line is a drawing's edge when it stays in one panel; in every panel across at once, it is a seam."""
+    grid = bench_grid("same_subject_mismatch", 21, seed=0)
+    assert grid.drawn == (3, 3) and (grid.rows, grid.cols) == (1, 3)
+    with pytest.raises(PanelDetectionError, match="one-line step"):
+        analyse_panels(grid.image, grid.rows, grid.cols)
+
+
 def test_two_by_two_touching_photos_labelled_one_by_two_show_their_faint_row_seam() -> None:
     """A 2x2 of touching photos labelled 1x2 whose row seam is a sharp edge across half the width
     only (the camera's grey lawn meets a grey photo): the column cut is clean, but the row seam is
