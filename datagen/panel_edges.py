@@ -397,6 +397,22 @@ def _stands_out(u: np.ndarray, reach: int) -> np.ndarray:
     return (u >= _HID_ALONE) | (band_partner(u, first=4, reach=reach) <= _HID_STANDOUT * u)
 
 
+def _peaks_at_both_thirds(u: np.ndarray, window: float, cuts: list[int]) -> np.ndarray:
+    """The strongest line near each third of the axis, when both beat every line elsewhere (the cuts' own
+    lines, within ``window``, aside): the two hidden seams of a 3x3 labelled 3x1, as faint as each other (a
+    rival within a tenth of the span hides either alone), and two such lines at the thirds by chance are rare."""
+    idx = np.arange(len(u))
+    near = [np.abs(idx - len(u) * i / 3) <= window for i in (1, 2)]
+    elsewhere = ~(near[0] | near[1])
+    for c in cuts:
+        elsewhere &= np.abs(idx - c) > window
+    peaks = [int(np.argmax(np.where(w, u, -1.0))) for w in near]
+    mark = np.zeros(len(u), bool)
+    if min(u[p] for p in peaks) > (float(u[elsewhere].max()) if elsewhere.any() else 0.0):
+        mark[peaks] = True
+    return mark
+
+
 def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int], segs, lines, steps) -> None:
     """Unrelated lines in the middle of a cut panel, at an even split of the grid into 2 or 3 panels (the
     largest layout drawn), marked as _DECOR_HIDDEN's comment says: the seam of two crops of one grainy photo
@@ -412,8 +428,11 @@ def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int],
         length = len(u)
         splits = np.array([length * i / n for n in (2, 3) for i in range(1, n)])
         at_split = np.abs(np.arange(length)[:, None] - splits[None, :]).min(axis=1) <= max(6, g.cfg.max_edge_spread * length)
+        window = max(6, g.cfg.max_edge_spread * length)
         stepped = sliding_window_view(np.pad(steps[axis], 2), 5, axis=0).max(axis=1)
-        marked = np.where(at_split & (_stands_out(u, max(4, length // 10)) | (stepped >= _HID_STEP)), u, 0.0)
+        cuts = [a - lo for a, _ in axis_segs[1:]]
+        out = _stands_out(u, max(4, length // 10)) | (stepped >= _HID_STEP) | _peaks_at_both_thirds(u, window, cuts)
+        marked = np.where(at_split & out, u, 0.0)
         for a, b in axis_segs:
             i0 = a - lo + (b - a) // 4
             hit = marked[i0 : a - lo + 3 * (b - a) // 4]

@@ -253,6 +253,17 @@ def test_silhouettes_cut_off_on_one_line_in_every_panel_across_are_a_hidden_seam
         analyse_panels(grid.image, grid.rows, grid.cols)
 
 
+def test_two_faint_seams_at_both_thirds_of_a_panel_are_the_layouts_hidden_columns() -> None:
+    """Moon crops drawn 3x3 and labelled 3x1 (``same_subject_mismatch``, seed 9): the row cuts are clean, and
+    the hidden column seams show unrelated lines in 44 % and 47 % of the height, too faint to stand out
+    alone (the moon's grain a few lines away reads 0.25). That the two strongest lines of the axis sit at
+    both thirds is the 3x3 showing through; rejected."""
+    grid = bench_grid("same_subject_mismatch", 42, seed=9)
+    assert grid.drawn == (3, 3) and (grid.rows, grid.cols) == (3, 1)
+    with pytest.raises(PanelDetectionError, match="unrelated across"):
+        analyse_panels(grid.image, grid.rows, grid.cols)
+
+
 def test_two_by_two_touching_photos_labelled_one_by_two_show_their_faint_row_seam() -> None:
     """A 2x2 of touching photos labelled 1x2 whose row seam is a sharp edge across half the width
     only (the camera's grey lawn meets a grey photo): the column cut is clean, but the row seam is
