@@ -383,9 +383,9 @@ def _no_step_inside_panels(lines: np.ndarray, s: np.ndarray, g: _Grid, axis: int
 def _steps_in_every_panel(lines: np.ndarray, panels: tuple[tuple[int, int], ...], lo: int) -> np.ndarray:
     """e[y]: whether the step into line y stands out in _STEP_EVERY of each of two or more ``panels`` along
     the lines (their (start, end) px; the span starts at ``lo``), each judged on its own stretch."""
-    every = np.full(len(lines), len(panels) > 1)
     if len(panels) < 2:
-        return every
+        return np.zeros(len(lines), bool)
+    every = np.ones(len(lines), bool)
     scale = lines.shape[1] / (panels[-1][1] - lo)  # the lines are sampled along their length
     for a, b in panels:
         every &= _step_profile(lines[:, round((a - lo) * scale) : round((b - lo) * scale)]) >= _STEP_EVERY
@@ -427,8 +427,8 @@ def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int],
     for axis, (u, lo, axis_segs) in enumerate(zip(profiles, (y0, x0), segs, strict=True)):
         length = len(u)
         splits = np.array([length * i / n for n in (2, 3) for i in range(1, n)])
-        at_split = np.abs(np.arange(length)[:, None] - splits[None, :]).min(axis=1) <= max(6, g.cfg.max_edge_spread * length)
         window = max(6, g.cfg.max_edge_spread * length)
+        at_split = np.abs(np.arange(length)[:, None] - splits[None, :]).min(axis=1) <= window
         stepped = sliding_window_view(np.pad(steps[axis], 2), 5, axis=0).max(axis=1)
         cuts = [a - lo for a, _ in axis_segs[1:]]
         out = _stands_out(u, max(4, length // 10)) | (stepped >= _HID_STEP) | _peaks_at_both_thirds(u, window, cuts)
