@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .panel_detect import _SAMPLES, _Band, _boxes, _Grid, _lines, _same_colour, _spread, _trim_borders
 from .panel_types import Detection, PanelCountMismatch, PanelDetectionError, PanelsConfig
-from .panel_verify import band_partner, channel_max, edge_profile
+from .panel_verify import band_partner, channel_max, edge_profile, near_even_split, split_tolerance
 
 # A line step: in _STEP_MIN_SHARE of the span's stretches at least (3 of 8: crops of a dark sky meet in
 # noise), the step into the line is _STEP_RATIO times the usual one; it must beat rivals by that share too.
@@ -426,9 +426,8 @@ def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int],
     bar = max(_DECOR_HIDDEN, 0.5 * min(at_cuts, default=1.0))
     for axis, (u, lo, axis_segs) in enumerate(zip(profiles, (y0, x0), segs, strict=True)):
         length = len(u)
-        splits = np.array([length * i / n for n in (2, 3) for i in range(1, n)])
-        window = max(6, g.cfg.max_edge_spread * length)
-        at_split = np.abs(np.arange(length)[:, None] - splits[None, :]).min(axis=1) <= window
+        window = split_tolerance(length, g.cfg)
+        at_split = near_even_split(np.arange(length), length, g.cfg, most=3)
         stepped = sliding_window_view(np.pad(steps[axis], 2), 5, axis=0).max(axis=1)
         cuts = [a - lo for a, _ in axis_segs[1:]]
         out = _stands_out(u, max(4, length // 10)) | (stepped >= _HID_STEP) | _peaks_at_both_thirds(u, window, cuts)

@@ -90,10 +90,22 @@ def _at_even_split(lines: np.ndarray, boxes: tuple[Box, ...], axis: int, cfg: Pa
     the same line in every panel of a row, mostly does not, and must not cost the grid."""
     lo = min(b.y0 if axis == 0 else b.x0 for b in boxes)
     hi = max(b.y1 if axis == 0 else b.x1 for b in boxes)
-    span = hi - lo
-    splits = np.array([lo + span * i / n for n in range(2, _MAX_HIDDEN + 1) for i in range(1, n)])
-    tolerance = max(_SPLIT_TOLERANCE_PX, cfg.max_edge_spread * span)
-    return np.abs(lines[:, None] - splits[None, :]).min(axis=1) <= tolerance
+    return near_even_split(lines - lo, hi - lo, cfg)
+
+
+def even_splits(length: float, most: int = _MAX_HIDDEN) -> np.ndarray:
+    """Where the seams of an evenly drawn grid of 2 to ``most`` panels fall along a span of ``length``."""
+    return np.array([length * i / n for n in range(2, most + 1) for i in range(1, n)])
+
+
+def split_tolerance(length: float, cfg: PanelsConfig) -> float:
+    """How far from an even split (px) a seam of a span of ``length`` may lie: equal panels within max_edge_spread."""
+    return max(_SPLIT_TOLERANCE_PX, cfg.max_edge_spread * length)
+
+
+def near_even_split(lines: np.ndarray, length: float, cfg: PanelsConfig, most: int = _MAX_HIDDEN) -> np.ndarray:
+    """Which ``lines`` (from the span's start) lie within ``split_tolerance`` of one of ``even_splits``."""
+    return np.abs(lines[:, None] - even_splits(length, most)[None, :]).min(axis=1) <= split_tolerance(length, cfg)
 
 
 def band_partner(profile: np.ndarray, first: int = 3, reach: int = _BAND_REACH) -> np.ndarray:
@@ -319,7 +331,7 @@ def _hidden_gutter(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> 
             edges = np.flatnonzero(np.diff(np.concatenate([[0], flat.astype(np.int8), [0]])))
             for s, e in zip(edges[::2], edges[1::2], strict=True):
                 centre = i0 + (s + e) / 2
-                at_split = min(abs(centre - length * i / n) for n in (2, 3) for i in range(1, n))
+                at_split = float(np.abs(even_splits(length, 3) - centre).min())
                 wide = max(3, width - _AGREE_PX) <= e - s <= 2 * (width + _AGREE_PX)  # a gutter's width, or with a margin
                 if wide and at_split <= max(_SPLIT_TOLERANCE_PX, (e - s) / 2):
                     where = f"{'y' if axis == 0 else 'x'}={lo + i0 + s}-{lo + i0 + e} px"
