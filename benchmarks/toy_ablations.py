@@ -6,11 +6,16 @@
 Each ablation is one more ``python -m training`` run from the same base with one change, its best step
 (the toy judge's validation) evaluated by ``python -m dsd eval`` on the loop's benchmark:
 
+* ``recipe``: no change (with ``--steps``: the recipe trained longer or shorter than the loop)
 * ``caption_dropout_0``: no caption dropout (the recipe drops 10 %: text CFG's unconditioned branch)
 * ``reference_dropout_0``: no reference dropout (the recipe drops 10 %: image CFG's e_00 branch)
-* ``rank_8``: LoRA rank 8 instead of 32
+* ``rank_8``: LoRA rank 8 instead of 32; ``rank_64``, ``rank_128``: more (128 = the toy's width: full rank)
 * ``no_curation``: the dataset stage with ``dataset.include_rejected = true``, i.e. training on the
   inconsistent grids' pairs too (what curation removes)
+* ``no_jitter``: the teacher draws every panel's object exactly at its context's place (``teacher.toy_jitter
+  = 0``; the loop's 0.03 moves each by up to 4 px at 128 px), i.e. what an inexact copy costs
+* ``logit_std_1.6``: a wider timestep density (logit-normal(1.5, 1.6): more of the low noise levels, where
+  the last details are drawn); ``logit_mean_2``: the other way, logit-normal(2, 1)
 
 -> DIR/ablations.md: CP/PF of each, next to the loop's own trained row (s_i = s_t = 1).
 """
@@ -25,10 +30,16 @@ from pathlib import Path
 from . import toy_loop as loop
 
 ABLATIONS: dict[str, list[str]] = {
+    "recipe": [],  # no change: the recipe again, e.g. at other --steps
     "caption_dropout_0": ["training.caption_dropout=0.0"],
     "reference_dropout_0": ["training.reference_dropout=0.0"],
     "rank_8": ["network.rank=8", "network.alpha=8.0"],
+    "rank_64": ["network.rank=64", "network.alpha=64.0"],
+    "rank_128": ["network.rank=128", "network.alpha=128.0"],
     "no_curation": [],  # its own dataset: see uncurated_dataset
+    "no_jitter": [],  # its own dataset: see unjittered_dataset
+    "logit_std_1.6": ["training.logit_std=1.6"],
+    "logit_mean_2": ["training.logit_mean=2.0"],
 }
 
 
@@ -47,11 +58,28 @@ def uncurated_dataset(out: Path, env: dict[str, str]) -> Path:
     return dest / "dataset"
 
 
+def unjittered_dataset(out: Path, env: dict[str, str], judge_url: str) -> Path:
+    """The loop's captions and prompts drawn again by the toy teacher with ``teacher.toy_jitter = 0`` (every
+    panel's object exactly where its context puts it) and taken through panels, curation and dataset."""
+    src, dest = out / "datagen", out / "datagen_no_jitter"
+    dest.mkdir(exist_ok=True)
+    for part in ("captions", "prompts"):
+        if not (dest / part).exists():
+            os.symlink(src / part, dest / part, target_is_directory=True)
+    if not (dest / "dataset" / "index.parquet").is_file():
+        cmd = [sys.executable, "-m", "datagen", "run", "--config", str(out / "datagen.toml"), "--workdir", str(dest),
+               "--set", "teacher.toy_jitter=0.0", "--set", f"vlm.base_url={judge_url}", "--no-progress"]  # fmt: skip
+        loop.run_stage(cmd, out / "logs" / "datagen_no_jitter.log", env)
+    return dest / "dataset"
+
+
 def run_ablation(out: Path, name: str, judge_url: str, env: dict[str, str], steps: int | None = None) -> Path:
     """One ablation's training run and its eval; returns the eval's scores table."""
     sets = list(ABLATIONS[name])
     if name == "no_curation":
         sets.append(f"dataset.paths=['{uncurated_dataset(out, env)}']")
+    if name == "no_jitter":
+        sets.append(f"dataset.paths=['{unjittered_dataset(out, env, judge_url)}']")
     run = f"ablation_{name}"
     validation = [*loop.validation_sets(out, loop.bench_subjects(out), "grid", judge_url), *sets]
     adapters = loop.train(out, steps, validation, {**env, "OPENAI_API_KEY": env[loop.KEY_ENV]}, run)

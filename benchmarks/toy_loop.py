@@ -38,6 +38,9 @@ CONFIG = REPO / "training" / "configs" / "toy_cpu.toml"
 KEY_ENV = "DSD_TOY_JUDGE_KEY"
 FRAME = 128  # px per panel: the loop's frames (>= 128 px carry an identity); the suite's short run uses 64
 PRETRAIN_STEPS = 1500  # the toy base's pretraining (tests/support/toy_pretrain.py), FLUX's part of the story
+# The loop's teacher draws each object exactly at its context's place: the teacher's default jitter (0.03 of the
+# panel side, ~4 px) is a shift frame two cannot know from frame one, and it cost 0.10 CP (README "Toy learning loop").
+JITTER = 0.0
 PRETRAIN_LR = 1e-3  # 2e-3 with the LoRA at 4e-3 ended lower (README "Toy learning loop")
 AGREEMENT_GRIDS = 48  # the base's own two-panel grids read for its panel-to-panel agreement (summary.md)
 VALIDATION_ITEMS = 24  # held-out identities (none of the benchmark's) that pick best.safetensors (8 were too noisy)
@@ -64,9 +67,10 @@ def _identities(heldout: bool):
 
 def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement: str = "panel", views: str = "whole",
                          layouts: tuple[str, ...] | None = None, max_references: int | None = None,
-                         max_pairs_per_grid: int = 12, frame: int = FRAME) -> Path:  # fmt: skip
+                         max_pairs_per_grid: int = 12, frame: int = FRAME, jitter: float | None = None) -> Path:  # fmt: skip
     """The datagen config of the loop; ``views`` "sides" (issue 20's proof): 3x3 grids of whole panels and single
-    sides, tuples of up to three references -> one target in the dataset (12 per grid and k)."""
+    sides, tuples of up to three references -> one target in the dataset (12 per grid and k). ``jitter``:
+    ``teacher.toy_jitter`` (None: the teacher's default)."""
     from datagen.teacher.toy import GUTTER
 
     ids = _identities(heldout=False)
@@ -92,6 +96,7 @@ height = {side}
 seeds_per_prompt = 1
 toy_placement = "{placement}"
 toy_views = "{views}"
+{"" if jitter is None else f"toy_jitter = {jitter}"}
 [panels]
 max_pairs_per_grid = {max_pairs_per_grid}
 min_panel_size = {frame // 2}
@@ -249,6 +254,7 @@ def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], bas
                   "| step | CP | PF |", "|---|---|---|", *[f"| {st} | {cp:.3f} | {pf:.3f} |" for st, cp, pf in val]]  # fmt: skip
     cur = curation_scores(out / "datagen")
     lines += ["", f"toy VAE reconstruction PSNR: {base['vae_psnr_db']:.2f} dB", "",
+              f"teacher placement jitter (teacher.toy_jitter): {base.get('teacher_jitter', 0.03)} of the panel side", "",
               f"the toy base's own two-panel grids (context-only captions, {AGREEMENT_GRIDS} grids): panel two agrees "
               f"with panel one at CP {base['grid_agreement_cp']:.3f}, shows the asked context at PF "
               f"{base['grid_agreement_pf']:.3f}", "",
@@ -407,20 +413,21 @@ def loop_env() -> dict[str, str]:
 
 
 def run_loop(out: Path, identities: int, heldout: int, steps: int | None, placement: str = "grid",
-             pretrain_steps: int = PRETRAIN_STEPS) -> str:
+             pretrain_steps: int = PRETRAIN_STEPS, jitter: float = JITTER) -> str:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = loop_env()
     timings: dict[str, float] = {}
     t = time.perf_counter()
     info = toy_base(out / "flux", placement, pretrain_steps)
+    info["teacher_jitter"] = jitter
     timings["toy model (build + pretraining)"] = time.perf_counter() - t
     t = time.perf_counter()
     info.update(base_agreement(out / "flux"))
     timings["base's own grids (agreement)"] = time.perf_counter() - t
     with judge_server(env) as judge_url:
         t = time.perf_counter()
-        run_datagen(out, write_datagen_config(out, identities, judge_url, placement), env)
+        run_datagen(out, write_datagen_config(out, identities, judge_url, placement, jitter=jitter), env)
         timings["datagen"] = time.perf_counter() - t
         t = time.perf_counter()
         adapters = train(out, steps, validation_sets(out, heldout, placement, judge_url), {**env, "OPENAI_API_KEY": env[KEY_ENV]})
@@ -461,12 +468,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--placement", choices=("grid", "panel"), default="grid",
                    help="grid: the object keeps its placement across a grid's panels, only the background changes "
                         "(learns on a CPU); panel: each panel line's pose moves and resizes it (the harder task)")
+    p.add_argument("--jitter", type=float, default=JITTER,
+                   help="teacher.toy_jitter: each panel's object moves by up to this share of the panel side (0: every "
+                        "panel exactly at its context's place; the teacher's default 0.03 costs ~0.1 CP, README)")
     p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS,
                    help="steps of the toy base's pretraining as a text-to-grid model (0: a random base)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the pretraining's progress
     t0 = time.perf_counter()
-    text = run_loop(args.out, args.identities, args.heldout, args.steps, args.placement, args.pretrain_steps)
+    text = run_loop(args.out, args.identities, args.heldout, args.steps, args.placement, args.pretrain_steps, args.jitter)
     print(text + f"\nwhole loop: {time.perf_counter() - t0:.0f} s")  # noqa: T201 - the benchmark's report
     return 0
 

@@ -52,6 +52,9 @@ class TeacherConfig:
     # backend "toy" only: "sides" shows each panel whole (half of them) or one of its two sides (issue 20's
     # multi-reference proof: one side carries half the identity); "whole" every panel whole.
     toy_views: Literal["whole", "sides"] = "whole"
+    # backend "toy" only: each panel's object moves by up to this share of the panel side (uniform, per axis and
+    # panel), so no two panels of a grid line up to the pixel (README, issue 19: what the copy costs).
+    toy_jitter: float = 0.03
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -63,6 +66,8 @@ class TeacherConfig:
         for name in ("steps", "batch_size", "seeds_per_prompt", "max_sequence_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"teacher.{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.toy_jitter <= 0.1:
+            raise ConfigError(f"teacher.toy_jitter: {self.toy_jitter} must be in [0, 0.1] (a share of the panel side)")
         if self.timeout_s <= 0:
             raise ConfigError(f"teacher.timeout_s: must be positive, got {self.timeout_s}")
         if not self.comfyui_url.startswith(("http://", "https://")):

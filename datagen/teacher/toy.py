@@ -96,8 +96,9 @@ def grid_plan(prompt: str, seed: int, placement: str = "panel", views: str = "wh
     return GridPlan(rows, cols, tuple(identities), tuple(contexts), odd, seen)
 
 
-def draw_grid(plan: GridPlan, width: int, height: int, seed: int) -> Image.Image:
-    """The grid picture: panels of equal size separated by ``GUTTER`` white pixels."""
+def draw_grid(plan: GridPlan, width: int, height: int, seed: int, jitter: float = 0.03) -> Image.Image:
+    """The grid picture: panels of equal size separated by ``GUTTER`` white pixels, each object moved by up to
+    ``jitter`` of the panel side."""
     rng = random.Random(f"toy-jitter|{seed}")
     m = GUTTER // 2  # a white frame around the grid too: flat panels reach the picture's edge otherwise
     pw = (width - 2 * m - (plan.cols - 1) * GUTTER) // plan.cols
@@ -106,8 +107,8 @@ def draw_grid(plan: GridPlan, width: int, height: int, seed: int) -> Image.Image
     grid = Image.new("RGB", (width, height), (255, 255, 255))
     for k, (identity, ctx) in enumerate(zip(plan.identities, plan.contexts, strict=True)):
         r, c = divmod(k, plan.cols)
-        jitter = (rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))
-        panel = dom.draw_panel(identity, ctx, side, jitter, plan.views[k] if plan.views else "whole")
+        shift = (rng.uniform(-jitter, jitter), rng.uniform(-jitter, jitter))
+        panel = dom.draw_panel(identity, ctx, side, shift, plan.views[k] if plan.views else "whole")
         cx, cy = m + c * (pw + GUTTER), m + r * (ph + GUTTER)
         if (pw, ph) != (side, side):  # a non-square cell: fill it with the panel's background first
             grid.paste(Image.new("RGB", (pw, ph), dom.BACKGROUNDS[ctx.background]), (cx, cy))
@@ -125,7 +126,7 @@ class ToyTeacher:
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         plans = [grid_plan(p, s, self.cfg.toy_placement, self.cfg.toy_views) for p, s in zip(prompts, seeds, strict=True)]
-        return [draw_grid(plan, self.cfg.width, self.cfg.height, s) for plan, s in zip(plans, seeds, strict=True)]
+        return [draw_grid(plan, self.cfg.width, self.cfg.height, s, self.cfg.toy_jitter) for plan, s in zip(plans, seeds, strict=True)]
 
     def close(self) -> None:
         pass

@@ -4,6 +4,8 @@ are the rejects, and the dataset holds the rest."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from datagen.cli import main as datagen_main
@@ -34,3 +36,10 @@ def test_inconsistent_grids_reach_curation_as_rejects(tmp_path, monkeypatch):
     uncurated = uncurated_dataset(tmp_path, loop_env())
     accepted = sum(bool(v.get("accepted")) for v in read_records(tmp_path / "datagen" / "curate" / "verdicts.jsonl"))
     assert count(tmp_path / "datagen" / "dataset") == accepted < count(uncurated) == scores["pairs"]
+    # the "no jitter" ablation: the same prompts drawn again with every object exactly in place, through curation
+    from benchmarks.toy_ablations import unjittered_dataset
+
+    with FakeLLMServer(responder=toy_responder) as srv:
+        exact = unjittered_dataset(tmp_path, loop_env(), srv.openai_base_url)
+    resolved = json.loads((tmp_path / "datagen_no_jitter" / "config.resolved.json").read_text())
+    assert resolved["teacher"]["toy_jitter"] == 0.0 and count(exact) == accepted

@@ -12,6 +12,7 @@ from PIL import Image
 from datagen.config import PromptsConfig
 from datagen.prompts import template_prompt
 from datagen.teacher import toy_domain as dom
+from datagen.teacher.config import TeacherConfig
 from datagen.teacher.toy import INCONSISTENT_SHARE, draw_grid, grid_plan
 from tests.support.toy_judge import toy_responder
 from tests.support.toy_vision import context_score, identity_score, read_picture, reading_of
@@ -62,6 +63,30 @@ def test_grid_placement_keeps_the_first_panels_placement() -> None:
         assert (grid.identities, grid.odd_panel) == (panel.identities, panel.odd_panel)
         assert {(c.position, c.size) for c in grid.contexts} == {(asked[0].position, asked[0].size)}
         assert [c.background for c in grid.contexts] == [c.background for c in asked]
+
+
+def test_jitter_moves_each_panels_object_within_its_bound() -> None:
+    """``teacher.toy_jitter``: 0 draws every panel exactly as ``draw_panel`` at its context; the default moves
+    the objects of a grid-placement grid apart by a few pixels, never more than the bound allows."""
+    cfg = PromptsConfig(mode="template", layouts=("2x2",), seed=0)
+    plan = grid_plan(template_prompt({"id": "c0", "caption": RED_STRIPES.text}, cfg)["prompt"], 3, "grid")
+
+    def panels(jitter: float) -> list[np.ndarray]:
+        grid = draw_grid(plan, 288, 288, seed=3, jitter=jitter)
+        return [np.asarray(grid.crop((8 + c * 144, 8 + r * 144, 136 + c * 144, 136 + r * 144))) for r in (0, 1) for c in (0, 1)]
+
+    def box(panel: np.ndarray, ctx: dom.Context) -> tuple[int, int]:
+        ys, xs = np.nonzero(np.abs(panel.astype(int) - dom.BACKGROUNDS[ctx.background]).sum(-1) > 0)
+        return int(ys.min()), int(xs.min())
+
+    exact = [np.asarray(dom.draw_panel(i, c)) for i, c in zip(plan.identities, plan.contexts, strict=True)]
+    assert all(np.array_equal(a, b) for a, b in zip(panels(0.0), exact, strict=True))
+    moved = [box(p, c) for p, c in zip(panels(0.03), plan.contexts, strict=True)]
+    still = [box(p, c) for p, c in zip(exact, plan.contexts, strict=True)]
+    shifts = [max(abs(a - b) for a, b in zip(m, s, strict=True)) for m, s in zip(moved, still, strict=True)]
+    assert max(shifts) > 0 and max(shifts) <= round(0.03 * 128) + 1
+    with pytest.raises(ValueError, match="toy_jitter"):
+        TeacherConfig(backend="toy", toy_jitter=0.5)
 
 
 def test_teacher_inconsistent_share() -> None:
