@@ -318,8 +318,10 @@ def _plot_curve(table, val: list[tuple[int, float, float]], dest: Path) -> None:
 @contextlib.contextmanager
 def judge_server(env: dict[str, str], options: tuple[str, ...] = ()) -> Iterator[str]:
     """The toy judge in its own process (``python -m tests.support.toy_judge [options]``); yields its OpenAI base URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.toy_judge", *options], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    # The judge holds our end of its stdin: if this process is killed (SIGTERM skips the ``finally``), the pipe
+    # closes and the judge exits instead of outliving the run.
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.toy_judge", "--until-stdin-closes", *options], cwd=REPO,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         url = proc.stdout.readline().strip() if proc.stdout else ""
         if not url.startswith("http"):

@@ -26,6 +26,7 @@ import functools
 import io
 import itertools
 import re
+import sys
 
 from PIL import Image
 
@@ -136,9 +137,15 @@ def main() -> None:
 
     p = argparse.ArgumentParser(prog="python -m tests.support.toy_judge", description=__doc__.split("\n\n")[0])
     p.add_argument("--whole-targets", action="store_true", help="curation rejects targets that show one side only")
+    p.add_argument("--until-stdin-closes", action="store_true",
+                   help="exit when stdin reaches its end: a caller that holds the pipe and is killed takes the judge with it")
     args = p.parse_args()
     server = FakeLLMServer(responder=functools.partial(toy_responder, whole_targets=args.whole_targets)).start()
     print(server.openai_base_url, flush=True)  # noqa: T201 - the one line a caller reads
+    if args.until_stdin_closes:
+        sys.stdin.read()  # returns once every writer of the pipe is gone, however the caller ended
+        server.stop()
+        return
     threading.Event().wait()
 
 

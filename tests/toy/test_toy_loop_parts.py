@@ -102,3 +102,31 @@ def test_stages_use_every_core_unless_told(monkeypatch) -> None:
     monkeypatch.setenv("DSD_TOY_THREADS", "two")
     with pytest.raises(ValueError, match="DSD_TOY_THREADS must be a whole number"):
         toy_loop.stage_threads()
+
+
+def test_toy_judge_does_not_outlive_a_killed_run() -> None:
+    """A benchmark killed mid-run (SIGKILL, or SIGTERM, which skips ``finally``) takes its judge server with it:
+    the judge exits when its stdin pipe from the caller closes, so no server is left holding a port."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from urllib.parse import urlparse
+
+    code = "import time\nfrom benchmarks import toy_loop as t\nwith t.judge_server(t.loop_env()) as url:\n" \
+           "    print(url, flush=True)\n    time.sleep(600)\n"  # fmt: skip
+    caller = subprocess.Popen([sys.executable, "-c", code], cwd=toy_loop.REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        url = urlparse(caller.stdout.readline().strip())
+        socket.create_connection((url.hostname, url.port), timeout=10).close()  # the judge is up
+    finally:
+        caller.kill()
+        caller.wait(30)
+    deadline = time.monotonic() + 60  # generous: a busy 2-core machine
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((url.hostname, url.port), timeout=2).close()
+        except OSError:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the toy judge at {url.geturl()} still answers 60 s after its caller was killed")
