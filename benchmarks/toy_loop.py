@@ -236,6 +236,7 @@ def evaluate_all(out: Path, adapters: list[Path], judge_url: str, env: dict[str,
 def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], base: dict) -> str:
     import pandas as pd
 
+    from datagen.teacher.config import TOY_JITTER
     from tests.support.toy_judge import curation_scores
 
     rows = []
@@ -254,7 +255,7 @@ def summarise(out: Path, tables: dict[str, Path], timings: dict[str, float], bas
                   "| step | CP | PF |", "|---|---|---|", *[f"| {st} | {cp:.3f} | {pf:.3f} |" for st, cp, pf in val]]  # fmt: skip
     cur = curation_scores(out / "datagen")
     lines += ["", f"toy VAE reconstruction PSNR: {base['vae_psnr_db']:.2f} dB", "",
-              f"teacher placement jitter (teacher.toy_jitter): {base.get('teacher_jitter', 0.03)} of the panel side", "",
+              f"teacher placement jitter (teacher.toy_jitter): {base.get('teacher_jitter', TOY_JITTER)} of the panel side", "",
               f"the toy base's own two-panel grids (context-only captions, {AGREEMENT_GRIDS} grids): panel two agrees "
               f"with panel one at CP {base['grid_agreement_cp']:.3f}, shows the asked context at PF "
               f"{base['grid_agreement_pf']:.3f}", "",

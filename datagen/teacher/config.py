@@ -11,6 +11,9 @@ from dsd.config import ConfigError, path_field
 _DTYPES = ("bfloat16", "float16", "float32")
 
 
+TOY_JITTER = 0.03  # backend "toy": the teacher's default placement jitter (``TeacherConfig.toy_jitter``)
+
+
 @dataclass(frozen=True, slots=True)
 class TeacherConfig:
     """How the frozen FLUX teacher draws the grids.
@@ -54,7 +57,7 @@ class TeacherConfig:
     toy_views: Literal["whole", "sides"] = "whole"
     # backend "toy" only: each panel's object moves by up to this share of the panel side (uniform, per axis and
     # panel), so no two panels of a grid line up to the pixel (README, issue 19: what the copy costs).
-    toy_jitter: float = 0.03
+    toy_jitter: float = TOY_JITTER
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

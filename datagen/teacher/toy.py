@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from . import toy_domain as dom
-from .config import TeacherConfig
+from .config import TOY_JITTER, TeacherConfig
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def grid_plan(prompt: str, seed: int, placement: str = "panel", views: str = "wh
     return GridPlan(rows, cols, tuple(identities), tuple(contexts), odd, seen)
 
 
-def draw_grid(plan: GridPlan, width: int, height: int, seed: int, jitter: float = 0.03) -> Image.Image:
+def draw_grid(plan: GridPlan, width: int, height: int, seed: int, jitter: float = TOY_JITTER) -> Image.Image:
     """The grid picture: panels of equal size separated by ``GUTTER`` white pixels, each object moved by up to
     ``jitter`` of the panel side."""
     rng = random.Random(f"toy-jitter|{seed}")

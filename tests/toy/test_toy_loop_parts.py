@@ -49,13 +49,14 @@ def test_datagen_config_sets_the_teachers_jitter(tmp_path) -> None:
     """The loop's teacher draws each panel exactly at its context's place (``JITTER`` 0); the config passes a
     jitter on, and without one leaves the teacher's own default."""
     from datagen.config import load_config as load_datagen_config
+    from datagen.teacher.config import TOY_JITTER
 
     def jitter(**kw) -> float:
         path = toy_loop.write_datagen_config(tmp_path, 4, "http://127.0.0.1:1/v1", "grid", **kw)
         return load_datagen_config(path).teacher.toy_jitter
 
     assert toy_loop.JITTER == 0.0 and jitter(jitter=toy_loop.JITTER) == 0.0 and jitter(jitter=0.05) == 0.05
-    assert jitter() == 0.03
+    assert jitter() == TOY_JITTER
 
 
 def test_grid_benchmark_asks_the_reference_placement_and_swaps_references(tmp_path) -> None:
