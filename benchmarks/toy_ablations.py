@@ -43,34 +43,34 @@ ABLATIONS: dict[str, list[str]] = {
 }
 
 
-def uncurated_dataset(out: Path, env: dict[str, str]) -> Path:
-    """The loop's datagen workdir with every verdict's pair in the dataset (rejects included), in its own
-    workdir (the stages before ``dataset`` linked, not copied)."""
-    src, dest = out / "datagen", out / "datagen_no_curation"
+def _derived_dataset(out: Path, env: dict[str, str], name: str, linked: tuple[str, ...], command: str,
+                     sets: list[str]) -> Path:  # fmt: skip
+    """The dataset of workdir ``datagen_<name>``: the loop's ``linked`` stages (symlinks, not copies), then
+    ``python -m datagen <command>`` with ``sets`` over the loop's datagen config (once; a rerun reuses it)."""
+    src, dest = out / "datagen", out / f"datagen_{name}"
     dest.mkdir(exist_ok=True)
-    for part in ("captions", "prompts", "teacher", "panels", "curate"):
+    for part in linked:
         if not (dest / part).exists():
             os.symlink(src / part, dest / part, target_is_directory=True)
     if not (dest / "dataset" / "index.parquet").is_file():
-        cmd = [sys.executable, "-m", "datagen", "dataset", "--config", str(out / "datagen.toml"), "--workdir", str(dest),
-               "--set", "dataset.include_rejected=true", "--no-progress"]  # fmt: skip
-        loop.run_stage(cmd, out / "logs" / "datagen_no_curation.log", env)
+        cmd = [sys.executable, "-m", "datagen", command, "--config", str(out / "datagen.toml"), "--workdir", str(dest),
+               *[x for kv in sets for x in ("--set", kv)], "--no-progress"]  # fmt: skip
+        loop.run_stage(cmd, out / "logs" / f"datagen_{name}.log", env)
     return dest / "dataset"
+
+
+def uncurated_dataset(out: Path, env: dict[str, str]) -> Path:
+    """The loop's datagen workdir with every verdict's pair in the dataset (rejects included), in its own
+    workdir (the stages before ``dataset`` linked, not copied)."""
+    stages = ("captions", "prompts", "teacher", "panels", "curate")
+    return _derived_dataset(out, env, "no_curation", stages, "dataset", ["dataset.include_rejected=true"])
 
 
 def unjittered_dataset(out: Path, env: dict[str, str], judge_url: str) -> Path:
     """The loop's captions and prompts drawn again by the toy teacher with ``teacher.toy_jitter = 0`` (every
     panel's object exactly where its context puts it) and taken through panels, curation and dataset."""
-    src, dest = out / "datagen", out / "datagen_no_jitter"
-    dest.mkdir(exist_ok=True)
-    for part in ("captions", "prompts"):
-        if not (dest / part).exists():
-            os.symlink(src / part, dest / part, target_is_directory=True)
-    if not (dest / "dataset" / "index.parquet").is_file():
-        cmd = [sys.executable, "-m", "datagen", "run", "--config", str(out / "datagen.toml"), "--workdir", str(dest),
-               "--set", "teacher.toy_jitter=0.0", "--set", f"vlm.base_url={judge_url}", "--no-progress"]  # fmt: skip
-        loop.run_stage(cmd, out / "logs" / "datagen_no_jitter.log", env)
-    return dest / "dataset"
+    sets = ["teacher.toy_jitter=0.0", f"vlm.base_url={judge_url}"]
+    return _derived_dataset(out, env, "no_jitter", ("captions", "prompts"), "run", sets)
 
 
 def run_ablation(out: Path, name: str, judge_url: str, env: dict[str, str], steps: int | None = None) -> Path:
