@@ -16,6 +16,8 @@ Each ablation is one more ``python -m training`` run from the same base with one
   = 0``; the loop's 0.03 moves each by up to 4 px at 128 px), i.e. what an inexact copy costs
 * ``logit_std_1.6``: a wider timestep density (logit-normal(1.5, 1.6): more of the low noise levels, where
   the last details are drawn); ``logit_mean_2``: the other way, logit-normal(2, 1)
+* ``ema_0.99``, ``ema_0.995``: an EMA of the trainable weights (``training.ema_decay``), which validation, best.safetensors
+  and the adapter then hold (the recipe ships the live weights)
 
 -> DIR/ablations.md: CP/PF of each, next to the loop's own trained row (s_i = s_t = 1).
 """
@@ -40,6 +42,8 @@ ABLATIONS: dict[str, list[str]] = {
     "no_jitter": [],  # its own dataset: see unjittered_dataset
     "logit_std_1.6": ["training.logit_std=1.6"],
     "logit_mean_2": ["training.logit_mean=2.0"],
+    "ema_0.99": ["training.ema_decay=0.99"],
+    "ema_0.995": ["training.ema_decay=0.995"],
 }
 
 

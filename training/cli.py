@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="adapter file (default: <output_dir>/<saving.adapter_name>)")
     sp.add_argument("--release-dir", default=None, help="also write transformer/ + pytorch_lora_weights.safetensors here")
     sp.add_argument("--no-base", action="store_true", help="release layout without copying the base FLUX shards")
-    sp.add_argument("--ema", action="store_true", help="export the EMA weights")
+    sp.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                    help="export the EMA weights (--no-ema: the live ones; default: the EMA when the checkpoint has one, "
+                         "as training's own adapter)")
     sp = sub.add_parser("estimate", parents=[flags], help="memory and time per step implied by a config")
     common(sp)
     sp.add_argument("--gpus", type=int, default=None, help="GPUs (default: training.gpus)")

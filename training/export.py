@@ -129,8 +129,10 @@ def write_release_layout(adapter: DSDAdapter, out_dir: str | Path, cfg: TrainCon
 
 
 def export_checkpoint(cfg: TrainConfig, checkpoint: str | Path, adapter_path: str | Path,
-                      release_dir: str | Path | None = None, include_base: bool = True, use_ema: bool = False) -> dict[str, Any]:  # fmt: skip
-    """CLI ``export``: checkpoint -> adapter file (+ release layout). Returns a summary dict."""
+                      release_dir: str | Path | None = None, include_base: bool = True, use_ema: bool | None = None) -> dict[str, Any]:  # fmt: skip
+    """CLI ``export``: checkpoint -> adapter file (+ release layout). Returns a summary dict. ``use_ema``: None takes
+    the EMA weights when the checkpoint has them (as training's own adapter and best.safetensors do), True requires
+    them, False takes the live weights."""
     from safetensors.torch import load_file
 
     ckpt = Path(checkpoint)
@@ -138,6 +140,8 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: str | Path, adapter_path: st
     if not state_file.is_file():
         raise ExportError(f"{ckpt}: not a training checkpoint (no state.json); run `python -m training train` first")
     state = json.loads(state_file.read_text())
+    if use_ema is None:
+        use_ema = (ckpt / "ema.safetensors").is_file()
     weights = ckpt / ("ema.safetensors" if use_ema else "trainable.safetensors")
     if not weights.is_file():
         raise ExportError(f"{weights}: missing (EMA exists only with training.ema_decay > 0)")
@@ -145,7 +149,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: str | Path, adapter_path: st
     step = int(state["step"])
     dhash = str(state.get("meta", {}).get("dataset_hash", ""))
     out = {"adapter": str(write_adapter(adapter, adapter_path, cfg, step, dhash)), "step": step,
-           "rank": adapter.rank, "lora_modules": len(adapter.lora)}  # fmt: skip
+           "weights": "EMA" if use_ema else "live", "rank": adapter.rank, "lora_modules": len(adapter.lora)}  # fmt: skip
     if release_dir is not None:
         out["release"] = str(write_release_layout(adapter, release_dir, cfg, step, dhash, include_base=include_base))
     return out

@@ -20,6 +20,7 @@ breaks the rank-independent plan above.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -310,12 +311,30 @@ def _save_and_validate(run: Run) -> None:
             run.summary.checkpoints.append(path.name)
     if run.validator is not None and step % cfg.sampling.every == 0:
         model = run.model if run.fsdp else run.accelerator.unwrap_model(run.model)
-        run.validator.run(model, step, run.writer, run.out_dir, write=run.accelerator.is_main_process)
-        if run.validator.improved(collective=run.fsdp):
-            adapter = _adapter(run)
-            if adapter is not None:
-                write_adapter(adapter, run.out_dir / BEST_ADAPTER, cfg, step, run.source.dataset_hash, _trained_references(run))
-                run.validator.commit_best()
+        with _shipped_weights(run):  # validation judges, and best.safetensors holds, what the run would ship
+            run.validator.run(model, step, run.writer, run.out_dir, write=run.accelerator.is_main_process)
+            if run.validator.improved(collective=run.fsdp):
+                adapter = _adapter(run)
+                if adapter is not None:
+                    write_adapter(adapter, run.out_dir / BEST_ADAPTER, cfg, step, run.source.dataset_hash, _trained_references(run))
+                    run.validator.commit_best()
+
+
+@contextlib.contextmanager
+def _shipped_weights(run: Run) -> Iterator[None]:
+    """The trainable weights swapped for their EMA (training.ema_decay > 0) while a run samples or writes an adapter,
+    as diffusers' training scripts ship the EMA; the live weights come back after, so training and resume go on as
+    if nothing happened. Without an EMA, the live weights."""
+    ema, params = run.state.ema, list(run.state.named.values())
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
 
 
 def _adapter(run: Run):
@@ -338,7 +357,8 @@ def _trained_references(run: Run) -> list[int]:
 def _finish(run: Run) -> None:
     """The adapter (and the release layout) from the final weights, then the process group's teardown."""
     acc, cfg, step = run.accelerator, run.cfg, run.state.step
-    adapter = _adapter(run)
+    with _shipped_weights(run):
+        adapter = _adapter(run)
     if adapter is not None:
         dhash = run.source.dataset_hash
         run.summary.adapter = write_adapter(adapter, run.out_dir / cfg.saving.adapter_name, cfg, step, dhash, _trained_references(run))

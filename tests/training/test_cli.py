@@ -58,6 +58,10 @@ def test_two_step_cli_run_writes_adapter(tiny_flux, wds_dataset, tmp_path):
 
     a, b = load_file(str(adapter)), load_file(str(tmp_path / "exp.safetensors"))
     assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
+    assert "live" in r.stdout  # no EMA in this run: the live weights (an EMA run's export: test_validation_metrics.py)
+    r = cli("export", "--config", str(TINY_TOML), "--out", str(tmp_path / "ema.safetensors"), "--ema", *sets)
+    assert r.returncode != 0 and "EMA exists only with training.ema_decay > 0" in r.stderr, r.stderr
+    assert not (tmp_path / "ema.safetensors").exists()
     # ComfyUI loading and sampling with it: tests/comfyui/test_training_export.py
 
 

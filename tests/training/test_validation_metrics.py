@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import torch
 from training_fixtures import TINY_TOML, make_image, tiny_overrides
 
 from dsd.config import ConfigError
@@ -79,6 +80,58 @@ def test_validation_metrics_tensorboard_and_best_adapter(tiny_flux, wds_dataset,
     for key in ("clip_i", "clip_t", "dino", "judge_cp", "judge_pf", "judge_cp_x_pf"):
         assert [e.step for e in acc.Scalars(f"val/{key}")] == [2, 4], key
     assert files_containing(out, SENTINEL_KEY.encode()) == []  # the key is read from the environment and written nowhere
+
+
+@pytest.mark.slow
+def test_an_ema_run_validates_and_ships_its_ema(tiny_flux, wds_dataset, tiny_cache, tmp_path):
+    """With training.ema_decay, validation samples the EMA weights and best.safetensors, the run's adapter and a
+    plain ``export`` hold them; the swap leaves training alone (the same losses and live weights as without
+    validation)."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from training.config import load_config
+    from training.export import export_checkpoint
+    from training.loop import train
+
+    ref = tmp_path / "ref.png"
+    make_image(7).save(ref)
+    clip = write_tiny_clip(tmp_path / "clip")
+    common = ["training.steps=3", "optimizer.lr=5e-2", "saving.save_every=1", "sampling.steps=2",
+              f"dataset.cache_dir='{tiny_cache}'"]  # fmt: skip
+    validation = ["sampling.every=1", f"sampling.references=['{ref}']", "sampling.prompts=['a toy']",
+                  f"validation.clip='{clip}'", "validation.best_metric='clip_i'"]  # fmt: skip
+    runs = {"ema": [*common, "training.ema_decay=0.9", *validation], "live": [*common, *validation],
+            "unvalidated": [*common, "training.ema_decay=0.9"]}  # fmt: skip
+    cfgs = {r: load_config(TINY_TOML, tiny_overrides(tiny_flux, wds_dataset, tmp_path / r, *sets)) for r, sets in runs.items()}
+    done = {r: train(cfg, resume="none", progress=False) for r, cfg in cfgs.items()}
+    out = {r: tmp_path / r / "out" for r in runs}
+    assert done["ema"].losses == done["unvalidated"].losses == done["live"].losses
+    for file in ("trainable.safetensors", "ema.safetensors"):
+        a, b = (load_file(str(out[r] / "checkpoints" / "step-000003" / file)) for r in ("ema", "unvalidated"))
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), file
+
+    def same(a, b):
+        return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+    def exported(step, use_ema):
+        ckpt = out["ema"] / "checkpoints" / f"step-{step:06d}"
+        return load_file(export_checkpoint(cfgs["ema"], ckpt, tmp_path / f"x{step}{use_ema}.safetensors", use_ema=use_ema)["adapter"])
+
+    assert same(load_file(str(out["ema"] / cfgs["ema"].saving.adapter_name)), exported(3, True))
+    assert same(exported(3, None), exported(3, True)) and not same(exported(3, False), exported(3, True))
+    best = json.loads((out["ema"] / "best.json").read_text())
+    assert same(load_file(str(out["ema"] / "best.safetensors")), exported(best["step"], True))
+
+    def sample(run, step):
+        with Image.open(out[run] / "samples" / f"step-{step:06d}-ref.png") as im:
+            return np.asarray(im.convert("RGB"))
+
+    # diffusers' EMA takes the first update whole (decay 0), so at step 1 the EMA is the live weights and both runs
+    # sample alike; by step 3 it lags, and the EMA run's sample is the EMA's
+    assert np.array_equal(sample("ema", 1), sample("live", 1))
+    assert not np.array_equal(sample("ema", 3), sample("live", 3))
 
 
 def test_best_tracker_survives_a_restart(tmp_path):
