@@ -55,7 +55,7 @@ toy-loop: install
 
 # Issue 20: do several references carry more of an identity? The toy loop on the sides (README: "Multi-reference proof").
 toy-multiref: install
-	$(PY) -m benchmarks.toy_multiref --out outputs/toy_multiref
+	$(PY) -m benchmarks.toy_multiref --out outputs/toy_multiref --whole-targets
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .cache .gpu_bundle

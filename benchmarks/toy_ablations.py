@@ -18,6 +18,7 @@ Each ablation is one more ``python -m training`` run from the same base with one
   the last details are drawn); ``logit_mean_2``: the other way, logit-normal(2, 1)
 * ``ema_0.99``, ``ema_0.995``: an EMA of the trainable weights (``training.ema_decay``), which validation, best.safetensors
   and the adapter then hold (the recipe ships the live weights)
+* ``cosine``: the learning rate decays to 0 along a cosine over the run (the recipe keeps it constant)
 
 -> DIR/ablations.md: CP/PF of each, next to the loop's own trained row (s_i = s_t = 1).
 """
@@ -44,6 +45,7 @@ ABLATIONS: dict[str, list[str]] = {
     "logit_mean_2": ["training.logit_mean=2.0"],
     "ema_0.99": ["training.ema_decay=0.99"],
     "ema_0.995": ["training.ema_decay=0.995"],
+    "cosine": ["optimizer.scheduler=cosine"],
 }
 
 

@@ -67,10 +67,11 @@ def _identities(heldout: bool):
 
 def write_datagen_config(out: Path, n_identities: int, judge_url: str, placement: str = "panel", views: str = "whole",
                          layouts: tuple[str, ...] | None = None, max_references: int | None = None,
-                         max_pairs_per_grid: int = 12, frame: int = FRAME, jitter: float | None = None) -> Path:  # fmt: skip
+                         max_pairs_per_grid: int = 12, frame: int = FRAME, jitter: float | None = None,
+                         whole_share: float | None = None) -> Path:  # fmt: skip
     """The datagen config of the loop; ``views`` "sides" (issue 20's proof): 3x3 grids of whole panels and single
-    sides, tuples of up to three references -> one target in the dataset (12 per grid and k). ``jitter``:
-    ``teacher.toy_jitter`` (None: the teacher's default)."""
+    sides, tuples of up to three references -> one target in the dataset (12 per grid and k). ``jitter``,
+    ``whole_share``: ``teacher.toy_jitter``, ``teacher.toy_whole_share`` (None: the teacher's default)."""
     from datagen.teacher.toy import GUTTER
 
     ids = _identities(heldout=False)
@@ -97,6 +98,7 @@ seeds_per_prompt = 1
 toy_placement = "{placement}"
 toy_views = "{views}"
 {"" if jitter is None else f"toy_jitter = {jitter}"}
+{"" if whole_share is None else f"toy_whole_share = {whole_share}"}
 [panels]
 max_pairs_per_grid = {max_pairs_per_grid}
 min_panel_size = {frame // 2}

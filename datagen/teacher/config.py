@@ -12,6 +12,7 @@ _DTYPES = ("bfloat16", "float16", "float32")
 
 
 TOY_JITTER = 0.03  # backend "toy": the teacher's default placement jitter (``TeacherConfig.toy_jitter``)
+TOY_WHOLE_SHARE = 0.5  # backend "toy", views "sides": the share of panels shown whole (``TeacherConfig.toy_whole_share``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,10 @@ class TeacherConfig:
     # backend "toy" only: each panel's object moves by up to this share of the panel side (uniform, per axis and
     # panel), so no two panels of a grid line up to the pixel (README, issue 19: what the copy costs).
     toy_jitter: float = TOY_JITTER
+    # backend "toy", toy_views "sides" only: the share of panels drawn whole, the rest split evenly between the two
+    # sides. Fewer whole panels give more tuples whose references are all sides (what the multi-reference eval
+    # asks a model to combine) and fewer whole targets.
+    toy_whole_share: float = TOY_WHOLE_SHARE
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -71,6 +76,8 @@ class TeacherConfig:
                 raise ConfigError(f"teacher.{name}: must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.toy_jitter <= 0.1:
             raise ConfigError(f"teacher.toy_jitter: {self.toy_jitter} must be in [0, 0.1] (a share of the panel side)")
+        if not 0.0 <= self.toy_whole_share <= 1.0:
+            raise ConfigError(f"teacher.toy_whole_share: {self.toy_whole_share} must be in [0, 1] (a share of the panels)")
         if self.timeout_s <= 0:
             raise ConfigError(f"teacher.timeout_s: must be positive, got {self.timeout_s}")
         if not self.comfyui_url.startswith(("http://", "https://")):

@@ -6,8 +6,9 @@ line a context (the pose words pick position and size, the setting words the bac
 is drawn at the grid's layout with a white gutter and a little placement jitter, so the real panels
 stage has real cutting to do. Like FLUX, the teacher is not always consistent: a seeded share of the
 grids (``INCONSISTENT_SHARE``) shows another identity in one panel, which curation should reject.
-With ``teacher.toy_views = "sides"`` (issue 20) half the panels show the whole object and the others one
-of its sides (``SIDES_WEIGHTS``, ``toy_domain.VIEWS``). Everything depends on (prompt, seed) only.
+With ``teacher.toy_views = "sides"`` (issue 20) a share of the panels (``teacher.toy_whole_share``, half by
+default) show the whole object and the others one of its sides (``toy_domain.VIEWS``). Everything depends on
+(prompt, seed) only.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from dataclasses import dataclass
 from PIL import Image
 
 from . import toy_domain as dom
-from .config import TOY_JITTER, TeacherConfig
+from .config import TOY_JITTER, TOY_WHOLE_SHARE, TeacherConfig
 
 logger = logging.getLogger(__name__)
 
 INCONSISTENT_SHARE = 0.2
-SIDES_WEIGHTS = (2, 1, 1)  # toy_views "sides": whole, plain, patterned
 GUTTER = 16  # pixels of white between panels, half of it around the grid (288 px grids: 2 x 128 px panels)
 _POSITION_WORDS = {"left", "right", "middle", "top", "bottom", "top-left", "top-right", "bottom-left", "bottom-right"}
 
@@ -66,10 +66,11 @@ def _layout(prompt: str, n: int) -> tuple[int, int]:
     return 1, max(n, 2)
 
 
-def grid_plan(prompt: str, seed: int, placement: str = "panel", views: str = "whole") -> GridPlan:
+def grid_plan(prompt: str, seed: int, placement: str = "panel", views: str = "whole",
+              whole_share: float = TOY_WHOLE_SHARE) -> GridPlan:  # fmt: skip
     """Parse ``prompt`` and draw the seeded choices (which grids are inconsistent, and how). ``placement``
     "grid" gives every panel the first panel's position and size (see ``TeacherConfig.toy_placement``);
-    ``views`` "sides" draws each panel's view (``TeacherConfig.toy_views``)."""
+    ``views`` "sides" draws each panel's view (``TeacherConfig.toy_views``), whole with chance ``whole_share``."""
     identity = dom.parse_identity(prompt)
     if identity is None:
         raise ToyPromptError(f"the toy teacher draws toy subjects only ('a red circle with blue stripes'): {prompt[:80]!r}")
@@ -90,9 +91,10 @@ def grid_plan(prompt: str, seed: int, placement: str = "panel", views: str = "wh
     seen = ()
     if views == "sides":  # its own stream: the other choices stay those of the "whole" grid
         view_rng = random.Random(f"toy-views|{seed}")
-        # half the panels whole (a copy of a whole reference is learned first, as in the whole-view loop),
-        # a quarter each side
-        seen = tuple(view_rng.choices(dom.VIEWS, weights=SIDES_WEIGHTS)[0] for _ in range(n))
+        # by default half the panels whole (a copy of a whole reference is learned first, as in the whole-view
+        # loop), a quarter each side; share 0.5 draws what the weights (2, 1, 1) drew before it was a setting
+        weights = (whole_share, (1 - whole_share) / 2, (1 - whole_share) / 2)
+        seen = tuple(view_rng.choices(dom.VIEWS, weights=weights)[0] for _ in range(n))
     return GridPlan(rows, cols, tuple(identities), tuple(contexts), odd, seen)
 
 
@@ -125,7 +127,8 @@ class ToyTeacher:
         self.cfg = cfg
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        plans = [grid_plan(p, s, self.cfg.toy_placement, self.cfg.toy_views) for p, s in zip(prompts, seeds, strict=True)]
+        cfg = self.cfg
+        plans = [grid_plan(p, s, cfg.toy_placement, cfg.toy_views, cfg.toy_whole_share) for p, s in zip(prompts, seeds, strict=True)]
         return [draw_grid(plan, self.cfg.width, self.cfg.height, s, self.cfg.toy_jitter) for plan, s in zip(plans, seeds, strict=True)]
 
     def close(self) -> None:

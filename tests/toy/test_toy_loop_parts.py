@@ -57,6 +57,9 @@ def test_datagen_config_sets_the_teachers_jitter(tmp_path) -> None:
 
     assert toy_loop.JITTER == 0.0 and jitter(jitter=toy_loop.JITTER) == 0.0 and jitter(jitter=0.05) == 0.05
     assert jitter() == TOY_JITTER
+    teacher = load_datagen_config(toy_loop.write_datagen_config(tmp_path, 4, "http://127.0.0.1:1/v1", "grid", views="sides",
+                                                                whole_share=0.25)).teacher  # fmt: skip
+    assert (teacher.toy_views, teacher.toy_whole_share) == ("sides", 0.25)
 
 
 def test_grid_benchmark_asks_the_reference_placement_and_swaps_references(tmp_path) -> None:

@@ -86,6 +86,32 @@ def test_teacher_sides_keep_the_whole_grids_draws() -> None:
         assert read_picture(panel).view == view and same_identity(read_picture(panel), reading_of(identity, ctx, view))
 
 
+def test_whole_share_sets_the_share_of_whole_panels() -> None:
+    """``teacher.toy_whole_share``: 0.5 (the default) draws what the fixed weights (2, 1, 1) drew before it was a
+    setting; 0 and 1 give no whole panel and only whole panels; 0.25 a quarter, the sides splitting the rest."""
+    import pytest
+
+    from datagen.teacher.config import TeacherConfig
+
+    prompt = template_prompt({"id": "c0", "caption": RED_STRIPES.text}, PromptsConfig(mode="template", layouts=("3x3",), seed=0))["prompt"]
+
+    def views(share: float, seeds: range = range(200)) -> list[str]:
+        return [v for seed in seeds for v in grid_plan(prompt, seed, "grid", "sides", share).views]
+
+    def fixed_weights(seed: int) -> list[str]:  # the draw of the code before the setting
+        rng = random.Random(f"toy-views|{seed}")
+        return [rng.choices(dom.VIEWS, weights=(2, 1, 1))[0] for _ in range(9)]
+
+    assert views(0.5, range(30)) == [v for seed in range(30) for v in fixed_weights(seed)]
+    assert list(grid_plan(prompt, 3, "grid", "sides").views) == fixed_weights(3)  # the default share
+    assert "whole" not in views(0.0) and set(views(1.0)) == {"whole"}
+    seen = views(0.25)
+    shares = np.array([seen.count(v) for v in dom.VIEWS]) / len(seen)
+    assert np.all(np.abs(shares - np.array([0.25, 0.375, 0.375])) < 0.05), shares
+    with pytest.raises(ValueError, match="toy_whole_share"):
+        TeacherConfig(backend="toy", toy_whole_share=1.5)
+
+
 def test_sides_benchmark_gives_sides_and_judges_against_the_whole(tmp_path) -> None:
     from benchmarks.toy_multiref import write_sides_benchmark
     from dsd.eval.layout import load_benchmark
