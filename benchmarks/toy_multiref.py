@@ -120,8 +120,10 @@ def summarise(out: Path, table: Path, timings: dict[str, float], jitter: float, 
     for a, b in (("multi@k3", "multi@k1"), ("multi@k2", "multi@k1"), ("multi@k3", "multi@k2"), ("multi@k1", "k1_only@k1"),
                  ("k1_only@k3", "k1_only@k1")):  # fmt: skip
         lines.append(f"| {a} - {b} | {_difference(frame, a, b)} |")
-    lines += ["", _data_line(out), f"teacher placement jitter (teacher.toy_jitter): {jitter} of the panel side; panels drawn whole "
-              f"(teacher.toy_whole_share): {TOY_WHOLE_SHARE if whole_share is None else whole_share}", "", "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]
+    share = TOY_WHOLE_SHARE if whole_share is None else whole_share
+    teacher = (f"teacher placement jitter (teacher.toy_jitter): {jitter} of the panel side; panels drawn whole "
+               f"(teacher.toy_whole_share): {share}")  # fmt: skip
+    lines += ["", _data_line(out), teacher, "", "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]
     _plot(pd.DataFrame(rows), out / "cp_per_k.png")
     text = "\n".join(lines) + "\n"
     (out / "summary_multiref.md").write_text(text)

@@ -129,7 +129,7 @@ class ToyTeacher:
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         cfg = self.cfg
         plans = [grid_plan(p, s, cfg.toy_placement, cfg.toy_views, cfg.toy_whole_share) for p, s in zip(prompts, seeds, strict=True)]
-        return [draw_grid(plan, self.cfg.width, self.cfg.height, s, self.cfg.toy_jitter) for plan, s in zip(plans, seeds, strict=True)]
+        return [draw_grid(plan, cfg.width, cfg.height, s, cfg.toy_jitter) for plan, s in zip(plans, seeds, strict=True)]
 
     def close(self) -> None:
         pass
