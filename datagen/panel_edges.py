@@ -11,7 +11,8 @@ averages alone at the even split, with no rival near it, is the seam; failing th
 the span, with no rival near it (crops of a grainy photo: gravel, the moon's surface); failing that,
 the line where neighbouring lines stop being correlated along most of the span (crops of grass, of a
 cell culture: their steps are as large as the texture's own, but within a photo each line still
-resembles the one before).
+resembles the one before). A cut only a one-line step found must also part unrelated lines where the span
+has content: lines alike either side of a step are one photo's straight edge (a mortar line), not a seam.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .panel_verify import band_partner, channel_max, edge_profile, near_even_spl
 # noise), the step into the line is _STEP_RATIO times the usual one; it must beat rivals by that share too.
 _STEP_CHUNKS, _STEP_RATIO, _STEP_MIN_SHARE = 8, 2.0, 0.375
 _STEP_HIDDEN = 0.75  # ... in this share inside a panel, alone (no step within _BAND_REACH): a seam the layout lacks
+_STEP_UNRELATED = 0.15  # ... a cut it alone found parts unrelated lines in this share of the stretches at least
 _STEP_EVERY = 0.25  # ... and out of a flat line, in this share of every panel across (a silhouette on white: most is white)
 # Unrelated lines (_unrelated_profile): of a line's _DECOR_CHUNKS stretches, those with content (grey spread
 # over _DECOR_MIN_SD levels on both lines, and at least _DECOR_MIN_CONTENT such stretches: a sliver between a
@@ -131,6 +133,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
     confidences, notes = [], []
     fine: list[np.ndarray] = []  # per axis: the sampled lines every fine cue reads, and their step profile
     steps: list[np.ndarray] = []
+    stepped: list[tuple[int, int]] = []  # (axis, cut from the span's start) of the cuts a one-line step alone found
     y0, y1, x0, x1 = span
     for axis, n in ((0, g.rows), (1, g.cols)):
         lo, hi = (y0, y1) if axis == 0 else (x0, x1)
@@ -165,7 +168,8 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
                 continue
             texture = 0.0
             if strength < cfg.min_edge_fraction:
-                cut, texture, conf, how = _weak_seam(fine[axis], i * pitch, window, pitch)
+                cut, texture, conf, how, cue = _weak_seam(fine[axis], i * pitch, window, pitch)
+                stepped += [(axis, cut)] if cue == "step" else []
             if strength < cfg.min_edge_fraction and not texture:
                 raise PanelDetectionError(
                     f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and no colour edge across the "
@@ -184,6 +188,7 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
         cuts.append(hi)
         segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
         _no_edge_inside_panels(f, g, axis, lo, segs[-1], max(cfg_strong(cfg), min(strengths, default=0.0)))
+    _step_of_one_photo(g, fine, (y0, x0), stepped)
     for axis, lo in ((0, y0), (1, x0)):
         _no_step_inside_panels(fine[axis], steps[axis], g, axis, lo, segs[axis], (segs[1 - axis], (x0, y0)[axis]))
     _no_unrelated_lines_inside_panels(g, span, segs, fine, steps)
@@ -248,16 +253,38 @@ def _texture_seam(lines: np.ndarray, expected: float, window: float, pitch: floa
     return _seam(_texture_profile(lines), expected, window, pitch, 0.25, lambda strength: 0.4 * strength)
 
 
-def _weak_seam(lines: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float, str]:
-    """(cut, strength, confidence, how) of a seam no sharp edge shows: a texture seam, else a line step."""
+def _weak_seam(lines: np.ndarray, expected: float, window: float, pitch: float) -> tuple[int, float, float, str, str]:
+    """(cut, strength, confidence, how, cue) of a seam no sharp edge shows: a texture seam, else a line step,
+    else unrelated lines (``cue``: "texture", "step" or "unrelated")."""
     cut, strength, conf = _texture_seam(lines, expected, window, pitch)
     if strength:
-        return cut, strength, conf, f", a texture seam across {strength:.0%}"
+        return cut, strength, conf, f", a texture seam across {strength:.0%}", "texture"
     cut, strength, conf = _step_seam(lines, expected, window, pitch)
     if strength:
-        return cut, strength, conf, f", a one-line step standing out in {strength:.0%} of the span"
+        return cut, strength, conf, f", a one-line step standing out in {strength:.0%} of the span", "step"
     cut, strength, conf = _unrelated_seam(lines, expected, window, pitch)
-    return cut, strength, conf, f", unrelated lines in {strength:.0%} of the span"
+    return cut, strength, conf, f", unrelated lines in {strength:.0%} of the span", "unrelated"
+
+
+def _step_of_one_photo(g: _Grid, fine: list[np.ndarray], starts: tuple[int, int], stepped: list[tuple[int, int]]) -> None:
+    """A cut that only a one-line step found must also part unrelated lines where the span has content: two
+    photos placed edge to edge do not continue each other (``_unrelated_profile`` over _STEP_UNRELATED of the
+    stretches, within a line of the cut). Lines alike either side of a step along most of the span are one
+    photo's straight edge (a brick wall drawn 2x1 and labelled 2x2, cut down one row's mortar line: the other
+    row's bricks run on across it). A span mostly flat there (white ground meeting white ground) has no say."""
+    for axis, cut in stepped:
+        lines = fine[axis]
+        u = float(_unrelated_profile(lines)[max(1, cut - 1) : cut + 2].max())
+        grey = lines[max(0, cut - 1) : cut + 1].astype(np.float32).mean(axis=2)
+        usable = grey.shape[1] // _DECOR_CHUNKS * _DECOR_CHUNKS
+        content = float((grey[:, :usable].reshape(len(grey), _DECOR_CHUNKS, -1).std(axis=2) > _DECOR_MIN_SD).all(axis=0).mean())
+        if content >= 0.5 and u < _STEP_UNRELATED:
+            where = f"{'y' if axis == 0 else 'x'}={starts[axis] + cut} px"
+            raise PanelDetectionError(
+                f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and the lines either side of the one-line "
+                f"step at {where} are alike along the span ({u:.0%} unrelated): a straight edge within one photo, not "
+                "a seam; rejected rather than guessed"
+            )
 
 
 def _running_median(x: np.ndarray, reach: int) -> np.ndarray:

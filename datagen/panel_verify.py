@@ -12,8 +12,9 @@ was found, is checked afterwards on both axes, and any doubt rejects the grid:
    unpaired edge across one panel is enough (one photo meets another in a clean line, beside a faint one).
 2. *Touching panels (cut at colour edges) only:* the panels are equal (the teacher draws equal
    panels; a cut at an object's edge, or at one side of a gutter swallowed by a panel of its
-   colour, makes unequal ones), and no panel's side is a uniform line (a gutter or border strip
-   left inside the panel).
+   colour, makes unequal ones), no panel's side is a uniform line (a gutter or border strip
+   left inside the panel), and no flat band crosses a panel's middle near an even split of the grid
+   (a photo's edge strip beside a seam no cue sees: two crops of a star field, drawn 2x2, labelled 1x2).
 3. *Panels cut at gutters:* a gutter wider than another of its row (column), beside a panel smaller than
    the others by that difference whose side merges into the gutter's colour, has swallowed that panel's
    side (a wall fading into a black gutter: its last step reads as a clean edge; a product shot's white
@@ -48,6 +49,14 @@ _BAND_REACH = 15  # an edge this near another parallel one is a thin band's (px)
 # line _MERGE_NEARER times the usual distance from it), has swallowed that panel's side
 _SWALLOW_PX, _SWALLOW_FIT, _MERGE_SHARE, _MERGE_NEARER = 3, 0.25, 0.4, 0.75
 _MIN_SIDE_BAND = 3  # a uniform band along a panel's side this wide (px) is a gutter or border strip
+# a flat band across a touching panel's middle, _MIN_SIDE_BAND to _MAX_FLAT_BAND px wide and within
+# _FLAT_BAND_REACH px (beyond split_tolerance) of an even split into 2 or 3 panels (the largest layout drawn),
+# is a photo's edge strip left inside the panel (the drawn strips sit 13-22 px from their hidden seam)
+_MAX_FLAT_BAND, _FLAT_BAND_REACH = 24, 24
+# ... a strip drawn flat: its lines within _EXACT_FLAT grey levels of their mean (a photo's smooth ground
+# between two objects, within the gutter tolerance, crosses short panels too: the held-out flower and china
+# grids), on lines that are not (_FLAT_BESIDE of them so at most)
+_EXACT_FLAT, _FLAT_BESIDE = 6, 0.75
 _AGREE_PX = 3  # clean gutters (borders) of one grid agree on their width within this (resampling, JPEG)
 
 
@@ -264,6 +273,63 @@ def _uniform_side(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> s
     return ""
 
 
+def _flat_runs(flat: np.ndarray, mean: np.ndarray, tolerance: int) -> list[tuple[int, int]]:
+    """(start, end) of every run of ``flat`` lines of one colour (their ``mean`` within ``tolerance`` of the
+    line before): a strip beside a flat ground of another colour is a run of its own."""
+    same = np.ones(len(flat), bool)
+    same[1:] = channel_max(np.abs(mean[1:] - mean[:-1])) <= tolerance
+    starts = np.flatnonzero(flat & ~np.concatenate([[False], flat[:-1] & same[1:]]))
+    runs = []
+    for s in starts.tolist():
+        e = s + 1
+        while e < len(flat) and flat[e] and same[e]:
+            e += 1
+        runs.append((s, e))
+    return runs
+
+
+def _band_on_content(lines: np.ndarray, s: int, e: int, cfg: PanelsConfig) -> bool:
+    """Whether the flat lines ``s:e`` are a band laid on a photo's content: the 2 lines either side hold
+    little of its colour (under continuation_max; else they are a stretch of the panel's own flat ground, a
+    dark sky) and are not flat themselves (under _FLAT_BESIDE of each within _EXACT_FLAT: a flat
+    illustration's bands of colour sit side by side; a starfield's lines are 6-57 % so)."""
+    beside = np.concatenate([lines[max(0, s - 2) : s], lines[e : e + 2]]).astype(np.float32)
+    if len(beside) < 4:
+        return False
+    colour = lines[s:e].reshape(-1, 3).mean(axis=0)
+    share = (channel_max(np.abs(beside - colour)) <= cfg.uniform_tolerance).mean(axis=1)
+    own = channel_max(np.abs(beside - beside.mean(axis=1, keepdims=True))) <= _EXACT_FLAT
+    return bool(float(share.max()) < cfg.continuation_max and float(own.mean(axis=1).max()) < _FLAT_BESIDE)
+
+
+def _flat_band_inside(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
+    """Why a touching panel may hold a hidden boundary ("" when none does): a flat band (lines flat within
+    _EXACT_FLAT, 3 px to _MAX_FLAT_BAND wide, its colour stopping on both sides) crosses the whole panel in its
+    middle, near an even split of the grid. It is the strip a photo shows near its own edge (a pilaster, a door frame), left in the
+    middle of a "panel" that holds two photos, where the seam beside it is invisible (two crops of a star
+    field drawn 2x2 and labelled 1x2). The strip of a correctly cut panel lies near that panel's side."""
+    h, w = a.shape[:2]
+    for b in boxes:
+        panel = a[b.y0 : b.y1, b.x0 : b.x1].astype(np.int16)
+        for axis, start, total in ((0, b.y0, h), (1, b.x0, w)):
+            lines = panel[:, ::2] if axis == 0 else panel[::2].transpose(1, 0, 2)
+            mean = lines.mean(axis=1, dtype=np.float32).round().astype(np.int16)
+            near = channel_max(np.abs(lines - mean[:, None, :])) <= _EXACT_FLAT
+            flat = near.mean(axis=1) >= cfg.uniform_fraction
+            length = len(lines)
+            for s, e in _flat_runs(flat, mean, cfg.uniform_tolerance):
+                inner = _INNER[0] * length <= s and e <= _INNER[1] * length
+                if not (_MIN_SIDE_BAND <= e - s <= _MAX_FLAT_BAND and inner) or not _band_on_content(lines, s, e, cfg):
+                    continue
+                edges = np.array([start + s, start + e], np.float32)
+                reach = split_tolerance(total, cfg) + _FLAT_BAND_REACH
+                if float(np.abs(edges[:, None] - even_splits(total, most=3)[None, :]).min()) <= reach:
+                    where = f"{'y' if axis == 0 else 'x'}={start + s}-{start + e} px"
+                    return (f"a flat band crosses the whole panel {b.as_list()} in its middle ({where}), near an even "
+                            "split of the grid: the edge strip of a photo the layout does not have")  # fmt: skip
+    return ""
+
+
 def _border_inside(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
     """Why the panels may hold an untrimmed frame ("" when they do not): along two image edges or more, every
     panel there starts with a uniform line of one colour (the same at every such edge), and at least one
@@ -345,7 +411,7 @@ def verify(a: np.ndarray, found: Detection, rows: int, cols: int, cfg: PanelsCon
     single = found.method == "edges"
     why = _hidden_boundary(a, found.boxes, 0, cfg, single) or _hidden_boundary(a, found.boxes, 1, cfg, single)
     if not why and found.method == "edges":
-        why = _unequal(found.boxes, cfg) or _uniform_side(a, found.boxes, cfg)
+        why = _unequal(found.boxes, cfg) or _uniform_side(a, found.boxes, cfg) or _flat_band_inside(a, found.boxes, cfg)
     elif not why:
         why = _swallowed_side(a, found.boxes, cfg) or _border_inside(a, found.boxes, cfg) or _hidden_gutter(a, found.boxes, cfg)
     if why:

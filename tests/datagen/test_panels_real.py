@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from datagen.panel_edges import _pick_edge
+from datagen.panel_verify import _flat_band_inside
 from datagen.panels import Box, PanelDetectionError, PanelsConfig, analyse_panels, run_panels
 from dsd.manifest import read_records
 from tests.datagen import real_grids as photos_module
@@ -419,3 +420,44 @@ def test_two_flat_strips_of_one_colour_beside_the_seams_are_no_gutters() -> None
             panels[k] = panels[k].copy()
             panels[k][347 - offset - width : 347 - offset] = mauve
         right_or_rejected(assemble(panels, 3, 1, gutter=0))
+
+
+@pytest.mark.parametrize(("seed", "i"), [(3, 44), (8, 44), (2, 39)])
+def test_a_photos_edge_strip_left_in_the_middle_of_a_panel_is_a_hidden_seam(seed: int, i: int) -> None:
+    """Crops of the Hubble deep field drawn 2x2 and labelled 1x2 (or 2x1; ``same_subject_mismatch``, seeds 2, 3
+    and 8): star field meets star field with no edge, step or texture jump, so only the flat strip one photo
+    shows a few px from its side (a pilaster) is left across the middle of a "panel" holding two photos, near
+    the grid's half. Such a band across the whole of a touching panel's middle is the hidden boundary."""
+    grid = bench_grid("same_subject_mismatch", i, seed=seed)
+    assert grid.drawn == (2, 2) and grid.identities[0] == "hubble_deep_field.jpg"
+    with pytest.raises(PanelDetectionError, match="flat band crosses the whole panel"):
+        analyse_panels(grid.image, grid.rows, grid.cols)
+
+
+def test_a_flat_strip_near_the_side_of_a_touching_panel_still_cuts() -> None:
+    """The other side of that rule: the same strip near a panel's side (where photos show it) is no hidden
+    boundary; and in a star field, whose rows are mostly one dark colour, a few starless rows are no band
+    (their colour goes on beside them), while the strip across its middle is one."""
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for seed in range(4):
+        panels = photos(["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"], 300, 340, seed)
+        panels[1] = strip(panels[1], "bottom", rng)
+        outcomes.append(right_or_rejected(assemble(panels, 2, 2, gutter=0)))
+    assert outcomes.count("right") >= 3, outcomes
+    sky = photos(["hubble_deep_field.jpg"], 800, 400, 1)[0]
+    whole = (Box(0, 0, 400, 800),)
+    assert _flat_band_inside(sky, whole, PanelsConfig()) == ""
+    sky[392:402] = (90, 170, 170)  # a teal strip across the middle
+    assert "y=392-402 px" in _flat_band_inside(sky, whole, PanelsConfig())
+
+
+def test_a_one_line_step_in_one_row_only_is_no_column_seam() -> None:
+    """Brick-wall crops drawn 2x1 and labelled 2x2 (``same_subject_mismatch``, seed 1): one row's straight mortar
+    line steps on one line at the middle, and the grid was cut into four "panels" through both rows' bricks.
+    Either side of that step the lines are alike (7 % of the stretches unrelated; a seam of two crops parts
+    them): a cut only a step found must part unrelated lines too, where the span has content."""
+    grid = bench_grid("same_subject_mismatch", 9, seed=1)
+    assert grid.drawn == (2, 1) and (grid.rows, grid.cols) == (2, 2)
+    with pytest.raises(PanelDetectionError, match="alike along the span"):
+        analyse_panels(grid.image, grid.rows, grid.cols)
