@@ -304,10 +304,11 @@ def _band_on_content(lines: np.ndarray, s: int, e: int, cfg: PanelsConfig) -> bo
 
 def _flat_band_inside(a: np.ndarray, boxes: tuple[Box, ...], cfg: PanelsConfig) -> str:
     """Why a touching panel may hold a hidden boundary ("" when none does): a flat band (lines flat within
-    _EXACT_FLAT, 3 px to _MAX_FLAT_BAND wide, its colour stopping on both sides) crosses the whole panel in its
-    middle, near an even split of the grid. It is the strip a photo shows near its own edge (a pilaster, a door frame), left in the
-    middle of a "panel" that holds two photos, where the seam beside it is invisible (two crops of a star
-    field drawn 2x2 and labelled 1x2). The strip of a correctly cut panel lies near that panel's side."""
+    _EXACT_FLAT, 3 px to _MAX_FLAT_BAND wide, laid on content: ``_band_on_content``) crosses the whole panel
+    in its middle, near an even split of the grid. It is the strip a photo shows near its own edge (a
+    pilaster, a door frame), left in the middle of a "panel" that holds two photos, where the seam beside it
+    is invisible (two crops of a star field drawn 2x2 and labelled 1x2). The strip of a correctly cut panel
+    lies near that panel's side."""
     h, w = a.shape[:2]
     for b in boxes:
         panel = a[b.y0 : b.y1, b.x0 : b.x1].astype(np.int16)
