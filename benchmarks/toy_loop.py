@@ -335,11 +335,17 @@ def judge_server(env: dict[str, str], options: tuple[str, ...] = ()) -> Iterator
         proc.wait(10)
 
 
+# views "sides": the panel counts of the base's pretraining rows, drawn evenly: half the rows two panels (the
+# k = 1 canvas keeps the two-panel base's training), the rest 3 and 4 (the k = 2, 3 canvases)
+SIDES_FRAMES = (2, 2, 3, 4)
+
+
 def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whole", frame: int = FRAME,
-             pretrain_lr: float = PRETRAIN_LR) -> dict:  # fmt: skip
+             pretrain_lr: float = PRETRAIN_LR, frames: tuple[int, ...] | None = None) -> dict:  # fmt: skip
     """The toy FLUX folder: built (tests/support/toy_model.py) and pretrained as a text-to-grid model
     (tests/support/toy_pretrain.py) in a temporary folder that becomes ``flux`` only when complete. With
-    ``views`` "sides" it pretrains on sides too, and on rows of 2 to 4 panels (multi-reference canvases)."""
+    ``views`` "sides" it pretrains on sides too, and on rows of 2 to 4 panels (multi-reference canvases;
+    ``frames``: the panel counts a row draws from, default SIDES_FRAMES)."""
     from tests.support.toy_model import TOY_LOOP_TRANSFORMER_CONFIG, make_toy_pipeline
     from tests.support.toy_pretrain import pretrain_toy_base
 
@@ -352,8 +358,7 @@ def toy_base(flux: Path, placement: str, pretrain_steps: int, views: str = "whol
     with stage_torch_threads():
         info = make_toy_pipeline(tmp, config=TOY_LOOP_TRANSFORMER_CONFIG, adaln_zero=True)
         if pretrain_steps:
-            # sides: half the rows two panels (the k = 1 canvas keeps the two-panel base's training), the rest 3 and 4
-            frames = (2, 2, 3, 4) if views == "sides" else (2,)
+            frames = frames or (SIDES_FRAMES if views == "sides" else (2,))
             info.update(pretrain_toy_base(tmp, steps=pretrain_steps, placement=placement, views=views, frames=frames,
                                           side=frame, lr=pretrain_lr))
     (tmp / "dsd_toy.json").write_text(json.dumps(info))

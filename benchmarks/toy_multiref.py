@@ -1,14 +1,14 @@
 """Issue 20's proof: do several references carry more of an identity than one? On the toy domain's sides.
 
     python -m benchmarks.toy_multiref --out DIR [--identities 200] [--subjects 24] [--steps N] [--whole-targets] [--jitter J]
-        [--whole-share S] [--no-k1-only]
+        [--whole-share S] [--no-k1-only] [--base-frames 2,2,3,4]
 
 The toy loop (benchmarks/toy_loop.py) with ``views = "sides"``: a panel shows the whole object or one of its
 two sides (the plain side: shape and body colour; the patterned side: pattern and accent colour on ivory),
 so one side carries half the identity and several sides more of it.
 
 1. the toy base, pretrained on whole panels and sides in rows of 2 to 4 panels (FLUX's part: it has seen
-   wide canvases), half the rows two panels
+   wide canvases), half the rows two panels (``--base-frames``: the panel counts its rows draw from, evenly)
 2. ``python -m datagen run``: 3x3 grids of random views -> panels -> pairs and tuples of k = 2, 3 references
    curated by the toy judge (all attributes the views show agree) -> a dataset with tuples
 3. two trainings from the same dataset and base, each its own ``python -m training`` run: ``train_multi``
@@ -121,8 +121,10 @@ def summarise(out: Path, table: Path, timings: dict[str, float], jitter: float, 
                  ("k1_only@k3", "k1_only@k1")):  # fmt: skip
         lines.append(f"| {a} - {b} | {_difference(frame, a, b)} |")
     share = TOY_WHOLE_SHARE if whole_share is None else whole_share
+    base = json.loads((out / "flux" / "dsd_toy.json").read_text())
+    frames = ",".join(str(f) for f in base.get("pretrain_frames", loop.SIDES_FRAMES))  # bases before the record: the default
     teacher = (f"teacher placement jitter (teacher.toy_jitter): {jitter} of the panel side; panels drawn whole "
-               f"(teacher.toy_whole_share): {share}")  # fmt: skip
+               f"(teacher.toy_whole_share): {share}; the base's pretraining rows drew {frames} panels evenly")  # fmt: skip
     lines += ["", _data_line(out), teacher, "", "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]
     _plot(pd.DataFrame(rows), out / "cp_per_k.png")
     text = "\n".join(lines) + "\n"
@@ -175,11 +177,12 @@ def _plot(rows, dest: Path) -> None:
 
 
 def run(out: Path, identities: int, subjects: int, steps: int | None, pretrain_steps: int, whole_targets: bool = False,
-        jitter: float = loop.JITTER, whole_share: float | None = None, with_k1: bool = True) -> str:  # fmt: skip
+        jitter: float = loop.JITTER, whole_share: float | None = None, with_k1: bool = True,
+        base_frames: tuple[int, ...] = loop.SIDES_FRAMES) -> str:  # fmt: skip
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     env, timings, t = loop.loop_env(), {}, time.perf_counter()
-    loop.toy_base(out / "flux", "grid", pretrain_steps, views="sides")
+    loop.toy_base(out / "flux", "grid", pretrain_steps, views="sides", frames=base_frames)
     timings["toy model (build + pretraining)"] = time.perf_counter() - t
     with loop.judge_server(env, ("--whole-targets",) if whole_targets else ()) as judge_url:
         t = time.perf_counter()
@@ -197,6 +200,16 @@ def run(out: Path, identities: int, subjects: int, steps: int | None, pretrain_s
     return summarise(out, table, timings, jitter, whole_share)
 
 
+def _frames(text: str) -> tuple[int, ...]:
+    try:
+        frames = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give panel counts separated by commas, e.g. 2,3,4") from None
+    if not frames or any(f not in (2, 3, 4) for f in frames):
+        raise argparse.ArgumentTypeError(f"{text!r}: each panel count must be 2, 3 or 4 (k = 1 to 3 references)")
+    return frames
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.toy_multiref", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="work folder (rerun the same command to resume)")
@@ -212,13 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--whole-share", type=float, default=None,
                    help="teacher.toy_whole_share: the share of panels drawn whole (default 0.5); fewer give more tuples "
                         "whose references are all sides, as the eval's")
+    p.add_argument("--base-frames", type=_frames, default=loop.SIDES_FRAMES,
+                   help="panel counts the base's pretraining rows draw from, evenly, e.g. 2,3,4 (default 2,2,3,4: half "
+                        "the rows two panels)")
     p.add_argument("--no-k1-only", dest="with_k1", action="store_false",
                    help="train the multi-reference model alone (with every thread), without the pairs-only control")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.perf_counter()
     text = run(args.out, args.identities, args.subjects, args.steps, args.pretrain_steps, args.whole_targets, args.jitter,
-               args.whole_share, args.with_k1)  # fmt: skip
+               args.whole_share, args.with_k1, args.base_frames)  # fmt: skip
     print(text + f"\nwhole run: {time.perf_counter() - t0:.0f} s")  # noqa: T201 - the benchmark's report
     return 0
 

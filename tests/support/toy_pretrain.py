@@ -115,7 +115,8 @@ def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000,
             logger.info("toy base pretraining: step %d/%d, loss %.4f, %.0f s", step, steps, np.mean(losses[-100:]),
                         time.perf_counter() - t0)  # fmt: skip
     model.transformer.eval().requires_grad_(False).save_pretrained(flux_dir / "transformer", safe_serialization=True)
-    return {"pretrain_steps": steps, "pretrain_loss": float(np.mean(losses[-50:])), "pretrain_s": time.perf_counter() - t0}
+    return {"pretrain_steps": steps, "pretrain_frames": list(frames), "pretrain_loss": float(np.mean(losses[-50:])),
+            "pretrain_s": time.perf_counter() - t0}  # fmt: skip
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from datagen.config import PromptsConfig
 from datagen.prompts import template_prompt
@@ -89,8 +90,6 @@ def test_teacher_sides_keep_the_whole_grids_draws() -> None:
 def test_whole_share_sets_the_share_of_whole_panels() -> None:
     """``teacher.toy_whole_share``: 0.5 (the default) draws what the fixed weights (2, 1, 1) drew before it was a
     setting; 0 and 1 give no whole panel and only whole panels; 0.25 a quarter, the sides splitting the rest."""
-    import pytest
-
     from datagen.teacher.config import TeacherConfig
 
     prompt = template_prompt({"id": "c0", "caption": RED_STRIPES.text}, PromptsConfig(mode="template", layouts=("3x3",), seed=0))["prompt"]
@@ -177,3 +176,16 @@ def test_sides_diagnosis_datasets_split_the_pairs_by_view(tmp_path, monkeypatch)
     assert not frames["whole_targets"].caption.str.contains("its ").any()  # ("side view" is a pose)
     assert frames["sides"].caption.str.contains("its plain side").any()
     assert len(frames["loop_subset"]) == len(frames["whole_pairs"]) > 0
+
+
+def test_the_multi_reference_benchmark_reads_the_bases_panel_counts(capsys) -> None:
+    """``--base-frames`` takes 2, 3 or 4 panels per pretraining row, comma-separated; anything else is a clear
+    usage error before any work starts."""
+    from benchmarks.toy_multiref import _frames, main
+
+    assert _frames("2,3,4") == (2, 3, 4)
+    for bad in ("2,5", "two", ""):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", "unused", "--base-frames", bad])
+        assert exc.value.code == 2
+        assert "--base-frames" in capsys.readouterr().err
