@@ -30,7 +30,9 @@ from .panel_verify import band_partner, channel_max, edge_profile, near_even_spl
 # noise), the step into the line is _STEP_RATIO times the usual one; it must beat rivals by that share too.
 _STEP_CHUNKS, _STEP_RATIO, _STEP_MIN_SHARE = 8, 2.0, 0.375
 _STEP_HIDDEN = 0.75  # ... in this share inside a panel, alone (no step within _BAND_REACH): a seam the layout lacks
-_STEP_UNRELATED = 0.15  # ... a cut it alone found parts unrelated lines in this share of the stretches at least
+# ... a cut it alone found parts unrelated lines in _STEP_UNRELATED of the stretches at least, where _STEP_CONTENT
+# of them have content (a span flatter than that has no say)
+_STEP_UNRELATED, _STEP_CONTENT = 0.15, 0.5
 _STEP_EVERY = 0.25  # ... and out of a flat line, in this share of every panel across (a silhouette on white: most is white)
 # Unrelated lines (_unrelated_profile): of a line's _DECOR_CHUNKS stretches, those with content (grey spread
 # over _DECOR_MIN_SD levels on both lines, and at least _DECOR_MIN_CONTENT such stretches: a sliver between a
@@ -277,8 +279,9 @@ def _step_of_one_photo(g: _Grid, fine: list[np.ndarray], starts: tuple[int, int]
         u = float(_unrelated_profile(lines)[max(1, cut - 1) : cut + 2].max())
         grey = lines[max(0, cut - 1) : cut + 1].astype(np.float32).mean(axis=2)
         usable = grey.shape[1] // _DECOR_CHUNKS * _DECOR_CHUNKS
-        content = float((grey[:, :usable].reshape(len(grey), _DECOR_CHUNKS, -1).std(axis=2) > _DECOR_MIN_SD).all(axis=0).mean())
-        if content >= 0.5 and u < _STEP_UNRELATED:
+        spread = grey[:, :usable].reshape(len(grey), _DECOR_CHUNKS, -1).std(axis=2)
+        content = float((spread > _DECOR_MIN_SD).all(axis=0).mean())  # stretches with content on both lines
+        if content >= _STEP_CONTENT and u < _STEP_UNRELATED:
             where = f"{'y' if axis == 0 else 'x'}={starts[axis] + cut} px"
             raise PanelDetectionError(
                 f"cannot cut the grid into {g.rows}x{g.cols} panels: no gutter, and the lines either side of the one-line "

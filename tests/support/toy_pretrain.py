@@ -75,10 +75,11 @@ def _encode_data(encoders, items: list[tuple], side: int) -> dict[int, tuple[tor
 
 def pretrain_toy_base(flux_dir: str | Path, steps: int = 600, pairs: int = 2000, batch: int = 16, lr: float = 1e-3,
                       logit_mean: float = 1.5, placement: str = "grid", seed: int = 0, views: str = "whole",
-                      frames: tuple[int, ...] = (2,), side: int = 128) -> dict[str, float]:  # fmt: skip
+                      frames: tuple[int, ...] = (2,), side: int = 128) -> dict[str, float | list[int]]:  # fmt: skip
     """Pretrain ``flux_dir``'s transformer in place (see the module docstring) on rows of ``frames`` panels of
-    ``side`` px (several: a base that knows wider canvases, as FLUX does); returns its last losses. The caller builds
-    ``flux_dir`` in a temporary folder and renames it when this returns (a crash leaves no base)."""
+    ``side`` px (several: a base that knows wider canvases, as FLUX does); returns its steps, panel counts, last
+    loss and seconds. The caller builds ``flux_dir`` in a temporary folder and renames it when this returns (a
+    crash leaves no base)."""
     from diffusers import FluxPipeline
 
     from dsd.encoders import FluxEncoders
