@@ -190,10 +190,11 @@ def _cut_at_edges(g: _Grid, span: tuple[int, int, int, int], even_cue: bool) -> 
         cuts.append(hi)
         segs.append(tuple((cuts[2 * i], cuts[2 * i + 1]) for i in range(n)))
         _no_edge_inside_panels(f, g, axis, lo, segs[-1], max(cfg_strong(cfg), min(strengths, default=0.0)))
-    _step_of_one_photo(g, fine, (y0, x0), stepped)
     for axis, lo in ((0, y0), (1, x0)):
         _no_step_inside_panels(fine[axis], steps[axis], g, axis, lo, segs[axis], (segs[1 - axis], (x0, y0)[axis]))
-    _no_unrelated_lines_inside_panels(g, span, segs, fine, steps)
+    unrelated = [_unrelated_profile(v) for v in fine]  # per axis, read by both checks below
+    _step_of_one_photo(g, fine, unrelated, (y0, x0), stepped)
+    _no_unrelated_lines_inside_panels(g, span, segs, unrelated, steps)
     small = [b - a for s in segs for a, b in s if b - a < cfg.min_panel_size]
     if small:
         raise PanelDetectionError(f"cannot cut the grid into {g.rows}x{g.cols} panels: panel of {small[0]} px "
@@ -268,7 +269,8 @@ def _weak_seam(lines: np.ndarray, expected: float, window: float, pitch: float) 
     return cut, strength, conf, f", unrelated lines in {strength:.0%} of the span", "unrelated"
 
 
-def _step_of_one_photo(g: _Grid, fine: list[np.ndarray], starts: tuple[int, int], stepped: list[tuple[int, int]]) -> None:
+def _step_of_one_photo(g: _Grid, fine: list[np.ndarray], unrelated: list[np.ndarray], starts: tuple[int, int],
+                       stepped: list[tuple[int, int]]) -> None:  # fmt: skip
     """A cut that only a one-line step found must also part unrelated lines where the span has content: two
     photos placed edge to edge do not continue each other (``_unrelated_profile`` over _STEP_UNRELATED of the
     stretches, within a line of the cut). Lines alike either side of a step along most of the span are one
@@ -276,7 +278,7 @@ def _step_of_one_photo(g: _Grid, fine: list[np.ndarray], starts: tuple[int, int]
     row's bricks run on across it). A span mostly flat there (white ground meeting white ground) has no say."""
     for axis, cut in stepped:
         lines = fine[axis]
-        u = float(_unrelated_profile(lines)[max(1, cut - 1) : cut + 2].max())
+        u = float(unrelated[axis][max(1, cut - 1) : cut + 2].max())
         grey = lines[max(0, cut - 1) : cut + 1].astype(np.float32).mean(axis=2)
         usable = grey.shape[1] // _DECOR_CHUNKS * _DECOR_CHUNKS
         spread = grey[:, :usable].reshape(len(grey), _DECOR_CHUNKS, -1).std(axis=2)
@@ -443,14 +445,13 @@ def _peaks_at_both_thirds(u: np.ndarray, window: float, cuts: list[int]) -> np.n
     return mark
 
 
-def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int], segs, lines, steps) -> None:
+def _no_unrelated_lines_inside_panels(g: _Grid, span: tuple[int, int, int, int], segs, profiles, steps) -> None:
     """Unrelated lines in the middle of a cut panel, at an even split of the grid into 2 or 3 panels (the
     largest layout drawn), marked as _DECOR_HIDDEN's comment says: the seam of two crops of one grainy photo
     where the layout has none (a 3x3 of grass labelled 1x3), which neither a sharp edge nor a step shows.
     The cuts' own seams set the bar: grain that hides one seam hides them all alike, and a wrong layout
-    is worse than a lost grid."""
+    is worse than a lost grid. ``profiles``: ``_unrelated_profile`` of each axis's sampled lines."""
     y0, _, x0, _ = span
-    profiles = [_unrelated_profile(v) for v in lines]
     at_cuts = [float(u[max(0, a - lo - 2) : a - lo + 3].max())
                for u, lo, axis_segs in zip(profiles, (y0, x0), segs, strict=True) for a, _ in axis_segs[1:]]  # fmt: skip
     bar = max(_DECOR_HIDDEN, 0.5 * min(at_cuts, default=1.0))
