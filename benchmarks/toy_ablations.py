@@ -95,7 +95,7 @@ def run_ablation(out: Path, name: str, judge_url: str, env: dict[str, str], step
 
 def summarise(out: Path, tables: dict[str, Path]) -> str:
     """CP/PF of each ablation and CP's difference to the recipe, paired by subject (95% bootstrap intervals:
-    12 subjects x 3 prompts is a small benchmark, so only differences whose interval excludes 0 count)."""
+    the loop's benchmark is small (36 subjects x 1 prompt), so only differences whose interval excludes 0 count)."""
     import pandas as pd
 
     from dsd.eval.stats import mean_interval, paired_difference

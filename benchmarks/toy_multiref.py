@@ -2,6 +2,7 @@
 
     python -m benchmarks.toy_multiref --out DIR [--identities 200] [--subjects 24] [--steps N] [--whole-targets] [--jitter J]
         [--whole-share S] [--no-k1-only] [--base-frames 2,2,3,4]
+    python -m benchmarks.toy_multiref --out DIR --rescore 96    # a finished run's checkpoints on 96 new subjects
 
 The toy loop (benchmarks/toy_loop.py) with ``views = "sides"``: a panel shows the whole object or one of its
 two sides (the plain side: shape and body colour; the patterned side: pattern and accent colour on ivory),
@@ -54,16 +55,17 @@ PRETRAIN_STEPS, STEPS = 3000, 3200
 
 
 def write_sides_benchmark(out: Path, n_subjects: int, placement: str, prompts_per_subject: int = 2,
-                          k: int = 3) -> tuple[Path, Path]:  # fmt: skip
-    """Held-out subjects with ``k`` references of random sides (``ref_<i>.png``, in name order) and the whole
-    object (``whole.png``, the judge's reference); the oracle draws the whole object as each prompt asks."""
+                          k: int = 3, first: int = 0, name: str = "bench_sides") -> tuple[Path, Path]:  # fmt: skip
+    """Held-out subjects (``first`` on in the held-out order) with ``k`` references of random sides (``ref_<i>.png``,
+    in name order) and the whole object (``whole.png``, the judge's reference) in ``out / name``; the oracle
+    (``oracle_sides`` beside it) draws the whole object as each prompt asks."""
     from datagen.teacher import toy_domain as dom
     from tests.support.toy_judge import caption_for
     from tests.support.toy_vision import reading_of
 
-    bench, oracle = out / "bench_sides", out / "oracle_sides"
+    bench, oracle = out / name, out / name.replace("bench", "oracle", 1)
     rng, records = random.Random(3), []
-    for identity in loop.heldout_identities()[:n_subjects]:
+    for identity in loop.heldout_identities()[first : first + n_subjects]:
         first, others = dom.draw_contexts(rng, k + prompts_per_subject, placement)
         contexts = [first, *others]  # k references, the judge's whole view, then the asked contexts
         folder = bench / "subjects" / identity.key
@@ -200,6 +202,63 @@ def run(out: Path, identities: int, subjects: int, steps: int | None, pretrain_s
     return summarise(out, table, timings, jitter, whole_share)
 
 
+def rescore(out: Path, subjects: int) -> str:
+    """A finished run's exported checkpoints (``adapters/train_multi_step_*``), its best step and that step's zero
+    embedder, scored again at k = 1, 2, 3 on ``subjects`` *new* held-out subjects: after the run's benchmark and
+    validation identities, so the benchmark that picked a checkpoint does not also grade it. -> summary_rescore.md"""
+    import pandas as pd
+
+    out = out.resolve()
+    steps = sorted((out / "adapters").glob("train_multi_step_*.safetensors"))
+    best = out / "train_multi" / "best.safetensors"
+    if not steps or not best.is_file() or not (out / "bench_sides").is_dir():
+        raise SystemExit(f"{out} is no finished toy_multiref run (no bench_sides, train_multi/best.safetensors or exports)")
+    first = len(list((out / "bench_sides" / "subjects").iterdir())) + loop.VALIDATION_ITEMS
+    write_sides_benchmark(out, subjects, "grid", first=first, name="bench_rescore")
+    zero = loop.zero_embedder_copy(best, out / "adapters" / "multi_zero_embedder_rescore.safetensors")
+    named = {f"step_{p.stem.rsplit('_', 1)[1].lstrip('0')}": p for p in steps} | {"best": best, "best_zero_embedder": zero}
+    env = loop.loop_env()
+    with loop.judge_server(env) as judge_url:
+        systems = [x for n, p in named.items() for x in ("--adapter", f"{n}={p}")]
+        table = loop.evaluate(out, "eval_rescore", systems, judge_url, env, ["--references", KS], bench="bench_rescore")
+    frame = pd.read_parquet(table)
+    lines = ["| system | CP at k = 1 / 2 / 3 | k3 - k1 [95%] | k2 - k1 [95%] | k3 - k2 [95%] |", "|---|---|---|---|---|"]
+    for n in named:
+        cps = " / ".join(f"{frame[frame.system == f'{n}@k{k}'].cp.mean():.3f}" for k in (1, 2, 3))
+        diffs = [_difference(frame, f"{n}@k{a}", f"{n}@k{b}") for a, b in ((3, 1), (2, 1), (3, 2))]
+        lines.append(f"| {n} | {cps} | {' | '.join(diffs)} |")
+    lines += ["", f"{subjects} held-out subjects from #{first} on, {len(frame) // len(named) // 3} images per cell", "",
+              *_copy_when_shown(frame, out / "bench_rescore" / "subjects")]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    (out / "summary_rescore.md").write_text(text)
+    return text
+
+
+def _copy_when_shown(frame, subjects: Path) -> list[str]:
+    """Per system@k and attribute: how often the target shows the whole object's attribute when some reference
+    showed it, and when none did (a side shows half the identity), read by the toy judge's vision."""
+    from PIL import Image
+
+    from tests.support.toy_vision import read_picture
+
+    attrs = ("shape", "body", "accent", "pattern")
+    lines = [f"| system@k | {' | '.join(f'{a}: copied when shown / when not' for a in attrs)} |", "|---" * 5 + "|"]
+    for system, g in frame.groupby("system", sort=True):
+        k, counts = int(g.references.iloc[0]), {(a, s): [0, 0] for a in attrs for s in (True, False)}
+        for row in g.itertuples():
+            whole = read_picture(Image.open(subjects / row.subject / "whole.png"))
+            refs = [read_picture(Image.open(subjects / row.subject / f"ref_{i}.png")) for i in range(1, k + 1)]
+            with Image.open(row.path) as im:
+                seen = read_picture(im.crop((im.width - im.height, 0, im.width, im.height)))
+            for a in attrs:
+                cell = counts[(a, any(getattr(r, a) == getattr(whole, a) for r in refs))]
+                cell[0] += bool(seen.found and getattr(seen, a) == getattr(whole, a))
+                cell[1] += 1
+        lines.append(f"| {system} | " + " | ".join(f"{counts[(a, True)][0]}/{counts[(a, True)][1]}, "
+                                                   f"{counts[(a, False)][0]}/{counts[(a, False)][1]}" for a in attrs) + " |")  # fmt: skip
+    return lines
+
+
 def _frames(text: str) -> tuple[int, ...]:
     try:
         frames = tuple(int(v) for v in text.split(","))
@@ -230,9 +289,15 @@ def main(argv: list[str] | None = None) -> int:
                         "the rows two panels)")
     p.add_argument("--no-k1-only", dest="with_k1", action="store_false",
                    help="train the multi-reference model alone (with every thread), without the pairs-only control")
+    p.add_argument("--rescore", type=int, metavar="SUBJECTS",
+                   help="on a finished run: score its checkpoints again on this many new held-out subjects (neither "
+                        "its benchmark's nor its validation's) -> summary_rescore.md; trains nothing")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.perf_counter()
+    if args.rescore:
+        print(rescore(args.out, args.rescore) + f"\nrescore: {time.perf_counter() - t0:.0f} s")  # noqa: T201 - the report
+        return 0
     text = run(args.out, args.identities, args.subjects, args.steps, args.pretrain_steps, args.whole_targets, args.jitter,
                args.whole_share, args.with_k1, args.base_frames)  # fmt: skip
     print(text + f"\nwhole run: {time.perf_counter() - t0:.0f} s")  # noqa: T201 - the benchmark's report

@@ -63,7 +63,7 @@ def test_datagen_config_sets_the_teachers_jitter(tmp_path) -> None:
 
 
 def test_grid_benchmark_asks_the_reference_placement_and_swaps_references(tmp_path) -> None:
-    bench, oracle = toy_loop.write_benchmark(tmp_path, 4, "grid")
+    bench, oracle = toy_loop.write_benchmark(tmp_path, 4, "grid", prompts_per_subject=3)
     records = [json.loads(line) for line in (bench / "prompts.jsonl").read_text().splitlines()]
     assert len(records) == 12 and len({r["subject"] for r in records}) == 4
     for r in records:
@@ -134,3 +134,17 @@ def test_toy_judge_does_not_outlive_a_killed_run() -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"the toy judge at {url.geturl()} still answers 60 s after its caller was killed")
+
+
+def test_rescore_benchmark_holds_new_identities_and_needs_a_finished_loop(tmp_path) -> None:
+    """``--rescore``: identities after the benchmark's and validation's (none of theirs); a folder that is no
+    finished loop is a clear exit before any work starts."""
+    toy_loop.write_benchmark(tmp_path, 3, "grid")
+    first = 3 + toy_loop.VALIDATION_ITEMS
+    bench, oracle = toy_loop.write_benchmark(tmp_path, 2, "grid", first=first, name="bench_rescore")
+    expected = {i.key for i in toy_loop.heldout_identities()[first : first + 2]}
+    assert {p.name for p in (bench / "subjects").iterdir()} == expected == {p.name for p in oracle.iterdir()}
+    assert {p.name for p in (tmp_path / "bench_rescore_other_ref" / "subjects").iterdir()} == expected
+    assert not expected & {p.name for p in (tmp_path / "bench" / "subjects").iterdir()}
+    with pytest.raises(SystemExit, match="not a finished toy loop"):
+        toy_loop.main(["--out", str(tmp_path / "nothing"), "--rescore", "5"])

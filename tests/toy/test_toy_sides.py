@@ -189,3 +189,19 @@ def test_the_multi_reference_benchmark_reads_the_bases_panel_counts(capsys) -> N
             main(["--out", "unused", "--base-frames", bad])
         assert exc.value.code == 2
         assert "--base-frames" in capsys.readouterr().err
+
+
+def test_rescore_draws_new_subjects_and_needs_a_finished_run(tmp_path) -> None:
+    """``--rescore``: its benchmark holds subjects after the run's benchmark and validation identities (none of
+    theirs), and a folder that is no finished run is a clear exit before any work starts."""
+    from benchmarks import toy_loop as loop
+    from benchmarks.toy_multiref import main, write_sides_benchmark
+
+    write_sides_benchmark(tmp_path, n_subjects=2, placement="grid")
+    first = 2 + loop.VALIDATION_ITEMS
+    rescore, oracle = write_sides_benchmark(tmp_path, n_subjects=2, placement="grid", first=first, name="bench_rescore")
+    expected = [i.key for i in loop.heldout_identities()[first : first + 2]]
+    assert sorted(p.name for p in (rescore / "subjects").iterdir()) == sorted(expected)
+    assert oracle == tmp_path / "oracle_rescore" and not set(expected) & {p.name for p in (tmp_path / "bench_sides" / "subjects").iterdir()}
+    with pytest.raises(SystemExit, match="no finished toy_multiref run"):
+        main(["--out", str(tmp_path), "--rescore", "4"])
