@@ -66,8 +66,8 @@ def write_sides_benchmark(out: Path, n_subjects: int, placement: str, prompts_pe
     bench, oracle = out / name, out / name.replace("bench", "oracle", 1)
     rng, records = random.Random(3), []
     for identity in loop.heldout_identities()[first : first + n_subjects]:
-        first, others = dom.draw_contexts(rng, k + prompts_per_subject, placement)
-        contexts = [first, *others]  # k references, the judge's whole view, then the asked contexts
+        head, others = dom.draw_contexts(rng, k + prompts_per_subject, placement)
+        contexts = [head, *others]  # k references, the judge's whole view, then the asked contexts
         folder = bench / "subjects" / identity.key
         folder.mkdir(parents=True, exist_ok=True)
         for i, ctx in enumerate(contexts[:k], 1):
@@ -243,13 +243,16 @@ def _copy_when_shown(frame, subjects: Path) -> list[str]:
 
     attrs = ("shape", "body", "accent", "pattern")
     lines = [f"| system@k | {' | '.join(f'{a}: copied when shown / when not' for a in attrs)} |", "|---" * 5 + "|"]
+    def read(path: Path, target: bool = False):
+        with Image.open(path) as im:  # a sample's target is its last (square) frame
+            return read_picture(im.crop((im.width - im.height, 0, im.width, im.height)) if target else im)
+
     for system, g in frame.groupby("system", sort=True):
         k, counts = int(g.references.iloc[0]), {(a, s): [0, 0] for a in attrs for s in (True, False)}
         for row in g.itertuples():
-            whole = read_picture(Image.open(subjects / row.subject / "whole.png"))
-            refs = [read_picture(Image.open(subjects / row.subject / f"ref_{i}.png")) for i in range(1, k + 1)]
-            with Image.open(row.path) as im:
-                seen = read_picture(im.crop((im.width - im.height, 0, im.width, im.height)))
+            whole = read(subjects / row.subject / "whole.png")
+            refs = [read(subjects / row.subject / f"ref_{i}.png") for i in range(1, k + 1)]
+            seen = read(row.path, target=True)
             for a in attrs:
                 cell = counts[(a, any(getattr(r, a) == getattr(whole, a) for r in refs))]
                 cell[0] += bool(seen.found and getattr(seen, a) == getattr(whole, a))
