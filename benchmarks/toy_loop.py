@@ -461,7 +461,7 @@ def rescore(out: Path, subjects: int) -> str:
     benchmark whose identities happen to be easy or hard is not the only reading. -> summary_rescore.md"""
     import pandas as pd
 
-    from dsd.eval.stats import mean_interval, paired_difference
+    from dsd.eval.stats import mean_interval
 
     out = out.resolve()
     best = out / "train" / "best.safetensors"
@@ -480,18 +480,29 @@ def rescore(out: Path, subjects: int) -> str:
     for system, g in scores.groupby("system"):
         cp, lo, hi, _ = mean_interval(g.cp.to_numpy()[:, None], g.subject.to_numpy())
         lines.append(f"| {system} | {cp[0]:.3f} [{lo[0]:.3f}, {hi[0]:.3f}] | {g.pf.mean():.3f} | {len(g)} |")
-    t, z = scores[scores.system == "trained"], scores[scores.system == "zero_embedder"]
-    d, lo, hi = paired_difference(t.cp.to_numpy()[:, None], t.subject.to_numpy(), z.cp.to_numpy()[:, None], z.subject.to_numpy())
-    lines += ["", f"trained - zero_embedder (paired by subject): {d[0]:+.3f} [{lo[0]:+.3f}, {hi[0]:+.3f}]; "
+    lines += ["", f"trained - zero_embedder (paired by subject): {cp_difference(scores, 'trained', 'zero_embedder')}; "
               f"{subjects} held-out identities from #{first} on"]  # fmt: skip
     text = "\n".join(lines) + "\n"
     (out / "summary_rescore.md").write_text(text)
     return text
 
 
-def bench_subjects(out: Path) -> int:
-    """A finished loop's benchmark size (subjects), so later runs validate on the loop's own identities."""
-    return len(list((out / "bench" / "subjects").iterdir()))
+def bench_subjects(out: Path, bench: str = "bench") -> int:
+    """A finished run's benchmark size (subjects), so later runs validate on the run's own identities."""
+    return len(list((out / bench / "subjects").iterdir()))
+
+
+def cp_difference(scores, a: str, b: str) -> str:
+    """System ``a``'s CP minus ``b``'s in an eval's scores, paired by subject (95% bootstrap): "+d [lo, hi]"; "-"
+    where either is missing."""
+    from dsd.eval.stats import paired_difference
+
+    ga, gb = scores[scores.system == a], scores[scores.system == b]
+    if ga.empty or gb.empty:
+        return "-"
+    d, lo, hi = paired_difference(ga.cp.to_numpy()[:, None], ga.subject.to_numpy(), gb.cp.to_numpy()[:, None],
+                                  gb.subject.to_numpy())  # fmt: skip
+    return f"{d[0]:+.3f} [{lo[0]:+.3f}, {hi[0]:+.3f}]"
 
 
 def finished_loop_args(argv: list[str] | None, prog: str, doc: str, choices: list[str], what: str):

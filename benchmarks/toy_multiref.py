@@ -121,7 +121,7 @@ def summarise(out: Path, table: Path, timings: dict[str, float], jitter: float, 
     lines += ["", "| difference in CP (paired by subject) | mean [95%] |", "|---|---|"]
     for a, b in (("multi@k3", "multi@k1"), ("multi@k2", "multi@k1"), ("multi@k3", "multi@k2"), ("multi@k1", "k1_only@k1"),
                  ("k1_only@k3", "k1_only@k1")):  # fmt: skip
-        lines.append(f"| {a} - {b} | {_difference(frame, a, b)} |")
+        lines.append(f"| {a} - {b} | {loop.cp_difference(frame, a, b)} |")
     share = TOY_WHOLE_SHARE if whole_share is None else whole_share
     base = json.loads((out / "flux" / "dsd_toy.json").read_text())
     frames = ",".join(str(f) for f in base.get("pretrain_frames", loop.SIDES_FRAMES))  # bases before the record: the default
@@ -132,17 +132,6 @@ def summarise(out: Path, table: Path, timings: dict[str, float], jitter: float, 
     text = "\n".join(lines) + "\n"
     (out / "summary_multiref.md").write_text(text)
     return text
-
-
-def _difference(frame, a: str, b: str) -> str:
-    from dsd.eval.stats import paired_difference
-
-    ga, gb = frame[frame.system == a], frame[frame.system == b]
-    if ga.empty or gb.empty:
-        return "-"
-    d, lo, hi = paired_difference(ga.cp.to_numpy()[:, None], ga.subject.to_numpy(), gb.cp.to_numpy()[:, None],
-                                  gb.subject.to_numpy())  # fmt: skip
-    return f"{d[0]:+.3f} [{lo[0]:+.3f}, {hi[0]:+.3f}]"
 
 
 def _data_line(out: Path) -> str:
@@ -213,7 +202,7 @@ def rescore(out: Path, subjects: int) -> str:
     best = out / "train_multi" / "best.safetensors"
     if not steps or not best.is_file() or not (out / "bench_sides").is_dir():
         raise SystemExit(f"{out} is no finished toy_multiref run (no bench_sides, train_multi/best.safetensors or exports)")
-    first = len(list((out / "bench_sides" / "subjects").iterdir())) + loop.VALIDATION_ITEMS
+    first = loop.bench_subjects(out, "bench_sides") + loop.VALIDATION_ITEMS
     write_sides_benchmark(out, subjects, "grid", first=first, name="bench_rescore")
     zero = loop.zero_embedder_copy(best, out / "adapters" / "multi_zero_embedder_rescore.safetensors")
     named = {f"step_{p.stem.rsplit('_', 1)[1].lstrip('0')}": p for p in steps} | {"best": best, "best_zero_embedder": zero}
@@ -225,7 +214,7 @@ def rescore(out: Path, subjects: int) -> str:
     lines = ["| system | CP at k = 1 / 2 / 3 | k3 - k1 [95%] | k2 - k1 [95%] | k3 - k2 [95%] |", "|---|---|---|---|---|"]
     for n in named:
         cps = " / ".join(f"{frame[frame.system == f'{n}@k{k}'].cp.mean():.3f}" for k in (1, 2, 3))
-        diffs = [_difference(frame, f"{n}@k{a}", f"{n}@k{b}") for a, b in ((3, 1), (2, 1), (3, 2))]
+        diffs = [loop.cp_difference(frame, f"{n}@k{a}", f"{n}@k{b}") for a, b in ((3, 1), (2, 1), (3, 2))]
         lines.append(f"| {n} | {cps} | {' | '.join(diffs)} |")
     lines += ["", f"{subjects} held-out subjects from #{first} on, {len(frame) // len(named) // 3} images per cell", "",
               *_copy_when_shown(frame, out / "bench_rescore" / "subjects")]  # fmt: skip
