@@ -32,6 +32,11 @@ colour (a night photo beside a black gutter): the stretch is the gutter, both si
 too wide for a gutter, clean on one side only where the layout puts a gutter, is one merged with a
 panel: its width comes from the clean gutters. Two unclean runs or more of one width (to a pixel)
 that stand on their own may leave the panels a pixel less equal (JPEG blurs a side).
+
+Clean borders must agree on one width (the teacher frames evenly; photos on white ground that stop short of
+the image's edges at four depths are no frame). When no reading with borders stands, the runs at the edges
+may all be the panels' own ground (``_unframed``): only along three panels or more, where a hidden frame
+would widen the outer panels and not the middle one.
 """
 
 from __future__ import annotations
@@ -322,6 +327,24 @@ def _lone_border(layouts) -> tuple[list, tuple | None]:
     return [([], lay[1], _EQUAL if any(inner_clean) else _SURE) if lay[0] else lay for lay in layouts], lone
 
 
+def _unframed(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray):
+    """The reading in which the runs at the image's edges are all the panels' own (a white-ground product
+    shot at every edge, its ground merging with the edge and ending at widths that frame nothing), tried
+    when no border reading stands. Only along axes of three panels or more whose gutters are all clean on
+    both sides: a frame hidden in the runs would leave the outer panels wider than the middle one by its
+    width, so they must come out equal to the pixel. Along two panels a hidden frame widens both alike,
+    and no reading can tell it from none."""
+    if not any(lay[0] for lay in layouts):
+        return None
+    for i, lay in enumerate(layouts):
+        if lay[0] and (g.n[i] < 3 or not all(cs and ce for _, _, cs, ce in lay[1])):
+            return None
+    found = _read(g, axes, [([], lay[1], _STRICT) for lay in layouts], colour, None)
+    if found is None or any(_unequal_px(s) > _EXACT_PX for s, lay in zip(found[0], layouts, strict=True) if lay[0]):
+        return None
+    return found
+
+
 def _agreed(widths: list[int]) -> int | None:
     if not widths or max(widths) - min(widths) > _AGREE_PX:
         return None
@@ -399,7 +422,10 @@ def _read(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, frame):
     skip, layouts = _unexplained_edge(g, layouts, colour)
     if skip or (len(gutters) + own < 2 and not any(gutters[0][2:])):
         return None  # an edge line left may be a border; a lone band may be a photo's flat strip
-    bw = _agreed(_border_widths(g, axes, layouts))
+    widths = _border_widths(g, axes, layouts)
+    bw = _agreed(widths)
+    if widths and bw is None and not frame:
+        return None  # clean "borders" of different widths frame nothing evenly: panels' own grounds, cut anywhere
     # gutter widths are inferred per axis (a grid's rows and columns may have different gutters)
     segs = [_segments(ax, g.n[i], *layouts[i][:2], _agreed([e - s for s, e, cs, ce in layouts[i][1] if cs and ce]), bw)
             for i, ax in enumerate(axes)]  # fmt: skip
@@ -474,6 +500,8 @@ def by_gutter_colour(g: _Grid) -> Detection | None:
             own_equal = found is not None and _unequal_px_of(found[0]) <= _EQUAL_PX
             if border is not None and not (e - s > _BAND_PX and own_equal and _unequal_px_of(border[0]) > _EQUAL_PX):
                 found = border
+        if found is None and frame is None:
+            found = _unframed(g, axes, layouts, colour)
         if found is None:
             continue
         segs, inferred = found

@@ -231,6 +231,64 @@ def test_a_low_contrast_photos_grey_edges_are_no_frame_of_another_colour() -> No
     assert "gutters found by colour" in analyse_panels(grid.image, grid.rows, grid.cols).detail
 
 
+def test_white_ground_at_every_edge_of_an_unframed_three_by_three_is_no_frame() -> None:
+    """Horse silhouettes on white between white gutters, drawn 3x3 with no frame (benchmark seed 1): the white
+    ground runs 34, 91 and 12 px into three image edges, merging into the panels, which read as a frame of no
+    agreed width and rejected the grid. With three panels a side and every gutter clean, a frame hidden in
+    those runs would leave the outer panels wider than the middle one, so equal panels cut it unframed. The
+    same grid inside a white frame keeps its frame out of the panels."""
+    grid = bench_grid("same_subject", 34, seed=1)
+    assert right_or_rejected(grid) == "right"
+    assert "gutters found by colour" in analyse_panels(grid.image, grid.rows, grid.cols).detail
+    for b in (3, 12):
+        framed = np.pad(grid.image, ((b, b), (b, b), (0, 0)), constant_values=255)
+        boxes = [Box(x.x0 + b, x.y0 + b, x.x1 + b, x.y1 + b) for x in grid.boxes]
+        assert right_or_rejected(SynthGrid(framed, 3, 3, (3, 3), boxes, grid.identities, "test")) == "right"
+
+
+def _walled_grid(n: int, seed: int, border: int) -> SynthGrid:
+    """An n x n grid of photos with a white studio wall fading in at every side that faces the image's edge,
+    14 px white gutters and a white ``border`` (0: none), so the frame, if any, merges into the panels."""
+    rng = np.random.default_rng(seed)
+    names = ["coffee.png", "chelsea.png", "astronaut.png", "motorcycle_left.png", "rocket.jpg", "grace_hopper.jpg",
+             "coins.png", "color.png", "ihc.png"][: n * n]  # fmt: skip
+    panels = []
+    for k, panel in enumerate(photos(names, 240, 260, seed)):
+        r, c = divmod(k, n)
+        for side, outer in (("top", r == 0), ("bottom", r == n - 1), ("left", c == 0), ("right", c == n - 1)):
+            panel = wall(panel, side, WHITE, rng) if outer else panel
+        panels.append(panel)
+    return assemble(panels, n, n, gutter=14, border=border)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_white_frame_merging_into_the_panels_is_never_cut_into_them(seed: int) -> None:
+    """A white frame whose every side merges into a white wall of the panels beside it: along two panels it
+    widens both alike, so equal panels cannot tell it from none, and the grid is rejected (read unframed,
+    every one of these was cut with the frame inside); along three the outer panels come out wider than
+    the middle one."""
+    for n in (2, 3):
+        assert right_or_rejected(_walled_grid(n, seed, border=10)) in ("right", "rejected")
+    with pytest.raises(PanelDetectionError):
+        analyse_panels(_walled_grid(2, seed, border=10).image, 2, 2)
+
+
+def test_white_grounds_of_different_depths_at_the_image_edges_are_no_frame() -> None:
+    """Four photos on white ground, each reaching the gutters and stopping 20-60 px short of the image's
+    edges, sharply: four clean "borders" of four widths. The teacher frames evenly, so that is no frame
+    (it was cut as one, every panel short of its white ground); with an even white frame around it too."""
+    h, w = 300, 380
+    shots = []
+    for name, (top, left, bottom, right) in (("coffee.png", (40, 50, 0, 0)), ("chelsea.png", (25, 0, 0, 35)),
+                                             ("astronaut.png", (0, 30, 45, 0)), ("rocket.jpg", (0, 0, 20, 60))):  # fmt: skip
+        panel = np.full((h, w, 3), 255, np.uint8)
+        (photo,) = photos([name], h - top - bottom, w - left - right, 0)
+        panel[top : h - bottom, left : w - right] = photo
+        shots.append(panel)
+    for border in (0, 10):
+        assert right_or_rejected(assemble(shots, 2, 2, gutter=14, border=border)) in ("right", "rejected")
+
+
 @pytest.mark.parametrize("i", [51, 150, 202, 250, 292])
 def test_same_subject_grids_drawn_at_another_layout_are_rejected(i: int) -> None:
     """Crops of one photo (moon, grass, clock, Hubble, horses on white) drawn at one layout and labelled
