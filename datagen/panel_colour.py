@@ -425,7 +425,7 @@ def _read(g: _Grid, axes: list[_Axis], layouts, colour: np.ndarray, frame):
     widths = _border_widths(g, axes, layouts)
     bw = _agreed(widths)
     if widths and bw is None and not frame:
-        return None  # clean "borders" of different widths frame nothing evenly: panels' own grounds, cut anywhere
+        return None  # clean "borders" of different widths are no even frame: they are the panels' own grounds
     # gutter widths are inferred per axis (a grid's rows and columns may have different gutters)
     segs = [_segments(ax, g.n[i], *layouts[i][:2], _agreed([e - s for s, e, cs, ce in layouts[i][1] if cs and ce]), bw)
             for i, ax in enumerate(axes)]  # fmt: skip
