@@ -265,8 +265,8 @@ def _walled_grid(n: int, seed: int, border: int) -> SynthGrid:
 def test_a_white_frame_merging_into_the_panels_is_never_cut_into_them(seed: int) -> None:
     """A white frame whose every side merges into a white wall of the panels beside it: along two panels it
     widens both alike, so equal panels cannot tell it from none, and the grid is rejected (read unframed,
-    every one of these was cut with the frame inside); along three the outer panels come out wider than
-    the middle one."""
+    two of these three 2x2s were cut with the frame inside); along three the outer panels come out wider
+    than the middle one."""
     for n in (2, 3):
         assert right_or_rejected(_walled_grid(n, seed, border=10)) in ("right", "rejected")
     with pytest.raises(PanelDetectionError):
