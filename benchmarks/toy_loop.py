@@ -467,7 +467,7 @@ def rescore(out: Path, subjects: int) -> str:
     best = out / "train" / "best.safetensors"
     if not best.is_file() or not (out / "bench").is_dir():
         raise SystemExit(f"{out} is not a finished toy loop: run python -m benchmarks.toy_loop --out {out} first")
-    first = bench_subjects(out) + VALIDATION_ITEMS
+    first = first_unused(out)
     placement = tomllib.loads((out / "datagen.toml").read_text())["teacher"]["toy_placement"]
     write_benchmark(out, subjects, placement, first=first, name="bench_rescore")
     zero = zero_embedder_copy(best, out / "adapters" / "zero_embedder.safetensors")
@@ -490,6 +490,11 @@ def rescore(out: Path, subjects: int) -> str:
 def bench_subjects(out: Path, bench: str = "bench") -> int:
     """A finished run's benchmark size (subjects), so later runs validate on the run's own identities."""
     return len(list((out / bench / "subjects").iterdir()))
+
+
+def first_unused(out: Path, bench: str = "bench") -> int:
+    """Where a finished run's held-out identities end (its benchmark's, then validation's): a rescore starts there."""
+    return bench_subjects(out, bench) + VALIDATION_ITEMS
 
 
 def cp_difference(scores, a: str, b: str) -> str:

@@ -202,7 +202,7 @@ def rescore(out: Path, subjects: int) -> str:
     best = out / "train_multi" / "best.safetensors"
     if not steps or not best.is_file() or not (out / "bench_sides").is_dir():
         raise SystemExit(f"{out} is no finished toy_multiref run (no bench_sides, train_multi/best.safetensors or exports)")
-    first = loop.bench_subjects(out, "bench_sides") + loop.VALIDATION_ITEMS
+    first = loop.first_unused(out, "bench_sides")
     write_sides_benchmark(out, subjects, "grid", first=first, name="bench_rescore")
     zero = loop.zero_embedder_copy(best, out / "adapters" / "multi_zero_embedder_rescore.safetensors")
     named = {f"step_{p.stem.rsplit('_', 1)[1].lstrip('0')}": p for p in steps} | {"best": best, "best_zero_embedder": zero}
